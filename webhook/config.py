@@ -1,0 +1,127 @@
+"""Injector-wide configuration: the defaults that namespaces and pods override.
+
+Loaded once at start-up from a YAML file (the ConfigMap in ``manifests/``), so
+its validation can be thorough and its errors precise: a typo in the config
+must stop the injector from starting rather than inject something surprising.
+Everything has a built-in default, so an empty file (or none) is a valid config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from webhook import constants
+from webhook.quantity import QuantityError, check_quantity
+from webhook.values import LOG_LEVELS, check_address
+
+LogLevel = Literal["trace", "debug", "info", "warning", "error", "critical", "off"]
+assert set(LogLevel.__args__) == set(LOG_LEVELS)  # noqa: S101  (keeps the two in step)
+
+
+class ConfigError(ValueError):
+    """The injector config file is unreadable or invalid; the message says where."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Resources(_Model):
+    """Proxy container resources; ``None`` leaves that field unset in the pod."""
+
+    cpu_request: str | None = "100m"
+    cpu_limit: str | None = None
+    memory_request: str | None = "128Mi"
+    memory_limit: str | None = "512Mi"
+
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                check_quantity(value)
+            except QuantityError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+
+class ProxyConfig(_Model):
+    """The Envoy sidecar. Only this file may choose the image repository and UID."""
+
+    image: str = "docker.io/envoyproxy/envoy"
+    version: str = "v1.40.0"
+    uid: int = Field(default=constants.DEFAULT_PROXY_UID, ge=1, le=2**31 - 1)
+    log_level: LogLevel = "warning"
+    resources: Resources = Resources()
+    xds_address: str | None = None
+    # Seconds Envoy waits for connections to drain when the pod stops.
+    drain_seconds: int = Field(default=5, ge=0, le=300)
+
+    @field_validator("image")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value) or "@" in value:
+            raise ValueError("must be an image repository without tag or digest")
+        return value
+
+    @field_validator("xds_address")
+    @classmethod
+    def _xds(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_address(value)
+        return value
+
+
+class InitConfig(_Model):
+    """The iptables init container."""
+
+    image: str = "ghcr.io/sidecar-injector/mesh-init:0.1.0"
+    resources: Resources = Resources(
+        cpu_request="10m", cpu_limit=None, memory_request="16Mi", memory_limit="64Mi"
+    )
+
+
+class InjectorConfig(_Model):
+    """Everything the injector needs besides the pod and its namespace."""
+
+    proxy: ProxyConfig = ProxyConfig()
+    init: InitConfig = InitConfig()
+    excluded_namespaces: tuple[str, ...] = constants.DEFAULT_EXCLUDED_NAMESPACES
+
+
+def parse_config(text: str, *, origin: str = "config") -> InjectorConfig:
+    """Parse YAML config text; errors name the origin and the offending key path."""
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{origin}:{where} is not valid YAML") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: must be a mapping, not {type(data).__name__}")
+    try:
+        return InjectorConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        path = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise ConfigError(f"{origin}: {path}: {first['msg']}") from None
+
+
+def load_config(path: Path | None) -> InjectorConfig:
+    """Load the config file, or the built-in defaults when no path is given."""
+    if path is None:
+        return InjectorConfig()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from None
+    return parse_config(text, origin=str(path))
