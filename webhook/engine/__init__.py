@@ -1,0 +1,19 @@
+"""The pure injection engine: object + namespace + config -> decision, patch, result.
+
+Imports neither fastapi nor kubernetes (a test keeps it so); everything that
+talks to the outside world lives around it, not in it.
+"""
+
+from webhook.engine.decision import Decision, NamespaceLike, decide
+from webhook.engine.inject import InjectionRefused, InjectionResult, inject
+from webhook.engine.patch import Op
+
+__all__ = [
+    "Decision",
+    "InjectionRefused",
+    "InjectionResult",
+    "NamespaceLike",
+    "Op",
+    "decide",
+    "inject",
+]

@@ -1,0 +1,156 @@
+"""Injection of whole manifests, for people: shared by ``inject`` (CLI) and ``/preview``.
+
+Both take a batch of objects, a way to look up namespaces, and the namespace
+labels/annotations the user wants to assume; both render the results in the
+same four formats. Keeping this in one place is what makes the CLI and the
+preview print the same patch for the same input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from webhook.config import InjectorConfig
+from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike, inject
+from webhook.engine.workloads import describe
+from webhook.render import as_list, to_json, to_yaml, unified_diff
+
+DEFAULT_NAMESPACE = "default"
+
+
+class Output(StrEnum):
+    """The output formats of ``inject -o`` and ``/preview?output=``."""
+
+    JSON = "json"
+    YAML = "yaml"
+    PATCH = "patch"
+    DIFF = "diff"
+
+
+@dataclass(frozen=True, slots=True)
+class AssumedNamespace:
+    """A namespace as the engine sees it, built from a source plus user overrides."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Assumptions:
+    """What the user said about namespaces: a default name and labels/annotations to assume."""
+
+    namespace: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+NamespaceLookup = Callable[[str], NamespaceLike | None]
+
+
+def parse_pairs(pairs: Sequence[str], *, what: str) -> dict[str, str]:
+    """``KEY=VALUE`` items (from flags or query parameters) into a dict."""
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} {pair!r} is not KEY=VALUE")
+        parsed[key] = value
+    return parsed
+
+
+def namespace_of(obj: dict[str, Any], assumed: str | None) -> str:
+    """The namespace an object would be created in (as ``kubectl apply -n`` decides)."""
+    meta = obj.get("metadata")
+    own = meta.get("namespace") if isinstance(meta, dict) else None
+    if own is not None and not isinstance(own, str):
+        raise InjectionRefused(f"{describe(obj)}: metadata.namespace is not a string")
+    if own and assumed and own != assumed:
+        raise InjectionRefused(
+            f"{describe(obj)}: its namespace {own!r} does not match the requested {assumed!r}"
+        )
+    return own or assumed or DEFAULT_NAMESPACE
+
+
+def resolve_namespace(
+    name: str, *, lookup: NamespaceLookup, assumptions: Assumptions
+) -> AssumedNamespace:
+    """The source's view of ``name`` with the assumed labels/annotations laid over it."""
+    known = lookup(name)
+    labels = dict(known.labels) if known is not None else {}
+    annotations = dict(known.annotations) if known is not None else {}
+    labels.update(assumptions.labels)
+    annotations.update(assumptions.annotations)
+    return AssumedNamespace(name, MappingProxyType(labels), MappingProxyType(annotations))
+
+
+def inject_all(
+    objects: Sequence[dict[str, Any]],
+    *,
+    lookup: NamespaceLookup,
+    assumptions: Assumptions,
+    config: InjectorConfig,
+) -> list[InjectionResult]:
+    """Inject every object; the first refusal raises (so nothing is half-printed)."""
+    cache: dict[str, AssumedNamespace] = {}
+    results = []
+    for obj in objects:
+        name = namespace_of(obj, assumptions.namespace)
+        namespace = cache.get(name)
+        if namespace is None:
+            namespace = cache[name] = resolve_namespace(
+                name, lookup=lookup, assumptions=assumptions
+            )
+        results.append(inject(obj, namespace=namespace, config=config))
+    return results
+
+
+def summary(result: InjectionResult) -> dict[str, Any]:
+    """The preview's JSON view of one result: decision, settings with sources, patch, object."""
+    settings = (
+        {
+            key: {"value": item.value, "source": str(item.source)}
+            for key, item in result.settings.provenance.items()
+        }
+        if result.settings is not None
+        else {}
+    )
+    return {
+        "injected": result.injected,
+        "reason": result.decision.reason,
+        "settings": settings,
+        "patch": list(result.patch),
+        "object": result.obj,
+        "warnings": list(result.warnings),
+    }
+
+
+def render(
+    results: Sequence[InjectionResult],
+    originals: Sequence[dict[str, Any]],
+    output: Output,
+    *,
+    summaries: bool = False,
+) -> str:
+    """Render results; ``summaries`` selects the preview's decision view for JSON."""
+    if output is Output.YAML:
+        return to_yaml([result.obj for result in results])
+    if output is Output.JSON:
+        if summaries:
+            views = [summary(result) for result in results]
+            return to_json(views[0] if len(views) == 1 else views)
+        return to_json(as_list([result.obj for result in results]))
+    if output is Output.PATCH:
+        if len(results) == 1:
+            return to_json(list(results[0].patch))
+        return to_json(
+            [{"object": describe(obj), "patch": list(result.patch)}
+             for obj, result in zip(originals, results, strict=True)]
+        )
+    return unified_diff(
+        (describe(obj), obj, result.obj) for obj, result in zip(originals, results, strict=True)
+    )
