@@ -28,3 +28,27 @@ fmt: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# --- Install manifests (docs/install.md) ---
+# manifests/install.yaml = kustomize base + TLS Secret + caBundle, ready for kubectl apply.
+# It holds a private key, so it is git-ignored and written owner-only.
+KUBECTL ?= kubectl
+CERTS_DIR ?= certs
+
+.PHONY: manifests deploy
+
+manifests: install $(CERTS_DIR)/tls.crt
+	$(BIN)/python scripts/render_install.py --manifests manifests --certs $(CERTS_DIR) \
+		--out manifests/install.yaml --kubectl $(KUBECTL)
+
+# Only when missing: the CA is the cluster's trust anchor for the webhook, and
+# reissuing it on every run would churn caBundle for no reason.
+$(CERTS_DIR)/tls.crt:
+	$(BIN)/sidecar-injector certs --out $(CERTS_DIR) \
+		--service sidecar-injector --namespace mesh-system
+
+# Apply, then wait: with failurePolicy Fail, meshed pods cannot be created
+# until a replica is ready, so "deployed" should mean "serving".
+deploy: manifests
+	$(KUBECTL) apply -f manifests/install.yaml
+	$(KUBECTL) -n mesh-system rollout status deployment/sidecar-injector --timeout=180s
