@@ -41,10 +41,13 @@ class Resources(_Model):
     memory_request: str | None = "128Mi"
     memory_limit: str | None = "512Mi"
 
-    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit", mode="before")
     @classmethod
-    def _quantity(cls, value: str | None) -> str | None:
-        if value is not None:
+    def _quantity(cls, value: object) -> object:
+        # YAML reads ``cpuRequest: 1`` as a number; Kubernetes users mean "1".
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str):
             try:
                 check_quantity(value)
             except QuantityError as err:
@@ -67,7 +70,8 @@ class ProxyConfig(_Model):
     @field_validator("image")
     @classmethod
     def _repository(cls, value: str) -> str:
-        if not value or any(c.isspace() for c in value) or "@" in value:
+        last = value.rsplit("/", 1)[-1]
+        if not value or any(c.isspace() for c in value) or "@" in value or ":" in last:
             raise ValueError("must be an image repository without tag or digest")
         return value
 

@@ -1,0 +1,129 @@
+"""Invariants of injection over generated pods and workloads (hypothesis)."""
+
+from __future__ import annotations
+
+import copy
+from types import MappingProxyType
+from typing import Any
+
+import jsonpatch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.validation import pod_spec, validate_pod_rules
+from webhook.config import InjectorConfig
+from webhook.engine import inject
+from webhook.preview import AssumedNamespace
+
+CONFIG = InjectorConfig()
+NAMESPACE = AssumedNamespace("demo", MappingProxyType({"sidecar-injection": "enabled"}))
+
+dns_label = st.from_regex(r"[a-z]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True).filter(
+    lambda name: name not in ("mesh-proxy", "mesh-init")
+)
+annotation_key = st.one_of(
+    dns_label,
+    st.builds(lambda a, b: f"{a}.io/{b}", dns_label, dns_label),
+    st.builds(lambda a, b: f"{a}~{b}/x~1", dns_label, dns_label),  # RFC 6901 escapes
+)
+text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
+
+
+@st.composite
+def containers(draw: st.DrawFn, *, min_size: int) -> list[dict[str, Any]]:
+    names = draw(st.lists(dns_label, min_size=min_size, max_size=4, unique=True))
+    result = []
+    for name in names:
+        container: dict[str, Any] = {"name": name, "image": draw(dns_label) + ":1"}
+        env = draw(st.lists(st.tuples(dns_label, text), max_size=5))
+        if env:
+            container["env"] = [{"name": k.upper().replace("-", "_"), "value": v} for k, v in env]
+        result.append(container)
+    return result
+
+
+mode_annotations = st.fixed_dictionaries(
+    {},
+    optional={
+        "sidecar.mesh.io/native-sidecar": st.sampled_from(["true", "false"]),
+        "sidecar.mesh.io/hold-application": st.sampled_from(["true", "false"]),
+        "sidecar.mesh.io/exclude-inbound-ports": st.sampled_from(["", "8080", "9090,9091"]),
+        "sidecar.mesh.io/xds-address": st.sampled_from(["xds:15010", "10.0.0.1:15010"]),
+    },
+)
+
+
+@st.composite
+def pods(draw: st.DrawFn) -> dict[str, Any]:
+    apps = draw(containers(min_size=1))
+    inits = draw(containers(min_size=0))
+    names = {c["name"] for c in apps}
+    inits = [c for c in inits if c["name"] not in names]
+    spec: dict[str, Any] = {"containers": apps}
+    if draw(st.booleans()):
+        spec["initContainers"] = inits or None
+    if draw(st.booleans()):
+        spec["volumes"] = [{"name": n, "emptyDir": {}} for n in draw(st.lists(dns_label, max_size=3, unique=True))] or None  # fmt: skip
+    meta: dict[str, Any] | None = None
+    shape = draw(st.sampled_from(["missing", "null-maps", "maps"]))
+    if shape == "null-maps":
+        meta = {"labels": None, "annotations": None}
+    elif shape == "maps":
+        annotations = draw(st.dictionaries(annotation_key, text, max_size=4))
+        annotations.update(draw(mode_annotations))
+        meta = {"labels": draw(st.dictionaries(dns_label, dns_label, max_size=3)),
+                "annotations": annotations}  # fmt: skip
+    template: dict[str, Any] = {"spec": spec}
+    if meta is not None:
+        template["metadata"] = meta
+    kind = draw(st.sampled_from(["Pod", "Deployment", "Job", "CronJob"]))
+    if kind == "Pod":
+        return {"apiVersion": "v1", "kind": "Pod", **template}
+    if kind == "CronJob":
+        return {"apiVersion": "batch/v1", "kind": "CronJob",
+                "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template}}}}  # fmt: skip
+    group = "apps/v1" if kind == "Deployment" else "batch/v1"
+    return {"apiVersion": group, "kind": kind, "spec": {"template": template}}
+
+
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(pods())
+def test_the_patch_applied_by_jsonpatch_equals_the_injected_object(obj: dict[str, Any]) -> None:
+    result = inject(obj, namespace=NAMESPACE, config=CONFIG)
+    assert result.injected
+    assert jsonpatch.apply_patch(obj, list(result.patch)) == result.obj
+
+
+@PROPERTY
+@given(pods())
+def test_the_patch_only_adds(obj: dict[str, Any]) -> None:
+    result = inject(obj, namespace=NAMESPACE, config=CONFIG)
+    assert {op["op"] for op in result.patch} == {"add"}
+
+
+@PROPERTY
+@given(pods())
+def test_injecting_the_result_again_changes_nothing(obj: dict[str, Any]) -> None:
+    first = inject(obj, namespace=NAMESPACE, config=CONFIG)
+    second = inject(first.obj, namespace=NAMESPACE, config=CONFIG)
+    assert second.patch == ()
+    assert second.obj is first.obj
+    assert second.decision.code == "already-injected"
+
+
+@PROPERTY
+@given(pods())
+def test_the_input_is_never_modified_and_user_containers_are_untouched(
+    obj: dict[str, Any],
+) -> None:
+    before = copy.deepcopy(obj)
+    result = inject(obj, namespace=NAMESPACE, config=CONFIG)
+    assert obj == before
+    old, new = pod_spec(before), pod_spec(result.obj)
+    for field in ("containers", "initContainers", "volumes"):
+        ours = [c for c in new.get(field) or [] if c["name"] not in ("mesh-proxy", "mesh-init")]
+        assert ours == (old.get(field) or []), field
+    validate_pod_rules(new)
