@@ -21,7 +21,9 @@ STATUS = {"sidecar.mesh.io/status": "{}"}
 MIRROR = {"kubernetes.io/config.mirror": "x"}
 
 # (namespace, namespace labels, pod labels, pod annotations, spec extras, code, inject)
-TABLE: list[tuple[str, dict[str, str], dict[str, str], dict[str, str], dict[str, Any], str, bool]] = [
+TABLE: list[
+    tuple[str, dict[str, str], dict[str, str], dict[str, str], dict[str, Any], str, bool]
+] = [
     ("demo", ENABLED, {}, {}, {}, "namespace-enabled", True),
     ("demo", {}, {}, {}, {}, "not-enabled", False),
     ("demo", {"sidecar-injection": "yes"}, {}, {}, {}, "not-enabled", False),

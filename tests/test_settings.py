@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from webhook.config import ConfigError, InjectorConfig, parse_config
-from webhook.settings import SETTING_KEYS, Source, SettingsError, resolve_settings
+from webhook.settings import SETTING_KEYS, SettingsError, Source, resolve_settings
 
 P = "sidecar.mesh.io/"
 
@@ -157,9 +157,11 @@ def test_an_invalid_value_that_is_overridden_does_not_refuse() -> None:
 
 
 def test_a_request_above_its_limit_blames_the_value_set_closest_to_the_pod() -> None:
-    with pytest.raises(SettingsError, match="pod annotation sidecar.mesh.io/proxy-cpu-limit"):
+    with pytest.raises(SettingsError, match=r"pod annotation sidecar\.mesh\.io/proxy-cpu-limit"):
         resolve(pod={P + "proxy-cpu-limit": "50m"})
-    with pytest.raises(SettingsError, match="namespace label sidecar.mesh.io/proxy-memory-request"):
+    with pytest.raises(
+        SettingsError, match=r"namespace label sidecar\.mesh\.io/proxy-memory-request"
+    ):
         resolve({P + "proxy-memory-request": "2Gi"})
 
 

@@ -41,25 +41,40 @@ def _build_parser() -> argparse.ArgumentParser:
         "that are not workloads, and pods the decision skips, are printed unchanged.",
     )
     inject.add_argument(
-        "-f", "--filename", action="append", required=True, metavar="FILE",
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
         help="manifest file (JSON or YAML, multi-document, Lists); '-' reads stdin; repeatable",
     )
     inject.add_argument("-n", "--namespace", help="namespace of objects that name none")
     inject.add_argument(
-        "--label", action="append", default=[], metavar="KEY=VALUE",
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="namespace label to assume (overrides the namespaces file); repeatable",
     )
     inject.add_argument(
-        "--annotation", action="append", default=[], metavar="KEY=VALUE",
+        "--annotation",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="namespace annotation to assume (overrides the namespaces file); repeatable",
     )
     inject.add_argument(
-        "--namespaces-file", type=Path, metavar="FILE",
+        "--namespaces-file",
+        type=Path,
+        metavar="FILE",
         help="Namespace objects (e.g. the output of kubectl get ns -o yaml)",
     )
     inject.add_argument("--config", type=Path, metavar="FILE", help="injector config (YAML)")
     inject.add_argument(
-        "-o", "--output", choices=[o.value for o in Output], default=Output.YAML.value,
+        "-o",
+        "--output",
+        choices=[o.value for o in Output],
+        default=Output.YAML.value,
         help="yaml (default) or json: the objects; patch: the JSON Patch; diff: a unified diff",
     )
 
@@ -67,22 +82,27 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=constants.DEFAULT_HTTPS_PORT)
     serve.add_argument(
-        "--cert-dir", type=Path, default=Path("certs"), metavar="DIR",
+        "--cert-dir",
+        type=Path,
+        default=Path("certs"),
+        metavar="DIR",
         help="directory with tls.crt and tls.key, reloaded when they change (default certs/)",
     )
     serve.add_argument("--config", type=Path, metavar="FILE", help="injector config (YAML)")
     serve.add_argument(
-        "--namespaces-file", type=Path, metavar="FILE",
+        "--namespaces-file",
+        type=Path,
+        metavar="FILE",
         help="Namespace objects to use instead of watching the API server",
     )
     serve.add_argument(
-        "--kubeconfig", type=Path, metavar="FILE",
+        "--kubeconfig",
+        type=Path,
+        metavar="FILE",
         help="watch namespaces through this kubeconfig (default: in-cluster or $KUBECONFIG)",
     )
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    serve.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     certs = commands.add_parser("certs", help="make a CA and a serving certificate")
     certs.add_argument("--out", type=Path, default=Path("certs"), metavar="DIR")

@@ -35,7 +35,12 @@ PROXY_PORTS: Final = (OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT, HEALTH_PORT, PROM
 
 DEFAULT_PROXY_UID: Final = 1337
 
-DEFAULT_EXCLUDED_NAMESPACES: Final = ("kube-system", "kube-public", "kube-node-lease", "mesh-system")
+DEFAULT_EXCLUDED_NAMESPACES: Final = (
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "mesh-system",
+)
 
 # The serving side.
 DEFAULT_HTTPS_PORT: Final = 8443

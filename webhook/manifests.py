@@ -32,7 +32,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             raise yaml.MarkedYAMLError(
                 problem="YAML aliases are not accepted here", problem_mark=event.start_mark
             )
@@ -71,7 +71,7 @@ def parse_documents(data: bytes | str, *, origin: str, allow_aliases: bool = Tru
             return doc if isinstance(doc, list) else [doc]
     loader = _BaseLoader if allow_aliases else _NoAliasLoader
     try:
-        docs = list(yaml.load_all(text, Loader=loader))  # noqa: S506 (a safe loader)
+        docs = list(yaml.load_all(text, Loader=loader))
     except yaml.YAMLError as err:
         raise _yaml_error(origin, err) from None
     except RecursionError:

@@ -148,8 +148,10 @@ def render(
         if len(results) == 1:
             return to_json(list(results[0].patch))
         return to_json(
-            [{"object": describe(obj), "patch": list(result.patch)}
-             for obj, result in zip(originals, results, strict=True)]
+            [
+                {"object": describe(obj), "patch": list(result.patch)}
+                for obj, result in zip(originals, results, strict=True)
+            ]
         )
     return unified_diff(
         (describe(obj), obj, result.obj) for obj, result in zip(originals, results, strict=True)

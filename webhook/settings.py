@@ -264,8 +264,11 @@ def resolve_settings(
     for resource in ("cpu", "memory"):
         request = resolved[f"proxy_{resource}_request"]
         limit = resolved[f"proxy_{resource}_limit"]
-        if request is not None and limit is not None:
-            if parse_quantity(request) > parse_quantity(limit):
-                raise _request_over_limit(resource, request, limit, provenance)
+        if (
+            request is not None
+            and limit is not None
+            and parse_quantity(request) > parse_quantity(limit)
+        ):
+            raise _request_over_limit(resource, request, limit, provenance)
 
     return ProxySettings(**resolved, provenance=provenance, warnings=tuple(warnings))

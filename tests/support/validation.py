@@ -18,7 +18,7 @@ from webhook.engine.workloads import WORKLOADS, locate_pod
 KUBERNETES_VERSION = "1.37.0"
 
 
-class InvalidObject(AssertionError):
+class InvalidObjectError(AssertionError):
     """The object would be rejected by the apiserver."""
 
 
@@ -28,7 +28,7 @@ def validate_schema(obj: dict[str, Any]) -> None:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as err:
         path = "/".join(str(p) for p in err.path)
-        raise InvalidObject(f"{obj.get('kind')}: {path}: {err.message}") from None
+        raise InvalidObjectError(f"{obj.get('kind')}: {path}: {err.message}") from None
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -47,23 +47,25 @@ def validate_pod_rules(spec: dict[str, Any]) -> None:
     containers = spec.get("containers") or []
     names = [c["name"] for c in [*init, *containers]]
     if len(names) != len(set(names)):
-        raise InvalidObject(f"duplicate container names: {names}")
+        raise InvalidObjectError(f"duplicate container names: {names}")
     volumes = [v["name"] for v in spec.get("volumes") or []]
     if len(volumes) != len(set(volumes)):
-        raise InvalidObject(f"duplicate volume names: {volumes}")
+        raise InvalidObjectError(f"duplicate volume names: {volumes}")
     for container in [*init, *containers]:
         for mount in container.get("volumeMounts") or []:
             if mount["name"] not in volumes:
-                raise InvalidObject(f"{container['name']} mounts unknown volume {mount['name']}")
+                raise InvalidObjectError(
+                    f"{container['name']} mounts unknown volume {mount['name']}"
+                )
         ports = [p["name"] for p in container.get("ports") or [] if "name" in p]
         if len(ports) != len(set(ports)) or any(len(p) > 15 for p in ports):
-            raise InvalidObject(f"{container['name']} has bad port names {ports}")
+            raise InvalidObjectError(f"{container['name']} has bad port names {ports}")
     for container in containers:
         if "restartPolicy" in container:
-            raise InvalidObject(f"app container {container['name']} has a restartPolicy")
+            raise InvalidObjectError(f"app container {container['name']} has a restartPolicy")
     for container in init:
         if container.get("restartPolicy") not in (None, "Always"):
-            raise InvalidObject(f"init container {container['name']} restartPolicy")
+            raise InvalidObjectError(f"init container {container['name']} restartPolicy")
 
 
 def validate_injected(obj: dict[str, Any]) -> None:

@@ -62,7 +62,9 @@ def decide(
         )
     if constants.STATUS_ANNOTATION in annotations:
         return Decision(
-            False, "already-injected", f"pod already has the {constants.STATUS_ANNOTATION} annotation"
+            False,
+            "already-injected",
+            f"pod already has the {constants.STATUS_ANNOTATION} annotation",
         )
     namespace_label = namespace.labels.get(constants.NAMESPACE_INJECTION_LABEL)
     if namespace_label == constants.DISABLED:

@@ -88,7 +88,14 @@ def inject(
     except SettingsError as err:
         raise InjectionRefused(f"{describe(obj)}: {err}") from None
 
-    additions = _additions(obj, location, spec, annotations, settings, config)
+    additions = _additions(
+        obj,
+        location=location,
+        spec=spec,
+        annotations=annotations,
+        settings=settings,
+        config=config,
+    )
     pod = _walk(obj, location.path)
     patch = build_patch(location.path, pod, additions)
     result = apply_additions(obj, location.path, additions)
@@ -124,6 +131,7 @@ def _choice_warnings(meta: dict[str, Any]) -> tuple[str, ...]:
 
 def _additions(
     obj: dict[str, Any],
+    *,
     location: PodLocation,
     spec: dict[str, Any],
     annotations: dict[str, str],

@@ -47,9 +47,7 @@ class Additions:
         )
 
 
-def build_patch(
-    pod_path: tuple[str, ...], pod: dict[str, Any], additions: Additions
-) -> list[Op]:
+def build_patch(pod_path: tuple[str, ...], pod: dict[str, Any], additions: Additions) -> list[Op]:
     """The ``add`` operations that turn the pod at ``pod_path`` into the injected one."""
     ops: list[Op] = []
     spec_path = pointer((*pod_path, "spec"))

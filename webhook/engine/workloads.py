@@ -55,7 +55,11 @@ def describe(obj: dict[str, Any]) -> str:
     namespace = meta.get("namespace")
     if not isinstance(name, str) or not name:
         return str(kind)
-    return f"{kind} {namespace}/{name}" if isinstance(namespace, str) and namespace else f"{kind} {name}"
+    return (
+        f"{kind} {namespace}/{name}"
+        if isinstance(namespace, str) and namespace
+        else f"{kind} {name}"
+    )
 
 
 def locate_pod(obj: dict[str, Any]) -> PodLocation | None:
