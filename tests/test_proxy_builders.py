@@ -1,0 +1,314 @@
+"""The two injected containers: real ``envoy --mode validate`` and real ``iptables-restore --test``.
+
+The bootstrap is validated the way it will run: the container's own
+``command`` + ``args`` after the kubelet's ``$(VAR)`` expansion.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+
+from tests.support.kubelet import container_env, expand_vars, expanded_command, find_envoy
+from webhook import constants
+from webhook.config import InjectorConfig
+from webhook.engine.iptables import mesh_init_container, render_rules
+from webhook.engine.proxy import mesh_proxy_container, proxy_volumes
+from webhook.settings import ProxySettings, resolve_settings
+
+P = constants.PREFIX
+CONFIG = InjectorConfig()
+POD_FIELDS = {
+    "metadata.name": "web-0",
+    "metadata.namespace": "demo",
+    "status.podIP": "10.20.30.40",
+    "spec.serviceAccountName": "web",
+}
+
+
+def settings_for(**annotations: str) -> ProxySettings:
+    return resolve_settings(
+        CONFIG,
+        namespace_labels={},
+        namespace_annotations={},
+        pod_annotations={P + key: value for key, value in annotations.items()},
+    )
+
+
+def envoy_validate(container: dict[str, Any]) -> None:
+    env = container_env(container, POD_FIELDS)
+    argv = expanded_command(container, env)
+    assert argv[0] == "envoy"
+    assert "$(" not in " ".join(argv), "every $(VAR) must be defined in the container env"
+    result = subprocess.run(
+        [str(find_envoy()), "--mode", "validate", *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+# --- kubelet expansion helper ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("$(A)", "1"),
+        ("x$(A)y$(B)", "x1y2"),
+        ("$$(A)", "$(A)"),
+        ("$$$(A)", "$1"),
+        ("$(MISSING)", "$(MISSING)"),
+        ("$(A", "$(A"),
+        ("$()", "$()"),
+        ("$x", "$x"),
+        ("a$", "a$"),
+        ("$(A)$(A)", "11"),
+    ],
+)
+def test_expand_vars_follows_kubelet_semantics(text: str, expected: str) -> None:
+    assert expand_vars(text, {"A": "1", "B": "2"}) == expected
+
+
+def test_container_env_resolves_field_refs_and_earlier_vars() -> None:
+    container = {
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "URL", "value": "http://$(POD_IP):8080"},
+        ]
+    }
+    assert container_env(container, POD_FIELDS)["URL"] == "http://10.20.30.40:8080"
+
+
+# --- mesh-proxy -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        pytest.param({}, id="defaults"),
+        pytest.param({"xds-address": "xds.mesh-system.svc:15010"}, id="xds-dns-name"),
+        pytest.param({"xds-address": "10.96.0.10:15010"}, id="xds-ipv4"),
+        pytest.param({"xds-address": "[::1]:15010"}, id="xds-ipv6"),
+        pytest.param({"include-inbound-ports": "8080,9090"}, id="include-inbound-list"),
+        pytest.param({"native-sidecar": "true"}, id="native"),
+        pytest.param({"hold-application": "true"}, id="hold"),
+        pytest.param({"native-sidecar": "true", "hold-application": "true"}, id="native-hold"),
+        *(
+            pytest.param({"log-level": level}, id=f"log-{level}")
+            for level in ("trace", "debug", "info", "warning", "error", "critical", "off")
+        ),
+    ],
+)
+def test_proxy_bootstrap_passes_envoy_validate(annotations: dict[str, str]) -> None:
+    envoy_validate(mesh_proxy_container(settings_for(**annotations), CONFIG))
+
+
+def test_proxy_container_shape() -> None:
+    container = mesh_proxy_container(settings_for(), CONFIG)
+    assert container["name"] == constants.PROXY_CONTAINER
+    assert container["image"] == f"{CONFIG.proxy.image}:{CONFIG.proxy.version}"
+    assert container["command"] == ["envoy"]
+    args = container["args"]
+    assert args[args.index("--log-level") + 1] == "warning"
+    assert "--disable-hot-restart" in args
+    context = container["securityContext"]
+    assert context["runAsUser"] == context["runAsGroup"] == CONFIG.proxy.uid
+    assert context["runAsNonRoot"] is True
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+    assert {port["containerPort"] for port in container["ports"]} == {15090}
+    assert all(len(port["name"]) <= 15 for port in container["ports"])
+    assert "restartPolicy" not in container
+    assert "lifecycle" not in container
+    assert proxy_volumes(settings_for(), CONFIG) == []
+
+
+def test_proxy_modes() -> None:
+    native = mesh_proxy_container(settings_for(**{"native-sidecar": "true"}), CONFIG)
+    assert native["restartPolicy"] == "Always"
+    assert "startupProbe" not in native
+    native_hold = mesh_proxy_container(
+        settings_for(**{"native-sidecar": "true", "hold-application": "true"}), CONFIG
+    )
+    assert native_hold["startupProbe"]["httpGet"]["port"] == 15021
+    assert "lifecycle" not in native_hold
+    hold = mesh_proxy_container(settings_for(**{"hold-application": "true"}), CONFIG)
+    assert hold["lifecycle"]["postStart"]["exec"]["command"][0] == "bash"
+    assert "restartPolicy" not in hold
+
+
+def test_proxy_resources_follow_settings_and_unset_values_are_omitted() -> None:
+    container = mesh_proxy_container(
+        settings_for(**{"proxy-cpu-limit": "1", "proxy-memory-limit": ""}), CONFIG
+    )
+    assert container["resources"] == {
+        "limits": {"cpu": "1"},
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+    }
+    bare = mesh_proxy_container(
+        settings_for(
+            **{"proxy-cpu-request": "", "proxy-memory-request": "", "proxy-memory-limit": ""}
+        ),
+        CONFIG,
+    )
+    assert "resources" not in bare
+
+
+def test_builders_do_not_mutate_and_are_deterministic() -> None:
+    settings = settings_for(**{"exclude-outbound-cidrs": "10.0.0.0/8"})
+    before = copy.deepcopy(settings)
+    first = (mesh_proxy_container(settings, CONFIG), mesh_init_container(settings, CONFIG))
+    second = (mesh_proxy_container(settings, CONFIG), mesh_init_container(settings, CONFIG))
+    assert first == second
+    assert settings == before
+
+
+# --- mesh-init ------------------------------------------------------------------------
+
+
+def rules_for(**annotations: str) -> list[str]:
+    return render_rules(settings_for(**annotations), proxy_uid=1337).splitlines()
+
+
+def test_default_rules_redirect_everything_but_the_proxy_ports() -> None:
+    rules = rules_for()
+    assert rules[0] == "*nat"
+    assert rules[-1] == "COMMIT"
+    for port in constants.PROXY_PORTS:
+        assert f"-A MESH_INBOUND -p tcp --dport {port} -j RETURN" in rules
+    assert "-A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT" in rules
+    assert "-A MESH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006" in rules
+    assert "-A MESH_REDIRECT -p tcp -j REDIRECT --to-ports 15001" in rules
+    assert "-A PREROUTING -p tcp -j MESH_INBOUND" in rules
+    assert "-A OUTPUT -p tcp -j MESH_OUTPUT" in rules
+    assert rules[-2] == "-A OUTPUT -p tcp -j MESH_OUTPUT"
+
+
+def test_outbound_exemptions_come_before_the_redirect() -> None:
+    rules = [
+        r
+        for r in rules_for(
+            **{
+                "exclude-outbound-ports": "5432,443",
+                "exclude-outbound-cidrs": "10.0.0.0/8,fd00::/8",
+            }
+        )
+        if r.startswith("-A MESH_OUTPUT")
+    ]
+    assert rules == [
+        "-A MESH_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        "-A MESH_OUTPUT -o lo -d 127.0.0.0/8 -j RETURN",
+        "-A MESH_OUTPUT -o lo -j MESH_INBOUND",
+        "-A MESH_OUTPUT -o lo -j RETURN",
+        "-A MESH_OUTPUT -p tcp --dport 443 -j RETURN",
+        "-A MESH_OUTPUT -p tcp --dport 5432 -j RETURN",
+        "-A MESH_OUTPUT -d 10.0.0.0/8 -j RETURN",
+        "-A MESH_OUTPUT -j MESH_REDIRECT",
+    ]
+
+
+def test_proxy_uid_comes_from_the_argument() -> None:
+    text = render_rules(settings_for(), proxy_uid=4242)
+    assert "--uid-owner 4242 -j RETURN" in text
+
+
+def test_excluded_inbound_ports_are_returned_in_order() -> None:
+    rules = rules_for(**{"exclude-inbound-ports": "9090,22"})
+    returns = [r for r in rules if r.startswith("-A MESH_INBOUND") and r.endswith("RETURN")]
+    assert returns == [
+        f"-A MESH_INBOUND -p tcp --dport {port} -j RETURN"
+        for port in (22, 9090, 15000, 15001, 15006, 15021, 15090)
+    ]
+
+
+def test_include_inbound_list_redirects_only_those_ports_minus_exclusions() -> None:
+    rules = rules_for(
+        **{"include-inbound-ports": "8080,9090,15021", "exclude-inbound-ports": "9090"}
+    )
+    inbound = [r for r in rules if r.startswith("-A MESH_INBOUND")]
+    assert inbound == ["-A MESH_INBOUND -p tcp --dport 8080 -j MESH_IN_REDIRECT"]
+
+
+def test_empty_include_inbound_list_redirects_nothing_inbound() -> None:
+    rules = rules_for(**{"include-inbound-ports": ""})
+    assert not [r for r in rules if r.startswith("-A MESH_INBOUND")]
+
+
+def test_include_outbound_cidrs_limit_the_redirect_and_ipv6_is_left_alone() -> None:
+    rules = rules_for(**{"include-outbound-cidrs": "10.96.0.0/12,fd00::/8,192.168.0.0/16"})
+    redirects = [r for r in rules if r.endswith("-j MESH_REDIRECT")]
+    assert redirects == [
+        "-A MESH_OUTPUT -d 10.96.0.0/12 -j MESH_REDIRECT",
+        "-A MESH_OUTPUT -d 192.168.0.0/16 -j MESH_REDIRECT",
+    ]
+    assert not any("fd00" in r for r in rules)
+
+
+def test_init_container_shape() -> None:
+    container = mesh_init_container(settings_for(), CONFIG)
+    assert container["name"] == constants.INIT_CONTAINER
+    assert container["image"] == CONFIG.init.image
+    assert container["command"][:2] == ["sh", "-c"]
+    script = container["command"][2]
+    assert script.startswith("set -eu\n")
+    assert render_rules(settings_for(), proxy_uid=CONFIG.proxy.uid) in script
+    context = container["securityContext"]
+    assert context["runAsUser"] == 0
+    assert context["runAsNonRoot"] is False
+    assert context["privileged"] is False
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}
+    assert container["resources"] == {
+        "limits": {"memory": "64Mi"},
+        "requests": {"cpu": "10m", "memory": "16Mi"},
+    }
+
+
+IPTABLES = shutil.which("iptables-restore")
+UNSHARE = shutil.which("unshare")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="iptables-restore --test needs root")
+@pytest.mark.skipif(IPTABLES is None or UNSHARE is None, reason="needs iptables and unshare")
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        pytest.param({}, id="defaults"),
+        pytest.param(
+            {
+                "exclude-inbound-ports": "22,9090",
+                "exclude-outbound-ports": "5432",
+                "exclude-outbound-cidrs": "10.0.0.0/8,169.254.169.254/32",
+            },
+            id="exclusions",
+        ),
+        pytest.param(
+            {"include-inbound-ports": "8080", "include-outbound-cidrs": "10.96.0.0/12"},
+            id="includes",
+        ),
+        pytest.param({"include-inbound-ports": ""}, id="no-inbound"),
+    ],
+)
+def test_rendered_rules_pass_iptables_restore_test(annotations: dict[str, str]) -> None:
+    # A throwaway network namespace: --test parses and checks without committing,
+    # and even a bug here could not touch the host's tables.
+    rules = render_rules(settings_for(**annotations), proxy_uid=1337)
+    result = subprocess.run(
+        [str(UNSHARE), "--net", str(IPTABLES), "--test", "--noflush"],
+        input=rules,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
