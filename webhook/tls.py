@@ -42,9 +42,9 @@ import uvicorn
 log = logging.getLogger(__name__)
 
 # TLS 1.2 suites: forward-secret key exchange (ECDHE) with an AEAD cipher only.
-# No RSA key transport, no CBC (Lucky13/padding oracles), no SHA-1 MACs. Every
-# client kube-apiserver (Go crypto/tls) can be also speaks these. TLS 1.3
-# suites are configured separately by OpenSSL and are all AEAD already.
+# No RSA key transport, no CBC (Lucky13/padding oracles), no SHA-1 MACs.
+# kube-apiserver (Go crypto/tls) offers these first. TLS 1.3 suites are
+# configured separately by OpenSSL and are all AEAD already.
 TLS12_CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 # Within this long after a file's last change, identical stat results do not
@@ -222,16 +222,23 @@ class ReloadingTLS:
             return self._attempt(stamps)
 
     def _attempt(self, stamps: tuple[_FileStamp, _FileStamp]) -> bool:
-        # Stamps are taken before reading, so a write racing the read changes
-        # them and the next check reads again.
-        self._stamps = stamps
-        self._racy = max(max(s[3], s[4]) for s in stamps) > time.time_ns() - _RACY_NS
+        # Stamps are taken before reading and again after: if a writer changed
+        # either file meanwhile (a ..data swap between our two reads), read
+        # again rather than report a mismatch that never existed on disk.
         try:
-            cert_pem = self.cert_path.read_bytes()
-            key_pem = self.key_path.read_bytes()
+            for _ in range(3):
+                cert_pem = self.cert_path.read_bytes()
+                key_pem = self.key_path.read_bytes()
+                after = (_stamp(self.cert_path), _stamp(self.key_path))
+                if after == stamps:
+                    break
+                stamps = after
         except OSError as err:
+            self._stamps = None
             self._fail(f"{err.filename}: cannot read: {err.strerror or err}")
             return False
+        self._stamps = stamps
+        self._racy = max(max(s[3], s[4]) for s in stamps) > time.time_ns() - _RACY_NS
         digest = hashlib.sha256(cert_pem + b"\0" + key_pem).digest()
         if digest in (self._loaded_digest, self._failed_digest):
             return False
@@ -306,7 +313,13 @@ def uvicorn_config_with_tls(
     uvicorn (0.54+) calls ``ssl_context_factory`` from ``Config.load()``; ours
     ignores uvicorn's default factory (it would build a static context from
     files, with uvicorn's permissive cipher default) and returns the reloading
-    context, adding the ALPN protocols uvicorn would have set.
+    context, adding the ALPN protocols uvicorn would have set. Usage::
+
+        tls = ReloadingTLS(cert_dir)  # raises TLSError if the pair is unusable
+        config = uvicorn_config_with_tls(app, host=host, port=port, tls=tls)
+        uvicorn.Server(config).run()
+
+    Run a single process (no ``workers``/``reload``): the context lives in it.
     """
 
     def factory(config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
