@@ -52,3 +52,18 @@ $(CERTS_DIR)/tls.crt:
 deploy: manifests
 	$(KUBECTL) apply -f manifests/install.yaml
 	$(KUBECTL) -n mesh-system rollout status deployment/sidecar-injector --timeout=180s
+
+# --- Local control plane for e2e tests (tests/e2e/cluster.py) ---
+# kube-apiserver and kube-controller-manager are built from the pinned
+# k8s.io/kubernetes module (tests/e2e/controlplane/go.mod) and cached in
+# $SIDECAR_INJECTOR_CACHE (default ~/.cache/sidecar-injector); a cold build needs Go
+# and takes minutes, a cached one returns at once.
+.PHONY: control-plane cluster
+
+control-plane:
+	bash tests/e2e/build_control_plane.sh
+
+# Foreground etcd + kube-apiserver + kube-controller-manager on 127.0.0.1;
+# prints an `export KUBECONFIG=...` line; Ctrl-C tears it all down.
+cluster: install control-plane
+	$(BIN)/python -m tests.e2e.run_cluster
