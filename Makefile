@@ -18,13 +18,13 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check webhook tests
-	$(BIN)/ruff format --check webhook tests
+	$(BIN)/ruff check webhook tests scripts bench
+	$(BIN)/ruff format --check webhook tests scripts bench
 	$(BIN)/mypy
 
 fmt: install
-	$(BIN)/ruff format webhook tests
-	$(BIN)/ruff check --fix webhook tests
+	$(BIN)/ruff format webhook tests scripts bench
+	$(BIN)/ruff check --fix webhook tests scripts bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
