@@ -153,6 +153,26 @@ def test_injected_pod_intercepts_inbound_and_outbound(
             == (after["listener.outbound.downstream_cx_total"])
         )
 
+        # The app calling its own pod IP gets the inbound treatment (via lo).
+        stats = box.stats()
+        assert box.connect_as_app(box.pod_ip, APP_PORT).split()[0] == box.pod_ip
+        after = box.stats()
+        assert after["listener.inbound.downstream_cx_total"] == (
+            stats["listener.inbound.downstream_cx_total"] + 1
+        )
+        assert (
+            after["listener.outbound.downstream_cx_total"]
+            == (stats["listener.outbound.downstream_cx_total"])
+        )
+        # A connection aimed straight at 15006 is dropped, not forwarded to itself.
+        with socket.create_connection((box.pod_ip, 15006), timeout=5) as conn:
+            conn.settimeout(5)
+            assert conn.recv(1) == b""
+        time.sleep(0.2)
+        assert box.stats()["listener.inbound.downstream_cx_total"] == (
+            after["listener.inbound.downstream_cx_total"] + 1
+        )
+
         # Health and metrics answer on the pod IP from outside; admin does not.
         status, _ = http_get(f"http://{box.pod_ip}:15021/healthz/ready")
         assert status == 200
