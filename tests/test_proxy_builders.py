@@ -135,7 +135,8 @@ def test_proxy_container_shape() -> None:
 def test_proxy_modes() -> None:
     native = mesh_proxy_container(settings_for(**{"native-sidecar": "true"}), CONFIG)
     assert native["restartPolicy"] == "Always"
-    assert "startupProbe" not in native
+    # The rules precede it, so later containers must wait for it even unasked.
+    assert native["startupProbe"]["httpGet"]["port"] == 15021
     native_hold = mesh_proxy_container(
         settings_for(**{"native-sidecar": "true", "hold-application": "true"}), CONFIG
     )

@@ -7,9 +7,12 @@ Three placements, chosen by the settings (``inject`` puts the dict where it goes
   hook. The kubelet starts containers in order and does not start the next one
   until the previous one's postStart hook returns, so the app starts only once
   the proxy answers ``/healthz/ready``;
-* ``native-sidecar``: an init container with ``restartPolicy: Always``; with
-  ``hold-application`` too, a startup probe makes the kubelet wait for
-  readiness before it starts the next container.
+* ``native-sidecar``: an init container with ``restartPolicy: Always`` and a
+  startup probe, so the kubelet starts the containers after it (the user's init
+  containers, then the app) only once the proxy is ready. The rules are already
+  in place by then, so without the probe their first connections would be
+  redirected to a proxy that is not listening yet; ``hold-application`` is
+  therefore implied in this mode.
 """
 
 from __future__ import annotations
@@ -120,9 +123,8 @@ def mesh_proxy_container(settings: ProxySettings, config: InjectorConfig) -> dic
         container["resources"] = resources
     if settings.native_sidecar:
         container["restartPolicy"] = "Always"
-        if settings.hold_application:
-            # Up to two minutes, polled every second, before the kubelet gives up.
-            container["startupProbe"] = _health_probe(period=1, failures=120)
+        # Up to two minutes, polled every second, before the kubelet gives up.
+        container["startupProbe"] = _health_probe(period=1, failures=120)
     elif settings.hold_application:
         container["lifecycle"] = {"postStart": {"exec": {"command": wait_ready_command()}}}
     return container
