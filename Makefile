@@ -86,3 +86,23 @@ bench: install
 
 e2e: install
 	$(BIN)/python -m pytest -m netns tests/e2e -q
+
+# --- Local webhook (docs/service.md) ---
+# `make run` on a fresh machine: venv, dev certificates (only if missing, so
+# a CA you already trust stays), then HTTPS on 127.0.0.1:8443 in the
+# foreground with the example namespaces. Try it with the curl commands in
+# docs/service.md; Ctrl-C (or SIGTERM) drains in-flight requests and stops.
+RUN_HOST ?= 127.0.0.1
+RUN_PORT ?= 8443
+RUN_NAMESPACES ?= examples/namespaces.yaml
+
+.PHONY: run certs
+
+# The certs rule above runs the installed CLI, so it needs the venv first.
+$(CERTS_DIR)/tls.crt: | $(STAMP)
+
+certs: $(CERTS_DIR)/tls.crt
+
+run: install $(CERTS_DIR)/tls.crt
+	$(BIN)/sidecar-injector serve --host $(RUN_HOST) --port $(RUN_PORT) \
+		--cert-dir $(CERTS_DIR) --namespaces-file $(RUN_NAMESPACES)
