@@ -11,11 +11,11 @@ import jsonpatch
 import orjson
 import pytest
 
+from tests.support.validation import validate_injected
 from webhook import admission
 from webhook.admission import BadRequest
 from webhook.config import InjectorConfig
 from webhook.preview import AssumedNamespace
-from tests.support.validation import validate_injected
 
 CONFIG = InjectorConfig()
 ENABLED = AssumedNamespace("demo", MappingProxyType({"sidecar-injection": "enabled"}))
@@ -137,7 +137,7 @@ def test_a_bad_envelope_is_a_bad_request_with_a_one_line_message(body: bytes, me
 
 def test_a_create_of_a_pod_without_its_object_is_a_bad_request() -> None:
     doc = admission.decode(_replace("request.object", None))
-    with pytest.raises(BadRequest, match="request.object is missing"):
+    with pytest.raises(BadRequest, match=r"request\.object is missing"):
         admission.review(doc, namespace=ENABLED, config=CONFIG)
 
 
