@@ -1,0 +1,504 @@
+"""A watch-backed cache of the cluster's Namespaces (the only module that imports ``kubernetes``).
+
+Admission must not make an API call per request, so one daemon thread keeps a
+copy of every Namespace's labels and annotations: it lists them, then watches
+from the list's resourceVersion, and on "410 Gone" (history compacted while
+we were away) lists again. Any other failure (connection refused, timeouts,
+a broken stream) is retried with capped exponential backoff and jitter while
+the cache keeps serving what it last knew: a webhook that refused pods whenever
+the API server blinked would turn an API server hiccup into an outage.
+
+The client's typed models are not used: requests ask for the raw response
+(``_preload_content=False``) and objects stay plain dicts, so nothing the
+server sends is dropped or renamed, and the thread owns the open response,
+which ``stop()`` aborts instead of waiting for the server-side watch timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kubernetes import client as kube_client
+from kubernetes import config as _kube_config
+from kubernetes.client.exceptions import ApiException
+
+from webhook.namespaces import (
+    NamespaceInfo,
+    NamespaceSourceError,
+    NamespaceUnavailable,
+    running_in_cluster,
+)
+
+log = logging.getLogger("webhook.namespaces")
+
+# The config loaders carry partial annotations that mypy --strict rejects.
+kube_config: Any = _kube_config
+
+_GONE = 410
+_NOT_FOUND = 404
+# A watch that is silent this much longer than its server-side timeout is a
+# dead connection (e.g. a half-open TCP connection after a network change).
+_READ_SLACK_SECONDS = 30.0
+
+
+class _Expired(Exception):
+    """The watch's resourceVersion is older than the server's history: list again."""
+
+
+class _WatchError(Exception):
+    """The server ended the watch with an error other than 410."""
+
+
+class _Stopping(Exception):
+    """``stop()`` was called while a request was being opened."""
+
+
+class KubeNamespaceCache:
+    """Namespaces of a cluster, kept current by list+watch in one daemon thread.
+
+    ``cached`` reads a dict (no I/O, no locks) and is safe on the event loop;
+    ``fetch`` does one ``GET`` with a short timeout for a namespace the watch
+    has not delivered yet. Ready after the first successful list, and stays
+    ready while the API server is unreachable: the cache then serves what it
+    last knew, which beats refusing or un-injecting every pod.
+
+    The timing parameters exist so tests can run in seconds; the defaults suit
+    a cluster. ``watch_timeout_seconds`` is the shortest server-side watch
+    timeout: each watch asks for a random value between it and twice it, so
+    many replicas do not renew their watches in lockstep.
+    """
+
+    def __init__(
+        self,
+        configuration: Any,
+        *,
+        watch_timeout_seconds: float = 300.0,
+        list_timeout: float = 30.0,
+        fetch_timeout: float = 2.0,
+        connect_timeout: float = 5.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        stop_timeout: float = 2.0,
+        warn_every: float = 60.0,
+    ) -> None:
+        config = copy.deepcopy(configuration)
+        # This class retries with its own backoff; urllib3's default retries
+        # would also multiply fetch()'s timeout by four on a hung server.
+        config.retries = False
+        self._api_client: Any = kube_client.ApiClient(config)
+        self._api: Any = kube_client.CoreV1Api(self._api_client)
+        self.host: str = config.host
+        self._watch_timeout = max(1.0, watch_timeout_seconds)
+        self._list_timeout = list_timeout
+        self._fetch_timeout = fetch_timeout
+        self._connect_timeout = connect_timeout
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._stop_timeout = stop_timeout
+        self._warn_every = warn_every
+
+        # Replaced wholesale on a relist and updated in place by events, both
+        # under _write_lock; readers take no lock (a dict lookup is atomic in
+        # CPython), which is what keeps cached() non-blocking.
+        self._items: dict[str, NamespaceInfo] = {}
+        self._write_lock = threading.Lock()
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        # The response the thread is reading, so stop() can cut it off.
+        self._response: Any = None
+        self._response_lock = threading.Lock()
+        # One GET per name at a time: a Deployment scaled up in a brand-new
+        # namespace should not send one request per replica.
+        self._inflight: dict[str, Future[NamespaceInfo | None]] = {}
+        self._inflight_lock = threading.Lock()
+        self._failures = 0
+        self._empty_watches = 0
+        self._last_warning = float("-inf")
+        self.resource_version: str | None = None
+
+    @classmethod
+    def from_environment(
+        cls, kubeconfig: Path | None = None, *, in_cluster: bool | None = None, **options: float
+    ) -> KubeNamespaceCache:
+        """A cache configured like ``kubectl`` would be, inside or outside a cluster.
+
+        An explicit ``kubeconfig`` wins; otherwise the pod's service account
+        when running in a cluster; otherwise ``$KUBECONFIG`` or
+        ``~/.kube/config``. Raises ``NamespaceSourceError`` with one line.
+        """
+        config = kube_client.Configuration()
+        if kubeconfig is None and (running_in_cluster() if in_cluster is None else in_cluster):
+            where = "in-cluster service account"
+            load: Callable[[], None] = lambda: kube_config.load_incluster_config(  # noqa: E731
+                client_configuration=config
+            )
+        else:
+            where = f"kubeconfig {kubeconfig}" if kubeconfig else "kubeconfig"
+            load = lambda: kube_config.load_kube_config(  # noqa: E731
+                config_file=str(kubeconfig) if kubeconfig else None,
+                client_configuration=config,
+                # Never write refreshed credentials back into the user's file.
+                persist_config=False,
+            )
+        try:
+            load()
+        except Exception as err:  # the loaders raise many types; all mean "cannot configure"
+            raise NamespaceSourceError(
+                f"cannot configure the Kubernetes client from the {where}: {_one_line(err)}"
+            ) from None
+        return cls(config, **options)
+
+    # -- NamespaceSource ------------------------------------------------------
+
+    def cached(self, name: str) -> NamespaceInfo | None:
+        """The namespace as the watch last saw it; a dict lookup, no I/O."""
+        return self._items.get(name)
+
+    def fetch(self, name: str) -> NamespaceInfo | None:
+        """Read one namespace from the API server (for one the watch has not delivered yet).
+
+        Blocks at most about ``fetch_timeout``. ``None`` when it does not
+        exist; ``NamespaceUnavailable`` when the API server does not answer.
+        """
+        with self._inflight_lock:
+            pending = self._inflight.get(name)
+            if pending is None:
+                mine: Future[NamespaceInfo | None] = Future()
+                self._inflight[name] = mine
+        if pending is not None:
+            try:
+                return pending.result(timeout=self._fetch_timeout + 1.0)
+            except TimeoutError:
+                raise NamespaceUnavailable(f"namespace {name}: no answer in time") from None
+        try:
+            result = self._read(name)
+        except BaseException as err:
+            mine.set_exception(err)
+            raise
+        else:
+            mine.set_result(result)
+            return result
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(name, None)
+
+    def is_ready(self) -> bool:
+        """True once the first list succeeded (and from then on)."""
+        return self._ready.is_set()
+
+    def start(self) -> None:
+        """Start the watch thread; it lists, then watches until ``stop()``."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="namespace-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the watch thread promptly: abort its open request, then join it."""
+        self._stopping.set()
+        self._abort_response()
+        thread = self._thread
+        if thread is None:
+            return
+        thread.join(self._stop_timeout)
+        if thread.is_alive():  # pragma: no cover - a request stuck in connect()
+            log.warning("namespace watch did not stop within %.1fs", self._stop_timeout)
+        else:
+            self._api_client.close()
+
+    def describe(self) -> str:
+        """One line for the log."""
+        state = "synced" if self.is_ready() else "not synced yet"
+        return f"namespace watch on {self.host} ({state}, {len(self._items)} namespaces)"
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until the first list succeeded or ``timeout`` passed (for tests and startup)."""
+        return self._ready.wait(timeout)
+
+    # -- the watch thread -----------------------------------------------------
+
+    def _run(self) -> None:
+        resource_version: str | None = None
+        expired_in_a_row = 0
+        while not self._stopping.is_set():
+            try:
+                if resource_version is None:
+                    resource_version = self._list()
+                resource_version = self._watch(resource_version)
+                expired_in_a_row = 0
+            except _Expired as err:
+                # Normal after a long disconnect or an etcd compaction.
+                log.info("namespace watch: %s; listing again", err)
+                resource_version = None
+                expired_in_a_row += 1
+                if expired_in_a_row > 1:  # a server that keeps saying 410 must not spin us
+                    self._stopping.wait(self._backoff(expired_in_a_row - 1))
+            except _Stopping:
+                break
+            except Exception as err:
+                if self._stopping.is_set():
+                    break  # stop() cut the connection; that is not a failure
+                self._failed(err)
+                # Keep resource_version: resuming the watch is cheaper than a
+                # relist, and the server says 410 if it has forgotten it.
+                self._stopping.wait(self._backoff(self._failures))
+        log.debug("namespace watch stopped")
+
+    def _list(self) -> str:
+        response = self._open(
+            lambda: self._api.list_namespace(
+                _preload_content=False,
+                _request_timeout=(self._connect_timeout, self._list_timeout),
+            )
+        )
+        try:
+            body = response.data
+        finally:
+            self._release(response)
+        document = orjson.loads(body)
+        metadata = document.get("metadata") or {}
+        resource_version = metadata.get("resourceVersion")
+        if not isinstance(resource_version, str) or not resource_version:
+            raise ValueError("the namespace list has no metadata.resourceVersion")
+        fresh: dict[str, NamespaceInfo] = {}
+        for obj in document.get("items") or []:
+            info = _info(obj)
+            if info is not None:
+                fresh[info.name] = info
+        with self._write_lock:
+            # A swap, not an update: namespaces deleted while we were away vanish.
+            self._items = fresh
+        self.resource_version = resource_version
+        self._recovered()
+        first = not self._ready.is_set()
+        self._ready.set()
+        log.info(
+            "namespace watch: %s %d namespaces from %s at resourceVersion %s",
+            "listed" if first else "relisted",
+            len(fresh),
+            self.host,
+            resource_version,
+        )
+        return resource_version
+
+    def _watch(self, resource_version: str) -> str:
+        """Apply watch events until the server ends the watch; returns the last resourceVersion."""
+        # Random in [t, 2t) so replicas spread their renewals.
+        timeout = int(self._watch_timeout * (1.0 + random.random()))  # noqa: S311 - jitter
+        started = time.monotonic()
+        try:
+            response = self._open(
+                lambda: self._api.list_namespace(
+                    watch=True,
+                    resource_version=resource_version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=timeout,
+                    _preload_content=False,
+                    _request_timeout=(self._connect_timeout, timeout + _READ_SLACK_SECONDS),
+                )
+            )
+        except ApiException as err:
+            if err.status == _GONE:
+                raise _Expired(
+                    f"resourceVersion {resource_version} is too old (HTTP 410)"
+                ) from None
+            raise
+        self._recovered()
+        events = 0
+        try:
+            for line in _lines(response):
+                resource_version = self._apply(line, resource_version)
+                events += 1
+        finally:
+            self._release(response, abort=True)
+        if events == 0 and time.monotonic() - started < min(1.0, timeout / 2):
+            # One short empty watch happens (a server restarting its watch
+            # cache); a server that keeps doing it must get backoff, not a
+            # tight loop of requests.
+            self._empty_watches += 1
+            if self._empty_watches > 1:
+                raise _WatchError("the server keeps ending watches at once")
+        else:
+            self._empty_watches = 0
+        self.resource_version = resource_version
+        return resource_version
+
+    def _apply(self, line: bytes, resource_version: str) -> str:
+        event = orjson.loads(line)
+        if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+            raise ValueError("a watch event without an object")
+        kind = event.get("type")
+        obj: dict[str, Any] = event["object"]
+        if kind == "ERROR":
+            message = obj.get("message") or obj.get("reason") or "no message"
+            if obj.get("code") == _GONE:
+                raise _Expired(f"resourceVersion {resource_version} is too old ({message})")
+            raise _WatchError(f"watch error {obj.get('code')}: {message}")
+        raw_metadata = obj.get("metadata")
+        metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
+        if kind in ("ADDED", "MODIFIED"):
+            info = _info(obj)
+            if info is not None:
+                with self._write_lock:
+                    self._items[info.name] = info
+        elif kind == "DELETED":
+            name = metadata.get("name")
+            if isinstance(name, str):
+                with self._write_lock:
+                    self._items.pop(name, None)
+        elif kind != "BOOKMARK":
+            log.debug("namespace watch: ignoring event type %r", kind)
+        latest = metadata.get("resourceVersion")
+        self.resource_version = latest if isinstance(latest, str) and latest else resource_version
+        return self.resource_version
+
+    def _read(self, name: str) -> NamespaceInfo | None:
+        try:
+            response = self._api.read_namespace(
+                name, _preload_content=False, _request_timeout=self._fetch_timeout
+            )
+            try:
+                body = response.data
+            finally:
+                response.release_conn()
+            info = NamespaceInfo.from_object(orjson.loads(body))
+        except ApiException as err:
+            if err.status == _NOT_FOUND:
+                return None
+            raise NamespaceUnavailable(f"namespace {name}: {_one_line(err)}") from None
+        except Exception as err:  # connection refused, timeout, a garbled body
+            raise NamespaceUnavailable(f"namespace {name}: {_one_line(err)}") from None
+        with self._write_lock:
+            # If the watch has it, the watch's copy is at least as current
+            # (or will be replaced by its next event); don't overwrite it.
+            self._items.setdefault(info.name, info)
+        return info
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _open(self, request: Callable[[], Any]) -> Any:
+        """Send a request and remember its response so that stop() can abort it."""
+        if self._stopping.is_set():
+            raise _Stopping
+        response = request()
+        with self._response_lock:
+            self._response = response
+        # stop() sets the flag before it looks for a response, so either it
+        # saw this response or we see the flag here.
+        if self._stopping.is_set():
+            self._release(response, abort=True)
+            raise _Stopping
+        return response
+
+    def _release(self, response: Any, *, abort: bool = False) -> None:
+        with self._response_lock:
+            if self._response is response:
+                self._response = None
+        if abort:
+            # A watch cut off mid-stream leaves its connection unusable.
+            response.close()
+        response.release_conn()
+
+    def _abort_response(self) -> None:
+        with self._response_lock:
+            response = self._response
+        if response is None:
+            return
+        # Shutting the socket down wakes the thread blocked in recv(); closing
+        # the response object from another thread would not.
+        connection = getattr(response, "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            # Already closed is fine: the thread is on its way out anyway.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _backoff(self, failures: int) -> float:
+        delay = min(self._backoff_max, self._backoff_initial * 2.0 ** max(0, failures - 1))
+        # Jitter keeps many replicas from reconnecting in step after an outage.
+        return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+
+    def _failed(self, err: Exception) -> None:
+        """Log a failure: the first of a streak and then one a ``warn_every`` as warnings."""
+        self._failures += 1
+        now = time.monotonic()
+        expected = isinstance(err, (ApiException, OSError, ValueError, _WatchError)) or (
+            type(err).__module__.startswith("urllib3")
+        )
+        if self._failures == 1 or now - self._last_warning >= self._warn_every:
+            self._last_warning = now
+            log.warning(
+                "namespace watch on %s failed (%d in a row): %s; serving %d cached namespaces",
+                self.host,
+                self._failures,
+                _one_line(err),
+                len(self._items),
+                # A traceback only for what is not a network or server problem (a bug).
+                exc_info=None if expected else err,
+            )
+        else:
+            log.debug("namespace watch failed again (%d): %s", self._failures, _one_line(err))
+
+    def _recovered(self) -> None:
+        if self._failures:
+            log.info(
+                "namespace watch on %s: connected again after %d failed attempts",
+                self.host,
+                self._failures,
+            )
+            self._failures = 0
+            self._last_warning = float("-inf")
+
+
+def _info(obj: Any) -> NamespaceInfo | None:
+    """The NamespaceInfo of a listed/watched object; a malformed one is logged and skipped."""
+    try:
+        return NamespaceInfo.from_object(obj)
+    except (ValueError, AttributeError) as err:
+        log.warning("namespace watch: skipping a malformed Namespace: %s", err)
+        return None
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    """Newline-delimited watch events as they arrive (the server sends them chunked)."""
+    buffer = bytearray()
+    for chunk in response.stream(amt=None, decode_content=False):
+        buffer.extend(chunk)
+        while (end := buffer.find(b"\n")) != -1:
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            if line.strip():
+                yield line
+    if buffer.strip():
+        yield bytes(buffer)
+
+
+def _one_line(err: BaseException) -> str:
+    """A short, single-line description of an error for the log and for warnings."""
+    if isinstance(err, ApiException):
+        detail = err.reason or ""
+        try:
+            status = orjson.loads(err.body) if err.body else None
+        except orjson.JSONDecodeError:
+            status = None
+        if isinstance(status, dict) and status.get("message"):
+            detail = status["message"]
+        text = f"HTTP {err.status} {detail}" if err.status else str(detail)
+    else:
+        reason = getattr(err, "reason", None)  # urllib3's MaxRetryError wraps the real cause
+        cause = reason if isinstance(reason, BaseException) else err
+        text = f"{type(cause).__name__}: {cause}"
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
