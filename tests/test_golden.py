@@ -11,12 +11,15 @@ import io
 import os
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.support.validation import validate_injected
+from tests.support.kubelet import EXAMPLE_POD_FIELDS, envoy_validate
+from tests.support.validation import pod_spec, validate_injected
 from webhook.cli import main
+from webhook.engine.workloads import WORKLOADS
 
 GOLDEN = Path(__file__).parent / "golden"
 INPUTS = GOLDEN / "inputs"
@@ -100,3 +103,27 @@ def test_every_golden_output_would_be_accepted_by_the_apiserver(name: str) -> No
     assert code == 0
     for obj in yaml.safe_load_all(out):
         validate_injected(obj)
+
+
+def golden_proxies() -> dict[str, dict[str, Any]]:
+    """Each distinct ``mesh-proxy`` container in the golden outputs, keyed by its args."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in CASES:
+        path = EXPECTED / f"{name}.yaml"
+        if not path.exists():
+            continue
+        for obj in yaml.safe_load_all(path.read_text()):
+            if obj.get("kind") not in WORKLOADS:
+                continue
+            spec = pod_spec(obj)
+            for container in [*(spec.get("initContainers") or []), *spec["containers"]]:
+                if container["name"] == "mesh-proxy":
+                    found.setdefault("\0".join(container["args"]), container)
+    return found
+
+
+def test_every_golden_proxy_command_passes_envoy_validate() -> None:
+    proxies = golden_proxies()
+    assert len(proxies) >= 5, "the goldens should cover several distinct bootstraps"
+    for container in proxies.values():
+        envoy_validate(container, EXAMPLE_POD_FIELDS)

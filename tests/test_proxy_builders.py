@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.kubelet import container_env, expand_vars, expanded_command, find_envoy
+from tests.support.kubelet import EXAMPLE_POD_FIELDS, container_env, expand_vars
+from tests.support.kubelet import envoy_validate as run_envoy_validate
 from webhook import constants
 from webhook.config import InjectorConfig
 from webhook.engine.iptables import mesh_init_container, render_rules
@@ -23,12 +24,7 @@ from webhook.settings import ProxySettings, resolve_settings
 
 P = constants.PREFIX
 CONFIG = InjectorConfig()
-POD_FIELDS = {
-    "metadata.name": "web-0",
-    "metadata.namespace": "demo",
-    "status.podIP": "10.20.30.40",
-    "spec.serviceAccountName": "web",
-}
+POD_FIELDS = EXAMPLE_POD_FIELDS
 
 
 def settings_for(**annotations: str) -> ProxySettings:
@@ -41,18 +37,7 @@ def settings_for(**annotations: str) -> ProxySettings:
 
 
 def envoy_validate(container: dict[str, Any]) -> None:
-    env = container_env(container, POD_FIELDS)
-    argv = expanded_command(container, env)
-    assert argv[0] == "envoy"
-    assert "$(" not in " ".join(argv), "every $(VAR) must be defined in the container env"
-    result = subprocess.run(
-        [str(find_envoy()), "--mode", "validate", *argv[1:]],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_envoy_validate(container, POD_FIELDS)
 
 
 # --- kubelet expansion helper ---------------------------------------------------------

