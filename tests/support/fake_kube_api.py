@@ -155,8 +155,11 @@ class FakeKubeAPI:
     def bookmark(self) -> None:
         """Send a BOOKMARK at the current resourceVersion to watches that allow them."""
         with self._cond:
-            obj = {"kind": "Namespace", "apiVersion": "v1"}
-            obj["metadata"] = {"resourceVersion": str(self._rv)}  # type: ignore[assignment]
+            obj: dict[str, Any] = {
+                "kind": "Namespace",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self._rv)},
+            }
             self._record("BOOKMARK", obj)
 
     def expire(self, *, gone_as: GoneAs = "event") -> None:

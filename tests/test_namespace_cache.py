@@ -1,0 +1,378 @@
+"""The watch-backed namespace cache against a real HTTP server speaking list/watch.
+
+The official ``kubernetes`` client makes real requests to ``FakeKubeAPI``; no
+part of the client is patched. Timing parameters are shrunk so the whole
+file runs in seconds; waits poll with a deadline instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.support.fake_kube_api import FakeKubeAPI
+from webhook.kube_namespaces import KubeNamespaceCache
+from webhook.namespaces import (
+    FileNamespaces,
+    NamespaceInfo,
+    NamespaceSourceError,
+    NamespaceUnavailable,
+    StaticNamespaces,
+    namespace_source_from_args,
+)
+
+FAST: dict[str, float] = {
+    "watch_timeout_seconds": 30,
+    "list_timeout": 2.0,
+    "fetch_timeout": 0.5,
+    "connect_timeout": 0.5,
+    "backoff_initial": 0.02,
+    "backoff_max": 0.1,
+}
+
+CacheFactory = Callable[..., KubeNamespaceCache]
+
+
+def eventually(check: Callable[[], bool], *, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def labels_of(cache: KubeNamespaceCache, name: str) -> dict[str, str] | None:
+    info = cache.cached(name)
+    return None if info is None else dict(info.labels)
+
+
+@pytest.fixture
+def api() -> Iterator[FakeKubeAPI]:
+    server = FakeKubeAPI().start()
+    server.add("demo", {"sidecar-injection": "enabled"}, {"sidecar.mesh.io/log-level": "debug"})
+    server.add("legacy")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_cache(api: FakeKubeAPI) -> Iterator[CacheFactory]:
+    caches: list[KubeNamespaceCache] = []
+
+    def make(*, start: bool = True, **options: float) -> KubeNamespaceCache:
+        cache = KubeNamespaceCache(client.Configuration(host=api.url), **{**FAST, **options})
+        caches.append(cache)
+        if start:
+            cache.start()
+        return cache
+
+    yield make
+    for cache in caches:
+        cache.stop()
+
+
+@pytest.fixture
+def synced(make_cache: CacheFactory) -> KubeNamespaceCache:
+    cache = make_cache()
+    assert cache.wait_ready(5)
+    return cache
+
+
+def test_labels_and_annotations_come_from_the_initial_list(synced: KubeNamespaceCache) -> None:
+    demo = synced.cached("demo")
+    assert demo == NamespaceInfo(
+        "demo",
+        labels={"sidecar-injection": "enabled"},
+        annotations={"sidecar.mesh.io/log-level": "debug"},
+    )
+    legacy = synced.cached("legacy")
+    assert legacy is not None
+    assert dict(legacy.labels) == {}
+    assert synced.cached("nowhere") is None
+    assert "synced, 2 namespaces" in synced.describe()
+
+
+def test_the_cache_is_ready_only_after_the_first_successful_list(
+    api: FakeKubeAPI, make_cache: CacheFactory
+) -> None:
+    api.stop()
+    cache = make_cache()
+    time.sleep(0.3)  # several failed attempts under the test backoff
+    assert not cache.is_ready()
+    assert cache.cached("demo") is None
+    api.restart()
+    assert cache.wait_ready(5)
+    assert labels_of(cache, "demo") == {"sidecar-injection": "enabled"}
+
+
+def test_a_modified_namespace_is_seen_without_a_restart(
+    api: FakeKubeAPI, synced: KubeNamespaceCache
+) -> None:
+    api.modify("legacy", {"sidecar-injection": "enabled", "sidecar.mesh.io/proxy-cpu-request": "1"})
+    eventually(
+        lambda: (
+            labels_of(synced, "legacy")
+            == {"sidecar-injection": "enabled", "sidecar.mesh.io/proxy-cpu-request": "1"}
+        ),
+        what="the MODIFIED event",
+    )
+    assert api.requests["list"] == 1
+
+
+def test_added_and_deleted_namespaces_appear_and_disappear(
+    api: FakeKubeAPI, synced: KubeNamespaceCache
+) -> None:
+    api.add("fresh", {"sidecar-injection": "disabled"})
+    eventually(lambda: synced.cached("fresh") is not None, what="the ADDED event")
+    api.delete("demo")
+    eventually(lambda: synced.cached("demo") is None, what="the DELETED event")
+    assert synced.cached("legacy") is not None
+
+
+def test_bookmarks_advance_the_resource_version_without_changing_anything(
+    api: FakeKubeAPI, synced: KubeNamespaceCache
+) -> None:
+    api.add("quiet", emit=False)  # a change this watch is not told about
+    api.bookmark()
+    eventually(lambda: synced.resource_version == api.resource_version, what="the BOOKMARK event")
+    assert synced.cached("quiet") is None
+    assert labels_of(synced, "demo") == {"sidecar-injection": "enabled"}
+
+
+@pytest.mark.parametrize("gone_as", ["http", "event"])
+def test_an_expired_resource_version_makes_the_cache_list_again(
+    api: FakeKubeAPI, synced: KubeNamespaceCache, gone_as: Any
+) -> None:
+    # Changes whose events were lost with the compacted history.
+    api.add("created-meanwhile", {"team": "a"}, emit=False)
+    api.modify("demo", {"sidecar-injection": "disabled"}, emit=False)
+    api.delete("legacy", emit=False)
+    api.expire(gone_as=gone_as)
+    eventually(lambda: api.requests["list"] == 2, what="a relist after 410")
+    eventually(lambda: synced.cached("legacy") is None, what="the relisted state")
+    assert labels_of(synced, "created-meanwhile") == {"team": "a"}
+    assert labels_of(synced, "demo") == {"sidecar-injection": "disabled"}
+    # And the new watch follows on from the relist.
+    api.add("after", {"x": "y"})
+    eventually(lambda: synced.cached("after") is not None, what="events after the relist")
+    assert synced.is_ready()
+
+
+def test_while_the_api_server_is_down_cached_labels_are_served_without_blocking(
+    api: FakeKubeAPI, synced: KubeNamespaceCache
+) -> None:
+    api.stop()
+    time.sleep(0.2)  # the watch has noticed and is retrying
+    started = time.perf_counter()
+    for _ in range(10_000):
+        assert synced.cached("demo") is not None
+        assert synced.cached("unknown") is None
+    assert time.perf_counter() - started < 0.5
+    assert synced.is_ready()
+    assert labels_of(synced, "demo") == {"sidecar-injection": "enabled"}
+
+
+@pytest.mark.parametrize("history", ["kept", "lost"])
+def test_when_the_api_server_comes_back_the_cache_catches_up(
+    api: FakeKubeAPI, synced: KubeNamespaceCache, history: str
+) -> None:
+    api.stop()
+    time.sleep(0.2)
+    api.modify("demo", {"sidecar-injection": "disabled"}, emit=history == "kept")
+    if history == "lost":
+        api.expire()
+    api.restart()
+    eventually(
+        lambda: labels_of(synced, "demo") == {"sidecar-injection": "disabled"},
+        what="the change made while the server was down",
+    )
+    api.add("later")
+    eventually(lambda: synced.cached("later") is not None, what="the resumed watch")
+
+
+def test_fetch_reads_a_namespace_the_watch_has_not_delivered_and_caches_it(
+    api: FakeKubeAPI, synced: KubeNamespaceCache
+) -> None:
+    api.add("brand-new", {"sidecar-injection": "enabled"}, emit=False)
+    assert synced.cached("brand-new") is None
+    info = synced.fetch("brand-new")
+    assert info is not None
+    assert dict(info.labels) == {"sidecar-injection": "enabled"}
+    assert synced.cached("brand-new") == info
+    assert api.requests["get"] == 1
+
+
+def test_fetch_of_a_namespace_that_does_not_exist_is_none(
+    api: FakeKubeAPI, synced: KubeNamespaceCache
+) -> None:
+    assert synced.fetch("missing") is None
+    assert synced.cached("missing") is None
+
+
+def test_fetch_raises_unavailable_within_its_timeout_when_the_api_server_is_down(
+    api: FakeKubeAPI, synced: KubeNamespaceCache
+) -> None:
+    api.stop()
+    started = time.monotonic()
+    with pytest.raises(NamespaceUnavailable, match="brand-new"):
+        synced.fetch("brand-new")
+    assert time.monotonic() - started < 1.0
+
+
+def test_fetch_raises_unavailable_within_its_timeout_when_the_api_server_hangs(
+    api: FakeKubeAPI, synced: KubeNamespaceCache
+) -> None:
+    api.stall_gets.set()
+    started = time.monotonic()
+    with pytest.raises(NamespaceUnavailable):
+        synced.fetch("demo-2")
+    # fetch_timeout is 0.5 s; urllib3's own retries would make it 2 s.
+    assert time.monotonic() - started < 1.2
+    api.stall_gets.clear()
+
+
+def test_concurrent_fetches_of_one_namespace_share_one_request(
+    api: FakeKubeAPI, make_cache: CacheFactory
+) -> None:
+    cache = make_cache(fetch_timeout=3.0)
+    assert cache.wait_ready(5)
+    api.add("burst", {"sidecar-injection": "enabled"}, emit=False)
+    api.stall_gets.set()
+    results: list[NamespaceInfo | None] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.fetch("burst"))) for _ in range(5)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    api.stall_gets.clear()
+    for thread in threads:
+        thread.join(5)
+    assert len(results) == 5
+    assert all(result is not None and result.name == "burst" for result in results)
+    assert api.requests["get"] == 1
+
+
+def test_cached_makes_no_api_requests(api: FakeKubeAPI, synced: KubeNamespaceCache) -> None:
+    before = dict(api.requests)
+    for _ in range(1000):
+        synced.cached("demo")
+        synced.cached("not-there")
+    assert dict(api.requests) == before
+
+
+def test_stop_returns_promptly_while_a_watch_is_open(
+    api: FakeKubeAPI, make_cache: CacheFactory
+) -> None:
+    cache = make_cache(watch_timeout_seconds=120)
+    assert cache.wait_ready(5)
+    eventually(lambda: api.requests["watch"] >= 1, what="the watch to open")
+    time.sleep(0.1)
+    started = time.monotonic()
+    cache.stop()
+    assert time.monotonic() - started < 1.0
+    assert cache._thread is not None
+    assert not cache._thread.is_alive()
+
+
+def test_stop_returns_promptly_while_backing_off(
+    api: FakeKubeAPI, make_cache: CacheFactory
+) -> None:
+    api.stop()
+    cache = make_cache(backoff_initial=20.0, backoff_max=20.0)
+    time.sleep(0.2)
+    started = time.monotonic()
+    cache.stop()
+    assert time.monotonic() - started < 1.0
+
+
+def test_an_outage_logs_one_warning_not_one_per_retry(
+    api: FakeKubeAPI, synced: KubeNamespaceCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="webhook.namespaces")
+    api.stop()
+    time.sleep(0.5)  # many retries under the test backoff
+    api.restart()
+    eventually(
+        lambda: any("connected again" in r.getMessage() for r in caplog.records),
+        what="the recovery message",
+    )
+    records = [r for r in caplog.records if r.name == "webhook.namespaces"]
+    warnings = [r for r in records if r.levelno >= logging.WARNING]
+    retries = [r for r in records if "failed again" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert len(retries) >= 2
+    assert warnings[0].exc_info is None  # a network failure is not a traceback
+    assert "\n" not in warnings[0].getMessage()
+
+
+def test_a_kubeconfig_selects_the_watch_backed_cache(api: FakeKubeAPI, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{api.url}'}}}}]\n"
+        "users: [{name: fake, user: {token: secret}}]\n"
+        "contexts: [{name: fake, context: {cluster: fake, user: fake}}]\n"
+    )
+    source = namespace_source_from_args(
+        namespaces_file=None, kubeconfig=kubeconfig, in_cluster=False
+    )
+    assert isinstance(source, KubeNamespaceCache)
+    source.start()
+    try:
+        assert source.wait_ready(5)
+        assert source.cached("demo") is not None
+    finally:
+        source.stop()
+
+
+def test_an_explicit_namespaces_file_wins_over_a_cluster(tmp_path: Path) -> None:
+    path = tmp_path / "ns.yaml"
+    path.write_text("kind: Namespace\napiVersion: v1\nmetadata: {name: demo}\n")
+    source = namespace_source_from_args(
+        namespaces_file=path, kubeconfig=tmp_path / "unused", in_cluster=True
+    )
+    assert isinstance(source, FileNamespaces)
+
+
+def test_with_neither_a_cluster_nor_a_file_namespaces_have_no_labels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    source = namespace_source_from_args(namespaces_file=None, kubeconfig=None, in_cluster=False)
+    assert isinstance(source, StaticNamespaces)
+    assert source.is_ready()
+    assert source.cached("anything") is None
+    assert source.fetch("anything") is None
+
+
+def test_an_unusable_kubeconfig_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(NamespaceSourceError, match="kubeconfig") as caught:
+        namespace_source_from_args(
+            namespaces_file=None, kubeconfig=tmp_path / "missing", in_cluster=False
+        )
+    assert "\n" not in str(caught.value)
+
+
+def test_choosing_a_file_or_no_source_does_not_import_the_kubernetes_client(
+    tmp_path: Path,
+) -> None:
+    script = (
+        "import sys\n"
+        "from webhook.namespaces import namespace_source_from_args\n"
+        "namespace_source_from_args(namespaces_file=None, kubeconfig=None, in_cluster=False)\n"
+        "assert 'kubernetes' not in sys.modules, 'kubernetes was imported'\n"
+    )
+    env = {"PATH": "/usr/bin:/bin"}  # no KUBECONFIG
+    subprocess.run(
+        [sys.executable, "-c", script], check=True, env=env, cwd=Path(__file__).parent.parent
+    )
