@@ -79,6 +79,8 @@ go build -trimpath -ldflags "$ldflags" -o "$work/" \
 t2=$(now)
 echo "build_control_plane: compile took $((t2 - t1))s; total $((t2 - t0))s" >&2
 "$work/kube-apiserver" --version >&2
+# mktemp made it owner-only; the cache is meant to be readable like any install.
+chmod 755 "$work"
 
 # mv -T refuses a non-empty target; if a concurrent build won the race its
 # result is just as good, so keep it and drop ours.

