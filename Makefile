@@ -99,7 +99,7 @@ RUN_NAMESPACES ?= examples/namespaces.yaml
 .PHONY: run certs
 
 # The certs rule above runs the installed CLI, so it needs the venv first.
-$(CERTS_DIR)/tls.crt: | $(STAMP)
+$(CERTS_DIR)/tls.crt: | install
 
 certs: $(CERTS_DIR)/tls.crt
 

@@ -548,7 +548,16 @@ def test_make_manifests_in_a_fresh_clone_writes_an_install_with_secret_and_ca_bu
     # `-o install` and BIN: use the venv running these tests instead of
     # building a new one in the clone (that is `make install`'s job, not ours).
     done = subprocess.run(
-        ["make", "--no-print-directory", "-o", "install", "manifests", f"BIN={VENV_BIN}"],
+        [
+            "make",
+            "--no-print-directory",
+            "-o",
+            "install",
+            "-o",
+            ".venv/.installed",
+            "manifests",
+            f"BIN={VENV_BIN}",
+        ],
         cwd=clone,
         capture_output=True,
         text=True,
