@@ -206,7 +206,10 @@ class KubeNamespaceCache:
         self._thread.start()
 
     def stop(self) -> None:
-        """End the watch thread promptly: abort its open request, then join it."""
+        """End the watch thread promptly: abort its open request, then join it.
+
+        Final: a stopped cache is not started again (make a new one).
+        """
         self._stopping.set()
         self._abort_response()
         thread = self._thread
