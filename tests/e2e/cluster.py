@@ -526,6 +526,10 @@ class ControlPlane:
     # -- internals --
 
     def _start_all(self) -> None:
+        if shutil.which(self.kubectl_binary) is None:
+            # Readiness is checked with kubectl; say so instead of a bare
+            # FileNotFoundError from the first probe.
+            raise ControlPlaneError(f"{self.kubectl_binary!r} is not on PATH")
         work = self.workdir
         self._write_pki(work)
         etcd_url = self._start_etcd(work)
