@@ -18,7 +18,7 @@ ADMISSION_LOGGER: Final = "webhook.admission"
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"time", "level", "logger", "message", ...fields}`` on one line."""
+    """``{"time", "level", "logger", "message", "pid", ...fields}`` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as a JSON line (exceptions as a one-string ``exception`` field)."""
@@ -28,6 +28,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            # Tells worker processes apart (serve --workers N share one stream).
+            "pid": record.process,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):

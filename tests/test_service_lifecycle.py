@@ -1,0 +1,368 @@
+"""The serve process over its life: start-up errors, certificate rotation under load,
+a namespace watch, worker processes, and draining on SIGTERM. Each test owns its process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.support.fake_kube_api import FakeKubeAPI
+from tests.support.server import CLI, Server, free_port, make_certs, running_server
+from tests.support.tls_client import SERVICE_HOSTNAME, connect, https_get, peer_fingerprint
+from webhook.certs import write_certs
+from webhook.tls import fingerprint
+
+
+def review(namespace: str, *, uid: str = "u-1", containers: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"generateName": "web-"},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": f"c{i}",
+                            "image": "nginx",
+                            "env": [{"name": "A", "value": "x" * 200}],
+                        }
+                        for i in range(containers)
+                    ]
+                },
+            },
+        },
+    }
+
+
+def post_once(server: Server, body: bytes) -> tuple[int, bytes, str]:
+    """One POST /mutate on a new connection (a new handshake): (status, body, cert fingerprint)."""
+    with connect(server.port, server.ca_file, timeout=10) as sock:
+        seen = peer_fingerprint(sock)
+        head = (
+            f"POST /mutate HTTP/1.1\r\nHost: {SERVICE_HOSTNAME}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2], seen
+
+
+# --- start-up -----------------------------------------------------------------------------
+
+
+def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, "serve", "--port", str(free_port()), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_without_certificates_serve_says_how_to_make_them(tmp_path: Path) -> None:
+    result = run_serve("--cert-dir", str(tmp_path / "nothing"))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("sidecar-injector: error: no usable certificate")
+    assert "sidecar-injector certs --out" in last
+
+
+def test_a_bad_config_or_namespaces_file_stops_serve_with_one_line(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")
+    bad_config = tmp_path / "config.yaml"
+    bad_config.write_text("proxy: {uid: 0}\n")
+    result = run_serve("--cert-dir", str(certs), "--config", str(bad_config))
+    assert result.returncode == 1
+    assert "config.yaml: proxy.uid" in result.stderr.strip().splitlines()[-1]
+    bad_ns = tmp_path / "ns.yaml"
+    bad_ns.write_text("kind: Pod\n")
+    result = run_serve("--cert-dir", str(certs), "--namespaces-file", str(bad_ns))
+    assert result.returncode == 1
+    assert "expected a Namespace" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")
+    with running_server(tmp_path / "first", cert_dir=certs) as first:
+        result = subprocess.run(
+            [CLI, "serve", "--port", str(first.port), "--cert-dir", str(certs)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{first.port}" in result.stderr
+
+
+# --- SIGTERM drains -----------------------------------------------------------------------
+
+
+def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(tmp_path: Path) -> None:
+    namespaces = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {sidecar-injection: enabled}}\n"
+    with running_server(tmp_path, namespaces_yaml=namespaces) as server:
+        bodies = [orjson.dumps(review("demo", uid=f"drain-{i}", containers=300)) for i in range(8)]
+        sockets = [connect(server.port, server.ca_file, timeout=30) for _ in bodies]
+        # Every request is half sent -- in flight -- when SIGTERM arrives.
+        for sock, body in zip(sockets, bodies, strict=True):
+            head = (
+                f"POST /mutate HTTP/1.1\r\nHost: {SERVICE_HOSTNAME}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body[: len(body) // 2])
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        statuses = []
+        for sock, body in zip(sockets, bodies, strict=True):
+            sock.sendall(body[len(body) // 2 :])
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            sock.close()
+            statuses.append(int(data.split(b" ", 2)[1]))
+            assert b'"allowed":true' in data
+        assert statuses == [200] * 8
+        assert server.proc.wait(timeout=20) == 0
+        # A new connection after the drain is refused: the port is closed.
+        with pytest.raises(ConnectionRefusedError):
+            connect(server.port, server.ca_file, timeout=2)
+
+
+def test_two_workers_serve_and_stop_cleanly(tmp_path: Path) -> None:
+    with running_server(tmp_path, args=["--workers", "2"]) as server:
+        for i in range(20):
+            status, body, _ = post_once(server, orjson.dumps(review("demo", uid=f"w{i}")))
+            assert status == 200, body
+        assert https_get(server.port, server.ca_file, "/readyz")[0] == 200
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=20) == 0
+        # No connection was left open, so nothing had to wait for the grace period.
+        assert time.monotonic() - started < 5
+    log = server.log()
+    assert log.count("Application startup complete") == 2
+    # Which worker takes a connection is the kernel's choice, so only the
+    # admissions themselves are checked: every one was logged by a worker.
+    served_by = {orjson.loads(line)["pid"] for line in log.splitlines() if '"uid":"w' in line}
+    assert served_by
+    assert server.proc.pid not in served_by
+
+
+# --- certificate rotation under load ------------------------------------------------------
+
+
+class Load:
+    """Posts reviews on fresh connections from a thread until stopped; records failures."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.body = orjson.dumps(review("default"))
+        self.failures: list[str] = []
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, body, _ = post_once(self.server, self.body)
+                if status != 200:
+                    self.failures.append(f"{status} {body[:200]!r}")
+            except Exception as err:  # every failure counts, whatever its type
+                self.failures.append(repr(err))
+            self.count += 1
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def wait_for_fingerprint(server: Server, expected: str, deadline: float = 5.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with connect(server.port, server.ca_file) as sock:
+            if peer_fingerprint(sock) == expected:
+                return
+        time.sleep(0.02)
+    raise AssertionError("the new certificate was never presented")
+
+
+def test_renewing_the_certificate_by_rename_under_load_fails_no_request(tmp_path: Path) -> None:
+    with running_server(tmp_path) as server, Load(server) as load:
+        old = fingerprint((server.cert_dir / "tls.crt").read_bytes())
+        for _ in range(3):
+            time.sleep(0.3)
+            write_certs(server.cert_dir)  # same CA, new leaf; files replaced by rename
+            new = fingerprint((server.cert_dir / "tls.crt").read_bytes())
+            assert new != old
+            wait_for_fingerprint(server, new)
+            old = new
+        time.sleep(0.3)
+    assert load.failures == []
+    assert load.count > 20
+
+
+class SecretVolume:
+    """The kubelet's Secret volume layout: files are symlinks through ``..data`` to a timestamped dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.serial = 0
+
+    def publish(self, files: dict[str, bytes]) -> None:
+        self.serial += 1
+        target = self.root / f"..2026_11_25_00_00_{self.serial:02d}.000000001"
+        target.mkdir()
+        for name, data in files.items():
+            (target / name).write_bytes(data)
+        tmp_link = self.root / "..data_tmp"
+        tmp_link.symlink_to(target.name)
+        os.replace(tmp_link, self.root / "..data")  # the atomic swap
+        for name in files:
+            link = self.root / name
+            if not link.is_symlink():
+                link.symlink_to(f"..data/{name}")
+
+
+def leaf_files(ca_dir: Path, scratch: Path) -> dict[str, bytes]:
+    """A new leaf from the same CA, as the Secret would hold it."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    for name in ("ca.crt", "ca.key"):
+        shutil.copy(ca_dir / name, scratch / name)
+    write_certs(scratch)
+    return {name: (scratch / name).read_bytes() for name in ("ca.crt", "tls.crt", "tls.key")}
+
+
+def test_a_secret_volume_swap_under_load_fails_no_request(tmp_path: Path) -> None:
+    ca_dir = make_certs(tmp_path / "ca")
+    volume = SecretVolume(tmp_path / "secret")
+    volume.root.mkdir()
+    volume.publish(leaf_files(ca_dir, tmp_path / "scratch"))
+    with running_server(tmp_path / "run", cert_dir=volume.root) as server, Load(server) as load:
+        for _ in range(3):
+            time.sleep(0.3)
+            files = leaf_files(ca_dir, tmp_path / "scratch")
+            volume.publish(files)
+            wait_for_fingerprint(server, fingerprint(files["tls.crt"]))
+        time.sleep(0.3)
+    assert load.failures == []
+    assert load.count > 20
+
+
+# --- a namespace watch instead of a file --------------------------------------------------
+
+
+@pytest.fixture
+def kube_api() -> Iterator[FakeKubeAPI]:
+    api = FakeKubeAPI().start()
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+def kubeconfig_for(api: FakeKubeAPI, path: Path) -> Path:
+    path.write_text(
+        orjson.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "fake", "user": "u"}}],
+                "current-context": "c",
+            }
+        ).decode()
+    )
+    return path
+
+
+def test_a_watched_namespace_label_decides_and_a_change_applies_without_restart(
+    tmp_path: Path, kube_api: FakeKubeAPI
+) -> None:
+    kube_api.add("shop", {"sidecar-injection": "enabled"})
+    kube_api.add("legacy")
+    config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
+    with running_server(tmp_path, args=["--kubeconfig", str(config)]) as server:
+        client = server.client()
+
+        def patched(namespace: str) -> bool:
+            response = client.post("/mutate", orjson.dumps(review(namespace)))
+            assert response.status_code == 200
+            return "patch" in response.json()["response"]
+
+        assert patched("shop")
+        assert not patched("legacy")
+        lists_before = kube_api.requests["list"]
+
+        kube_api.modify("legacy", {"sidecar-injection": "enabled"})
+        end = time.monotonic() + 5
+        while not patched("legacy"):
+            assert time.monotonic() < end, "the MODIFIED event never reached the cache"
+            time.sleep(0.05)
+        kube_api.modify("shop", {"sidecar-injection": "disabled"})
+        end = time.monotonic() + 5
+        while patched("shop"):
+            assert time.monotonic() < end, "the MODIFIED event never reached the cache"
+            time.sleep(0.05)
+        # Decisions came from the watch, not from a new list per admission.
+        assert kube_api.requests["list"] == lists_before
+
+
+def test_readyz_is_503_until_the_namespace_cache_has_listed(
+    tmp_path: Path, kube_api: FakeKubeAPI
+) -> None:
+    kube_api.stop()  # the API server is down when the webhook starts
+    config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
+    with running_server(tmp_path, args=["--kubeconfig", str(config)], ready=False) as server:
+        client = server.client()
+        end = time.monotonic() + 15
+        while True:
+            try:
+                response = client.get("/readyz")
+                break
+            except OSError:
+                assert time.monotonic() < end
+                time.sleep(0.05)
+            except Exception:
+                assert time.monotonic() < end
+                time.sleep(0.05)
+        assert response.status_code == 503
+        assert "namespace source not synced yet" in response.json()["reasons"]
+        # Admission still answers meanwhile: unknown namespaces are unlabelled, with a warning.
+        answer = client.post("/mutate", orjson.dumps(review("shop"))).json()["response"]
+        assert answer["allowed"] is True
+        kube_api.restart()
+        end = time.monotonic() + 15
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < end, "never became ready after the API server came back"
+            time.sleep(0.1)
