@@ -274,3 +274,33 @@ def test_the_response_constructors_have_the_wire_shape() -> None:
     done = admission.patched("u", ops)
     assert done["patchType"] == "JSONPatch"
     assert orjson.loads(base64.b64decode(done["patch"])) == ops
+
+
+def test_admission_is_framework_free_and_only_the_app_imports_fastapi() -> None:
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, webhook.admission, webhook.wire\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'fastapi', 'starlette', 'uvicorn'}))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
+    package = Path(admission.__file__).parent
+    importers = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(name.split(".")[0] == "fastapi" for name in names):
+                importers.add(path.relative_to(package).as_posix())
+    assert importers == {"app.py"}

@@ -35,9 +35,12 @@ from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike
 from webhook.manifests import ManifestError, load_objects
 from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.metrics import Metrics
-from webhook.namespaces import NamespaceUnavailable
+from webhook.namespaces import NamespaceSource, NamespaceUnavailable
 from webhook.preview import AssumedNamespace, Assumptions, Output, inject_all, parse_pairs, render
 from webhook.wire import API_VERSIONS, KIND
+
+# The app's type for other modules, so that this stays the only fastapi import.
+App = FastAPI
 
 log = logging.getLogger(__name__)
 admission_log = logging.getLogger(logs.ADMISSION_LOGGER)
@@ -56,16 +59,6 @@ SNIFF_TYPES: Final = frozenset({"", "text/plain", "application/x-www-form-urlenc
 
 # /preview query parameters; anything else is a typo worth a 400.
 PREVIEW_PARAMS: Final = frozenset({"namespace", "label", "annotation", "output"})
-
-
-class NamespaceSource(Protocol):
-    """What the app needs of ``webhook.namespaces``' sources (structural, for tests too)."""
-
-    def cached(self, name: str) -> NamespaceLike | None: ...
-    def fetch(self, name: str) -> NamespaceLike | None: ...
-    def is_ready(self) -> bool: ...
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
 
 
 class TLSState(Protocol):

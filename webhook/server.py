@@ -34,11 +34,10 @@ from typing import Any, Final
 
 import orjson
 import uvicorn
-from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
 from webhook import logs, namespaces
-from webhook.app import create_app
+from webhook.app import App, create_app
 from webhook.config import ConfigError, load_config
 from webhook.tls import ReloadingTLS, TLSError, uvicorn_config_with_tls
 
@@ -126,7 +125,7 @@ def _namespace_source(settings: ServeSettings) -> namespaces.NamespaceSource:
     return source
 
 
-def _build_app(settings: ServeSettings, tls: ReloadingTLS | None) -> FastAPI:
+def _build_app(settings: ServeSettings, tls: ReloadingTLS | None) -> App:
     try:
         config = load_config(Path(settings.config) if settings.config else None)
     except ConfigError as err:
@@ -153,7 +152,7 @@ def worker_ssl_context(
     return _worker_tls.context
 
 
-def worker_app() -> FastAPI:
+def worker_app() -> App:
     """The app factory a spawned worker imports (``webhook.server:worker_app``)."""
     return _build_app(ServeSettings.from_env(), _worker_tls)
 
