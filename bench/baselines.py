@@ -3,6 +3,9 @@
 * ``raw``: a bare ASGI app that drains the body and returns one constant
   AdmissionReview response: what uvicorn + TLS + HTTP/1.1 cost with no
   framework and no work at all.
+* ``raw --response-bytes N``: the same, padded to the size of /mutate's
+  answer (the inline Envoy bootstrap makes it ~14 KB), to tell the cost of
+  sending that many bytes from the cost of computing them.
 * ``echo``: the least a FastAPI admission endpoint can do: read the body,
   parse the review with orjson, echo the uid in an ``allowed`` response.
 
@@ -16,7 +19,6 @@ Run: ``python -m bench.baselines raw|echo --port P --cert-dir DIR``.
 from __future__ import annotations
 
 import argparse
-import ssl
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,48 +27,66 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
+from webhook.server import KEEP_ALIVE_SECONDS
+from webhook.tls import ReloadingTLS, uvicorn_config_with_tls
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-CONSTANT_RESPONSE = orjson.dumps(
-    {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "response": {"uid": "6c3c2b8e-3f0e-4c1a-9f57-2d8f1b1e9a00", "allowed": True},
-    }
-)
-_HEADERS = [
-    (b"content-type", b"application/json"),
-    (b"content-length", str(len(CONSTANT_RESPONSE)).encode()),
-]
 
-# What uvicorn is told besides host, port and TLS. The same dict is used for
-# the webhook when the benchmark has to start it itself, and mirrors what
-# ``sidecar-injector serve`` passes (no access log: one line per admission
-# would be a benchmark of the logging module).
-UVICORN_SETTINGS: dict[str, Any] = {"log_level": "warning", "access_log": False}
+def constant_response(size: int = 0) -> bytes:
+    """An allowed AdmissionReview response; with ``size``, padded with a dummy patch to
+    about that many bytes, so a raw server can send what /mutate sends without the work."""
+    response: dict[str, Any] = {"uid": "6c3c2b8e-3f0e-4c1a-9f57-2d8f1b1e9a00", "allowed": True}
+    if size:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = "A" * max(size - 200, 0)
+    return orjson.dumps(
+        {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+    )
 
 
-async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """ASGI app answering every HTTP request with the constant response."""
-    if scope["type"] == "lifespan":
-        while True:
+# What uvicorn is told besides host, port and TLS: the options of
+# ``sidecar-injector serve`` that change per-request work (keep-alive, no
+# Server header, no proxy-header parsing, no access log). The admission log
+# line /mutate writes is its own work and is not copied.
+UVICORN_SETTINGS: dict[str, Any] = {
+    "log_level": "warning",
+    "access_log": False,
+    "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+    "proxy_headers": False,
+    "server_header": False,
+}
+
+
+def raw_app(body: bytes) -> Any:
+    """A bare ASGI app answering every HTTP request with ``body``."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
             message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    if scope["type"] != "http":
-        return
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
-    await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-    await send({"type": "http.response.body", "body": CONSTANT_RESPONSE})
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
 
 
 def echo_app() -> FastAPI:
@@ -86,40 +106,11 @@ def echo_app() -> FastAPI:
     return app
 
 
-def tls_context(cert_dir: Path) -> tuple[ssl.SSLContext, Any]:
-    """The webhook's server context for ``cert_dir`` (and the object that owns it).
-
-    Falls back to a plain hardened-as-far-as-we-know context only when
-    ``webhook.tls`` is missing, so the harness can run before it lands.
-    """
-    try:
-        from webhook.tls import ReloadingTLS
-    except ImportError:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(cert_dir / "tls.crt", cert_dir / "tls.key")
-        return context, None
-    tls = ReloadingTLS(cert_dir)
-    return tls.context, tls
-
-
 def serve(app: Any, *, host: str, port: int, cert_dir: Path) -> None:
-    """Serve ``app`` over HTTPS the way the webhook is served."""
-    try:
-        from webhook.tls import ReloadingTLS, uvicorn_config_with_tls
-    except ImportError:
-        context, _ = tls_context(cert_dir)
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            ssl_context_factory=lambda _config, _default: context,
-            **UVICORN_SETTINGS,
-        )
-    else:
-        config = uvicorn_config_with_tls(
-            app, host=host, port=port, tls=ReloadingTLS(cert_dir), **UVICORN_SETTINGS
-        )
+    """Serve ``app`` over HTTPS the way the webhook is served (``webhook.tls``)."""
+    config = uvicorn_config_with_tls(
+        app, host=host, port=port, tls=ReloadingTLS(cert_dir), **UVICORN_SETTINGS
+    )
     uvicorn.Server(config).run()
 
 
@@ -127,11 +118,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command line: which baseline, where, with which certificate directory."""
     parser = argparse.ArgumentParser(prog="python -m bench.baselines")
     parser.add_argument("which", choices=("raw", "echo"))
+    parser.add_argument(
+        "--response-bytes", type=int, default=0, help="raw: pad the response to about this size"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cert-dir", type=Path, required=True)
     args = parser.parse_args(argv)
-    app = raw_app if args.which == "raw" else echo_app()
+    app = raw_app(constant_response(args.response_bytes)) if args.which == "raw" else echo_app()
     serve(app, host=args.host, port=args.port, cert_dir=args.cert_dir)
 
 

@@ -156,28 +156,33 @@ def plot_latency(engine: dict[str, Any], path: Path) -> None:
         strict=True,
     ):
         sweep = engine["sweeps"][axis]
-        for suffix, key, name in (
-            ("", "fit", "engine"),
-            (" +parse", "fit_parse", "parse + engine"),
+        for parse, key, name, color in (
+            (False, "fit", "engine", "C0"),
+            (True, "fit_parse", "parse + engine", "C2"),
         ):
-            rows = [
-                r
-                for r in sweep["points"]
-                if r["label"].endswith(suffix) and (suffix or not r["label"].endswith("+parse"))
-            ]
+            rows = [r for r in sweep["points"] if r["label"].endswith("+parse") is parse]
             sizes = [r["size"] for r in rows]
             med = [r["median_us"] for r in rows]
             err = [
                 [r["median_us"] - r["p10_us"] for r in rows],
                 [r["p90_us"] - r["median_us"] for r in rows],
             ]
-            ax.errorbar(sizes, med, yerr=err, fmt="o", capsize=3, label=f"{name} (median, p10-p90)")
+            ax.errorbar(
+                sizes,
+                med,
+                yerr=err,
+                fmt="o",
+                color=color,
+                capsize=3,
+                label=f"{name} (median, p10-p90)",
+            )
             fit = sweep[key]
             xs = [min(sizes), max(sizes)]
             ax.plot(
                 xs,
                 [fit["intercept_us"] + fit["slope_us"] * x for x in xs],
                 "--",
+                color=color,
                 label=f"fit: {fit['slope_us'] * 1000:.0f} ns/unit, R² {fit['r2']:.3f}",
             )
         ax.set_xlabel(title)
@@ -195,7 +200,12 @@ def plot_throughput(service: dict[str, Any], path: Path) -> None:
     """Requests/s per server (median bar, every round as a dot) and p50/p99."""
     series: list[tuple[str, list[dict[str, Any]]]] = [
         (name, service["compare"]["runs"][key])
-        for name, key in (("raw ASGI", "raw"), ("FastAPI echo", "echo"), ("/mutate", "mutate"))
+        for name, key in (
+            ("raw ASGI", "raw"),
+            ("raw, /mutate-sized\nresponse", "raw-sized"),
+            ("FastAPI echo", "echo"),
+            ("/mutate", "mutate"),
+        )
     ]
     workers = service.get("workers", {})
     if workers.get("supported"):
@@ -222,6 +232,22 @@ def plot_throughput(service: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _shape(fit: dict[str, float], span: float, unit: str) -> str:
+    """Say in words what the engine's line means; R² alone misleads when nothing grows."""
+    growth = fit["slope_us"] * span
+    share = growth / fit["intercept_us"] if fit["intercept_us"] > 0 else 0.0
+    if abs(share) < 0.05:
+        return (
+            f"The engine's cost does not grow with the {unit} count: {growth:+.1f} us across the"
+            f" whole sweep ({share:+.0%} of the fixed cost), so R² only measures noise; the"
+            " growth that is there is the parse, and it is linear."
+        )
+    return (
+        f"The engine grows linearly (R² {fit['r2']:.3f}): {growth:+.0f} us across the sweep,"
+        f" {share:+.0%} on top of the fixed cost."
+    )
 
 
 def _fmt_row(cells: Sequence[object]) -> str:
@@ -323,12 +349,13 @@ def write(
             ],
         )
         fit, fit_parse = sweep["fit"], sweep["fit_parse"]
+        span = max(r["size"] for r in engine_rows) - min(r["size"] for r in engine_rows)
         lines += [
             "",
             f"Least-squares line per {unit}: engine {fit['slope_us'] * 1000:.1f} ns "
             f"(intercept {fit['intercept_us']:.0f} us, R² {fit['r2']:.4f}); parse + engine "
             f"{fit_parse['slope_us'] * 1000:.1f} ns (intercept {fit_parse['intercept_us']:.0f} us,"
-            f" R² {fit_parse['r2']:.4f}).",
+            f" R² {fit_parse['r2']:.4f}). {_shape(fit, span, unit)}",
             "",
         ]
     lines += ["![engine latency against pod size](bench/latency_vs_size.png)", ""]
@@ -388,7 +415,8 @@ def _service_sections(service: dict[str, Any] | None) -> list[str]:
         "returning a constant AdmissionReview, `echo` is FastAPI reading the body, parsing",
         "it with orjson and echoing the uid. "
         f"{plan['rounds']} rounds of {plan['seconds']} s per server, alternated",
-        f"(mutate, echo, raw, mutate, ...), each after a {plan['warmup_seconds']} s warm-up",
+        "(mutate, echo, raw, raw sized, mutate, ...), each after a"
+        f" {plan['warmup_seconds']} s warm-up",
         "that is not counted; medians of the rounds. Latencies are wrk's per-request",
         "figures (exact percentiles from `done()`).",
         "",
@@ -396,14 +424,23 @@ def _service_sections(service: dict[str, Any] | None) -> list[str]:
     lines += _table(
         SERVICE_HEADER,
         _service_rows(
-            compare["medians"], {"mutate": "/mutate", "echo": "FastAPI echo", "raw": "raw ASGI"}
+            compare["medians"],
+            {
+                "mutate": "/mutate",
+                "echo": "FastAPI echo",
+                "raw": "raw ASGI",
+                "raw-sized": f"raw ASGI, {service['response_bytes']:,}-byte response",
+            },
         ),
     )
     lines += [
         "",
         f"Throughput ratios (median of per-round ratios): /mutate : FastAPI echo = "
         f"{ratios['mutate:echo']:.2f}, FastAPI echo : raw = {ratios['echo:raw']:.2f}, "
-        f"/mutate : raw = {ratios['mutate:raw']:.2f}.",
+        f"/mutate : raw = {ratios['mutate:raw']:.2f}. The fourth server is the raw app sending"
+        f" a response as large as /mutate's ({service['response_bytes']:,} bytes, mostly the"
+        " inline Envoy bootstrap in the base64 patch): raw sized : raw ="
+        f" {ratios['raw-sized:raw']:.2f}, the share of the gap that is only bytes on the wire.",
         "",
         "![throughput against the baselines](bench/throughput.png)",
         "",
@@ -444,13 +481,15 @@ def _service_sections(service: dict[str, Any] | None) -> list[str]:
     run = soak["run"]
     before, after = soak["rss_before_kib"], soak["rss_after_kib"]
     samples = [kib for _, kib in soak["rss_samples"]] or [sum(after.values())]
+    rate = f"{run['rps']:,.0f} req/s" if run["rps"] else "not measured (one capped run)"
     lines += [
         "## Soak",
         "",
-        f"{run['requests']:,} `/mutate` requests (typical pod, 8 connections; wrk stopped by",
-        f"`post.lua` at {soak['limit']:,} responses) in {run['duration_us'] / 1e6:.1f} s "
-        f"({run['rps']:,.0f} req/s), on the one-worker server",
-        "after the runs above and a further warm-up.",
+        f"Exactly {run['requests']:,} `/mutate` requests (typical pod, 8 connections) in"
+        f" {run['chunks']} consecutive wrk runs, {run['seconds']:.0f} s in all: wrk has no"
+        " request-count option, so `post.lua` stops sending at the remaining count and the"
+        f" last run is sized to reach it. Rate while sending: {rate}. One-worker server,"
+        " after the runs above and a further warm-up.",
         f"Non-2xx: {run['non2xx']}; socket errors (connect/read/write/timeout): {run['errors']}.",
         "",
         _fmt_row(("process", "VmRSS before, KiB", "VmRSS after, KiB", "change, KiB")),

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import http.client
 import json
+import math
 import os
 import signal
 import socket
@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from bench import workload
+from webhook.certs import write_certs
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "post.lua"
@@ -44,54 +45,9 @@ class BenchError(RuntimeError):
 
 
 def make_certs(out: Path) -> Path:
-    """CA + serving cert for 127.0.0.1 in ``out``, with the project's own tool if present."""
-    try:
-        from webhook.certs import write_certs
-    except ImportError:
-        _self_signed(out)
-    else:
-        write_certs(out)
+    """CA + serving cert (SAN 127.0.0.1) in ``out``, made by the project's own ``certs``."""
+    write_certs(out)
     return out
-
-
-def _self_signed(out: Path) -> None:
-    """Until ``webhook.certs`` exists: one self-signed cert that is its own CA."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    (out / "tls.crt").write_bytes(pem)
-    (out / "ca.crt").write_bytes(pem)
-    (out / "tls.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
 
 
 def write_namespaces(path: Path) -> Path:
@@ -232,9 +188,10 @@ def webhook_argv(*, port: int, certs: Path, namespaces: Path, workers: int) -> l
     return argv
 
 
-def baseline_argv(which: str, *, port: int, certs: Path) -> list[str]:
+def baseline_argv(which: str, *, port: int, certs: Path, response_bytes: int = 0) -> list[str]:
     """One of ``bench.baselines``' apps, served like the webhook."""
     argv = [sys.executable, "-m", "bench.baselines", which]
+    argv += ["--response-bytes", str(response_bytes)]
     return [*argv, "--host", HOST, "--port", str(port), "--cert-dir", str(certs)]
 
 
@@ -325,6 +282,35 @@ def _ratio_medians(
     return out
 
 
+def _soak_chunks(server: Server, body_file: Path, plan: Plan) -> list[dict[str, Any]]:
+    """Exactly ``plan.soak_requests`` responses, as consecutive bounded wrk runs.
+
+    wrk has no request-count option: ``post.lua`` stops sending at a count,
+    but wrk still waits out its ``-d``. So the soak runs in chunks of
+    ``plan.seconds``, and the last one is capped at the remaining count with a
+    duration sized from the rate seen so far (with slack), which keeps both
+    the count exact and the idle tail short.
+    """
+    chunks: list[dict[str, Any]] = []
+    remaining, rate = plan.soak_requests, 0.0
+    while remaining > 0:
+        if rate and remaining <= rate * plan.seconds:
+            seconds = max(1, math.ceil(remaining / (0.6 * rate)))
+        else:
+            seconds = plan.seconds
+        chunk = wrk(
+            server.url, body_file, connections=plan.connections, seconds=seconds, limit=remaining
+        )
+        chunk["capped"] = chunk["requests"] >= remaining
+        if chunk["requests"] == 0:
+            raise BenchError(f"soak: no responses in {seconds}s with {remaining} to go")
+        if not chunk["capped"]:
+            rate = chunk["requests"] / (chunk["duration_us"] / 1e6)
+        remaining -= chunk["requests"]
+        chunks.append(chunk)
+    return chunks
+
+
 def _soak(server: Server, body_file: Path, plan: Plan) -> dict[str, Any]:
     """A fixed number of /mutate requests; RSS before (after warm-up), during, after."""
     wrk(server.url, body_file, connections=plan.connections, seconds=max(plan.warmup_seconds, 1))
@@ -339,27 +325,60 @@ def _soak(server: Server, body_file: Path, plan: Plan) -> dict[str, Any]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    # The count bounds the run; the duration is only a safety net (>= 50 req/s).
-    bound = max(60, plan.soak_requests // 50)
     try:
-        result = wrk(
-            server.url,
-            body_file,
-            connections=plan.connections,
-            seconds=bound,
-            limit=plan.soak_requests,
-        )
+        chunks = _soak_chunks(server, body_file, plan)
     finally:
         stop.set()
         sampler.join()
     after = server.rss()
+    free = [chunk for chunk in chunks if not chunk["capped"]]
+    result = {
+        "requests": sum(chunk["requests"] for chunk in chunks),
+        "non2xx": sum(chunk["non2xx"] for chunk in chunks),
+        "errors": sum(chunk["errors"] for chunk in chunks),
+        "chunks": len(chunks),
+        "seconds": time.monotonic() - start,
+        # Rate only from chunks that ran their whole duration: a capped one
+        # idles after its last response, and wrk counts that time too.
+        "rps": (
+            sum(chunk["requests"] for chunk in free)
+            / sum(chunk["duration_us"] / 1e6 for chunk in free)
+            if free
+            else None
+        ),
+        "p99_us": max(chunk["p99_us"] for chunk in chunks),
+    }
     return {
         "run": result,
+        "chunks": chunks,
         "rss_before_kib": before,
         "rss_after_kib": after,
         "rss_samples": samples,
         "limit": plan.soak_requests,
     }
+
+
+def _mutate_response_bytes(
+    body: bytes, *, log: Path, ca: Path, port: int, certs: Path, namespaces: Path
+) -> int:
+    """The size of /mutate's answer to ``body``, asked of a short-lived webhook."""
+    probe = Server(
+        "sizing",
+        webhook_argv(port=port, certs=certs, namespaces=namespaces, workers=1),
+        SERVER_CPUS,
+        ca,
+        port,
+        log,
+        expect_patch=True,
+    )
+    with running([probe], body):
+        context = ssl.create_default_context(cafile=str(ca))
+        conn = http.client.HTTPSConnection(HOST, port, context=context, timeout=10)
+        try:
+            conn.request("POST", "/mutate", body, {"Content-Type": "application/json"})
+            return len(conn.getresponse().read())
+        finally:
+            conn.close()
 
 
 def run(work: Path, plan: Plan) -> dict[str, Any]:
@@ -377,7 +396,7 @@ def run(work: Path, plan: Plan) -> dict[str, Any]:
     def server(name: str, argv: list[str], port: int, cpus: str = SERVER_CPUS) -> Server:
         return Server(name, argv, cpus, ca, port, work / f"{name}.log", name.startswith("mutate"))
 
-    ports = [free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(5)]
     mutate = server(
         "mutate",
         webhook_argv(port=ports[0], certs=certs, namespaces=namespaces, workers=1),
@@ -385,6 +404,14 @@ def run(work: Path, plan: Plan) -> dict[str, Any]:
     )
     echo = server("echo", baseline_argv("echo", port=ports[1], certs=certs), ports[1])
     raw = server("raw", baseline_argv("raw", port=ports[2], certs=certs), ports[2])
+    sized = _mutate_response_bytes(
+        typical, log=work / "sizing.log", ca=ca, port=ports[4], certs=certs, namespaces=namespaces
+    )
+    raw_big = server(
+        "raw-sized",
+        baseline_argv("raw", port=ports[4], certs=certs, response_bytes=sized),
+        ports[4],
+    )
     two = server(
         "mutate-2-workers",
         webhook_argv(port=ports[3], certs=certs, namespaces=namespaces, workers=2),
@@ -400,13 +427,17 @@ def run(work: Path, plan: Plan) -> dict[str, Any]:
         "connections": plan.connections,
     }
     results["body_bytes"] = {"typical": len(typical), "env1500": len(big)}
-    with running([mutate, echo, raw], typical):
-        runs = alternate([mutate, echo, raw], typical_file, plan, connections=plan.connections)
+    results["response_bytes"] = sized
+    with running([mutate, echo, raw, raw_big], typical):
+        runs = alternate(
+            [mutate, echo, raw, raw_big], typical_file, plan, connections=plan.connections
+        )
         results["compare"] = {
             "runs": runs,
             "medians": {name: _medians(found) for name, found in runs.items()},
             "ratios": _ratio_medians(
-                runs, [("mutate", "echo"), ("echo", "raw"), ("mutate", "raw")]
+                runs,
+                [("mutate", "echo"), ("echo", "raw"), ("mutate", "raw"), ("raw-sized", "raw")],
             ),
         }
 
