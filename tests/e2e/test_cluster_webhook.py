@@ -1,0 +1,727 @@
+"""The installed webhook against a real kube-apiserver and kube-controller-manager.
+
+Everything below the HTTP edge is tested elsewhere with imitations of the
+apiserver. These tests ask the real one: does it call us when (and only when)
+the install's selectors say so, accept our patch and the pod it produces
+under its own validation, run controllers' pods through us, show users our
+refusal text, cope with another mutating webhook, and refuse pods as
+``failurePolicy: Fail`` promises when we are down.
+
+Set-up (:mod:`tests.e2e.webhook_install`): ``sidecar-injector certs`` and
+``scripts/render_install.py`` into a temporary directory, ``kubectl apply`` of
+the whole rendered install (the Deployment too: its pods are admitted but stay
+Pending, as nothing runs them), and a local ``sidecar-injector serve`` behind
+the install's Service via an EndpointSlice to 127.0.0.1. Whether the webhook
+was *called* is read from its ``/metrics``; tests run in file order and the
+one that stops the process is last.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shlex
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.cluster import ControlPlane, KubectlError
+from tests.e2e.other_webhook import ADDED_CONTAINER, ContainerAddingWebhook
+from tests.e2e.webhook_install import (
+    INIT,
+    NAMESPACE,
+    NAMESPACE_WEBHOOK,
+    PROXY,
+    InstalledWebhook,
+    Object,
+    container_names,
+    create,
+    get_pod,
+    init_container_names,
+    installed_webhook,
+    is_injected,
+    pod_manifest,
+    wait_until_injecting,
+)
+
+pytestmark = pytest.mark.cluster
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+ENABLED = {"sidecar-injection": "enabled"}
+# Long enough for informers on a loaded CI machine, short enough to fail fast.
+EFFECT_TIMEOUT = 30.0
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Namespaces:
+    """Namespaces this module created; deleted (without waiting) at the end."""
+
+    control_plane: ControlPlane
+    names: list[str] = field(default_factory=list)
+
+    def create(self, prefix: str, *, labels: dict[str, str] | None = None) -> str:
+        name = _unique(prefix)
+        self.control_plane.create_namespace(name, labels=labels)
+        self.names.append(name)
+        return name
+
+    def delete_all(self) -> None:
+        if self.names:
+            self.control_plane.kubectl(
+                "delete",
+                "namespace",
+                *self.names,
+                "--wait=false",
+                "--ignore-not-found",
+                check=False,
+            )
+
+
+@pytest.fixture(scope="module")
+def webhook(control_plane: ControlPlane) -> Iterator[InstalledWebhook]:
+    """The rendered install, applied, served by a local process; removed afterwards."""
+    with installed_webhook(control_plane) as install:
+        yield install
+
+
+@pytest.fixture(scope="module")
+def namespaces(control_plane: ControlPlane) -> Iterator[Namespaces]:
+    made = Namespaces(control_plane)
+    try:
+        yield made
+    finally:
+        made.delete_all()
+
+
+@pytest.fixture(scope="module")
+def meshed(control_plane: ControlPlane, webhook: InstalledWebhook, namespaces: Namespaces) -> str:
+    """A namespace labelled ``sidecar-injection=enabled`` where injection is live."""
+    name = namespaces.create("meshed", labels=ENABLED)
+    wait_until_injecting(control_plane, name, timeout=EFFECT_TIMEOUT)
+    return name
+
+
+def _proxy(pod: Object) -> Object:
+    for container in pod["spec"].get("containers", []) + pod["spec"].get("initContainers", []):
+        if container["name"] == PROXY:
+            found: Object = container
+            return found
+    raise AssertionError(f"no {PROXY} in {container_names(pod)} / {init_container_names(pod)}")
+
+
+# --- injection as users see it --------------------------------------------------------
+
+
+def test_a_pod_created_in_an_enabled_namespace_is_stored_with_the_proxy_and_init_container(
+    control_plane: ControlPlane, meshed: str
+) -> None:
+    create(control_plane, meshed, pod_manifest("web"))
+    stored = get_pod(control_plane, meshed, "web")
+
+    assert container_names(stored) == ["app", PROXY]
+    assert init_container_names(stored) == [INIT]
+    status = json.loads(stored["metadata"]["annotations"]["sidecar.mesh.io/status"])
+    assert status["containers"] == [PROXY]
+    assert status["initContainers"] == [INIT]
+    assert stored["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "app"
+    assert stored["status"]["phase"] == "Pending"
+
+
+def test_a_deployments_pods_made_by_the_controller_manager_are_all_injected(
+    control_plane: ControlPlane, meshed: str
+) -> None:
+    labels = {"app": "shop"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "shop"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "shop", "image": "registry.invalid/shop:1"}]},
+            },
+        },
+    }
+    create(control_plane, meshed, deployment)
+
+    def pods() -> list[Object]:
+        listed = control_plane.kubectl("-n", meshed, "get", "pods", "-l", "app=shop", "-o", "json")
+        items: list[Object] = json.loads(listed.stdout)["items"]
+        return items
+
+    control_plane.wait_for(lambda: len(pods()) == 3, what="three pods of the Deployment")
+    replicasets = json.loads(
+        control_plane.kubectl("-n", meshed, "get", "replicasets", "-o", "json").stdout
+    )["items"]
+    (replicaset,) = [rs for rs in replicasets if rs["metadata"]["name"].startswith("shop-")]
+    assert replicaset["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
+    for pod in pods():
+        owner = pod["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"]) == ("ReplicaSet", replicaset["metadata"]["name"])
+        assert pod["metadata"]["generateName"] == f"{replicaset['metadata']['name']}-"
+        assert container_names(pod) == ["shop", PROXY]
+        assert init_container_names(pod) == [INIT]
+        assert pod["status"]["phase"] == "Pending"
+
+
+def test_a_pod_in_an_unlabelled_namespace_is_not_injected_unless_it_opts_in_with_a_label(
+    control_plane: ControlPlane, webhook: InstalledWebhook, namespaces: Namespaces, meshed: str
+) -> None:
+    plain = namespaces.create("plain")
+
+    before = webhook.metrics()
+    ignored = create(control_plane, plain, pod_manifest("ignored"))
+    assert container_names(ignored) == ["app"]
+    assert init_container_names(ignored) == []
+    # Neither webhook's selector matches, so the apiserver does not even ask.
+    assert webhook.metrics().mutate_calls() == before.mutate_calls()
+
+    opted_in = create(
+        control_plane, plain, pod_manifest("opted-in", labels={"sidecar.mesh.io/inject": "true"})
+    )
+    assert container_names(opted_in) == ["app", PROXY]
+    assert init_container_names(opted_in) == [INIT]
+    assert webhook.metrics().decided("pod-opted-in") == before.decided("pod-opted-in") + 1
+
+
+def test_a_pod_labelled_inject_false_in_an_enabled_namespace_never_reaches_the_webhook(
+    control_plane: ControlPlane, webhook: InstalledWebhook, meshed: str
+) -> None:
+    before = webhook.metrics()
+    pod = create(
+        control_plane, meshed, pod_manifest("opted-out", labels={"sidecar.mesh.io/inject": "false"})
+    )
+    after = webhook.metrics()
+
+    assert container_names(pod) == ["app"]
+    assert init_container_names(pod) == []
+    assert after.mutate_calls() == before.mutate_calls()
+
+
+def _restricted_pod(name: str, *, labels: dict[str, str] | None = None) -> Object:
+    """A pod that the ``restricted`` Pod Security level (on mesh-system) admits."""
+    pod = pod_manifest(name, labels=labels)
+    pod["spec"]["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    pod["spec"]["containers"][0]["securityContext"] = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    return pod
+
+
+def test_pods_in_kube_system_and_mesh_system_never_reach_the_webhook_even_when_they_opt_in(
+    control_plane: ControlPlane, webhook: InstalledWebhook, namespaces: Namespaces, meshed: str
+) -> None:
+    opt_in = {"sidecar.mesh.io/inject": "true"}
+    before = webhook.metrics()
+    stored = [
+        create(control_plane, "kube-system", _restricted_pod(_unique("opt-in"), labels=opt_in)),
+        create(control_plane, NAMESPACE, _restricted_pod(_unique("opt-in"), labels=opt_in)),
+    ]
+
+    # The namespace webhook's own exclusion: label kube-system as enabled. To
+    # know the apiserver has seen that label before the pod arrives, label a
+    # fresh namespace afterwards and wait for injection there (namespace
+    # events reach the apiserver's informer in order).
+    control_plane.kubectl("label", "namespace", "kube-system", "sidecar-injection=enabled")
+    try:
+        barrier = namespaces.create("barrier")
+        control_plane.kubectl("label", "namespace", barrier, "sidecar-injection=enabled")
+        wait_until_injecting(control_plane, barrier, timeout=EFFECT_TIMEOUT)
+        calls_before_pod = webhook.metrics().mutate_calls()
+        stored.append(create(control_plane, "kube-system", _restricted_pod(_unique("enabled"))))
+        calls_after_pod = webhook.metrics().mutate_calls()
+    finally:
+        control_plane.kubectl("label", "namespace", "kube-system", "sidecar-injection-")
+
+    for pod in stored:
+        assert not is_injected(pod), pod["metadata"]["name"]
+    assert calls_after_pod == calls_before_pod
+    # Between the snapshots only the barrier's canaries were admitted.
+    assert webhook.metrics().decided("excluded-namespace") == before.decided("excluded-namespace")
+    # mesh-system's own Deployment got its pods (Pending) without the webhook.
+    control_plane.wait_for(
+        lambda: bool(
+            control_plane.kubectl(
+                "-n",
+                NAMESPACE,
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=sidecar-injector",
+                "-o",
+                "name",
+            ).stdout.strip()
+        ),
+        what="the install's own Deployment pods in mesh-system",
+    )
+
+
+def test_a_namespace_setting_label_change_applies_to_the_next_pod_without_a_restart(
+    control_plane: ControlPlane, webhook: InstalledWebhook, namespaces: Namespaces
+) -> None:
+    namespace = namespaces.create("tuning", labels=ENABLED)
+    wait_until_injecting(control_plane, namespace, timeout=EFFECT_TIMEOUT)
+    pid = webhook.server.proc.pid
+    first = create(control_plane, namespace, pod_manifest("before"))
+    assert _proxy(first)["resources"]["requests"]["cpu"] == "100m"  # the install's config
+
+    control_plane.kubectl("label", "namespace", namespace, "sidecar.mesh.io/proxy-cpu-request=250m")
+    seen: list[str] = []
+
+    def next_pod_has_new_request() -> bool:
+        pod = create(control_plane, namespace, pod_manifest(f"after-{len(seen)}"))
+        seen.append(_proxy(pod)["resources"]["requests"]["cpu"])
+        return seen[-1] == "250m"
+
+    control_plane.wait_for(
+        next_pod_has_new_request, what="the new cpu request", timeout=EFFECT_TIMEOUT, interval=0.3
+    )
+    assert webhook.server.proc.pid == pid
+    assert webhook.server.proc.poll() is None
+    assert set(seen[:-1]) <= {"100m"}, seen
+
+
+def test_a_server_side_dry_run_shows_the_injected_pod_and_stores_nothing(
+    control_plane: ControlPlane, meshed: str
+) -> None:
+    done = control_plane.kubectl(
+        "-n",
+        meshed,
+        "create",
+        "--dry-run=server",
+        "-o",
+        "yaml",
+        "-f",
+        "-",
+        input=json.dumps(pod_manifest("preview")),
+    )
+    previewed = yaml.safe_load(done.stdout)
+
+    assert container_names(previewed) == ["app", PROXY]
+    assert init_container_names(previewed) == [INIT]
+    missing = control_plane.kubectl("-n", meshed, "get", "pod", "preview", check=False)
+    assert missing.returncode != 0
+    assert "NotFound" in missing.stderr
+
+
+def test_an_invalid_setting_annotation_fails_kubectl_create_with_our_message(
+    control_plane: ControlPlane, meshed: str
+) -> None:
+    pod = pod_manifest("lots", annotations={"sidecar.mesh.io/proxy-cpu-request": "lots"})
+    with pytest.raises(KubectlError) as refused:
+        create(control_plane, meshed, pod)
+
+    stderr = refused.value.stderr
+    assert f'admission webhook "{NAMESPACE_WEBHOOK}" denied the request' in stderr
+    assert (
+        "pod annotation sidecar.mesh.io/proxy-cpu-request='lots' is invalid: "
+        "'lots' is not a Kubernetes quantity (e.g. 100m, 128Mi)"
+    ) in stderr
+    assert control_plane.kubectl("-n", meshed, "get", "pod", "lots", check=False).returncode != 0
+
+
+def test_native_sidecar_mode_passes_the_apiservers_own_pod_validation(
+    control_plane: ControlPlane, meshed: str
+) -> None:
+    pod = create(
+        control_plane,
+        meshed,
+        pod_manifest("native", annotations={"sidecar.mesh.io/native-sidecar": "true"}),
+    )
+    stored = get_pod(control_plane, meshed, pod["metadata"]["name"])
+
+    assert container_names(stored) == ["app"]
+    assert PROXY in init_container_names(stored)
+    assert INIT in init_container_names(stored)
+    assert _proxy(stored)["restartPolicy"] == "Always"
+
+
+# --- the engine's golden inputs, through the apiserver -------------------------------------
+
+# Inputs the offline CLI injects but the cluster, by design, does not.
+CLUSTER_DIFFERS = {
+    # Webhook selectors see labels only; an opt-in annotation in a namespace
+    # that is not enabled never reaches the webhook (see mutatingwebhook.yaml).
+    "pod-opt-in-annotation": "opt-in by annotation is invisible to objectSelector",
+}
+# Inputs that exercise the engine with something the apiserver itself
+# refuses, webhook or not; the test proves that (same error without us).
+INVALID_AS_OBJECTS = {
+    # JSON-pointer escaping of "~" and a second "/"; not a valid annotation
+    # key. Every injection still escapes "/" in sidecar.mesh.io~1status.
+    "pod-annotation-keys-escaping": "annotation key example.com/path~with/slashes",
+    # The engine copes with a template without metadata; the apps/v1
+    # validation does not (the selector matches no template labels).
+    "deployment-no-template-metadata": "selector does not match template labels",
+}
+_TEMPLATE_PATHS = {
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "ReplicaSet": ("spec", "template"),
+    "Job": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+}
+
+
+def _documents(text: str) -> list[Object]:
+    """Objects of a manifest, Lists flattened (as the CLI reads them)."""
+    objects: list[Object] = []
+    for document in yaml.safe_load_all(text):
+        if not document:
+            continue
+        if document.get("kind") == "List":
+            objects.extend(document.get("items") or [])
+        else:
+            objects.append(document)
+    return objects
+
+
+def _pod_template(obj: Object) -> Object | None:
+    if obj.get("kind") == "Pod":
+        return obj
+    path = _TEMPLATE_PATHS.get(obj.get("kind", ""))
+    if path is None:
+        return None
+    node: Any = obj
+    for key in path:
+        node = node[key]
+    template: Object = node
+    return template
+
+
+@dataclass
+class GoldenCase:
+    """One golden input, mapped onto a namespace of its own in the cluster."""
+
+    stem: str
+    source_namespace: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    inputs: list[Object]
+    expected: list[Object]
+
+    @property
+    def cluster_namespace(self) -> str:
+        return f"golden-{self.stem}"[:63]
+
+
+def _golden_namespaces() -> dict[str, Object]:
+    return {
+        o["metadata"]["name"]: o["metadata"]
+        for o in _documents((GOLDEN / "namespaces.yaml").read_text(encoding="utf-8"))
+    }
+
+
+def _golden_cases() -> list[GoldenCase]:
+    """Every golden input the engine injects (not refuse-*/skip-*) that holds a pod.
+
+    The golden's ``# args`` become the namespace: the namespaces file's labels
+    and annotations for ``--namespace`` (or the object's own namespace), then
+    ``--label``/``--annotation`` on top, exactly the precedence the CLI uses.
+    """
+    known = _golden_namespaces()
+    cases = []
+    for path in sorted((GOLDEN / "inputs").glob("*.yaml")):
+        stem = path.stem
+        if stem.startswith(("refuse-", "skip-")):
+            continue
+        text = path.read_text(encoding="utf-8")
+        args = shlex.split(text.splitlines()[0].removeprefix("# args:"))
+        namespace, labels, annotations = None, {}, {}
+        for flag, value in itertools.pairwise(args):
+            if flag == "--namespace":
+                namespace = value
+            elif flag in {"--label", "--annotation"}:
+                key, _, item = value.partition("=")
+                (labels if flag == "--label" else annotations)[key] = item
+        inputs = _documents(text)
+        owners = {o.get("metadata", {}).get("namespace") or namespace for o in inputs}
+        if not any(_pod_template(o) for o in inputs):
+            continue  # e.g. pass-through-kinds: nothing for a webhook to see
+        assert len(owners) == 1, (stem, owners)
+        source = owners.pop()
+        assert source is not None, stem
+        meta = known.get(source, {})
+        ns_labels = {**(meta.get("labels") or {}), **labels}
+        ns_labels.pop("kubernetes.io/metadata.name", None)
+        ns_annotations = {**(meta.get("annotations") or {}), **annotations}
+        expected = _documents((GOLDEN / "expected" / f"{stem}.yaml").read_text(encoding="utf-8"))
+        assert len(expected) == len(inputs), stem
+        cases.append(GoldenCase(stem, source, ns_labels, ns_annotations, inputs, expected))
+    return cases
+
+
+def _as_pod(obj: Object, template: Object, *, fallback_name: str) -> Object:
+    """A Pod for ``obj``: itself, or its pod template as the controller would make it."""
+    metadata = dict(template.get("metadata") or {})
+    metadata.pop("namespace", None)
+    spec = dict(template["spec"])
+    if obj.get("kind") != "Pod":
+        metadata["name"] = f"{obj['metadata']['name']}-pod"
+    elif not metadata.get("name") and not metadata.get("generateName"):
+        metadata["name"] = fallback_name
+    if obj.get("kind") == "StatefulSet":
+        # The StatefulSet controller turns each volumeClaimTemplate into a
+        # PVC volume of the pod; the template alone mounts volumes it lacks.
+        claims = [
+            {
+                "name": claim["metadata"]["name"],
+                "persistentVolumeClaim": {
+                    "claimName": f"{claim['metadata']['name']}-{obj['metadata']['name']}-0"
+                },
+            }
+            for claim in obj["spec"].get("volumeClaimTemplates") or []
+        ]
+        spec["volumes"] = [*(spec.get("volumes") or []), *claims]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def _reason(stderr: str) -> str:
+    """The apiserver's validation message, without the object name kubectl may vary."""
+    return stderr.strip().split(" is invalid: ", 1)[-1]
+
+
+def _refusal_without_webhook(
+    control_plane: ControlPlane, namespace: str, obj: Object
+) -> str | None:
+    """The apiserver's refusal of ``obj`` with no webhook involved, or None if it accepts it.
+
+    A server-side dry run of the object as given. Only pods are sent to the
+    webhook (its rules), and a pod is labelled ``sidecar.mesh.io/inject=false``
+    so the install's objectSelector keeps our webhook out of it.
+    """
+    bare = json.loads(json.dumps(obj))
+    bare.setdefault("metadata", {}).pop("namespace", None)
+    if bare.get("kind") == "Pod":
+        bare["metadata"].setdefault("labels", {})["sidecar.mesh.io/inject"] = "false"
+    done = control_plane.kubectl(
+        "-n",
+        namespace,
+        "create",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=json.dumps(bare),
+        check=False,
+    )
+    return None if done.returncode == 0 else _reason(done.stderr)
+
+
+def _by_name(containers: list[Object] | None) -> dict[str, Object]:
+    return {c["name"]: c for c in containers or []}
+
+
+@dataclass
+class _GoldenRun:
+    """Results of putting golden inputs through the cluster, collected for one assertion."""
+
+    control_plane: ControlPlane
+    failures: list[str] = field(default_factory=list)
+    invalid_inputs: set[str] = field(default_factory=set)
+    checked: int = 0
+
+    def create_namespaces(self, cases: list[GoldenCase]) -> None:
+        """All cases' namespaces in one apply, then one wait for their ServiceAccounts."""
+        documents = [
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": case.cluster_namespace,
+                    "labels": case.labels,
+                    "annotations": case.annotations,
+                },
+            }
+            for case in cases
+        ]
+        self.control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(documents))
+        wanted = {case.cluster_namespace for case in cases}
+
+        def service_accounts_exist() -> bool:
+            listed = self.control_plane.kubectl(
+                "get",
+                "serviceaccounts",
+                "-A",
+                "--field-selector=metadata.name=default",
+                "-o",
+                "json",
+            )
+            have = {sa["metadata"]["namespace"] for sa in json.loads(listed.stdout)["items"]}
+            return wanted <= have
+
+        self.control_plane.wait_for(service_accounts_exist, what="default ServiceAccounts")
+
+    def refused(self, case: GoldenCase, where: str, obj: Object, stderr: str) -> None:
+        """Record a refusal: the input's own fault if the apiserver refuses it without us."""
+        own = _refusal_without_webhook(self.control_plane, case.cluster_namespace, obj)
+        if own is not None and own == _reason(stderr):
+            self.invalid_inputs.add(case.stem)
+        else:
+            self.failures.append(f"{where}: refused: {stderr.strip()}")
+
+    def dry_run_cli_output(
+        self, case: GoldenCase, where: str, given: Object, expected: Object
+    ) -> None:
+        """The offline CLI's injected workload must pass the apiserver's validation."""
+        workload = dict(expected)
+        workload["metadata"] = {k: v for k, v in expected["metadata"].items() if k != "namespace"}
+        dry = self.control_plane.kubectl(
+            "-n",
+            case.cluster_namespace,
+            "create",
+            "--dry-run=server",
+            "-f",
+            "-",
+            input=json.dumps(workload),
+            check=False,
+        )
+        if dry.returncode != 0:
+            self.refused(case, f"{where} (CLI output)", given, dry.stderr)
+
+    def check(self, case: GoldenCase, index: int, given: Object, expected: Object) -> None:
+        """Create the pod for one input object and compare it with the golden output."""
+        template, expected_template = _pod_template(given), _pod_template(expected)
+        if template is None:
+            return
+        assert expected_template is not None
+        where = f"{case.stem}[{index}] {given.get('kind')}"
+        if given.get("kind") != "Pod":
+            self.dry_run_cli_output(case, where, given, expected)
+        pod = _as_pod(given, template, fallback_name=case.stem)
+        try:
+            stored = create(self.control_plane, case.cluster_namespace, pod)
+        except KubectlError as error:
+            self.refused(case, where, pod, error.stderr)
+            return
+        self.checked += 1
+        want_injected = is_injected(expected_template) and case.stem not in CLUSTER_DIFFERS
+        if is_injected(stored) != want_injected:
+            self.failures.append(f"{where}: injected={is_injected(stored)}, want {want_injected}")
+            return
+        if not want_injected:
+            return
+        spec, want_spec = stored["spec"], expected_template["spec"]
+        got = _by_name(spec.get("containers")) | _by_name(spec.get("initContainers"))
+        want = _by_name(want_spec.get("containers")) | _by_name(want_spec.get("initContainers"))
+        for name in (PROXY, INIT):
+            for key in ("image", "command", "args", "restartPolicy"):
+                if got[name].get(key) != want[name].get(key):
+                    self.failures.append(f"{where}: {name}.{key} differs from the golden")
+
+
+def test_every_injected_golden_input_is_admitted_and_stored_as_the_offline_cli_injects_it(
+    control_plane: ControlPlane, webhook: InstalledWebhook, namespaces: Namespaces, meshed: str
+) -> None:
+    """The cluster path (apiserver -> /mutate) and the offline path agree, and both validate.
+
+    Pods are created as they are; workloads as their pod template turned
+    into a Pod (what the controller would create), and the CLI's injected
+    workload itself is checked with ``--dry-run=server``. The stored pod
+    must carry the same proxy and init container (image, command, args,
+    restartPolicy) as the golden output.
+    """
+    cases = _golden_cases()
+    assert len(cases) > 20
+    run = _GoldenRun(control_plane)
+    namespaces.names.extend(case.cluster_namespace for case in cases)
+    run.create_namespaces(cases)
+    for case in cases:
+        for index, (given, expected) in enumerate(zip(case.inputs, case.expected, strict=True)):
+            run.check(case, index, given, expected)
+
+    assert not run.failures, "\n".join(run.failures)
+    assert run.invalid_inputs == set(INVALID_AS_OBJECTS)
+    assert run.checked >= len(cases) - len(INVALID_AS_OBJECTS)
+
+
+# --- other webhooks, and our absence --------------------------------------------------------
+
+
+def test_a_later_webhook_adding_a_container_leaves_exactly_one_injection(
+    control_plane: ControlPlane,
+    webhook: InstalledWebhook,
+    namespaces: Namespaces,
+    tmp_path: Path,
+) -> None:
+    namespace = namespaces.create("layered", labels=ENABLED)
+    configuration = f"zz-audit-{namespace}"
+    with ContainerAddingWebhook(tmp_path, service_host=f"audit.{namespace}.svc") as other:
+        control_plane.route_service_to_loopback(namespace, "audit", port=other.port)
+        control_plane.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                other.configuration(name=configuration, namespace=namespace, service="audit")
+            ),
+        )
+        try:
+            # Canaries until both webhooks are live, then one pod to count calls on.
+            control_plane.wait_for(
+                lambda: (
+                    ADDED_CONTAINER
+                    in container_names(create(control_plane, namespace, pod_manifest(_unique("c"))))
+                ),
+                what="the second webhook",
+                timeout=EFFECT_TIMEOUT,
+            )
+            wait_until_injecting(control_plane, namespace, timeout=EFFECT_TIMEOUT)
+            before = webhook.metrics()
+            create(control_plane, namespace, pod_manifest("layered"))
+            after = webhook.metrics()
+        finally:
+            control_plane.kubectl(
+                "delete", "mutatingwebhookconfiguration", configuration, "--ignore-not-found"
+            )
+    stored = get_pod(control_plane, namespace, "layered")
+
+    names = container_names(stored)
+    assert names.count(PROXY) == 1
+    assert names.count(ADDED_CONTAINER) == 1
+    assert init_container_names(stored).count(INIT) == 1
+    assert "app" in names
+    # We were called twice for that pod: once, then reinvoked after the
+    # other webhook's change, and the second call saw our status annotation.
+    assert after.mutate_calls() - before.mutate_calls() == 2
+    assert after.decided("already-injected") - before.decided("already-injected") == 1
+
+
+def test_with_the_webhook_process_stopped_enabled_namespaces_refuse_pods_and_others_do_not(
+    control_plane: ControlPlane, webhook: InstalledWebhook, namespaces: Namespaces, meshed: str
+) -> None:
+    """Runs last: the process stays stopped (the module's teardown removes the install)."""
+    plain = namespaces.create("unaffected")
+    webhook.stop_process()
+
+    with pytest.raises(KubectlError) as refused:
+        create(control_plane, meshed, pod_manifest("while-down"))
+    message = refused.value.stderr
+    assert f'failed calling webhook "{NAMESPACE_WEBHOOK}"' in message
+
+    elsewhere = create(control_plane, plain, pod_manifest("elsewhere"))
+    assert container_names(elsewhere) == ["app"]
+    # The objectSelector keeps opted-out pods away from the webhook, so they
+    # can still be created in an enabled namespace while it is down.
+    opted_out = create(
+        control_plane,
+        meshed,
+        pod_manifest("opted-out-while-down", labels={"sidecar.mesh.io/inject": "false"}),
+    )
+    assert container_names(opted_out) == ["app"]
