@@ -9,6 +9,7 @@ names of at most 15 characters, and restartPolicy only on init containers.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import kubernetes_validate
@@ -77,10 +78,8 @@ def validate_injected(obj: dict[str, Any]) -> None:
     Custom resources have no schema here and pass through the injector untouched.
     """
     if obj.get("kind") not in WORKLOADS:
-        try:
+        with contextlib.suppress(kubernetes_validate.SchemaNotFoundError):
             validate_schema(obj)
-        except kubernetes_validate.SchemaNotFoundError:
-            pass
         return
     validate_schema(obj)
     claims = tuple(
