@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import shlex
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from tests.e2e.webhook_install import (
     NAMESPACE,
     NAMESPACE_WEBHOOK,
     PROXY,
+    SERVICE,
     InstalledWebhook,
     Object,
     container_names,
@@ -444,7 +446,9 @@ def _golden_cases() -> list[GoldenCase]:
             continue
         text = path.read_text(encoding="utf-8")
         args = shlex.split(text.splitlines()[0].removeprefix("# args:"))
-        namespace, labels, annotations = None, {}, {}
+        namespace: str | None = None
+        labels: dict[str, str] = {}
+        annotations: dict[str, str] = {}
         for flag, value in itertools.pairwise(args):
             if flag == "--namespace":
                 namespace = value
@@ -658,11 +662,13 @@ def test_a_later_webhook_adding_a_container_leaves_exactly_one_injection(
     control_plane: ControlPlane,
     webhook: InstalledWebhook,
     namespaces: Namespaces,
-    tmp_path: Path,
 ) -> None:
     namespace = namespaces.create("layered", labels=ENABLED)
     configuration = f"zz-audit-{namespace}"
-    with ContainerAddingWebhook(tmp_path, service_host=f"audit.{namespace}.svc") as other:
+    with (
+        tempfile.TemporaryDirectory(prefix="sidecar-injector-e2e-audit-") as certs,
+        ContainerAddingWebhook(Path(certs), service_host=f"audit.{namespace}.svc") as other,
+    ):
         control_plane.route_service_to_loopback(namespace, "audit", port=other.port)
         control_plane.kubectl(
             "apply",
@@ -713,7 +719,12 @@ def test_with_the_webhook_process_stopped_enabled_namespaces_refuse_pods_and_oth
     with pytest.raises(KubectlError) as refused:
         create(control_plane, meshed, pod_manifest("while-down"))
     message = refused.value.stderr
+    # What a user sees: the webhook's name, the Service URL the install
+    # configures (with its timeoutSeconds), and why the call failed.
+    assert "Internal error occurred" in message
     assert f'failed calling webhook "{NAMESPACE_WEBHOOK}"' in message
+    assert f'Post "https://{SERVICE}.{NAMESPACE}.svc:443/mutate?timeout=5s"' in message
+    assert "connection refused" in message
 
     elsewhere = create(control_plane, plain, pod_manifest("elsewhere"))
     assert container_names(elsewhere) == ["app"]
