@@ -368,9 +368,6 @@ INVALID_AS_OBJECTS = {
     # JSON-pointer escaping of "~" and a second "/"; not a valid annotation
     # key. Every injection still escapes "/" in sidecar.mesh.io~1status.
     "pod-annotation-keys-escaping": "annotation key example.com/path~with/slashes",
-    # The engine copes with a template without metadata; the apps/v1
-    # validation does not (the selector matches no template labels).
-    "deployment-no-template-metadata": "selector does not match template labels",
 }
 _TEMPLATE_PATHS = {
     "Deployment": ("spec", "template"),
