@@ -29,7 +29,7 @@ fmt: install
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
-# --- Install manifests (docs/install.md) ---
+# --- Install manifests (README.md, "Installing in a cluster") ---
 # manifests/install.yaml = kustomize base + TLS Secret + caBundle, ready for kubectl apply.
 # It holds a private key, so it is git-ignored and written owner-only.
 KUBECTL ?= kubectl
@@ -87,11 +87,11 @@ bench: install
 e2e: install
 	$(BIN)/python -m pytest -m netns tests/e2e -q
 
-# --- Local webhook (docs/service.md) ---
+# --- Local webhook (README.md, "The HTTPS service") ---
 # `make run` on a fresh machine: venv, dev certificates (only if missing, so
 # a CA you already trust stays), then HTTPS on 127.0.0.1:8443 in the
 # foreground with the example namespaces. Try it with the curl commands in
-# docs/service.md; Ctrl-C (or SIGTERM) drains in-flight requests and stops.
+# README.md, "The HTTPS service"; Ctrl-C (or SIGTERM) drains in-flight requests and stops.
 RUN_HOST ?= 127.0.0.1
 RUN_PORT ?= 8443
 RUN_NAMESPACES ?= examples/namespaces.yaml

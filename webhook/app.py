@@ -6,7 +6,7 @@ hands plain dicts to ``webhook.admission`` / ``webhook.preview``. FastAPI never
 sees a model of the review: validating a pod with pydantic would cost more
 than injecting it and would answer 422 where Kubernetes clients expect 400.
 
-Status codes (also in docs/service.md):
+Status codes (README.md, "The HTTPS service", documents them for users):
 
 * 400 ``{"error": ...}`` -- a body or query that is not usable (both endpoints),
   and a pod the engine refuses on ``/preview``
