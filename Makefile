@@ -72,7 +72,7 @@ cluster: install control-plane
 # Engine cost per pod and the HTTPS service under wrk against two baselines;
 # rewrites BENCHMARKS.md and bench/*.png (raw figures and logs: bench/results/).
 # Needs wrk and taskset (apt-get install wrk util-linux) and 2 cores: the server
-# runs on core 0, wrk on core 1. Takes about 8 minutes.
+# runs on core 0, wrk on core 1. Takes about 10 minutes.
 .PHONY: bench
 
 bench: install

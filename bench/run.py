@@ -22,8 +22,10 @@ from bench import engine, report, service
 FULL_ENGINE = {
     "env_sizes": (100, 250, 500, 1000, 1500, 2000, 2500, 3000),
     "container_sizes": (1, 2, 5, 10, 20, 30, 40, 50, 60),
-    "rounds": 5,
-    "per_round": 200,
+    # Many short rounds: a burst of other work on the machine then lands on
+    # a few samples of every case rather than on most samples of one.
+    "rounds": 20,
+    "per_round": 50,
     "warmup": 100,
 }
 QUICK_ENGINE = {
@@ -34,7 +36,7 @@ QUICK_ENGINE = {
     "warmup": 2,
 }
 FULL_SERVICE = service.Plan(seconds=10, warmup_seconds=2, rounds=5, soak_requests=100_000)
-QUICK_SERVICE = service.Plan(seconds=1, warmup_seconds=0, rounds=1, soak_requests=300)
+QUICK_SERVICE = service.Plan(seconds=1, warmup_seconds=0, rounds=1, soak_requests=300, churn_runs=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

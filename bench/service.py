@@ -38,6 +38,8 @@ LUA = Path(__file__).resolve().parent / "post.lua"
 HOST = "127.0.0.1"
 SERVER_CPUS = "0"
 LOAD_CPU = "1"
+# The soak's wrk run may not take longer than this, whatever the rate.
+SOAK_MAX_SECONDS = 600
 
 
 class BenchError(RuntimeError):
@@ -232,6 +234,7 @@ class Plan:
     warmup_seconds: int
     rounds: int
     soak_requests: int
+    churn_runs: int = 10
     connections: int = 8
 
 
@@ -282,37 +285,15 @@ def _ratio_medians(
     return out
 
 
-def _soak_chunks(server: Server, body_file: Path, plan: Plan) -> list[dict[str, Any]]:
-    """Exactly ``plan.soak_requests`` responses, as consecutive bounded wrk runs.
+def _soak(server: Server, body_file: Path, plan: Plan, *, rate: float) -> dict[str, Any]:
+    """Exactly ``plan.soak_requests`` /mutate requests on 8 held connections; RSS around it.
 
-    wrk has no request-count option: ``post.lua`` stops sending at a count,
-    but wrk still waits out its ``-d``. So the soak runs in chunks of
-    ``plan.seconds``, and the last one is capped at the remaining count with a
-    duration sized from the rate seen so far (with slack), which keeps both
-    the count exact and the idle tail short.
+    wrk has no request-count option: ``post.lua`` stops sending at the count,
+    but wrk still waits out its ``-d``. So ``-d`` is sized from the rate the
+    comparison measured, with slack, and the idle tail is the price of an
+    exact count over one set of connections (a new set per chunk would
+    measure connection churn instead, which ``_churn`` does on purpose).
     """
-    chunks: list[dict[str, Any]] = []
-    remaining, rate = plan.soak_requests, 0.0
-    while remaining > 0:
-        if rate and remaining <= rate * plan.seconds:
-            seconds = max(1, math.ceil(remaining / (0.6 * rate)))
-        else:
-            seconds = plan.seconds
-        chunk = wrk(
-            server.url, body_file, connections=plan.connections, seconds=seconds, limit=remaining
-        )
-        chunk["capped"] = chunk["requests"] >= remaining
-        if chunk["requests"] == 0:
-            raise BenchError(f"soak: no responses in {seconds}s with {remaining} to go")
-        if not chunk["capped"]:
-            rate = chunk["requests"] / (chunk["duration_us"] / 1e6)
-        remaining -= chunk["requests"]
-        chunks.append(chunk)
-    return chunks
-
-
-def _soak(server: Server, body_file: Path, plan: Plan) -> dict[str, Any]:
-    """A fixed number of /mutate requests; RSS before (after warm-up), during, after."""
     wrk(server.url, body_file, connections=plan.connections, seconds=max(plan.warmup_seconds, 1))
     before = server.rss()
     samples: list[tuple[float, int]] = []
@@ -325,36 +306,44 @@ def _soak(server: Server, body_file: Path, plan: Plan) -> dict[str, Any]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    seconds = min(SOAK_MAX_SECONDS, max(2, math.ceil(plan.soak_requests / (0.7 * rate))))
     try:
-        chunks = _soak_chunks(server, body_file, plan)
+        result = wrk(
+            server.url,
+            body_file,
+            connections=plan.connections,
+            seconds=seconds,
+            limit=plan.soak_requests,
+        )
     finally:
         stop.set()
         sampler.join()
     after = server.rss()
-    free = [chunk for chunk in chunks if not chunk["capped"]]
-    result = {
-        "requests": sum(chunk["requests"] for chunk in chunks),
-        "non2xx": sum(chunk["non2xx"] for chunk in chunks),
-        "errors": sum(chunk["errors"] for chunk in chunks),
-        "chunks": len(chunks),
-        "seconds": time.monotonic() - start,
-        # Rate only from chunks that ran their whole duration: a capped one
-        # idles after its last response, and wrk counts that time too.
-        "rps": (
-            sum(chunk["requests"] for chunk in free)
-            / sum(chunk["duration_us"] / 1e6 for chunk in free)
-            if free
-            else None
-        ),
-        "p99_us": max(chunk["p99_us"] for chunk in chunks),
-    }
     return {
         "run": result,
-        "chunks": chunks,
+        "seconds": seconds,
         "rss_before_kib": before,
         "rss_after_kib": after,
         "rss_samples": samples,
         "limit": plan.soak_requests,
+    }
+
+
+def _churn(server: Server, body_file: Path, plan: Plan, *, runs: int) -> dict[str, Any]:
+    """RSS after each of ``runs`` one-second wrk runs, each on a fresh set of connections.
+
+    Separates memory that follows connections (opened and closed by the
+    client) from memory that follows requests (the soak).
+    """
+    rss = [sum(server.rss().values())]
+    for _ in range(runs):
+        wrk(server.url, body_file, connections=plan.connections, seconds=1)
+        rss.append(sum(server.rss().values()))
+    closed = runs * plan.connections
+    return {
+        "rss_kib": rss,
+        "connections": closed,
+        "per_connection_kib": (rss[-1] - rss[0]) / closed,
     }
 
 
@@ -455,7 +444,10 @@ def run(work: Path, plan: Plan) -> dict[str, Any]:
             "medians": {key: _medians(found) for key, found in big_runs.items()},
         }
 
-        results["soak"] = _soak(mutate, typical_file, plan)
+        results["soak"] = _soak(
+            mutate, typical_file, plan, rate=results["compare"]["medians"]["mutate"]["rps"]
+        )
+        results["churn"] = _churn(mutate, typical_file, plan, runs=plan.churn_runs)
 
         workers: dict[str, Any] = {"supported": True}
         try:
