@@ -10,6 +10,7 @@ separated by ``_``; CIDR lists (which need ``/``) can only be annotations.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -218,6 +219,11 @@ def _request_over_limit(
     )
 
 
+def _ours(values: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The items under our prefix: all that resolution reads, and a hashable cache key."""
+    return tuple(item for item in values.items() if item[0].startswith(constants.PREFIX))
+
+
 def resolve_settings(
     config: InjectorConfig,
     *,
@@ -228,12 +234,28 @@ def resolve_settings(
     """Resolve every setting by precedence; raise SettingsError on the first invalid one.
 
     Only the value that wins is parsed: a bad namespace label that a pod
-    annotation overrides does not refuse the pod.
+    annotation overrides does not refuse the pod. Results are cached by the
+    inputs that matter (the config and the ``sidecar.mesh.io/`` items): the
+    pods of one workload, and of one namespace, almost always resolve alike,
+    and resolution was the engine's largest cost per admission.
     """
+    return _resolve(
+        config, _ours(namespace_labels), _ours(namespace_annotations), _ours(pod_annotations)
+    )
+
+
+# Bounded: each entry is one distinct combination of settings in use.
+@functools.lru_cache(maxsize=4096)
+def _resolve(
+    config: InjectorConfig,
+    namespace_labels: tuple[tuple[str, str], ...],
+    namespace_annotations: tuple[tuple[str, str], ...],
+    pod_annotations: tuple[tuple[str, str], ...],
+) -> ProxySettings:
     layers = (
-        (Source.POD_ANNOTATION, pod_annotations, ","),
-        (Source.NAMESPACE_ANNOTATION, namespace_annotations, ","),
-        (Source.NAMESPACE_LABEL, namespace_labels, "_"),
+        (Source.POD_ANNOTATION, dict(pod_annotations), ","),
+        (Source.NAMESPACE_ANNOTATION, dict(namespace_annotations), ","),
+        (Source.NAMESPACE_LABEL, dict(namespace_labels), "_"),
     )
     warnings: list[str] = []
     for where, values, _sep in reversed(layers):

@@ -8,6 +8,7 @@ skipped costs a few dictionary look-ups.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,12 @@ class InjectionRefused(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class InjectionResult:
-    """The decision, and when injecting, the patch and the patched object."""
+    """The decision, and when injecting, the patch and the patched object.
+
+    Read-only: ``obj`` shares every unchanged part with the input, and the
+    injected containers are shared by all results with the same settings.
+    Copy before changing anything (``copy.deepcopy``; ``jsonpatch`` copies).
+    """
 
     decision: Decision
     location: PodLocation | None
@@ -129,6 +135,23 @@ def _choice_warnings(meta: dict[str, Any]) -> tuple[str, ...]:
     return tuple(found)
 
 
+@functools.lru_cache(maxsize=4096)
+def _built(
+    settings: ProxySettings, config: InjectorConfig
+) -> tuple[dict[str, Any], dict[str, Any], tuple[dict[str, Any], ...]]:
+    """The two containers and the volumes for these settings, built once per combination.
+
+    Pods with the same settings get the very same dicts (shared, like every
+    unchanged part of a result), so the bootstrap and the rules are rendered
+    once rather than per admission.
+    """
+    return (
+        mesh_init_container(settings, config),
+        mesh_proxy_container(settings, config),
+        tuple(proxy_volumes(settings, config)),
+    )
+
+
 def _additions(
     obj: dict[str, Any],
     *,
@@ -139,9 +162,7 @@ def _additions(
     config: InjectorConfig,
 ) -> Additions:
     """Lay out the two containers, volumes and annotations for the chosen mode."""
-    init = mesh_init_container(settings, config)
-    proxy = mesh_proxy_container(settings, config)
-    volumes = tuple(proxy_volumes(settings, config))
+    init, proxy, volumes = _built(settings, config)
     taken = {volume["name"] for volume in spec.get("volumes") or ()}
     for volume in volumes:
         if volume["name"] in taken:

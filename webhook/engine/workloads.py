@@ -132,14 +132,19 @@ def check_injectable(obj: dict[str, Any], location: PodLocation, spec: dict[str,
         if not isinstance(items, list):
             raise ObjectError(f"{describe(obj)}: {prefix}.{field} is not a list")
         for index, item in enumerate(items):
+            name = item.get("name") if isinstance(item, dict) else None
+            if (
+                isinstance(name, str)
+                and name
+                and (field == "volumes" or name not in constants.INJECTED_NAMES)
+            ):
+                continue  # the common case, checked without building a message
             where = f"{describe(obj)}: {prefix}.{field}[{index}]"
             if not isinstance(item, dict):
                 raise ObjectError(f"{where} is not an object")
-            name = item.get("name")
             if not isinstance(name, str) or not name:
                 raise ObjectError(f"{where} has no name")
-            if field != "volumes" and name in constants.INJECTED_NAMES:
-                raise ObjectError(
-                    f"{where} is named {name!r}, which the injector reserves; rename it, or "
-                    f"add the {constants.STATUS_ANNOTATION} annotation if it was injected already"
-                )
+            raise ObjectError(
+                f"{where} is named {name!r}, which the injector reserves; rename it, or "
+                f"add the {constants.STATUS_ANNOTATION} annotation if it was injected already"
+            )
