@@ -17,6 +17,7 @@ Status codes (README.md, "The HTTPS service", documents them for users):
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -435,6 +436,11 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # start() may open connections or read files; keep it off the loop.
         await anyio.to_thread.run_sync(namespaces.start)
+        # Everything allocated so far lives as long as the process: move it out
+        # of the collector's reach, so a full collection walks only what
+        # requests allocate (it was a ~15 ms pause every few hundred big pods).
+        gc.collect()
+        gc.freeze()
         service.started = True
         try:
             yield
