@@ -385,9 +385,10 @@ def write(
     lines += _table(("what", "value"), sorted(facts.items()))
     lines += [
         "",
-        "The machine is shared with other work (builds, test suites); a load average well",
-        "above 0 at start or end means other processes took CPU during the run, which",
-        "widens the tails (p99) more than the medians.",
+        "The machine is shared with other work (builds, test suites). The benchmark itself",
+        "keeps about 1.5 runnable (server and wrk); a load average well above that at start",
+        "or end means other processes took CPU during the run, which widens the tails (p99)",
+        "far more than the medians.",
     ]
     lines += [
         "",
