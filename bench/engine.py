@@ -158,13 +158,10 @@ def run(
     case_timings = time_subjects(cases, rounds=rounds, per_round=per_round, warmup=warmup)
 
     sweeps: dict[str, Any] = {}
-    for axis, sizes, make in (
-        ("env_vars", env_sizes, lambda n: workload.pod(env_vars=n)),
-        ("containers", container_sizes, lambda n: workload.pod(containers=n)),
-    ):
+    for axis, sizes in (("env_vars", env_sizes), ("containers", container_sizes)):
         subjects: list[Subject] = []
         for size in sizes:
-            subjects += _pair(f"{axis}={size}", size, make(size), config)
+            subjects += _pair(f"{axis}={size}", size, workload.pod(**{axis: size}), config)
         timings = time_subjects(subjects, rounds=rounds, per_round=per_round, warmup=warmup)
         engine_only = [t for t in timings if not t.label.endswith("+parse")]
         with_parse = [t for t in timings if t.label.endswith("+parse")]

@@ -53,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     load_before = os.getloadavg()
+    # Before anything is written: the run rewrites tracked files (report, plots).
+    measured = report.commit()
     work = args.out / "bench" / "results"
     work.mkdir(parents=True, exist_ok=True)
     print("engine ...", flush=True)
@@ -72,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elapsed_s=time.monotonic() - started,
         command=command.strip(),
         load=(load_before, os.getloadavg()),
+        measured_commit=measured,
     )
     print(f"\nwrote {path} in {time.monotonic() - started:.0f} s")
     return 0
