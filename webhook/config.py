@@ -99,6 +99,13 @@ class InjectorConfig(_Model):
     proxy: ProxyConfig = ProxyConfig()
     init: InitConfig = InitConfig()
     excluded_namespaces: tuple[str, ...] = constants.DEFAULT_EXCLUDED_NAMESPACES
+    # Intercept IPv6 as well as IPv4: ip6tables rules in mesh-init and IPv6
+    # listeners in the proxy. Turn off only where nodes boot with
+    # ipv6.disable=1: Envoy refuses a bootstrap naming any IPv6 address on a
+    # kernel without IPv6 sockets ("malformed IP address: ::"), so the proxy
+    # could not start there. (mesh-init alone would cope: it skips its IPv6
+    # half on such nodes.) docs/settings.md, "IPv6".
+    ipv6: bool = True
 
 
 def parse_config(text: str, *, origin: str = "config") -> InjectorConfig:
