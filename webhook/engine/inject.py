@@ -16,7 +16,7 @@ import orjson
 
 from webhook import __version__, constants
 from webhook.config import InjectorConfig
-from webhook.engine.decision import Decision, NamespaceLike, decide
+from webhook.engine.decision import Decision, NamespaceLike, decide, pod_security_refusal
 from webhook.engine.iptables import mesh_init_container
 from webhook.engine.patch import Additions, Op, apply_additions, build_patch
 from webhook.engine.proxy import mesh_proxy_container, proxy_volumes
@@ -79,6 +79,9 @@ def inject(
     warnings = _choice_warnings(meta)
     if not decision.inject:
         return InjectionResult(decision, location, obj, warnings=warnings)
+    refusal = pod_security_refusal(namespace)
+    if refusal is not None:
+        raise InjectionRefused(f"{describe(obj)}: {refusal}")
 
     annotations: dict[str, str] = meta.get("annotations") or {}
     try:
