@@ -257,3 +257,13 @@ def test_a_status_annotation_without_its_containers_is_rewritten_by_an_add() -> 
     )
     assert again.decision.code == "already-injected"
     assert not again.injected
+
+
+def test_an_invalid_inject_value_is_quoted_shortened_in_the_warning() -> None:
+    pod = {
+        **POD,
+        "metadata": {**POD["metadata"], "labels": {"sidecar.mesh.io/inject": "y" * 60_000}},
+    }
+    (warning,) = inject_into(ENABLED, pod).warnings
+    assert "(60000 characters) is ignored (expected true or false)" in warning
+    assert len(warning) < 200

@@ -606,3 +606,9 @@ def test_cidrs_are_kept_in_canonical_form(text: str, canonical: str) -> None:
 def test_malformed_cidrs_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match=r"CIDR|prefix length"):
         parse_cidr(text)
+
+
+def test_the_config_files_proxy_version_is_an_image_tag() -> None:
+    with pytest.raises(ConfigError, match=r"proxy\.version"):
+        parse_config('proxy:\n  version: "v1.40.0\\n"\n')
+    assert parse_config("proxy:\n  version: v1.41.0\n").proxy.version == "v1.41.0"

@@ -17,7 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from webhook import constants
 from webhook.quantity import QuantityError, check_quantity
-from webhook.values import LOG_LEVELS, check_address
+from webhook.values import LOG_LEVELS, check_address, parse_image_tag
 
 LogLevel = Literal["trace", "debug", "info", "warning", "error", "critical", "off"]
 if set(get_args(LogLevel)) != set(LOG_LEVELS):  # pragma: no cover - keeps the two in step
@@ -75,6 +75,12 @@ class ProxyConfig(_Model):
         if not value or any(c.isspace() for c in value) or "@" in value or ":" in last:
             raise ValueError("must be an image repository without tag or digest")
         return value
+
+    @field_validator("version")
+    @classmethod
+    def _tag(cls, value: str) -> str:
+        # The same rule as the proxy-version setting: it becomes the image tag.
+        return parse_image_tag(value)
 
     @field_validator("xds_address")
     @classmethod

@@ -30,7 +30,7 @@ AllOr = Literal["*"]
 
 # Items per list. 128 ports or CIDRs is far beyond what a pod needs (a few to a
 # few dozen), and with these the worst accepted settings still render a
-# ``mesh-init`` script of about 15 KB (tests/test_settings.py measures it).
+# ``mesh-init`` script of about 15 KB (tests/test_iptables.py renders it).
 MAX_PORTS: Final = 128
 MAX_CIDRS: Final = 128
 # Raw characters per value, checked before any parsing, so a multi-megabyte

@@ -29,6 +29,7 @@ from webhook.engine.workloads import (
     pod_parts,
 )
 from webhook.settings import ProxySettings, SettingsError, resolve_settings
+from webhook.values import shorten
 
 PASS_THROUGH = Decision(False, "not-a-workload", "kind has no pod template")
 
@@ -132,7 +133,7 @@ def _choice_warnings(meta: dict[str, Any]) -> tuple[str, ...]:
         value = (meta.get(where) or {}).get(constants.INJECT_KEY)
         if value is not None and value not in ("true", "false"):
             found.append(
-                f"pod {where[:-1]} {constants.INJECT_KEY}={value!r} is ignored "
+                f"pod {where[:-1]} {constants.INJECT_KEY}={shorten(value)} is ignored "
                 f"(expected true or false)"
             )
     return tuple(found)

@@ -33,7 +33,7 @@ Decisions worth knowing (docs/settings.md repeats them for users):
 * Compact: ports go 15 to a rule (``-m multiport``, its maximum), CIDRs 16 to
   a rule (``-d a,b,...``, which iptables expands into one kernel rule each),
   and the redirect targets are written inline. The default script is about
-  900 bytes; the worst the settings limits allow about 15 KB, far below the
+  800 bytes; the worst the settings limits allow about 15 KB, far below the
   ``MAX_SCRIPT_BYTES`` bound (see there).
 """
 
