@@ -103,6 +103,9 @@ def missing_requirement() -> str | None:
     for tool, package in (
         ("ip", "iproute2"),
         ("iptables-restore", "iptables"),
+        ("ip6tables-restore", "iptables"),
+        ("ip6tables", "iptables"),
+        ("unshare", "util-linux"),
         ("setpriv", "util-linux"),
         ("bash", "bash"),
     ):
