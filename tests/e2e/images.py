@@ -357,11 +357,16 @@ def unmount_under(directory: Path) -> None:
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
+def _rootfs_path() -> Path:
+    mirror = os.environ.get(DEBIAN_MIRROR_ENV, DEFAULT_DEBIAN_MIRROR)
+    key = hashlib.sha256(f"{RECIPE_VERSION}\0{DEBIAN_SUITE}\0minbase\0{mirror}".encode())
+    return images_dir() / f"rootfs-{DEBIAN_SUITE}-minbase-{key.hexdigest()[:16]}.tar"
+
+
 def debian_rootfs(log: Path) -> Path:
     """The cached ``debootstrap --variant=minbase`` tarball, made on first use (~1-2 min)."""
     mirror = os.environ.get(DEBIAN_MIRROR_ENV, DEFAULT_DEBIAN_MIRROR)
-    key = hashlib.sha256(f"{RECIPE_VERSION}\0{DEBIAN_SUITE}\0minbase\0{mirror}".encode())
-    target = images_dir() / f"rootfs-{DEBIAN_SUITE}-minbase-{key.hexdigest()[:16]}.tar"
+    target = _rootfs_path()
     if target.is_file():
         return target
     if shutil.which("debootstrap") is None:
@@ -449,12 +454,43 @@ def _build_one(spec: ImageSpec, digest: str, built: dict[str, BuiltImage], log: 
             str(context),
             log=log,
         )
-    target = images_dir() / f"{spec.key}-{digest[:16]}.tar"
+    target = _archive_path(spec.key, digest)
     partial = target.with_suffix(".tar.partial")
     partial.unlink(missing_ok=True)
     _buildah("push", "--quiet", spec.tag, f"docker-archive:{partial}:{spec.tag}", log=log)
     partial.rename(target)
     return time.monotonic() - started
+
+
+def input_hashes(specs: Mapping[str, ImageSpec]) -> dict[str, str]:
+    """Every image's input hash; an image's hash covers its bases' hashes."""
+    hashes: dict[str, str] = {}
+
+    def resolve(key: str) -> str:
+        if key not in hashes:
+            spec = specs[key]
+            hashes[key] = input_hash(spec, [resolve(base) for base in spec.bases])
+        return hashes[key]
+
+    for key in specs:
+        resolve(key)
+    return hashes
+
+
+def _archive_path(key: str, digest: str) -> Path:
+    return images_dir() / f"{key}-{digest[:16]}.tar"
+
+
+def images_cached() -> bool:
+    """Whether every image is in the cache for the current inputs (nothing would build)."""
+    rootfs = _rootfs_path()
+    if not rootfs.is_file() or not BUSYBOX.exists():
+        return False
+    try:
+        specs = image_specs(rootfs)
+    except FileNotFoundError:
+        return False
+    return all(_archive_path(key, digest).is_file() for key, digest in input_hashes(specs).items())
 
 
 def build_images(
@@ -479,13 +515,16 @@ def build_images(
         wanted = list(keys) if keys is not None else list(specs)
         built: dict[str, BuiltImage] = {}
 
+        hashes = input_hashes(specs)
+
         def ensure(key: str) -> BuiltImage:
             if key in built:
                 return built[key]
             spec = specs[key]
-            bases = [ensure(base) for base in spec.bases]
-            digest = input_hash(spec, [b.info["input_hash"] for b in bases])
-            archive = images_dir() / f"{spec.key}-{digest[:16]}.tar"
+            for base in spec.bases:
+                ensure(base)
+            digest = hashes[key]
+            archive = _archive_path(key, digest)
             record = archive.with_suffix(".json")
             seconds: float | None = None
             if not archive.is_file():

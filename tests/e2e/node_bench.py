@@ -72,7 +72,8 @@ def measure(
     """Create the ReplicaSet in a new namespace; seconds to all created and all Ready."""
     from kubernetes import client, config
 
-    api = client.CoreV1Api(config.new_client_from_config(config_file=str(node.kubeconfig)))
+    api_client = config.new_client_from_config(config_file=str(node.kubeconfig))  # type: ignore[no-untyped-call]
+    api = client.CoreV1Api(api_client)
     node.control_plane.create_namespace(namespace, labels=labels)
     started = time.monotonic()
     node.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(_replicaset(replicas)))

@@ -417,7 +417,7 @@ class PodStream:
         """Start the threads."""
         from kubernetes import client, config
 
-        api_client = config.new_client_from_config(config_file=str(self.kubeconfig))
+        api_client = config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
         api_client.configuration.connection_pool_maxsize = self.threads
         api = client.CoreV1Api(api_client)
         for index in range(self.threads):
