@@ -148,6 +148,31 @@ def test_bookmarks_advance_the_resource_version_without_changing_anything(
     assert labels_of(synced, "demo") == {"sidecar-injection": "enabled"}
 
 
+@pytest.mark.xfail(strict=True, reason="issue 11: resumes from where the watch started")
+@pytest.mark.parametrize("advanced_by", ["events", "bookmark"])
+def test_a_broken_stream_resumes_from_the_last_version_it_saw(
+    api: FakeKubeAPI, synced: KubeNamespaceCache, advanced_by: str
+) -> None:
+    eventually(lambda: api.open_watches == 1, what="the first watch")
+    started_at = api.watch_versions[-1]
+    api.add("one", emit=advanced_by == "events")
+    api.add("two", emit=advanced_by == "events")
+    if advanced_by == "bookmark":
+        api.bookmark()
+    eventually(lambda: synced.resource_version == api.resource_version, what="the events")
+    seen = api.resource_version
+    # etcd compacts history as a real cluster does: only a resume from the
+    # last version seen avoids a 410 and a full relist.
+    api.compact()
+    api.break_watches()
+    eventually(lambda: len(api.watch_versions) >= 2, what="the watch to reconnect")
+    assert started_at != seen
+    assert api.watch_versions[1] == seen
+    api.add("three")
+    eventually(lambda: synced.cached("three") is not None, what="events after the resume")
+    assert api.requests["list"] == 1
+
+
 @pytest.mark.parametrize("gone_as", ["http", "event"])
 def test_an_expired_resource_version_makes_the_cache_list_again(
     api: FakeKubeAPI, synced: KubeNamespaceCache, gone_as: Any
