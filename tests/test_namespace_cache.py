@@ -148,7 +148,6 @@ def test_bookmarks_advance_the_resource_version_without_changing_anything(
     assert labels_of(synced, "demo") == {"sidecar-injection": "enabled"}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: resumes from where the watch started")
 @pytest.mark.parametrize("advanced_by", ["events", "bookmark"])
 def test_a_broken_stream_resumes_from_the_last_version_it_saw(
     api: FakeKubeAPI, synced: KubeNamespaceCache, advanced_by: str

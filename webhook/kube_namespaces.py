@@ -126,7 +126,9 @@ class KubeNamespaceCache:
         self._failures = 0
         self._empty_watches = 0
         self._last_warning = float("-inf")
-        self.resource_version: str | None = None
+        # Where the next watch starts: the list's resourceVersion, then that of
+        # every event and BOOKMARK applied. None: list (again) first.
+        self._resume_from: str | None = None
 
     @classmethod
     def from_environment(
@@ -226,6 +228,11 @@ class KubeNamespaceCache:
         state = "synced" if self.is_ready() else "not synced yet"
         return f"namespace watch on {self.host} ({state}, {len(self._items)} namespaces)"
 
+    @property
+    def resource_version(self) -> str | None:
+        """The resourceVersion the next watch resumes from (None before a list)."""
+        return self._resume_from
+
     def wait_ready(self, timeout: float) -> bool:
         """Block until the first list succeeded or ``timeout`` passed (for tests and startup)."""
         return self._ready.wait(timeout)
@@ -233,18 +240,17 @@ class KubeNamespaceCache:
     # -- the watch thread -----------------------------------------------------
 
     def _run(self) -> None:
-        resource_version: str | None = None
         expired_in_a_row = 0
         while not self._stopping.is_set():
             try:
-                if resource_version is None:
-                    resource_version = self._list()
-                resource_version = self._watch(resource_version)
+                if self._resume_from is None:
+                    self._list()
+                self._watch()
                 expired_in_a_row = 0
             except _Expired as err:
                 # Normal after a long disconnect or an etcd compaction.
                 log.info("namespace watch: %s; listing again", err)
-                resource_version = None
+                self._resume_from = None
                 expired_in_a_row += 1
                 if expired_in_a_row > 1:  # a server that keeps saying 410 must not spin us
                     self._stopping.wait(self._backoff(expired_in_a_row - 1))
@@ -254,12 +260,13 @@ class KubeNamespaceCache:
                 if self._stopping.is_set():
                     break  # stop() cut the connection; that is not a failure
                 self._failed(err)
-                # Keep resource_version: resuming the watch is cheaper than a
-                # relist, and the server says 410 if it has forgotten it.
+                # Keep the resume point (the last version applied, not the one
+                # this watch started at): resuming is cheaper than a relist,
+                # and the server says 410 if it has forgotten that version.
                 self._stopping.wait(self._backoff(self._failures))
         log.debug("namespace watch stopped")
 
-    def _list(self) -> str:
+    def _list(self) -> None:
         response = self._open(
             lambda: self._api.list_namespace(
                 _preload_content=False,
@@ -283,7 +290,7 @@ class KubeNamespaceCache:
         with self._write_lock:
             # A swap, not an update: namespaces deleted while we were away vanish.
             self._items = fresh
-        self.resource_version = resource_version
+        self._resume_from = resource_version
         self._recovered()
         first = not self._ready.is_set()
         self._ready.set()
@@ -294,10 +301,12 @@ class KubeNamespaceCache:
             self.host,
             resource_version,
         )
-        return resource_version
 
-    def _watch(self, resource_version: str) -> str:
-        """Apply watch events until the server ends the watch; returns the last resourceVersion."""
+    def _watch(self) -> None:
+        """Apply watch events until the server ends the watch, advancing the resume point."""
+        resource_version = self._resume_from
+        if resource_version is None:  # pragma: no cover - _run lists first
+            raise _Expired("no resourceVersion to watch from")
         # Random in [t, 2t) so replicas spread their renewals.
         timeout = int(self._watch_timeout * (1.0 + random.random()))  # noqa: S311 - jitter
         started = time.monotonic()
@@ -322,7 +331,7 @@ class KubeNamespaceCache:
         events = 0
         try:
             for line in _lines(response):
-                resource_version = self._apply(line, resource_version)
+                self._apply(line)
                 events += 1
         finally:
             self._release(response, abort=True)
@@ -335,10 +344,8 @@ class KubeNamespaceCache:
                 raise _WatchError("the server keeps ending watches at once")
         else:
             self._empty_watches = 0
-        self.resource_version = resource_version
-        return resource_version
 
-    def _apply(self, line: bytes, resource_version: str) -> str:
+    def _apply(self, line: bytes) -> None:
         event = orjson.loads(line)
         if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
             raise ValueError("a watch event without an object")
@@ -347,7 +354,7 @@ class KubeNamespaceCache:
         if kind == "ERROR":
             message = obj.get("message") or obj.get("reason") or "no message"
             if obj.get("code") == _GONE:
-                raise _Expired(f"resourceVersion {resource_version} is too old ({message})")
+                raise _Expired(f"resourceVersion {self._resume_from} is too old ({message})")
             raise _WatchError(f"watch error {obj.get('code')}: {message}")
         raw_metadata = obj.get("metadata")
         metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
@@ -364,8 +371,10 @@ class KubeNamespaceCache:
         elif kind != "BOOKMARK":
             log.debug("namespace watch: ignoring event type %r", kind)
         latest = metadata.get("resourceVersion")
-        self.resource_version = latest if isinstance(latest, str) and latest else resource_version
-        return self.resource_version
+        if isinstance(latest, str) and latest:
+            # Every applied event and BOOKMARK moves the resume point, so a
+            # broken stream continues here rather than where it started.
+            self._resume_from = latest
 
     def _read(self, name: str) -> NamespaceInfo | None:
         try:
