@@ -339,6 +339,22 @@ def test_an_outage_logs_one_warning_not_one_per_retry(
     assert "\n" not in warnings[0].getMessage()
 
 
+@pytest.mark.xfail(strict=True, reason="issue 11: the backoff resets as soon as a stream opens")
+def test_a_server_that_answers_every_watch_with_an_error_gets_backoff_and_one_warning(
+    api: FakeKubeAPI, make_cache: CacheFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="webhook.namespaces")
+    api.watch_error = (500, "etcdserver: request timed out")
+    cache = make_cache(backoff_initial=0.01, backoff_max=0.64)
+    assert cache.wait_ready(5)
+    eventually(lambda: api.requests["watch"] >= 8, what="eight failed watches")
+    cache.stop()
+    records = [r for r in caplog.records if r.name == "webhook.namespaces"]
+    warnings = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert not [r for r in records if "connected again" in r.getMessage()]
+
+
 def test_a_kubeconfig_selects_the_watch_backed_cache(api: FakeKubeAPI, tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
