@@ -91,6 +91,9 @@ class KubeNamespaceCache:
         backoff_max: float = 30.0,
         stop_timeout: float = 2.0,
         warn_every: float = 60.0,
+        healthy_after: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         config = copy.deepcopy(configuration)
         # This class retries with its own backoff; urllib3's default retries
@@ -103,10 +106,16 @@ class KubeNamespaceCache:
         self._list_timeout = list_timeout
         self._fetch_timeout = fetch_timeout
         self._connect_timeout = connect_timeout
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
         self._stop_timeout = stop_timeout
-        self._warn_every = warn_every
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter
+        self._backoff = _Backoff(
+            initial=backoff_initial,
+            maximum=backoff_max,
+            healthy_after=healthy_after,
+            rng=self._rng,
+        )
+        self._throttle = _Throttle(warn_every)
 
         # Replaced wholesale on a relist and updated in place by events, both
         # under _write_lock; readers take no lock (a dict lookup is atomic in
@@ -123,16 +132,18 @@ class KubeNamespaceCache:
         # namespace should not send one request per replica.
         self._inflight: dict[str, Future[NamespaceInfo | None]] = {}
         self._inflight_lock = threading.Lock()
-        self._failures = 0
         self._empty_watches = 0
-        self._last_warning = float("-inf")
+        # Failures since the cache last had data (a list or an event) from the
+        # server, for the log; the backoff keeps its own, longer memory.
+        self._failures = 0
+        self._failures_unreported = 0
         # Where the next watch starts: the list's resourceVersion, then that of
         # every event and BOOKMARK applied. None: list (again) first.
         self._resume_from: str | None = None
 
     @classmethod
     def from_environment(
-        cls, kubeconfig: Path | None = None, *, in_cluster: bool | None = None, **options: float
+        cls, kubeconfig: Path | None = None, *, in_cluster: bool | None = None, **options: Any
     ) -> KubeNamespaceCache:
         """A cache configured like ``kubectl`` would be, inside or outside a cluster.
 
@@ -253,17 +264,18 @@ class KubeNamespaceCache:
                 self._resume_from = None
                 expired_in_a_row += 1
                 if expired_in_a_row > 1:  # a server that keeps saying 410 must not spin us
-                    self._stopping.wait(self._backoff(expired_in_a_row - 1))
+                    self._stopping.wait(self._backoff.failure(self._clock()))
             except _Stopping:
                 break
             except Exception as err:
                 if self._stopping.is_set():
                     break  # stop() cut the connection; that is not a failure
-                self._failed(err)
+                delay = self._backoff.failure(self._clock())
+                self._failed(err, delay)
                 # Keep the resume point (the last version applied, not the one
                 # this watch started at): resuming is cheaper than a relist,
                 # and the server says 410 if it has forgotten that version.
-                self._stopping.wait(self._backoff(self._failures))
+                self._stopping.wait(delay)
         log.debug("namespace watch stopped")
 
     def _list(self) -> None:
@@ -327,7 +339,8 @@ class KubeNamespaceCache:
                     f"resourceVersion {resource_version} is too old (HTTP 410)"
                 ) from None
             raise
-        self._recovered()
+        # Not a recovery yet: a server can accept every watch and fail it at
+        # once. Only data (an applied event) counts, see _apply.
         events = 0
         try:
             for line in _lines(response):
@@ -370,6 +383,7 @@ class KubeNamespaceCache:
                     self._items.pop(name, None)
         elif kind != "BOOKMARK":
             log.debug("namespace watch: ignoring event type %r", kind)
+        self._recovered()
         latest = metadata.get("resourceVersion")
         if isinstance(latest, str) and latest:
             # Every applied event and BOOKMARK moves the resume point, so a
@@ -437,41 +451,95 @@ class KubeNamespaceCache:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def _backoff(self, failures: int) -> float:
-        delay = min(self._backoff_max, self._backoff_initial * 2.0 ** max(0, failures - 1))
-        # Jitter keeps many replicas from reconnecting in step after an outage.
-        return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
-
-    def _failed(self, err: Exception) -> None:
-        """Log a failure: the first of a streak and then one a ``warn_every`` as warnings."""
+    def _failed(self, err: Exception, delay: float) -> None:
+        """Log a failure: a warning at most once a ``warn_every``, the rest at debug level."""
         self._failures += 1
-        now = time.monotonic()
+        self._failures_unreported += 1
         expected = isinstance(err, (ApiException, OSError, ValueError, _WatchError)) or (
             type(err).__module__.startswith("urllib3")
         )
-        if self._failures == 1 or now - self._last_warning >= self._warn_every:
-            self._last_warning = now
+        if self._throttle.allow("failure", self._clock()):
             log.warning(
-                "namespace watch on %s failed (%d in a row): %s; serving %d cached namespaces",
+                "namespace watch on %s failed (%d in a row, %d since the last warning): %s;"
+                " retrying in %.3gs, serving %d cached namespaces",
                 self.host,
                 self._failures,
+                self._failures_unreported,
                 _one_line(err),
+                delay,
                 len(self._items),
                 # A traceback only for what is not a network or server problem (a bug).
                 exc_info=None if expected else err,
             )
+            self._failures_unreported = 0
         else:
-            log.debug("namespace watch failed again (%d): %s", self._failures, _one_line(err))
+            log.debug(
+                "namespace watch failed again (%d in a row), retrying in %.3fs: %s",
+                self._failures,
+                delay,
+                _one_line(err),
+            )
 
     def _recovered(self) -> None:
-        if self._failures:
+        """The server sent data (a list, an event): the end of a failure streak, for the log."""
+        if not self._failures:
+            return
+        if self._throttle.allow("recovered", self._clock()):
             log.info(
-                "namespace watch on %s: connected again after %d failed attempts",
+                "namespace watch on %s: in sync again after %d failed attempts",
                 self.host,
                 self._failures,
             )
-            self._failures = 0
-            self._last_warning = float("-inf")
+        self._failures = 0
+
+
+class _Backoff:
+    """Capped exponential backoff with jitter whose streak ends only after a healthy period.
+
+    As client-go's backoff manager: a failure continues the streak unless the
+    previous one is at least ``healthy_after`` seconds old. Resetting when a
+    stream merely opens would let a server that accepts every watch and fails
+    it at once (an ERROR event, a cut stream) pull a reconnect out of us every
+    ``initial`` seconds. ``healthy_after`` is kept above ``maximum`` so that a
+    server failing every attempt never looks healthy between two of them.
+    """
+
+    def __init__(
+        self, *, initial: float, maximum: float, healthy_after: float, rng: random.Random
+    ) -> None:
+        self._initial = initial
+        self._maximum = maximum
+        self._healthy_after = max(healthy_after, 2.0 * maximum)
+        self._rng = rng
+        self._streak = 0
+        self._last_failure = float("-inf")
+
+    def failure(self, now: float) -> float:
+        """Record a failure at ``now``; the seconds to wait before the next attempt."""
+        if now - self._last_failure >= self._healthy_after:
+            self._streak = 0
+        self._streak += 1
+        self._last_failure = now
+        # The exponent is capped so that a long outage cannot overflow the float.
+        delay = min(self._maximum, self._initial * 2.0 ** min(self._streak - 1, 62))
+        # Jitter keeps many replicas from reconnecting in step after an outage.
+        return delay * self._rng.uniform(0.5, 1.0)
+
+
+class _Throttle:
+    """At most one log line per kind per ``interval``: an outage costs lines, not one per retry."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._last: dict[str, float] = {}
+
+    def allow(self, kind: str, now: float) -> bool:
+        """Whether a line of ``kind`` may be logged at ``now`` (and if so, remember it)."""
+        last = self._last.get(kind)
+        if last is not None and now - last < self._interval:
+            return False
+        self._last[kind] = now
+        return True
 
 
 def _info(obj: Any) -> NamespaceInfo | None:
