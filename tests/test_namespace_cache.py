@@ -172,6 +172,24 @@ def test_a_broken_stream_resumes_from_the_last_version_it_saw(
     assert api.requests["list"] == 1
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="issue 11: a silent watch lives until watch timeout + 30 s (60-90 s here)",
+)
+def test_a_silent_watch_is_treated_as_broken_and_resumed(
+    api: FakeKubeAPI, make_cache: CacheFactory
+) -> None:
+    cache = make_cache()
+    assert cache.wait_ready(5)
+    eventually(lambda: api.open_watches == 1, what="the first watch")
+    api.silence_watches()  # half-open: the connection stays, nothing arrives
+    api.add("fresh", {"sidecar-injection": "enabled"})
+    eventually(lambda: cache.cached("fresh") is not None, timeout=10, what="a new watch")
+    assert api.watch_versions[-1] == api.watch_versions[0]  # resumed, nothing was applied
+    assert api.requests["list"] == 1
+
+
 @pytest.mark.parametrize("gone_as", ["http", "event"])
 def test_an_expired_resource_version_makes_the_cache_list_again(
     api: FakeKubeAPI, synced: KubeNamespaceCache, gone_as: Any
