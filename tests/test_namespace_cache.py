@@ -172,15 +172,10 @@ def test_a_broken_stream_resumes_from_the_last_version_it_saw(
     assert api.requests["list"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="issue 11: a silent watch lives until watch timeout + 30 s (60-90 s here)",
-)
 def test_a_silent_watch_is_treated_as_broken_and_resumed(
     api: FakeKubeAPI, make_cache: CacheFactory
 ) -> None:
-    cache = make_cache()
+    cache = make_cache(read_timeout=0.5)
     assert cache.wait_ready(5)
     eventually(lambda: api.open_watches == 1, what="the first watch")
     api.silence_watches()  # half-open: the connection stays, nothing arrives

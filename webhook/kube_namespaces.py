@@ -47,9 +47,16 @@ kube_config: Any = _kube_config
 
 _GONE = 410
 _NOT_FOUND = 404
-# A watch that is silent this much longer than its server-side timeout is a
-# dead connection (e.g. a half-open TCP connection after a network change).
-_READ_SLACK_SECONDS = 30.0
+# How long a watch may stay silent before it counts as a dead connection (a
+# half-open TCP connection after a node or network change never says so).
+# kube-apiserver's watch cache (k8s.io/apiserver pkg/storage/cacher, v1.37:
+# defaultBookmarkFrequency = 1 minute) sends a watch that allows bookmarks a
+# BOOKMARK about once a minute, plus one 2 s before the watch's timeout, and
+# checks which watchers are due every 1-1.25 s. So a healthy watch is never
+# silent much over 61 s; 90 s leaves half a minute for a loaded server. On a
+# server without a watch cache (no bookmarks) a quiet watch is renewed every
+# 90 s from where it was: one cheap request, no relist.
+_READ_TIMEOUT_SECONDS = 90.0
 
 
 class _Expired(Exception):
@@ -76,7 +83,8 @@ class KubeNamespaceCache:
     The timing parameters exist so tests can run in seconds; the defaults suit
     a cluster. ``watch_timeout_seconds`` is the shortest server-side watch
     timeout: each watch asks for a random value between it and twice it, so
-    many replicas do not renew their watches in lockstep.
+    many replicas do not renew their watches in lockstep. ``read_timeout`` is
+    how long a watch may be silent before it is abandoned and resumed.
     """
 
     def __init__(
@@ -87,6 +95,7 @@ class KubeNamespaceCache:
         list_timeout: float = 30.0,
         fetch_timeout: float = 2.0,
         connect_timeout: float = 5.0,
+        read_timeout: float = _READ_TIMEOUT_SECONDS,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         stop_timeout: float = 2.0,
@@ -106,6 +115,7 @@ class KubeNamespaceCache:
         self._list_timeout = list_timeout
         self._fetch_timeout = fetch_timeout
         self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._stop_timeout = stop_timeout
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter
@@ -330,7 +340,9 @@ class KubeNamespaceCache:
                     allow_watch_bookmarks=True,
                     timeout_seconds=timeout,
                     _preload_content=False,
-                    _request_timeout=(self._connect_timeout, timeout + _READ_SLACK_SECONDS),
+                    # Not the watch's own timeout plus slack: that left a
+                    # half-open connection unnoticed for up to 10.5 minutes.
+                    _request_timeout=(self._connect_timeout, self._read_timeout),
                 )
             )
         except ApiException as err:
