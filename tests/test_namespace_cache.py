@@ -248,6 +248,35 @@ def test_fetch_reads_a_namespace_the_watch_has_not_delivered_and_caches_it(
     assert api.requests["get"] == 1
 
 
+@pytest.mark.xfail(strict=True, reason="issue 11: a fetch brings a deleted namespace back")
+@pytest.mark.parametrize("removed_by", ["a DELETED event", "a relist"])
+def test_a_namespace_deleted_while_it_is_fetched_does_not_come_back(
+    api: FakeKubeAPI, make_cache: CacheFactory, removed_by: str
+) -> None:
+    cache = make_cache(fetch_timeout=10.0)
+    assert cache.wait_ready(5)
+    api.add("doomed", {"sidecar-injection": "enabled"}, emit=False)  # not delivered yet
+    api.hold_get_replies.set()
+    results: list[NamespaceInfo | None] = []
+    fetcher = threading.Thread(target=lambda: results.append(cache.fetch("doomed")))
+    fetcher.start()
+    eventually(lambda: api.held_gets == 1, what="the GET to have read the namespace")
+    if removed_by == "a DELETED event":
+        api.delete("doomed")
+    else:  # the deletion's event is lost; the watch gets 410 and lists again
+        api.delete("doomed", emit=False)
+        api.expire()
+        eventually(lambda: api.requests["list"] == 2, what="the relist")
+    eventually(lambda: cache.resource_version == api.resource_version, what="the removal")
+    api.release_gets()
+    fetcher.join(10)
+    assert [info.name if info else None for info in results] == ["doomed"]  # what it read
+    assert cache.cached("doomed") is None
+    api.add("later")  # the watch goes on; the deleted namespace stays gone
+    eventually(lambda: cache.cached("later") is not None, what="a later event")
+    assert cache.cached("doomed") is None
+
+
 def test_fetch_of_a_namespace_that_does_not_exist_is_none(
     api: FakeKubeAPI, synced: KubeNamespaceCache
 ) -> None:
