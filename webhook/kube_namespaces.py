@@ -132,6 +132,10 @@ class KubeNamespaceCache:
         # CPython), which is what keeps cached() non-blocking.
         self._items: dict[str, NamespaceInfo] = {}
         self._write_lock = threading.Lock()
+        # Bumped (under _write_lock) whenever the watch removes namespaces: a
+        # DELETED event or a relist. A fetch caches its answer only if this
+        # did not change while its GET was in flight (see _store_fetched).
+        self._removals = 0
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -206,7 +210,7 @@ class KubeNamespaceCache:
             except TimeoutError:
                 raise NamespaceUnavailable(f"namespace {name}: no answer in time") from None
         try:
-            result = self._read(name)
+            result = self._read(name, removals=self._removals)
         except BaseException as err:
             mine.set_exception(err)
             raise
@@ -312,6 +316,7 @@ class KubeNamespaceCache:
         with self._write_lock:
             # A swap, not an update: namespaces deleted while we were away vanish.
             self._items = fresh
+            self._removals += 1
         self._resume_from = resource_version
         self._recovered()
         first = not self._ready.is_set()
@@ -392,7 +397,10 @@ class KubeNamespaceCache:
             name = metadata.get("name")
             if isinstance(name, str):
                 with self._write_lock:
+                    # Counted even for a name not cached: a fetch of it may be
+                    # in flight, and must not bring it back.
                     self._items.pop(name, None)
+                    self._removals += 1
         elif kind != "BOOKMARK":
             log.debug("namespace watch: ignoring event type %r", kind)
         self._recovered()
@@ -402,7 +410,8 @@ class KubeNamespaceCache:
             # broken stream continues here rather than where it started.
             self._resume_from = latest
 
-    def _read(self, name: str) -> NamespaceInfo | None:
+    def _read(self, name: str, *, removals: int) -> NamespaceInfo | None:
+        """GET one namespace; ``removals`` is the removal count from before the GET was sent."""
         try:
             response = self._api.read_namespace(
                 name, _preload_content=False, _request_timeout=self._fetch_timeout
@@ -418,11 +427,26 @@ class KubeNamespaceCache:
             raise NamespaceUnavailable(f"namespace {name}: {_one_line(err)}") from None
         except Exception as err:  # connection refused, timeout, a garbled body
             raise NamespaceUnavailable(f"namespace {name}: {_one_line(err)}") from None
-        with self._write_lock:
-            # If the watch has it, the watch's copy is at least as current
-            # (or will be replaced by its next event); don't overwrite it.
-            self._items.setdefault(info.name, info)
+        self._store_fetched(info, removals=removals)
         return info
+
+    def _store_fetched(self, info: NamespaceInfo, *, removals: int) -> None:
+        """Cache a fetched namespace if nothing says it may be gone by now.
+
+        The watch is the authority on what exists; a fetch may only fill a gap
+        it has not reached yet, never undo a removal. The GET's answer can be
+        older than a deletion the watch applied while it was in flight, and
+        resourceVersions are opaque strings that clients must not compare
+        (API conventions), so the rule is by order of events instead: the
+        answer is cached only if the watch removed nothing at all (no DELETED
+        event, no relist) since before the GET was sent, and never over a copy
+        the watch already holds (that one is as current, or its next event
+        will make it so). A skipped insert costs one more GET on the next
+        admission, or none once the watch delivers the namespace.
+        """
+        with self._write_lock:
+            if self._removals == removals:
+                self._items.setdefault(info.name, info)
 
     # -- plumbing ---------------------------------------------------------------
 
