@@ -7,6 +7,7 @@ file runs in seconds; waits poll with a deadline instead of sleeping.
 
 from __future__ import annotations
 
+import ast
 import logging
 import subprocess
 import sys
@@ -23,10 +24,12 @@ from tests.support.fake_kube_api import FakeKubeAPI
 from webhook.kube_namespaces import KubeNamespaceCache
 from webhook.namespaces import (
     FileNamespaces,
+    Freshness,
     NamespaceInfo,
     NamespaceSourceError,
     NamespaceUnavailable,
     StaticNamespaces,
+    lookup,
     namespace_source_from_args,
 )
 
@@ -40,6 +43,19 @@ FAST: dict[str, float] = {
 }
 
 CacheFactory = Callable[..., KubeNamespaceCache]
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def eventually(check: Callable[[], bool], *, timeout: float = 5.0, what: str = "condition") -> None:
@@ -405,6 +421,93 @@ def test_a_server_that_answers_every_watch_with_an_error_gets_backoff_and_one_wa
     # Jitter takes each delay into [0.5, 1] x min(0.64, 0.01 x 2^(n-1)).
     assert delays[5] >= 0.5 * 0.32
     assert delays[6] >= 0.5 * 0.64
+
+
+def test_freshness_counts_the_age_from_the_last_list_event_or_bookmark(
+    api: FakeKubeAPI, make_cache: CacheFactory
+) -> None:
+    clock = FakeClock()
+    cache = make_cache(clock=clock)
+    assert cache.wait_ready(5)
+    assert cache.freshness() == Freshness(age_seconds=0.0, reconnects=0, relists=0)
+    clock.advance(42.5)
+    assert cache.freshness().age_seconds == 42.5
+    api.add("fresh")
+    eventually(lambda: cache.cached("fresh") is not None, what="the ADDED event")
+    assert cache.freshness().age_seconds == 0.0
+    clock.advance(30)
+    api.add("quiet", emit=False)
+    api.bookmark()
+    eventually(lambda: cache.freshness().age_seconds == 0.0, what="the BOOKMARK")
+    clock.advance(7)
+    assert cache.freshness().age_seconds == 7.0
+
+
+def test_freshness_before_the_first_list_counts_from_start(
+    api: FakeKubeAPI, make_cache: CacheFactory
+) -> None:
+    api.stop()
+    clock = FakeClock()
+    cache = make_cache(clock=clock, start=False)
+    clock.advance(100)  # constructed long before it was started
+    cache.start()
+    clock.advance(12)
+    assert cache.freshness() == Freshness(age_seconds=12.0, reconnects=0, relists=0)
+    assert not cache.is_ready()
+
+
+def test_freshness_counts_watch_reconnects_and_relists(
+    api: FakeKubeAPI, make_cache: CacheFactory
+) -> None:
+    cache = make_cache(clock=FakeClock())
+    assert cache.wait_ready(5)
+    eventually(lambda: api.open_watches == 1, what="the first watch")
+    assert cache.freshness().reconnects == 0
+    api.break_watches()
+    eventually(lambda: cache.freshness().reconnects == 1, what="a reconnect")
+    eventually(lambda: api.open_watches == 1, what="the second watch")
+    api.add("unseen", emit=False)
+    api.expire()  # history lost past our version: 410, a relist, a watch from the new list
+    eventually(lambda: cache.freshness().relists == 1, what="a relist")
+    # The stream ended by expire(), the watch answered 410, the one after the relist.
+    eventually(lambda: cache.freshness().reconnects == 3, what="the watch after the relist")
+    assert api.requests["list"] == 2
+
+
+def test_lookup_answers_from_memory_and_fetches_only_on_a_miss(
+    api: FakeKubeAPI, synced: KubeNamespaceCache
+) -> None:
+    api.add("unseen", {"sidecar-injection": "enabled"}, emit=False)
+    demo = lookup(synced, "demo")
+    assert demo is not None
+    assert dict(demo.labels) == {"sidecar-injection": "enabled"}
+    assert api.requests["get"] == 0
+    unseen = lookup(synced, "unseen")
+    assert unseen is not None
+    assert dict(unseen.labels) == {"sidecar-injection": "enabled"}
+    assert lookup(synced, "nowhere") is None
+    assert api.requests["get"] == 2
+
+
+def test_the_watch_backed_cache_and_the_source_chooser_import_each_other_one_way() -> None:
+    root = Path(__file__).parent.parent / "webhook"
+
+    def imported(module: str) -> set[str]:
+        tree = ast.parse((root / f"{module}.py").read_text())
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        return found
+
+    assert not {m for m in imported("kube_namespaces") if m == "webhook.namespaces"}
+    assert not {m for m in imported("namespace_types") if m.startswith("webhook")}
+    assert "webhook.namespace_types" in imported("namespaces")
+    # Only the watch-backed cache talks to the kubernetes client.
+    for module in ("namespaces", "namespace_types"):
+        assert not {m for m in imported(module) if m.split(".")[0] == "kubernetes"}
 
 
 def test_a_kubeconfig_selects_the_watch_backed_cache(api: FakeKubeAPI, tmp_path: Path) -> None:

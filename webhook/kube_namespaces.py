@@ -33,7 +33,9 @@ from kubernetes import client as kube_client
 from kubernetes import config as _kube_config
 from kubernetes.client.exceptions import ApiException
 
-from webhook.namespaces import (
+# Not webhook.namespaces: that module chooses (and so imports) this one.
+from webhook.namespace_types import (
+    Freshness,
     NamespaceInfo,
     NamespaceSourceError,
     NamespaceUnavailable,
@@ -154,6 +156,11 @@ class KubeNamespaceCache:
         # Where the next watch starts: the list's resourceVersion, then that of
         # every event and BOOKMARK applied. None: list (again) first.
         self._resume_from: str | None = None
+        # For freshness(): when the cache last knew it was in sync, and counts.
+        self._started_at = clock()
+        self._synced_at: float | None = None
+        self._watches = 0
+        self._relists = 0
 
     @classmethod
     def from_environment(
@@ -229,6 +236,7 @@ class KubeNamespaceCache:
         """Start the watch thread; it lists, then watches until ``stop()``."""
         if self._thread is not None:
             return
+        self._started_at = self._clock()
         self._thread = threading.Thread(target=self._run, name="namespace-watch", daemon=True)
         self._thread.start()
 
@@ -247,6 +255,20 @@ class KubeNamespaceCache:
             log.warning("namespace watch did not stop within %.1fs", self._stop_timeout)
         else:
             self._api_client.close()
+
+    def freshness(self) -> Freshness:
+        """Cache age (since the last list, event or BOOKMARK), watch reconnects and relists.
+
+        Before the first list the age counts from ``start()``. On a healthy
+        cluster the age stays under about a minute (the API server's bookmark
+        interval) and rises past ``read_timeout`` only when the watch is down.
+        """
+        since = self._synced_at if self._synced_at is not None else self._started_at
+        return Freshness(
+            age_seconds=max(0.0, self._clock() - since),
+            reconnects=max(0, self._watches - 1),
+            relists=self._relists,
+        )
 
     def describe(self) -> str:
         """One line for the log."""
@@ -318,8 +340,11 @@ class KubeNamespaceCache:
             self._items = fresh
             self._removals += 1
         self._resume_from = resource_version
+        self._synced_at = self._clock()
         self._recovered()
         first = not self._ready.is_set()
+        if not first:
+            self._relists += 1
         self._ready.set()
         log.info(
             "namespace watch: %s %d namespaces from %s at resourceVersion %s",
@@ -335,7 +360,8 @@ class KubeNamespaceCache:
         if resource_version is None:  # pragma: no cover - _run lists first
             raise _Expired("no resourceVersion to watch from")
         # Random in [t, 2t) so replicas spread their renewals.
-        timeout = int(self._watch_timeout * (1.0 + random.random()))  # noqa: S311 - jitter
+        timeout = int(self._watch_timeout * (1.0 + self._rng.random()))
+        self._watches += 1
         started = time.monotonic()
         try:
             response = self._open(
@@ -403,6 +429,8 @@ class KubeNamespaceCache:
                     self._removals += 1
         elif kind != "BOOKMARK":
             log.debug("namespace watch: ignoring event type %r", kind)
+        # An event or a BOOKMARK says the cache holds everything up to it.
+        self._synced_at = self._clock()
         self._recovered()
         latest = metadata.get("resourceVersion")
         if isinstance(latest, str) and latest:

@@ -100,6 +100,7 @@ class FakeKubeAPI:
         self._sockets: set[socket.socket] = set()
         self._watch_sockets: dict[int, socket.socket] = {}
         self._silenced: set[int] = set()
+        self._broken: set[int] = set()
         self._watch_ids = itertools.count(1)
         self._snapshots: dict[str, tuple[int, list[dict[str, Any]]]] = {}
         self._snapshot_ids = itertools.count(1)
@@ -238,6 +239,9 @@ class FakeKubeAPI:
         """Cut open watch streams mid-way (no final chunk), as a network blip would."""
         with self._cond:
             sockets = list(self._watch_sockets.values())
+            # Their handlers notice only when they next write; tell them now.
+            self._broken.update(self._watch_sockets)
+            self._cond.notify_all()
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -479,6 +483,7 @@ class _Handler(BaseHTTPRequestHandler):
             with api._cond:
                 api._watch_sockets.pop(watch_id, None)
                 api._silenced.discard(watch_id)
+                api._broken.discard(watch_id)
 
     def _follow(
         self, watch_id: int, seq: int, epoch: int, deadline: float, bookmarks: bool
@@ -486,9 +491,11 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.owner
         while True:
             with api._cond:
+                if watch_id in api._broken:
+                    return
                 if watch_id in api._silenced:
                     # Half-open: nothing more, not even the end of the stream.
-                    while not api._down and watch_id in api._silenced:
+                    while not api._down and watch_id not in api._broken:
                         api._cond.wait(0.2)
                     return
                 huge, api._huge_event = api._huge_event, None
