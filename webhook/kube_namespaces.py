@@ -51,7 +51,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -216,6 +216,8 @@ class KubeNamespaceCache:
         self._inflight: dict[str, Future[NamespaceInfo | None]] = {}
         self._inflight_lock = threading.RLock()
         self._fetcher = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="namespace-fetch")
+        # Done when stop() is called, so fetches waiting for a GET return at once.
+        self._stopped: Future[None] = Future()
         self._empty_watches = 0
         # Failures since the cache last had data (a list or an event) from the
         # server, for the log; the backoff keeps its own, longer memory.
@@ -273,7 +275,7 @@ class KubeNamespaceCache:
 
         Returns within ``fetch_timeout`` (plus scheduling), whatever the server
         does: the GET runs on a small pool of fetch threads and the caller
-        waits for it at most that long. ``None`` only when the API server
+        waits for it at most that long (or until ``stop()``). ``None`` only when the API server
         answers 404 with a Kubernetes ``NotFound`` status (or the name cannot
         be a namespace's). Every other outcome raises ``NamespaceUnavailable``
         with one line naming the namespace: connection refused, no answer in
@@ -301,12 +303,16 @@ class KubeNamespaceCache:
                     ) from None
                 self._inflight[name] = future
                 future.add_done_callback(lambda done: self._forget(name, done))
-        try:
-            return future.result(timeout=self._fetch_timeout)
-        except TimeoutError:
+        either: list[Future[Any]] = [future, self._stopped]
+        done, _ = wait(either, self._fetch_timeout, FIRST_COMPLETED)
+        if future not in done:
+            if self._stopped.done():
+                raise NamespaceUnavailable(f"namespace {name}: the namespace source is stopped")
             raise NamespaceUnavailable(
                 f"namespace {name}: no answer from the API server within {self._fetch_timeout:g}s"
-            ) from None
+            )
+        try:
+            return future.result()
         except CancelledError:
             raise NamespaceUnavailable(
                 f"namespace {name}: the namespace source is stopped"
@@ -338,6 +344,8 @@ class KubeNamespaceCache:
         (make a new one).
         """
         self._stopping.set()
+        if not self._stopped.done():
+            self._stopped.set_result(None)
         self._abort_response()
         with self._response_lock:
             fetching = list(self._fetch_responses)
@@ -673,7 +681,7 @@ class KubeNamespaceCache:
                             f"{what}: HTTP {response.status}"
                             f"{_status_message(response, timeout=self._fetch_timeout)}"
                         )
-                    body = _read_body(response, limit=MAX_OBJECT_BYTES, what=what)
+                    body = _read_body(response, limit=MAX_OBJECT_BYTES, what="the body")
                     complete = True
                 except NamespaceUnavailable:
                     raise
@@ -695,9 +703,7 @@ class KubeNamespaceCache:
                 f"{what}: the API server's answer is not a Namespace: {_one_line(err)}"
             ) from None
         if info.name != name:
-            raise NamespaceUnavailable(
-                f"{what}: the API server answered with namespace {info.name}"
-            )
+            raise NamespaceUnavailable(f"{what}: the API server answered for {info.name}")
         if _estimated_bytes(info) <= MAX_NAMESPACE_BYTES:
             self._store_fetched(info, removals=removals)
         return info
@@ -795,13 +801,13 @@ class KubeNamespaceCache:
         )
         if self._throttle.allow("failure", self._clock()):
             log.warning(
-                "namespace watch on %s failed (%d in a row, %d since the last warning): %s;"
-                " retrying in %.3gs, serving %d cached namespaces",
+                "namespace watch on %s failed: %s; retry %d in %.3gs (%d failures since the"
+                " last warning), serving %d cached namespaces",
                 self.host,
-                self._failures,
-                self._failures_unreported,
                 _one_line(err),
+                self._backoff.streak,
                 delay,
+                self._failures_unreported,
                 len(self._items),
                 # A traceback only for what is not a network or server problem (a bug).
                 exc_info=None if expected else err,
@@ -809,10 +815,10 @@ class KubeNamespaceCache:
             self._failures_unreported = 0
         else:
             log.debug(
-                "namespace watch failed again (%d in a row), retrying in %.3fs: %s",
-                self._failures,
-                delay,
+                "namespace watch failed: %s; retry %d in %.3fs",
                 _one_line(err),
+                self._backoff.streak,
+                delay,
             )
 
     def _recovered(self) -> None:
@@ -865,6 +871,11 @@ class _Backoff:
         self._rng = rng
         self._streak = 0
         self._last_failure = float("-inf")
+
+    @property
+    def streak(self) -> int:
+        """Failures in the current streak (the last one included)."""
+        return self._streak
 
     def failure(self, now: float) -> float:
         """Record a failure at ``now``; the seconds to wait before the next attempt."""

@@ -20,8 +20,11 @@ Tests drive it in-process:
 - bad answers: ``stall_gets`` (a GET that hangs), ``hold_get_replies`` (a GET
   that has read the object but not answered yet), ``get_reply`` (a canned raw
   answer), ``trickle_gets`` (a body that never finishes), ``huge_lists`` and
-  ``huge_event`` (bodies far over any sane size);
+  ``huge_event`` (bodies far over any sane size), ``continue_gone_once`` (a
+  list's continue token that expires between two pages);
 - what happened: ``requests`` counts calls by kind (list, watch, get),
+  ``authorizations`` the Authorization headers seen, ``list_limits`` each
+  list's ``limit``,
   ``watch_versions`` the resourceVersion each watch resumed from,
   ``list_bytes_sent`` what the last oversized list managed to send.
 """
@@ -112,11 +115,13 @@ class FakeKubeAPI:
         self.trickle_gets = False
         self.watch_error: tuple[int, str] | None = None
         self.huge_lists: int | None = None
+        self.continue_gone_once = False
         self.list_bytes_sent = 0
         self._huge_event: int | None = None
         self.watch_versions: list[str | None] = []
         self.list_limits: list[int | None] = []
         self.requests: Counter[str] = Counter()
+        self.authorizations: set[str] = set()
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
 
@@ -322,6 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         api = self.owner
+        if self.headers.get("Authorization"):
+            api.authorizations.add(self.headers["Authorization"])
         if parts.path == _PREFIX:
             if query.get("watch", "").lower() in ("true", "1"):
                 api.requests["watch"] += 1
@@ -357,6 +364,9 @@ class _Handler(BaseHTTPRequestHandler):
         with api._cond:
             if token:
                 snapshot = api._snapshots.get(token.split(":")[0])
+                if api.continue_gone_once:
+                    api.continue_gone_once = False
+                    snapshot = None  # compacted away between two pages
                 if snapshot is None:
                     self._send_json(410, _status(410, "Expired", "the continue token expired"))
                     return
