@@ -231,6 +231,7 @@ class KubeNamespaceCache:
         self._synced_at: float | None = None
         self._watches = 0
         self._relists = 0
+        self._relist_reason = ""
 
     @classmethod
     def from_environment(
@@ -273,16 +274,17 @@ class KubeNamespaceCache:
     def fetch(self, name: str) -> NamespaceInfo | None:
         """Read one namespace from the API server (for one the watch has not delivered yet).
 
-        Returns within ``fetch_timeout`` (plus scheduling), whatever the server
-        does: the GET runs on a small pool of fetch threads and the caller
-        waits for it at most that long (or until ``stop()``). ``None`` only when the API server
-        answers 404 with a Kubernetes ``NotFound`` status (or the name cannot
-        be a namespace's). Every other outcome raises ``NamespaceUnavailable``
-        with one line naming the namespace: connection refused, no answer in
-        time, any other status (403, 429, 5xx), a garbled or oversized body,
-        too many distinct namespaces being fetched at once, a stopped source.
-        Concurrent fetches of one name share one GET. No retries: the caller
-        (admission) decides, and the apiserver retries the pod.
+        Returns within ``fetch_timeout`` (2 s by default; plus thread
+        scheduling), whatever the server does: the GET runs on a small pool of
+        fetch threads and the caller waits for it at most that long, or until
+        ``stop()``. ``None`` only when the API server answers 404 with a
+        Kubernetes ``NotFound`` status (or the name cannot be a namespace's).
+        Every other outcome raises ``NamespaceUnavailable`` with one line
+        naming the namespace: connection refused, no answer in time, any other
+        status (403, 429, 5xx), a garbled or oversized body, too many distinct
+        namespaces being fetched at once, a stopped source. Concurrent fetches
+        of one name share one GET. No retries (urllib3's are off too): the
+        caller decides, and the apiserver retries the pod.
         """
         if not _NAMESPACE_NAME.fullmatch(name):
             return None  # the API server could not hold such a namespace
@@ -401,9 +403,10 @@ class KubeNamespaceCache:
                 self._watch()
                 expired_in_a_row = 0
             except _Expired as err:
-                # Normal after a long disconnect or an etcd compaction.
-                allowed = self._throttle.allow("relist", self._clock())
-                log.log(logging.INFO if allowed else logging.DEBUG, "namespace watch: %s", err)
+                # Normal after a long disconnect or an etcd compaction; the
+                # relist's own log line gives the reason.
+                log.debug("namespace watch: %s; listing again", err)
+                self._relist_reason = str(err)
                 self._resume_from = None
                 expired_in_a_row += 1
                 if expired_in_a_row > 1:  # a server that keeps saying 410 must not spin us
@@ -457,11 +460,12 @@ class KubeNamespaceCache:
         self._ready.set()
         if first or self._throttle.allow("relist", self._clock()):
             log.info(
-                "namespace watch: %s %d namespaces from %s at resourceVersion %s",
+                "namespace watch: %s %d namespaces from %s at resourceVersion %s%s",
                 "listed" if first else "relisted",
                 len(fresh),
                 self.host,
                 resource_version,
+                f" ({self._relist_reason})" if self._relist_reason and not first else "",
             )
 
     def _pages(self) -> Iterator[tuple[str, list[Any]]]:
