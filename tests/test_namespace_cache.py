@@ -296,7 +296,7 @@ def test_a_broken_stream_resumes_from_the_last_version_it_saw(
 
 
 def test_a_silent_watch_is_treated_as_broken_and_resumed(
-    api: FakeKubeAPI, make_cache: CacheFactory
+    api: FakeKubeAPI, make_cache: CacheFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = make_cache(read_timeout=0.5)
     assert cache.wait_ready(PATIENCE)
@@ -307,6 +307,7 @@ def test_a_silent_watch_is_treated_as_broken_and_resumed(
     assert api.watch_versions[-1] == api.watch_versions[0]  # resumed, nothing was applied
     assert api.requests["list"] == 1
     assert cache.freshness().reconnects == 1
+    assert "the watch was silent for 0.5s" in warnings_in(caplog)[0]
 
 
 def test_the_read_timeout_defaults_above_the_api_servers_bookmark_interval() -> None:

@@ -562,6 +562,11 @@ class KubeNamespaceCache:
             for line in _lines(response, limit=MAX_OBJECT_BYTES):
                 self._apply(line)
                 events += 1
+        except urllib3.exceptions.ReadTimeoutError:
+            raise _WatchError(
+                f"the watch was silent for {self._read_timeout:g}s (not even a bookmark);"
+                " taking the connection for dead"
+            ) from None
         finally:
             self._release(response, complete=False)
         if events == 0 and self._clock() - started < min(1.0, timeout / 2):
@@ -804,14 +809,16 @@ class KubeNamespaceCache:
             type(err).__module__.startswith("urllib3")
         )
         if self._throttle.allow("failure", self._clock()):
+            unreported = self._failures_unreported
             log.warning(
-                "namespace watch on %s failed: %s; retry %d in %.3gs (%d failures since the"
+                "namespace watch on %s failed: %s; retry %d in %.3gs (%d failure%s since the"
                 " last warning), serving %d cached namespaces",
                 self.host,
                 _one_line(err),
                 self._backoff.streak,
                 delay,
-                self._failures_unreported,
+                unreported,
+                "" if unreported == 1 else "s",
                 len(self._items),
                 # A traceback only for what is not a network or server problem (a bug).
                 exc_info=None if expected else err,
