@@ -310,9 +310,55 @@ def test_a_silent_watch_is_treated_as_broken_and_resumed(
     assert "the watch was silent for 0.5s" in warnings_in(caplog)[0]
 
 
-def test_the_read_timeout_defaults_above_the_api_servers_bookmark_interval() -> None:
-    # kube-apiserver sends a watch a BOOKMARK about every 60 s (see the constant's comment).
+def test_each_watch_asks_the_server_to_end_it_before_it_could_look_dead(
+    api: FakeKubeAPI, make_cache: CacheFactory
+) -> None:
+    # Defaults: 90 s of silence is a dead connection, so a quiet watch (which
+    # kube-apiserver leaves silent: no bookmarks until a namespace changes)
+    # must be ended by the server sooner, and replicas must not renew in step.
+    cache = make_cache(watch_timeout_seconds=45.0, rng=random.Random())  # noqa: S311
+    assert cache.wait_ready(PATIENCE)
+    for _ in range(20):
+        eventually(lambda: api.open_watches == 1, what="an open watch")
+        api.break_watches()
+        eventually(lambda: api.open_watches == 0, what="the watch to end")
+    cache.stop()
+    assert all(45 <= timeout < 81 for timeout in api.watch_timeouts), api.watch_timeouts
+    assert len(set(api.watch_timeouts)) > 1
     assert KubeNamespaceCache.__init__.__kwdefaults__["read_timeout"] == 90.0
+    # Shorter read timeouts (tests) cap the watch's timeout below them.
+    seen = len(api.watch_timeouts)
+    short = make_cache(read_timeout=10.0, watch_timeout_seconds=45.0)
+    assert short.wait_ready(PATIENCE)
+    eventually(lambda: len(api.watch_timeouts) > seen, what="its watch")
+    assert api.watch_timeouts[seen] == 9
+
+
+def test_a_quiet_watch_that_ends_cleanly_at_its_timeout_counts_as_in_sync(
+    api: FakeKubeAPI, make_cache: CacheFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache(watch_timeout_seconds=1)
+    assert cache.wait_ready(PATIENCE)
+    eventually(lambda: api.open_watches == 1, what="the first watch")
+    clock.advance(100.0)  # on the cache's clock the watch has now lasted 100 s
+    assert cache.freshness().age_seconds == 100.0
+    # The server ends it at its 1 s timeout, cleanly, having had nothing to send.
+    eventually(lambda: cache.freshness().age_seconds == 0.0, what="the clean end")
+    assert cache.freshness().reconnects >= 1
+    assert failures(caplog) == 0
+
+
+def test_a_watch_ended_at_once_does_not_count_as_in_sync(
+    api: FakeKubeAPI, synced: KubeNamespaceCache, clock: FakeClock
+) -> None:
+    eventually(lambda: api.open_watches == 1, what="the first watch")
+    clock.advance(100.0)
+    api.break_watches()  # the next watch starts 100 s after the list, on the cache's clock
+    eventually(lambda: len(api.watch_versions) == 2, what="the second watch")
+    eventually(lambda: api.open_watches == 1, what="the second watch to be open")
+    api.end_watches()  # ended long before its timeout: proves nothing
+    eventually(lambda: len(api.watch_versions) == 3, what="the third watch")
+    assert synced.freshness().age_seconds == 100.0
 
 
 @pytest.mark.parametrize("gone_as", ["http", "event"])

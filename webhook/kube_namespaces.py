@@ -33,8 +33,9 @@ costs time, never the process:
   from string sizes plus a per-entry and per-label overhead) and the whole
   cache ``MAX_CACHE_BYTES`` (32 MiB, over 20,000 ordinary namespaces). What
   does not fit is not cached: ``fetch`` reads it on each admission instead;
-- time: each list page ``list_timeout``; a watch may be silent for
-  ``read_timeout`` (90 s); ``fetch`` answers within ``fetch_timeout`` (2 s);
+- time: each list page ``list_timeout``; a watch asks the server to end it
+  within 45-81 s and may be silent for ``read_timeout`` (90 s); ``fetch``
+  answers within ``fetch_timeout`` (2 s);
 - log volume: each kind of warning (failures, recovery, relists, malformed or
   oversized namespaces, a full cache) at most once per ``warn_every`` (60 s).
 """
@@ -100,16 +101,29 @@ _CHUNK = 64 * _KiB
 
 # How long a watch may stay silent before it counts as a dead connection (a
 # half-open TCP connection after a node or network change never says so).
-# kube-apiserver's watch cache (k8s.io/apiserver pkg/storage/cacher, v1.37:
-# defaultBookmarkFrequency = 1 minute) sends a watch that allows bookmarks a
-# BOOKMARK about once a minute, plus one 2 s before the watch's timeout, and
-# checks which watchers are due every 1-1.25 s. So a healthy watch is never
-# silent much over 61 s; 90 s leaves half a minute for a loaded server. On a
-# server without a watch cache (no bookmarks) a quiet watch is renewed every
-# 90 s from where it was: one cheap request, no relist. (The client's TCP
-# keepalive drops a peer that stops answering after about 165 s, but not a
-# proxy that keeps the TCP session up while the watch behind it is gone.)
+#
+# Bookmarks alone cannot bound the silence. kube-apiserver's watch cache
+# (k8s.io/apiserver pkg/storage/cacher, v1.37: defaultBookmarkFrequency = 1
+# minute) sends a watch that allows bookmarks a BOOKMARK about once a minute
+# and one 2 s before the watch's timeout, but only one newer than the
+# resourceVersion the watch started from (cache_watcher.go, process()): while
+# no Namespace changes, there is none. Measured on the e2e control plane
+# (v1.37.2): a quiet namespace watch got no event at all for its whole 20 s and
+# 75 s, with ConfigMaps written meanwhile, and ended cleanly at its timeout;
+# after one namespace change, bookmarks came 2 s and 1 s before the end.
+#
+# What does bound it is the watch's own timeout: the server ends the stream
+# cleanly at timeoutSeconds. So each watch asks for a timeout below the read
+# timeout (_WATCH_TIMEOUT_SECONDS, 45-81 s): a healthy watch, quiet or not,
+# always ends or speaks within 81 s, and 90 s of silence means the connection
+# is gone. (The client's TCP keepalive drops a peer that stops answering after
+# about 165 s, but not a proxy that keeps the TCP session up while the watch
+# behind it is gone.) The price is a watch request every minute or so per
+# replica, from the watch cache, against a relist or a stale cache.
 _READ_TIMEOUT_SECONDS = 90.0
+# The shortest server-side watch timeout; each watch asks for a random one in
+# [t, 1.8 t), capped below the read timeout, so replicas do not renew in step.
+_WATCH_TIMEOUT_SECONDS = 45.0
 
 # RFC 1123 labels: what a namespace name can be. Anything else cannot exist,
 # and must not be spliced into a URL path.
@@ -143,10 +157,12 @@ class KubeNamespaceCache:
     is.
 
     The timing parameters exist so tests can run in seconds; the defaults suit
-    a cluster. ``watch_timeout_seconds`` is the shortest server-side watch
-    timeout: each watch asks for a random value between it and twice it, so
-    many replicas do not renew their watches in lockstep. ``read_timeout`` is
-    how long a watch may be silent before it is abandoned and resumed.
+    a cluster. ``read_timeout`` is how long a watch may be silent before it is
+    abandoned and resumed. ``watch_timeout_seconds`` is the shortest
+    server-side watch timeout: each watch asks for a random value between it
+    and 1.8 times it (never above 0.9 ``read_timeout``, so that a healthy quiet
+    watch ends before it could look dead), and many replicas do not renew
+    their watches in lockstep.
     ``clock`` (monotonic seconds) and ``rng`` let tests fix time and jitter.
     """
 
@@ -154,7 +170,7 @@ class KubeNamespaceCache:
         self,
         configuration: Any,
         *,
-        watch_timeout_seconds: float = 300.0,
+        watch_timeout_seconds: float = _WATCH_TIMEOUT_SECONDS,
         list_timeout: float = 30.0,
         fetch_timeout: float = 2.0,
         connect_timeout: float = 5.0,
@@ -366,10 +382,11 @@ class KubeNamespaceCache:
     def freshness(self) -> Freshness:
         """Cache age (since the last list, event or BOOKMARK), watch reconnects and relists.
 
-        Before the first list the age counts from ``start()``. Against
-        kube-apiserver (which sends a BOOKMARK about once a minute) the age of
-        a healthy cache stays near or under a minute; it grows past
-        ``read_timeout`` only while the watch is failing.
+        Before the first list the age counts from ``start()``. A watch that
+        ends cleanly at its timeout also counts: the server had nothing to
+        send. So a healthy cache is never older than the longest watch
+        timeout (81 s by default), even on a cluster where no namespace
+        changes; past ``read_timeout`` (90 s) the watch is failing.
         """
         since = self._synced_at if self._synced_at is not None else self._started_at
         return Freshness(
@@ -534,8 +551,10 @@ class KubeNamespaceCache:
         resource_version = self._resume_from
         if resource_version is None:  # pragma: no cover - _run lists first
             raise _Expired("no resourceVersion to watch from")
-        # Random in [t, 2t) so replicas spread their renewals.
-        timeout = int(self._watch_timeout * (1.0 + self._rng.random()))
+        # Random in [t, 1.8 t) so replicas spread their renewals; below the read
+        # timeout so that a quiet, healthy watch ends before it looks dead.
+        spread = self._watch_timeout * (1.0 + 0.8 * self._rng.random())
+        timeout = max(1, int(min(spread, 0.9 * self._read_timeout)))
         self._watches += 1
         started = self._clock()
         query = {
@@ -564,12 +583,20 @@ class KubeNamespaceCache:
                 events += 1
         except urllib3.exceptions.ReadTimeoutError:
             raise _WatchError(
-                f"the watch was silent for {self._read_timeout:g}s (not even a bookmark);"
-                " taking the connection for dead"
+                f"the watch was silent for {self._read_timeout:g}s, past its own"
+                f" {timeout}s timeout; taking the connection for dead"
             ) from None
         finally:
             self._release(response, complete=False)
-        if events == 0 and self._clock() - started < min(1.0, timeout / 2):
+        lasted = self._clock() - started
+        if lasted >= timeout / 2:
+            # The stream stayed open and ended cleanly near its timeout: the
+            # server had our resourceVersion and nothing more to say, so the
+            # cache was in sync all along, even if no namespace changed.
+            self._synced_at = self._clock()
+            self._recovered()
+            self._empty_watches = 0
+        elif events == 0:
             # One short empty watch happens (a server restarting its watch
             # cache); a server that keeps doing it must get backoff, not a
             # tight loop of requests.
@@ -603,7 +630,11 @@ class KubeNamespaceCache:
         elif kind == "DELETED":
             if isinstance(name, str):
                 self._remove(name)
-        elif kind != "BOOKMARK":
+        elif kind == "BOOKMARK":
+            log.debug(
+                "namespace watch: bookmark at resourceVersion %s", metadata.get("resourceVersion")
+            )
+        else:
             log.debug("namespace watch: ignoring event type %r", kind)
         # An event or a BOOKMARK says the cache holds everything up to it.
         self._synced_at = self._clock()

@@ -25,7 +25,8 @@ Tests drive it in-process:
 - what happened: ``requests`` counts calls by kind (list, watch, get),
   ``authorizations`` the Authorization headers seen, ``list_limits`` each
   list's ``limit``,
-  ``watch_versions`` the resourceVersion each watch resumed from,
+  ``watch_versions`` the resourceVersion each watch resumed from and
+  ``watch_timeouts`` the timeoutSeconds it asked for,
   ``list_bytes_sent`` what the last oversized list managed to send.
 """
 
@@ -119,6 +120,7 @@ class FakeKubeAPI:
         self.list_bytes_sent = 0
         self._huge_event: int | None = None
         self.watch_versions: list[str | None] = []
+        self.watch_timeouts: list[float] = []
         self.list_limits: list[int | None] = []
         self.requests: Counter[str] = Counter()
         self.authorizations: set[str] = set()
@@ -460,6 +462,7 @@ class _Handler(BaseHTTPRequestHandler):
         bookmarks = query.get("allowWatchBookmarks", "").lower() in ("true", "1")
         deadline = time.monotonic() + timeout
         api.watch_versions.append(query.get("resourceVersion"))
+        api.watch_timeouts.append(timeout)
         with api._cond:
             since = int(query.get("resourceVersion") or api._rv)
             if since < api._oldest:
