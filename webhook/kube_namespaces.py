@@ -576,6 +576,11 @@ class KubeNamespaceCache:
                     f"{_status_message(response, timeout=self._read_timeout)}"
                 )
             _check_encoding(response, "the watch")
+            log.debug(
+                "namespace watch: watching from resourceVersion %s for %ds",
+                resource_version,
+                timeout,
+            )
             # Not a recovery yet: a server can accept every watch and fail it
             # at once. Only data (an applied event) counts, see _apply.
             for line in _lines(response, limit=MAX_OBJECT_BYTES):

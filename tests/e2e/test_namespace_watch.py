@@ -4,8 +4,9 @@ The fake API server of ``tests/test_namespace_cache.py`` says what the cache
 does with each answer; this file checks that the answers it assumes are the
 ones kube-apiserver gives: TLS and client-certificate credentials from a
 kubeconfig through the client's pool, paginated lists with continue tokens,
-the ``NotFound`` Status of a missing namespace, and BOOKMARK events (the
-reason the 90 s read timeout is safe).
+the ``NotFound`` Status of a missing namespace, and when BOOKMARK events come
+(only after a namespace changed: why each watch asks the server to end it
+before the 90 s read timeout).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def cache(
         control_plane.kubeconfig,
         in_cluster=False,
         # Short watches: kube-apiserver sends a BOOKMARK 2 s before a watch's
-        # deadline, so one arrives within seconds rather than a minute.
+        # deadline (once the resource moved on), so within seconds.
         watch_timeout_seconds=5,
         clock=clock,
     )
@@ -111,15 +112,48 @@ def test_fetch_reads_a_namespace_and_knows_a_missing_one_by_its_not_found_status
     assert cache.fetch(unique("missing")) is None
 
 
-def test_kube_apiserver_sends_bookmarks_that_keep_the_cache_fresh(
-    cache: KubeNamespaceCache, clock: FakeClock, caplog: pytest.LogCaptureFixture
+def test_a_quiet_watch_gets_no_bookmark_but_ends_cleanly_which_keeps_the_cache_fresh(
+    control_plane: ControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The reason each watch asks for a timeout below the 90 s read timeout:
+    # while no namespace changes, kube-apiserver sends no bookmark at all.
+    caplog.set_level(logging.DEBUG, logger="webhook.namespaces")
+    offset = [0.0]  # real time, plus a jump the test makes
+
+    def clock() -> float:
+        return time.monotonic() + offset[0]
+
+    source = KubeNamespaceCache.from_environment(
+        control_plane.kubeconfig, in_cluster=False, watch_timeout_seconds=3, clock=clock
+    )
+    source.start()
+    try:
+        assert source.wait_ready(PATIENCE)
+        eventually(
+            lambda: any("watching from" in r.getMessage() for r in caplog.records),
+            what="the first watch",
+        )
+        offset[0] = 100.0  # as if the quiet spell had lasted 100 s already
+        assert source.freshness().age_seconds >= 100.0
+        # Nothing arrives, but the stream ends cleanly at its 3-5 s timeout.
+        eventually(lambda: source.freshness().age_seconds < 100.0, what="the watch's clean end")
+        assert source.freshness().reconnects >= 1
+        assert not [r for r in caplog.records if "bookmark at" in r.getMessage()]
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    finally:
+        source.stop()
+
+
+def test_after_a_namespace_change_kube_apiserver_sends_bookmarks(
+    control_plane: ControlPlane, cache: KubeNamespaceCache, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="webhook.namespaces")
-    clock.now += 100.0  # pretend a long quiet spell; only data can bring the age back to 0
-    assert cache.freshness().age_seconds == 100.0
+    name = unique("touched")
+    control_plane.kubectl("create", "namespace", name)
+    eventually(lambda: cache.cached(name) is not None, what="the ADDED event")
+    # 2 s before the watch's 5-9 s timeout, now that the resource moved on.
     eventually(
         lambda: any("bookmark at resourceVersion" in r.getMessage() for r in caplog.records),
         what="a BOOKMARK",
     )
-    assert cache.freshness().age_seconds == 0.0
     assert cache.freshness().relists == 0
