@@ -1,4 +1,4 @@
-"""The ``sidecar-injector`` command: ``inject`` (offline), ``serve`` and ``certs``.
+"""The ``sidecar-injector`` command: ``inject`` (offline), ``serve``, ``certs`` and ``check``.
 
 Errors are one line on stderr and a non-zero exit, never a traceback; output
 is produced in full before anything is written, so a failure leaves stdout
@@ -106,9 +106,70 @@ def _build_parser() -> argparse.ArgumentParser:
 
     certs = commands.add_parser("certs", help="make a CA and a serving certificate")
     certs.add_argument("--out", type=Path, default=Path("certs"), metavar="DIR")
-    certs.add_argument("--service", default=constants.SERVICE_NAME)
-    certs.add_argument("--namespace", default=constants.SERVICE_NAMESPACE)
+    certs.add_argument(
+        "--service",
+        help=f"Service name (default {constants.SERVICE_NAME}; with --renew, the current one)",
+    )
+    certs.add_argument(
+        "--namespace",
+        help=f"its namespace (default {constants.SERVICE_NAMESPACE}; with --renew, the"
+        " current one)",
+    )
     certs.add_argument("--days", type=int, default=365)
+    certs.add_argument(
+        "--renew",
+        action="store_true",
+        help="reissue only the serving certificate under the existing CA in --out (caBundle "
+        "stays valid); refuse when there is no CA to reuse",
+    )
+
+    check = commands.add_parser(
+        "check",
+        help="check a live install (webhook, certificates, replicas, selectors, sidecars)",
+        description="Check the install in the cluster the kubeconfig (or the pod's service "
+        "account) points at: one line per check, pass/warn/fail with a hint. Exit status 1 "
+        "when any check fails.",
+    )
+    check.add_argument(
+        "--kubeconfig",
+        type=Path,
+        metavar="FILE",
+        help="kubeconfig to use (default: in-cluster, $KUBECONFIG or ~/.kube/config)",
+    )
+    check.add_argument(
+        "-n",
+        "--namespace",
+        help="only this namespace for the dry-run pod, PodSecurity and outdated sidecars",
+    )
+    check.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    check.add_argument(
+        "--connect",
+        choices=["auto", "direct", "port-forward"],
+        default="auto",
+        help="how to reach the webhook's endpoints: dial them directly, through a "
+        "port-forward via the API server, or (auto, default) directly when they answer "
+        "within 3 s and port-forward otherwise",
+    )
+    check.add_argument(
+        "--max-namespaces",
+        type=int,
+        default=10,
+        metavar="N",
+        help="opted-in namespaces that get a dry-run pod (default 10)",
+    )
+    check.add_argument(
+        "--timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="per request (default 15); the pod scan stops after four times this",
+    )
+    check.add_argument(
+        "--webhook-configuration",
+        default="sidecar-injector",
+        metavar="NAME",
+        help="the MutatingWebhookConfiguration to check (default sidecar-injector)",
+    )
     return parser
 
 
@@ -172,19 +233,50 @@ def _run_inject(args: argparse.Namespace) -> int:
 
 
 def _run_certs(args: argparse.Namespace) -> int:
-    from webhook.certs import CertError, write_certs
+    from webhook.certs import CertError, renew_certs, write_certs
 
     if args.days < 1:
         return _fail("--days must be at least 1")
     try:
-        files = write_certs(
-            args.out, service=args.service, namespace=args.namespace, days=args.days
-        )
+        if args.renew:
+            renewed = renew_certs(
+                args.out, service=args.service, namespace=args.namespace, days=args.days
+            )
+            sys.stderr.write(
+                f"{PROG}: renewed {renewed.cert} for {renewed.service}.{renewed.namespace}"
+                f" under the existing CA (caBundle unchanged), valid until"
+                f" {renewed.not_after:%Y-%m-%d %H:%M} UTC\n"
+            )
+            return 0
+        service = args.service or constants.SERVICE_NAME
+        namespace = args.namespace or constants.SERVICE_NAMESPACE
+        files = write_certs(args.out, service=service, namespace=namespace, days=args.days)
     except CertError as err:
         return _fail(str(err))
     reused = "reused the existing CA" if files.ca_reused else "made a new CA"
-    sys.stderr.write(f"{PROG}: wrote {args.out}/ ({reused}) for {args.service}.{args.namespace}\n")
+    sys.stderr.write(f"{PROG}: wrote {args.out}/ ({reused}) for {service}.{namespace}\n")
     return 0
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from webhook.check import Options, check_cluster, render_json, render_text, summary
+
+    if args.max_namespaces < 1:
+        return _fail("--max-namespaces must be at least 1")
+    if not 0 < args.timeout <= 300:
+        return _fail("--timeout must be between 0 and 300 seconds")
+    options = Options(
+        namespace=args.namespace,
+        configuration=args.webhook_configuration,
+        connect=args.connect,
+        max_namespaces=args.max_namespaces,
+        timeout=args.timeout,
+    )
+    results, host = check_cluster(kubeconfig=args.kubeconfig, options=options)
+    render = render_json if args.output == "json" else render_text
+    sys.stdout.write(render(results, host=host))
+    sys.stdout.flush()
+    return EXIT_ERROR if summary(results)["fail"] else 0
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -199,7 +291,12 @@ def _run_serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and ``python -m webhook``."""
     args = _build_parser().parse_args(argv)
-    runners = {"inject": _run_inject, "certs": _run_certs, "serve": _run_serve}
+    runners = {
+        "inject": _run_inject,
+        "certs": _run_certs,
+        "serve": _run_serve,
+        "check": _run_check,
+    }
     try:
         return runners[args.command](args)
     except KeyboardInterrupt:
