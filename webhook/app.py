@@ -307,7 +307,7 @@ _MEDIA_TYPES: Final = {
 
 def _preview(service: _Service, body: bytes, query: _PreviewQuery) -> tuple[str, list[str]]:
     """Parse, inject and render; runs in a worker thread (YAML parsing can take a while)."""
-    objects = load_objects(body, origin="request body", allow_aliases=False)
+    objects = load_objects(body, origin="request body")
     if not objects:
         raise BadRequest("request body holds no objects")
     objects, namespace = _unwrap_review(objects, query.namespace)
