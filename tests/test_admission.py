@@ -461,3 +461,12 @@ def test_admission_is_framework_free_and_only_the_app_imports_fastapi() -> None:
             if any(name.split(".")[0] == "fastapi" for name in names):
                 importers.add(path.relative_to(package).as_posix())
     assert importers == {"app.py"}
+
+
+def test_what_a_log_line_says_about_a_request_stays_short_whatever_it_carries() -> None:
+    doc = review_doc(operation="X" * 100_000)
+    doc["request"]["namespace"] = "n" * 100_000
+    reviewed = admit(orjson.dumps(doc), Lookup())
+    assert len(reviewed.request.operation) <= 16
+    assert len(reviewed.request.namespace) <= 63
+    assert len(reviewed.reason) < 100

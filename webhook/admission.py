@@ -325,16 +325,20 @@ def _pod_name(request: AdmissionRequest) -> str:
             if isinstance(value, str) and value:
                 name = value
                 break
-    text = name if isinstance(name, str) else ""
-    return text if len(text) <= _MAX_LOGGED_NAME else text[: _MAX_LOGGED_NAME - 3] + "..."
+    return _cut(name if isinstance(name, str) else "", _MAX_LOGGED_NAME)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` for a log line or message: what a client sends may be megabytes long."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _summary(request: AdmissionRequest, namespace: str) -> RequestSummary:
     return RequestSummary(
         uid=request["uid"],
-        namespace=namespace,
+        namespace=_cut(namespace, 63),
         name=_pod_name(request),
-        operation=str(request.get("operation") or ""),
+        operation=_cut(str(request.get("operation") or ""), 16),
         dry_run=bool(request.get("dryRun")),
     )
 
@@ -380,7 +384,7 @@ async def admit(
     request = doc["request"]
     api_version, uid = doc["apiVersion"], request["uid"]
     if request.get("operation") != "CREATE":
-        reason = f"operation {request.get('operation') or '(none)'} is not CREATE"
+        reason = f"operation {_cut(str(request.get('operation') or '(none)'), 16)} is not CREATE"
         summary = _summary(request, str(request.get("namespace") or ""))
         return Reviewed(wrap(api_version, allowed(uid)), CODE_NOT_CREATE, reason, summary)
     if not _is_pod(request):

@@ -300,6 +300,10 @@ class _Service:
             return None
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _shown(value: str) -> str:
     """A user-supplied string for a message: quoted, escaped, and cut short."""
     text = repr(value)
@@ -329,7 +333,9 @@ def _observe_failure(service: _Service, endpoint: str, err: Exception, start: fl
             "fields": {
                 "endpoint": endpoint,
                 "status": http.status,
-                "error": str(http),
+                # The client gets the whole message; the log keeps its start
+                # (a refusal may quote an object name megabytes long).
+                "error": _cut(str(http), 1000),
                 "duration_ms": _ms(start),
             }
         },
