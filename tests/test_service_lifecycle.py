@@ -108,6 +108,17 @@ def test_a_bad_config_or_namespaces_file_stops_serve_with_one_line(tmp_path: Pat
     assert "expected a Namespace" in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_a_read_timeout_that_is_not_a_positive_number_stops_serve(
+    tmp_path: Path, value: str
+) -> None:
+    result = run_serve("--cert-dir", str(tmp_path), "--read-timeout", value)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "sidecar-injector: error: --read-timeout must be a positive number of seconds"
+    )
+
+
 def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     certs = make_certs(tmp_path / "certs")
     with running_server(tmp_path / "first", cert_dir=certs) as first:

@@ -41,6 +41,7 @@ import asyncio.sslproto
 import errno
 import gc
 import logging
+import math
 import resource
 import signal
 import socket
@@ -109,7 +110,7 @@ class ServeSettings:
     def from_args(cls, args: argparse.Namespace) -> ServeSettings:
         """From the ``serve`` subcommand's parsed arguments."""
         read_timeout = READ_TIMEOUT_SECONDS if args.read_timeout is None else args.read_timeout
-        if not read_timeout > 0:
+        if not (math.isfinite(read_timeout) and read_timeout > 0):
             raise ServeError("--read-timeout must be a positive number of seconds")
         return cls(
             host=args.host,
