@@ -33,7 +33,9 @@ _VALUE_EVENTS: Final = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingS
 
 # Bytes that start or separate JSON values; their count bounds how many values
 # a document can hold (a ``{`` or ``[`` per container, a ``,`` per further item).
-_JSON_VALUE_MARKS: Final = (b",", b"[", b"{")
+# Counted as what is left after deleting every other byte: one pass in C,
+# ~4x faster than three ``count`` calls.
+_NOT_JSON_VALUE_MARKS: Final = bytes(byte for byte in range(256) if byte not in b",[{")
 
 
 class ManifestError(ValueError):
@@ -61,7 +63,7 @@ def json_value_bound(data: bytes | bytearray | str) -> int:
     objects *before* paying for the parse.
     """
     raw = data.encode() if isinstance(data, str) else data
-    return sum(raw.count(mark) for mark in _JSON_VALUE_MARKS)
+    return len(raw.translate(None, _NOT_JSON_VALUE_MARKS))
 
 
 def _check_yaml(text: str, *, origin: str, max_values: int | None) -> None:
@@ -76,19 +78,21 @@ def _check_yaml(text: str, *, origin: str, max_values: int | None) -> None:
             if isinstance(event, _VALUE_EVENTS):
                 count += 1
                 if max_values is not None and count > max_values:
-                    raise ManifestError(f"{origin}: holds more than {max_values} values")
+                    raise ManifestError(f"{origin}: more than {max_values} values")
     except yaml.YAMLError as err:
         raise _yaml_error(origin, err) from None
 
 
-def parse_documents(data: bytes | str, *, origin: str, max_values: int | None = None) -> list[Any]:
+def parse_documents(
+    data: bytes | bytearray | str, *, origin: str, max_values: int | None = None
+) -> list[Any]:
     """Decode JSON or (multi-document) YAML into its top-level documents; empty ones dropped.
 
     ``max_values`` bounds the values (scalars, lists and maps) in the whole
     input; it is checked before any object is built, so what a caller pays
     for a refused input is one cheap scan.
     """
-    if isinstance(data, bytes):
+    if isinstance(data, bytes | bytearray):
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -97,7 +101,7 @@ def parse_documents(data: bytes | str, *, origin: str, max_values: int | None = 
         text = data
     if _looks_like_json(text):
         if max_values is not None and json_value_bound(data) > max_values:
-            raise ManifestError(f"{origin}: holds more than {max_values} values")
+            raise ManifestError(f"{origin}: more than {max_values} values")
         try:
             doc = orjson.loads(text)
         except orjson.JSONDecodeError as err:
@@ -122,10 +126,16 @@ def is_list(obj: Obj) -> bool:
     return isinstance(kind, str) and kind.endswith("List") and "items" in obj
 
 
-def load_objects(data: bytes | str, *, origin: str, max_values: int | None = None) -> list[Obj]:
+def load_objects(
+    data: bytes | bytearray | str, *, origin: str, max_values: int | None = None
+) -> list[Obj]:
     """All objects in the input, with Lists flattened; each must be a mapping."""
+    return objects_of(parse_documents(data, origin=origin, max_values=max_values), origin=origin)
+
+
+def objects_of(documents: list[Any], *, origin: str) -> list[Obj]:
+    """The objects in decoded documents, with Lists flattened; each must be a mapping."""
     objects: list[Obj] = []
-    documents = parse_documents(data, origin=origin, max_values=max_values)
     for index, doc in enumerate(documents):
         where = f"{origin}: document {index + 1}"
         if not isinstance(doc, dict):
