@@ -68,6 +68,15 @@ control-plane:
 cluster: install control-plane
 	$(BIN)/python -m tests.e2e.run_cluster
 
+# --- xDS test server for pod-in-a-box (tests/e2e/xds/, docs/xds.md) ---
+# go-control-plane's ADS server with a JSON control port, built (CGO off) and
+# cached in $SIDECAR_INJECTOR_CACHE by a hash of its sources; returns at once
+# when cached. .ci/run calls it before `make test`.
+.PHONY: xds-server
+
+xds-server:
+	bash tests/e2e/build_xds_server.sh
+
 # --- Benchmarks (BENCHMARKS.md) ---
 # Engine cost per pod and the HTTPS service under wrk against two baselines;
 # rewrites BENCHMARKS.md and bench/*.png (raw figures and logs: bench/results/).

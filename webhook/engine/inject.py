@@ -16,7 +16,7 @@ import orjson
 
 from webhook import __version__, constants
 from webhook.config import InjectorConfig
-from webhook.engine.decision import Decision, NamespaceLike, decide
+from webhook.engine.decision import Decision, NamespaceLike, decide, pod_security_refusal
 from webhook.engine.iptables import mesh_init_container
 from webhook.engine.patch import Additions, Op, apply_additions, build_patch
 from webhook.engine.proxy import mesh_proxy_container, proxy_volumes
@@ -29,6 +29,7 @@ from webhook.engine.workloads import (
     pod_parts,
 )
 from webhook.settings import ProxySettings, SettingsError, resolve_settings
+from webhook.values import shorten
 
 PASS_THROUGH = Decision(False, "not-a-workload", "kind has no pod template")
 
@@ -79,6 +80,9 @@ def inject(
     warnings = _choice_warnings(meta)
     if not decision.inject:
         return InjectionResult(decision, location, obj, warnings=warnings)
+    refusal = pod_security_refusal(namespace)
+    if refusal is not None:
+        raise InjectionRefused(f"{describe(obj)}: {refusal}")
 
     annotations: dict[str, str] = meta.get("annotations") or {}
     try:
@@ -129,7 +133,7 @@ def _choice_warnings(meta: dict[str, Any]) -> tuple[str, ...]:
         value = (meta.get(where) or {}).get(constants.INJECT_KEY)
         if value is not None and value not in ("true", "false"):
             found.append(
-                f"pod {where[:-1]} {constants.INJECT_KEY}={value!r} is ignored "
+                f"pod {where[:-1]} {constants.INJECT_KEY}={shorten(value)} is ignored "
                 f"(expected true or false)"
             )
     return tuple(found)
