@@ -316,7 +316,7 @@ class _Facts:
     service_port: int = 443
     cert_manager: str = ""
     ready: list[Endpoint] = field(default_factory=list)
-    not_ready: int = 0
+    unready: list[Endpoint] = field(default_factory=list)
     deployment: dict[str, Any] | None = None
     config: InjectorConfig = field(default_factory=InjectorConfig)
     served: dict[Endpoint, list[tuple[str, served_cert.Served]]] = field(default_factory=dict)
@@ -606,8 +606,9 @@ class Checker:
             )
         except ClusterError as err:
             return _result(name, "fail", f"cannot read the EndpointSlices of {service_ref}: {err}")
-        ready, not_ready = _ready_endpoints(slices, port_name)
-        facts.ready, facts.not_ready = ready, not_ready
+        ready, unready = _endpoints(slices, port_name)
+        facts.ready, facts.unready = ready, unready
+        not_ready = len(unready)
         if not ready:
             return _result(
                 name,
@@ -632,15 +633,20 @@ class Checker:
     def ca_bundle(self) -> Result:
         name = "ca-bundle"
         facts = self.facts
-        if not facts.ready:
-            return _result(name, "skip", "no ready endpoint to dial")
+        # Without a ready endpoint, the not-ready ones may still say why
+        # (a replica whose certificate expired fails its readiness probe).
+        targets = facts.ready or facts.unready
+        if not targets:
+            return _result(name, "skip", "no endpoint to dial")
         bundles = self._read_bundles()
         if isinstance(bundles, Result):
             return bundles
         problems: list[str] = []
         unreachable: list[str] = []
         details: list[str] = []
-        for endpoint in facts.ready[:MAX_ENDPOINTS]:
+        if not facts.ready:
+            details.append("no endpoint is ready: dialled the endpoints that are not")
+        for endpoint in targets[:MAX_ENDPOINTS]:
             opener, via = self._opener(endpoint)
             verdicts = []
             for pem, hooks in bundles.items():
@@ -661,7 +667,7 @@ class Checker:
                         f" sha256 {served_cert.fingerprint(served.leaf)[:16]}"
                     )
             facts.served[endpoint] = verdicts
-        skipped = len(facts.ready) - MAX_ENDPOINTS
+        skipped = len(targets) - MAX_ENDPOINTS
         if skipped > 0:
             details.append(f"{skipped} more endpoints not dialled (at most {MAX_ENDPOINTS})")
         checked = len(facts.served)
@@ -689,8 +695,10 @@ class Checker:
         return _result(
             name,
             "pass",
-            f"caBundle verifies the certificate all {_plural(checked, 'endpoint')} serve for"
-            f" {facts.server_name}",
+            f"caBundle verifies the certificate {'both' if checked == 2 else 'all'}"
+            f" {_plural(checked, 'endpoint')} serve for {facts.server_name}"
+            if checked > 1
+            else f"caBundle verifies the certificate the endpoint serves for {facts.server_name}",
             details=sorted(set(details)),
         )
 
@@ -880,11 +888,17 @@ class Checker:
                 ready=count,
             )
         if count == 1:
+            wanted_more = (
+                deployment is not None and (deployment.get("spec") or {}).get("replicas", 1) > 1
+            )
             return _result(
                 name,
                 "warn",
                 f"{message}: with {policy}, one restart or node drain blocks meshed pods",
-                scale.format(ns=namespace, name=deploy_name)
+                f"why are the others not ready? kubectl -n {namespace} get pods;"
+                f" kubectl -n {namespace} describe deployment/{deploy_name}"
+                if wanted_more
+                else scale.format(ns=namespace, name=deploy_name)
                 + " (and keep the PodDisruptionBudget)",
                 ready=count,
             )
@@ -1334,13 +1348,14 @@ def probe_pod(labels: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _ready_endpoints(slices: list[dict[str, Any]], port_name: str) -> tuple[list[Endpoint], int]:
-    """Ready (address, port) pairs on the named port, and how many endpoints are not ready.
+def _endpoints(
+    slices: list[dict[str, Any]], port_name: str
+) -> tuple[list[Endpoint], list[Endpoint]]:
+    """Distinct (address, port) endpoints on the named port: (ready, not ready).
 
     A ``ready`` condition that is absent counts as ready, as the API says.
     """
-    ready: dict[tuple[str, int], Endpoint] = {}
-    not_ready = 0
+    found: dict[tuple[str, int], tuple[Endpoint, bool]] = {}
     for endpoint_slice in slices:
         port = next(
             (
@@ -1354,15 +1369,16 @@ def _ready_endpoints(slices: list[dict[str, Any]], port_name: str) -> tuple[list
             continue
         for endpoint in endpoint_slice.get("endpoints") or []:
             addresses = endpoint.get("addresses") or []
-            if not addresses:
+            if not isinstance(endpoint, dict) or not addresses:
                 continue
-            if (endpoint.get("conditions") or {}).get("ready") is False:
-                not_ready += 1
-                continue
+            ready = (endpoint.get("conditions") or {}).get("ready") is not False
             target = endpoint.get("targetRef") or {}
             pod = target.get("name") if target.get("kind") == "Pod" else None
-            ready.setdefault((str(addresses[0]), port), Endpoint(str(addresses[0]), port, pod))
-    return sorted(ready.values(), key=lambda e: (e.address, e.port)), not_ready
+            key = (str(addresses[0]), port)
+            if key not in found or ready:
+                found[key] = (Endpoint(key[0], port, pod), ready)
+    ordered = sorted(found.values(), key=lambda item: (item[0].address, item[0].port))
+    return [e for e, ready in ordered if ready], [e for e, ready in ordered if not ready]
 
 
 def _config_volume(deployment: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -1420,8 +1436,8 @@ def render_text(results: Sequence[Result], *, host: str) -> str:
     counts = summary(results)
     lines += [
         "",
-        f"{counts['pass']} passed, {counts['warn']} warnings, {counts['fail']} failed,"
-        f" {counts['skip']} skipped",
+        f"{counts['pass']} passed, {_plural(counts['warn'], 'warning')},"
+        f" {counts['fail']} failed, {counts['skip']} skipped",
     ]
     return "\n".join(lines) + "\n"
 
