@@ -290,9 +290,9 @@ def test_no_ready_endpoints_fail_and_the_not_ready_one_is_still_dialled(
         run = run_check(control_plane)
         assert run.returncode == 1, run
         assert run.status("service-endpoints") == "fail", run
-        assert "no ready endpoints (1 endpoint not ready)" in run.check("service-endpoints")[
-            "message"
-        ]
+        assert (
+            "no ready endpoints (1 endpoint not ready)" in run.check("service-endpoints")["message"]
+        )
         assert run.status("replicas") == "fail"
         assert run.status("ca-bundle") == "pass"  # dialled anyway, to tell why
         assert "failed calling webhook" in creation_error(control_plane)
@@ -351,7 +351,10 @@ def test_an_expired_certificate_fails_a_short_one_warns_and_renew_fixes_it(
         assert "expires in 10 days" in run.check("certificate-expiry")["message"]
     finally:
         renewed = subprocess.run(
-            [CLI, "certs", "--renew", "--out", str(cert_dir)], capture_output=True, text=True
+            [CLI, "certs", "--renew", "--out", str(cert_dir)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert renewed.returncode == 0, renewed.stderr
     assert (cert_dir / "ca.crt").read_bytes() == ca_bundle
