@@ -187,6 +187,8 @@ class Connection:
                         )
                     raw = read_body(response, limit=limit, what=what)
                     complete = True
+                    if expired.is_set():  # the cut can look like a clean end of the body
+                        raise ResponseError(f"{what} did not arrive within {timeout:g}s")
                 except ResponseError:
                     raise
                 except Exception:
@@ -370,12 +372,27 @@ def deadline(seconds: float, response: Any) -> Iterator[threading.Event]:
 def shutdown(response: Any) -> None:
     """Wake whatever thread is blocked reading ``response``: shut its socket down."""
     # Closing the response object from another thread would not wake recv().
-    connection = getattr(response, "connection", None) or getattr(response, "_connection", None)
-    sock = getattr(connection, "sock", None)
+    sock = _socket_of(response)
     if sock is not None:
         # Already closed is fine: the reader is on its way out anyway.
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+def _socket_of(response: Any) -> Any:
+    """The socket a urllib3 response reads from, wherever it is kept.
+
+    Usually the pooled connection holds it; but for an answer that ends the
+    connection (HTTP/1.0, ``Connection: close``) http.client hands the socket
+    to the response and the connection's ``sock`` is None: then it is the
+    one under the response's buffered reader.
+    """
+    connection = getattr(response, "connection", None) or getattr(response, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        return sock
+    reader = getattr(getattr(response, "_fp", None), "fp", None)  # http.client's BufferedReader
+    return getattr(getattr(reader, "raw", None), "_sock", None)  # its SocketIO's socket
 
 
 def one_line(err: BaseException) -> str:
