@@ -157,14 +157,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--max-namespaces",
-        type=int,
+        type=_positive_int,
         default=10,
         metavar="N",
         help="opted-in namespaces that get a dry-run pod (default 10)",
     )
     check.add_argument(
         "--timeout",
-        type=float,
+        type=_timeout,
         default=15.0,
         metavar="SECONDS",
         help="per request (default 15); the pod scan stops after four times this",
@@ -176,6 +176,27 @@ def _build_parser() -> argparse.ArgumentParser:
         help="the MutatingWebhookConfiguration to check (default sidecar-injector)",
     )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    # NaN and infinities fail the comparison too.
+    if not 0 < value <= 300:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 300 seconds")
+    return value
 
 
 def _fail(message: str) -> int:
@@ -266,10 +287,6 @@ def _run_certs(args: argparse.Namespace) -> int:
 def _run_check(args: argparse.Namespace) -> int:
     from webhook.check import Options, check_cluster, render_json, render_text, summary
 
-    if args.max_namespaces < 1:
-        return _fail("--max-namespaces must be at least 1")
-    if not 0 < args.timeout <= 300:
-        return _fail("--timeout must be between 0 and 300 seconds")
     options = Options(
         namespace=args.namespace,
         configuration=args.webhook_configuration,
