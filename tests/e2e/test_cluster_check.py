@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from tests.e2e.webhook_install import (
     Object,
     create,
     installed_webhook,
+    is_injected,
     pod_manifest,
     wait_until_injecting,
 )
@@ -500,3 +502,114 @@ def test_an_unreachable_api_server_fails_the_first_check_and_skips_the_rest(
     assert set(statuses[1:]) == {"skip"}
     assert "refused" in document["checks"][0]["message"].lower()
     assert "Traceback" not in done.stderr
+
+
+class PodCreator:
+    """Creates pods in the meshed namespace back to back until stopped; records each outcome."""
+
+    def __init__(self, control_plane: ControlPlane) -> None:
+        self.control_plane = control_plane
+        self.outcomes: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PodCreator:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            name = f"rotation-{uuid.uuid4().hex[:6]}"
+            try:
+                pod = create(self.control_plane, MESHED, pod_manifest(name))
+            except KubectlError as error:
+                self.outcomes.append(f"{name}: refused: {error.stderr.strip()}")
+            else:
+                self.outcomes.append(
+                    f"{name}: {'injected' if is_injected(pod) else 'NOT injected'}"
+                )
+
+    def wait_for_more(self, count: int) -> None:
+        """Until ``count`` more pods were created (so each step is really exercised)."""
+        target = len(self.outcomes) + count
+        self.control_plane.wait_for(
+            lambda: len(self.outcomes) >= target, what=f"{count} more pods", timeout=60
+        )
+
+
+def _set_ca_bundle(control_plane: ControlPlane, pem: bytes) -> None:
+    value = base64.b64encode(pem).decode()
+    patch_configuration(
+        control_plane,
+        {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": value},
+        {"op": "replace", "path": "/webhooks/1/clientConfig/caBundle", "value": value},
+    )
+
+
+def _issuers(run: CheckRun) -> set[str]:
+    return {
+        d.split(" issued by ")[1].split(",")[0]
+        for d in run.check("ca-bundle")["details"]
+        if " issued by " in d
+    }
+
+
+def test_a_ca_rotation_in_the_documented_order_refuses_no_pod(
+    control_plane: ControlPlane, install: InstalledWebhook, tmp_path: Path
+) -> None:
+    old_dir, new_dir = install.certs, tmp_path / "certs-next"
+    subprocess.run(
+        [CLI, "certs", "--out", str(new_dir), "--service", SERVICE, "--namespace", NAMESPACE],
+        check=True,
+        capture_output=True,
+    )
+    old_ca, new_ca = (old_dir / "ca.crt").read_bytes(), (new_dir / "ca.crt").read_bytes()
+    old_pair = ((old_dir / "tls.key").read_bytes(), (old_dir / "tls.crt").read_bytes())
+    old_name = certs.load_ca(old_dir / "ca.crt", old_dir / "ca.key").cert.subject
+    new_name = certs.load_ca(new_dir / "ca.crt", new_dir / "ca.key").cert.subject
+    old_cn, new_cn = (
+        n.rfc4514_string().split("CN=")[1].split(",")[0] for n in (old_name, new_name)
+    )
+    try:
+        with configuration_restored(install), PodCreator(control_plane) as pods:
+            pods.wait_for_more(2)
+            # 1. Trust both.
+            _set_ca_bundle(control_plane, old_ca + new_ca)
+            run = run_check(control_plane)
+            assert run.status("ca-bundle") == "pass", run
+            assert _issuers(run) == {old_cn}
+            pods.wait_for_more(2)
+            # 2. Serve the new CA's certificate (key first, as certs writes).
+            (old_dir / "tls.key").write_bytes((new_dir / "tls.key").read_bytes())
+            (old_dir / "tls.crt").write_bytes((new_dir / "tls.crt").read_bytes())
+            run = run_check(control_plane)
+            assert run.status("ca-bundle") == "pass", run
+            assert _issuers(run) == {new_cn}
+            pods.wait_for_more(2)
+            # 3. Trust only the new CA.
+            _set_ca_bundle(control_plane, new_ca)
+            run = run_check(control_plane)
+            assert run.status("ca-bundle") == "pass", run
+            pods.wait_for_more(2)
+        assert pods.outcomes, "no pod was created"
+        assert all(o.endswith(": injected") for o in pods.outcomes), pods.outcomes
+
+        # The wrong order: the old certificate served while only the new CA is trusted.
+        (old_dir / "tls.key").write_bytes(old_pair[0])
+        (old_dir / "tls.crt").write_bytes(old_pair[1])
+        with configuration_restored(install):
+            _set_ca_bundle(control_plane, new_ca)
+            run = run_check(control_plane)
+            assert run.status("ca-bundle") == "fail", run
+            # The API server still holds a connection handshaken in step 3 for
+            # this very bundle; a replica restart ends it, as any would.
+            install.stop_process()
+            install.start_process()
+            assert "x509" in creation_error(control_plane)
+    finally:
+        (old_dir / "tls.key").write_bytes(old_pair[0])
+        (old_dir / "tls.crt").write_bytes(old_pair[1])
