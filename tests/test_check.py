@@ -596,3 +596,29 @@ def test_bad_arguments_are_a_one_line_error_and_exit_2(args: list[str], message:
     assert done.returncode == 2
     assert done.stdout == ""
     assert message in done.stderr.splitlines()[-1]
+
+
+def test_an_object_shaped_unlike_the_api_servers_fails_its_check_and_the_run_goes_on(
+    api: MisbehavingAPI, tmp_path: Path
+) -> None:
+    def version(handler: BaseHTTPRequestHandler, path: str, query: dict[str, str]) -> None:
+        send_json(handler, 200, {"gitVersion": "v1.37.2"})
+
+    def configuration(handler: BaseHTTPRequestHandler, path: str, query: dict[str, str]) -> None:
+        send_json(
+            handler,
+            200,
+            {"metadata": {"name": "sidecar-injector"}, "webhooks": [{"clientConfig": "?"}]},
+        )
+
+    api.routes += [
+        ("/version", version),
+        ("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/", configuration),
+    ]
+    results = Checker(cluster_for(api, tmp_path), Options()).run()
+    by_name = {r.name: r for r in results}
+    assert by_name["kubernetes-api"].status == "pass"
+    broken = by_name["webhook-configuration"]
+    assert broken.status == "fail"
+    assert broken.message.startswith("could not be checked: AttributeError")
+    assert len(results) == 11  # every check still reported

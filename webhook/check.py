@@ -294,7 +294,7 @@ def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, st
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A ready address behind the webhook's Service."""
+    """An address (and port) behind the webhook's Service, and the pod it belongs to."""
 
     address: str
     port: int
@@ -392,8 +392,18 @@ class Checker:
             self.outdated_sidecars,
         ]
         for step in steps:
-            results.append(step())
+            results.append(self._guarded(step))
         return results
+
+    def _guarded(self, step: Callable[[], Result]) -> Result:
+        """Run one check; an object shaped unlike any API server sends is a failure, not a crash."""
+        try:
+            return step()
+        except Exception as err:  # e.g. a field of the wrong type in what the server sent
+            name = step.__name__.replace("_", "-")
+            return _result(
+                name, "fail", f"could not be checked: {kube.one_line(err)}", "run check again"
+            )
 
     # -- kubernetes-api ---------------------------------------------------------
 
@@ -1018,7 +1028,7 @@ class Checker:
                 f" {', '.join(conflicts[:5])}" + (" ..." if len(conflicts) > 5 else ""),
                 f"label it {ENFORCE_LABEL}=privileged, or opt it out"
                 f" ({constants.NAMESPACE_INJECTION_LABEL}=disabled)",
-                conflicts,
+                conflicts + self._partial(),
                 namespaces=[c.split(" ", 1)[0] for c in conflicts],
             )
         return _result(
@@ -1026,7 +1036,13 @@ class Checker:
             "pass",
             f"none of {_plural(len(opted), 'opted-in namespace')} enforces PodSecurity"
             " baseline or restricted",
+            details=self._partial(),
         )
+
+    def _partial(self) -> list[str]:
+        if not self.facts.namespaces_partial:
+            return []
+        return [f"only the first {MAX_NAMESPACES} namespaces were read (--namespace NS for others)"]
 
     # -- dry-run-injection ----------------------------------------------------------------
 
@@ -1069,6 +1085,7 @@ class Checker:
         )
         if rest > 0:
             details.append(f"{rest} more not tried (--max-namespaces, or --namespace NS)")
+        details += self._partial()
         if failures:
             return _result(
                 name,
