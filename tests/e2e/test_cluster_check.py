@@ -613,3 +613,85 @@ def test_a_ca_rotation_in_the_documented_order_refuses_no_pod(
     finally:
         (old_dir / "tls.key").write_bytes(old_pair[0])
         (old_dir / "tls.crt").write_bytes(old_pair[1])
+
+
+def _engine_records_a_digest() -> bool:
+    from webhook.config import InjectorConfig
+    from webhook.namespace_types import NamespaceInfo
+    from webhook.outdated import expected
+
+    return expected(NamespaceInfo("probe"), {}, InjectorConfig()).digest is not None
+
+
+def _web_deployment(name: str, replicas: int) -> Object:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            # Pods never become ready without a kubelet, so a rolling update
+            # would wait forever; Recreate replaces them at once.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+            },
+        },
+    }
+
+
+def _pod_names(control_plane: ControlPlane, namespace: str, selector: str) -> set[str]:
+    done = control_plane.kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "json")
+    items = json.loads(done.stdout)["items"]
+    return {p["metadata"]["name"] for p in items if not p["metadata"].get("deletionTimestamp")}
+
+
+@pytest.mark.skipif(
+    not _engine_records_a_digest(), reason="this engine does not record a container digest yet"
+)
+def test_a_changed_namespace_setting_makes_sidecars_outdated_until_the_rollout_restart(
+    control_plane: ControlPlane, install: InstalledWebhook
+) -> None:
+    namespace = "check-settings"
+    name = "web"
+    control_plane.create_namespace(namespace, labels={"sidecar-injection": "enabled"})
+    try:
+        control_plane.kubectl(
+            "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(_web_deployment(name, 2))
+        )
+        control_plane.wait_for(
+            lambda: len(_pod_names(control_plane, namespace, f"app={name}")) == 2,
+            what="the Deployment's pods",
+            timeout=EFFECT_TIMEOUT,
+        )
+        run = run_check(control_plane, "--namespace", namespace)
+        assert run.status("outdated-sidecars") == "pass", run
+
+        # Same injector, same version: only the digest can tell these pods apart.
+        control_plane.kubectl("label", "namespace", namespace, "sidecar.mesh.io/log-level=debug")
+        wait_until_injecting(control_plane, namespace, timeout=60)  # the label has reached us
+        run = run_check(control_plane, "--namespace", namespace)
+        result = run.check("outdated-sidecars")
+        assert result["status"] == "warn", run
+        (workload,) = [w for w in result["data"]["workloads"] if w["name"] == name]
+        assert workload["kind"] == "Deployment"
+        assert workload["pods"] == 2
+        assert any("containers differ" in reason for reason in workload["reasons"])
+        old = _pod_names(control_plane, namespace, f"app={name}")
+
+        # What the line says to run; without a kubelet, old pods go at once.
+        control_plane.kubectl(*workload["restart"].split()[1:])
+
+        def replaced() -> bool:
+            now = _pod_names(control_plane, namespace, f"app={name}")
+            return len(now) == 2 and not (now & old)
+
+        control_plane.wait_for(replaced, what="the restarted pods", timeout=60)
+        run = run_check(control_plane, "--namespace", namespace)
+        outdated = run.check("outdated-sidecars")["data"]["workloads"]
+        assert [w for w in outdated if w["name"] == name] == [], run
+    finally:
+        control_plane.kubectl("label", "namespace", namespace, "sidecar-injection-")
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
