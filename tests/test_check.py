@@ -622,3 +622,16 @@ def test_an_object_shaped_unlike_the_api_servers_fails_its_check_and_the_run_goe
     assert broken.status == "fail"
     assert broken.message.startswith("could not be checked: AttributeError")
     assert len(results) == 11  # every check still reported
+
+
+def test_hints_follow_the_install_flavour(api: MisbehavingAPI, tmp_path: Path) -> None:
+    checker = Checker(cluster_for(api, tmp_path), Options())
+    checker.facts.service_namespace = "mesh-system"
+    assert "make manifests && make deploy" in checker._bundle_hint()
+    assert "certs --renew" in checker._renew_hint(ca=False)
+    checker.facts.cert_manager = "mesh-system/sidecar-injector-serving"
+    assert "cainjector fills caBundle from mesh-system/sidecar-injector-serving" in (
+        checker._bundle_hint()
+    )
+    assert "cmctl renew -n mesh-system" in checker._renew_hint(ca=False)
+    assert "trust both" in checker._renew_hint(ca=True)
