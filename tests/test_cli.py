@@ -37,9 +37,8 @@ def test_stdin_json_in_yaml_out_and_the_same_through_python_dash_m() -> None:
     assert console.returncode == module.returncode == 0
     assert console.stdout == module.stdout
     injected = yaml.safe_load(console.stdout)
-    names = [c["name"] for c in injected["spec"]["containers"]]
-    assert names == ["web", "mesh-proxy"]
-    assert [c["name"] for c in injected["spec"]["initContainers"]] == ["mesh-init"]
+    assert [c["name"] for c in injected["spec"]["containers"]] == ["web"]
+    assert [c["name"] for c in injected["spec"]["initContainers"]] == ["mesh-init", "mesh-proxy"]
 
 
 def test_output_patch_applies_to_the_input_and_gives_output_json() -> None:
@@ -88,8 +87,8 @@ def test_labels_override_the_namespaces_file(tmp_path: Path) -> None:
     body = json.dumps(POD).encode()
     args = ["inject", "-f", "-", "-n", "shop", "--namespaces-file", str(namespaces), "-o", "json"]
     from_file = json.loads(run(*args, stdin=body).stdout)
-    assert "--log-level" in from_file["spec"]["containers"][1]["args"]
-    assert from_file["spec"]["containers"][1]["args"][3] == "info"
+    proxy_args = from_file["spec"]["initContainers"][1]["args"]
+    assert proxy_args[proxy_args.index("--log-level") + 1] == "info"
     overridden = run(*args, "--label", "sidecar-injection=disabled", stdin=body)
     assert json.loads(overridden.stdout) == POD
 

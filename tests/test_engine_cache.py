@@ -21,7 +21,10 @@ POD: dict[str, Any] = {
 
 
 def proxy_of(obj: dict[str, Any]) -> dict[str, Any]:
-    return next(c for c in obj["spec"]["containers"] if c["name"] == "mesh-proxy")
+    spec = obj["spec"]
+    return next(
+        c for c in [*spec["initContainers"], *spec["containers"]] if c["name"] == "mesh-proxy"
+    )
 
 
 def namespace(**labels: str) -> AssumedNamespace:

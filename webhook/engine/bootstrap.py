@@ -70,10 +70,12 @@ def _tcp_proxy(stat_prefix: str, cluster: str) -> dict[str, Any]:
     }
 
 
-def _transparent_listener(name: str, port: int, passthrough: str) -> dict[str, Any]:
+def _transparent_listener(name: str, port: int, passthrough: str, direction: str) -> dict[str, Any]:
     return {
         "name": name,
         "stat_prefix": name,
+        # What /drain_listeners?inboundonly goes by (the preStop hook, proxy.py).
+        "traffic_direction": direction,
         "address": _address("0.0.0.0", port),  # noqa: S104 - redirected traffic arrives on any address
         "use_original_dst": True,
         "filter_chains": [
@@ -198,9 +200,11 @@ def bootstrap_config(settings: ProxySettings, config: InjectorConfig) -> dict[st
         "static_resources": {
             "listeners": [
                 _transparent_listener(
-                    OUTBOUND_STATS, constants.OUTBOUND_PORT, OUTBOUND_PASSTHROUGH
+                    OUTBOUND_STATS, constants.OUTBOUND_PORT, OUTBOUND_PASSTHROUGH, "OUTBOUND"
                 ),
-                _transparent_listener(INBOUND_STATS, constants.INBOUND_PORT, INBOUND_PASSTHROUGH),
+                _transparent_listener(
+                    INBOUND_STATS, constants.INBOUND_PORT, INBOUND_PASSTHROUGH, "INBOUND"
+                ),
                 _admin_route_listener(
                     "health", constants.HEALTH_PORT, constants.HEALTH_PATH, "/ready"
                 ),
