@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tests.support.validation import pod_spec, validate_pod_rules
 from webhook.config import InjectorConfig
 from webhook.engine import inject
+from webhook.engine.workloads import locate_pod
 from webhook.preview import AssumedNamespace
 
 CONFIG = InjectorConfig()
@@ -86,15 +87,41 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
     return {"apiVersion": group, "kind": kind, "spec": {"template": template}}
 
 
+def pod_meta(obj: dict[str, Any], *, create: bool = False) -> dict[str, Any]:
+    """The pod's (or template's) metadata; ``create`` adds a missing or null one."""
+    location = locate_pod(obj)
+    assert location is not None
+    node = obj
+    for key in location.path:
+        node = node[key]
+    if create and node.get("metadata") is None:
+        node["metadata"] = {}
+        return node["metadata"]
+    return node.get("metadata") or {}
+
+
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPERTY
 @given(pods())
-def test_the_patch_applied_by_jsonpatch_equals_the_injected_object(obj: dict[str, Any]) -> None:
+def test_the_object_is_the_patch_applied_and_the_sidecar_sits_where_its_mode_says(
+    obj: dict[str, Any],
+) -> None:
     result = inject(obj, namespace=NAMESPACE, config=CONFIG)
     assert result.injected
-    assert jsonpatch.apply_patch(obj, list(result.patch)) == result.obj
+    assert result.obj == jsonpatch.apply_patch(obj, list(result.patch))
+    spec = pod_spec(result.obj)
+    inits = [c["name"] for c in spec["initContainers"]]
+    apps = [c["name"] for c in spec["containers"]]
+    annotations = pod_meta(obj).get("annotations") or {}
+    if annotations.get("sidecar.mesh.io/native-sidecar", "true") == "true":
+        assert inits[:2] == ["mesh-init", "mesh-proxy"]
+        assert "mesh-proxy" not in apps
+    else:
+        assert inits[-1] == "mesh-init"
+        hold = annotations.get("sidecar.mesh.io/hold-application") == "true"
+        assert apps.index("mesh-proxy") == (0 if hold else len(apps) - 1)
 
 
 @PROPERTY

@@ -7,13 +7,17 @@ talks to the outside world lives around it, not in it.
 from webhook.engine.decision import Decision, NamespaceLike, decide
 from webhook.engine.inject import InjectionRefused, InjectionResult, inject
 from webhook.engine.patch import Op
+from webhook.engine.status import InjectionStatus, StatusError, containers_digest
 
 __all__ = [
     "Decision",
     "InjectionRefused",
     "InjectionResult",
+    "InjectionStatus",
     "NamespaceLike",
     "Op",
+    "StatusError",
+    "containers_digest",
     "decide",
     "inject",
 ]

@@ -222,15 +222,3 @@ def mesh_proxy_container(settings: ProxySettings, config: InjectorConfig) -> dic
     }
     container["lifecycle"] = lifecycle
     return container
-
-
-def proxy_volumes(settings: ProxySettings, config: InjectorConfig) -> list[dict[str, Any]]:
-    """Volumes the two containers need: none.
-
-    Envoy writes nothing to disk once hot restart is off, and iptables'
-    lock (legacy backend only) goes to /dev/shm, so no emptyDir is needed.
-    Kept as a function so ``inject`` and the status annotation stay correct
-    if a volume is ever added.
-    """
-    del settings, config
-    return []
