@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from types import MappingProxyType
 from typing import Any
 
+import jsonpatch
 import pytest
 
 from webhook.config import InjectorConfig
-from webhook.engine import decide
+from webhook.engine import InjectionRefused, decide, inject
+from webhook.engine.decision import MAX_STATUS_CHARS
 from webhook.preview import AssumedNamespace
 
 ENABLED = {"sidecar-injection": "enabled"}
 DISABLED = {"sidecar-injection": "disabled"}
 OPT_IN = {"sidecar.mesh.io/inject": "true"}
 OPT_OUT = {"sidecar.mesh.io/inject": "false"}
-STATUS = {"sidecar.mesh.io/status": "{}"}
+INVALID = {"sidecar.mesh.io/inject": "no"}
 MIRROR = {"kubernetes.io/config.mirror": "x"}
+WINDOWS = {"os": {"name": "windows"}}
+
+
+def status(containers: list[str], init: list[str], **extra: Any) -> dict[str, str]:
+    value = {"version": "0", "containers": containers, "initContainers": init, **extra}
+    return {"sidecar.mesh.io/status": json.dumps(value)}
+
+
+STATUS = status(["mesh-proxy"], ["mesh-init"])
+NATIVE_STATUS = status([], ["mesh-init", "mesh-proxy"])
+# The pod as a classic-mode injection left it; and as native mode left it.
+INJECTED = {
+    "initContainers": [{"name": "mesh-init"}],
+    "containers": [{"name": "app"}, {"name": "mesh-proxy"}],
+}
+NATIVE_INJECTED = {"initContainers": [{"name": "mesh-init"}, {"name": "mesh-proxy"}]}
 
 # (namespace, namespace labels, pod labels, pod annotations, spec extras, code, inject)
 TABLE: list[
@@ -34,15 +53,47 @@ TABLE: list[
     ("demo", ENABLED, OPT_OUT, OPT_IN, {}, "pod-opted-out", False),  # the label wins
     ("demo", {}, OPT_IN, OPT_OUT, {}, "pod-opted-in", True),  # the label wins
     ("demo", DISABLED, OPT_IN, {}, {}, "namespace-disabled", False),  # 6 before 7
-    ("demo", ENABLED, OPT_IN, STATUS, {}, "already-injected", False),  # 5 before 7
+    ("demo", ENABLED, OPT_IN, STATUS, INJECTED, "already-injected", False),  # 5 before 7
+    ("demo", DISABLED, {}, STATUS, INJECTED, "already-injected", False),  # 5 before 6
+    ("demo", ENABLED, {}, NATIVE_STATUS, NATIVE_INJECTED, "already-injected", False),
+    # Step 5: a status whose containers are missing (copied metadata) does not count.
+    ("demo", ENABLED, {}, STATUS, {}, "namespace-enabled", True),
+    ("demo", ENABLED, {}, NATIVE_STATUS, {}, "namespace-enabled", True),
+    ("demo", ENABLED, {}, STATUS, NATIVE_INJECTED, "namespace-enabled", True),  # wrong list
+    ("demo", ENABLED, {}, STATUS, {"initContainers": [{"name": "mesh-init"}]}, "namespace-enabled", True),
+    ("demo", {}, OPT_IN, STATUS, {}, "pod-opted-in", True),
+    ("demo", {}, {}, STATUS, {}, "not-enabled", False),
+    # ... nor does one that is not JSON, not ours, or lists nothing.
+    ("demo", ENABLED, {}, {"sidecar.mesh.io/status": "{not json"}, INJECTED, "namespace-enabled", True),
+    ("demo", ENABLED, {}, {"sidecar.mesh.io/status": "{}"}, INJECTED, "namespace-enabled", True),
+    ("demo", ENABLED, {}, {"sidecar.mesh.io/status": "[]"}, INJECTED, "namespace-enabled", True),
+    ("demo", ENABLED, {}, status([], []), INJECTED, "namespace-enabled", True),
+    ("demo", ENABLED, {}, {"sidecar.mesh.io/status": '{"containers": "mesh-proxy"}'}, INJECTED, "namespace-enabled", True),
+    ("demo", ENABLED, {}, {"sidecar.mesh.io/status": '{"containers": [1]}'}, INJECTED, "namespace-enabled", True),
+    ("demo", ENABLED, {}, status(["mesh-proxy"], ["mesh-init"], pad="x" * MAX_STATUS_CHARS), INJECTED, "namespace-enabled", True),
+    # Step 7: an invalid label value is ignored and the annotation decides.
+    ("demo", ENABLED, INVALID, OPT_OUT, {}, "pod-opted-out", False),
+    ("demo", {}, INVALID, OPT_IN, {}, "pod-opted-in", True),
+    ("demo", ENABLED, INVALID, {}, {}, "namespace-enabled", True),
+    ("demo", {}, INVALID, {}, {}, "not-enabled", False),
+    ("demo", ENABLED, OPT_OUT, INVALID, {}, "pod-opted-out", False),
+    ("demo", {}, INVALID, INVALID, {}, "not-enabled", False),
+    ("demo", ENABLED, {"sidecar.mesh.io/inject": "False"}, OPT_OUT, {}, "pod-opted-out", False),
+    # Step 2: Windows pods.
+    ("demo", ENABLED, {}, {}, WINDOWS, "windows-pod", False),
+    ("demo", ENABLED, OPT_IN, {}, WINDOWS, "windows-pod", False),
+    ("kube-system", ENABLED, {}, MIRROR, WINDOWS, "windows-pod", False),  # 2 before 3 and 4
+    ("demo", ENABLED, {}, {}, {"os": {"name": "linux"}}, "namespace-enabled", True),
+    ("demo", ENABLED, {}, {}, {"os": None}, "namespace-enabled", True),
     ("kube-system", ENABLED, OPT_IN, {}, {}, "excluded-namespace", False),  # 4 before 5
     ("mesh-system", ENABLED, {}, {}, {}, "excluded-namespace", False),
     ("kube-public", ENABLED, {}, {}, {}, "excluded-namespace", False),
     ("kube-node-lease", ENABLED, {}, {}, {}, "excluded-namespace", False),
     ("kube-system", ENABLED, {}, MIRROR, {}, "mirror-pod", False),  # 3 before 4
     ("demo", ENABLED, OPT_IN, MIRROR, {"hostNetwork": True}, "host-network", False),  # 2 first
+    ("demo", ENABLED, {}, {}, {"hostNetwork": True, **WINDOWS}, "host-network", False),
     ("demo", ENABLED, {}, {}, {"hostNetwork": False}, "namespace-enabled", True),
-]
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -65,6 +116,25 @@ def test_decision_matrix(
     )
     assert (decision.code, decision.inject) == (code, inject)
     assert decision.reason
+
+
+def test_reasons_say_why() -> None:
+    def reason(labels: dict[str, str], annotations: dict[str, str], spec: dict[str, Any]) -> str:
+        return decide(
+            {"labels": labels, "annotations": annotations},
+            {"containers": [{"name": "app"}], **spec},
+            namespace=AssumedNamespace("demo", MappingProxyType(ENABLED)),
+            config=InjectorConfig(),
+        ).reason
+
+    assert "Windows" in reason({}, {}, WINDOWS)
+    assert "spec.os.name" in reason({}, {}, WINDOWS)
+    ignored = reason(INVALID, OPT_OUT, {})
+    assert "annotation sidecar.mesh.io/inject=false" in ignored
+    assert "'no' is ignored" in ignored
+    long_value = reason({"sidecar.mesh.io/inject": "n" * 5000}, OPT_OUT, {})
+    assert len(long_value) < 200
+    assert "containers it lists" in reason({}, STATUS, INJECTED)
 
 
 def test_the_excluded_namespaces_come_from_the_config() -> None:
@@ -91,3 +161,109 @@ def test_the_engine_imports_neither_fastapi_nor_kubernetes() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert found == ""
+
+
+# --- Pod Security: refuse what the apiserver would reject after us ---------------------
+
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "web", "namespace": "shop"},
+    "spec": {"containers": [{"name": "web", "image": "nginx"}]},
+}
+ENFORCE = "pod-security.kubernetes.io/enforce"
+ENFORCE_VERSION = "pod-security.kubernetes.io/enforce-version"
+
+
+def inject_into(labels: dict[str, str], pod: dict[str, Any] = POD) -> Any:
+    return inject(
+        pod,
+        namespace=AssumedNamespace("shop", MappingProxyType(labels)),
+        config=InjectorConfig(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("labels", "named"),
+    [
+        ({ENFORCE: "restricted"}, "level 'restricted'"),
+        ({ENFORCE: "baseline"}, "level 'baseline'"),
+        ({ENFORCE: "baseline", ENFORCE_VERSION: "v1.25"}, "level 'baseline' (version 'v1.25')"),
+        ({ENFORCE: "restricted", ENFORCE_VERSION: "latest"}, "(version 'latest')"),
+        # Pod Security enforces 'restricted' for a level it cannot parse.
+        ({ENFORCE: "Restricted"}, "level 'restricted' (its label value 'Restricted' is not a level)"),
+        ({ENFORCE: ""}, "level 'restricted' (its label value '' is not a level)"),
+    ],
+)  # fmt: skip
+def test_a_pod_security_level_that_forbids_mesh_init_refuses_the_pod(
+    labels: dict[str, str], named: str
+) -> None:
+    with pytest.raises(InjectionRefused) as caught:
+        inject_into({**ENABLED, **labels})
+    message = str(caught.value)
+    assert message.startswith("Pod shop/web: namespace shop enforces Pod Security ")
+    assert named in message
+    assert "NET_ADMIN" in message
+    assert "NET_RAW" in message
+    assert f"{ENFORCE}=privileged" in message  # the way out
+    assert "sidecar.mesh.io/inject=false" in message  # the other way out
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {ENFORCE: "privileged"},
+        {ENFORCE: "privileged", ENFORCE_VERSION: "v1.30"},
+        {ENFORCE_VERSION: "v1.30"},  # no level: the cluster's default applies
+        {"pod-security.kubernetes.io/warn": "restricted"},  # warn and audit do not reject
+        {"pod-security.kubernetes.io/audit": "restricted"},
+    ],
+)
+def test_privileged_or_unset_enforcement_is_injected(labels: dict[str, str]) -> None:
+    assert inject_into({**ENABLED, **labels}).injected
+
+
+def test_a_restricted_namespace_does_not_refuse_pods_that_would_not_be_injected() -> None:
+    opted_out = {**POD, "metadata": {**POD["metadata"], "labels": OPT_OUT}}
+    assert inject_into({**ENABLED, ENFORCE: "restricted"}, opted_out).decision.code == (
+        "pod-opted-out"
+    )
+    assert inject_into({ENFORCE: "restricted"}).decision.code == "not-enabled"
+
+
+def test_a_status_annotation_without_its_containers_is_rewritten_by_an_add() -> None:
+    copied = {
+        **POD,
+        "metadata": {**POD["metadata"], "annotations": {**STATUS, "team": "a"}},
+    }
+    result = inject_into(ENABLED, copied)
+    assert result.injected
+    status_op = next(op for op in result.patch if op["path"].endswith("sidecar.mesh.io~1status"))
+    # RFC 6902: "add" on an existing object member replaces its value; still add-only.
+    assert status_op["op"] == "add"
+    assert {op["op"] for op in result.patch} == {"add"}
+    assert jsonpatch.apply_patch(copied, list(result.patch)) == result.obj
+    written = json.loads(result.obj["metadata"]["annotations"]["sidecar.mesh.io/status"])
+    spec = result.obj["spec"]
+    names = {c["name"] for c in [*spec["containers"], *(spec.get("initContainers") or [])]}
+    assert set(written["containers"]) | set(written["initContainers"]) <= names
+    assert result.obj["metadata"]["annotations"]["team"] == "a"
+    # And now it counts: a second pass is a no-op.
+    again = inject(
+        result.obj,
+        namespace=AssumedNamespace("shop", MappingProxyType(ENABLED)),
+        config=InjectorConfig(),
+    )
+    assert again.decision.code == "already-injected"
+    assert not again.injected
+
+
+def test_an_invalid_inject_value_is_quoted_shortened_in_the_warning() -> None:
+    pod = {
+        **POD,
+        "metadata": {**POD["metadata"], "labels": {"sidecar.mesh.io/inject": "y" * 60_000}},
+    }
+    (warning,) = inject_into(ENABLED, pod).warnings
+    assert "(60000 characters) is ignored (expected true or false)" in warning
+    assert len(warning) < 200

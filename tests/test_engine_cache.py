@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import gc
+import tracemalloc
 from types import MappingProxyType
 from typing import Any
 
@@ -11,7 +13,9 @@ import pytest
 from webhook.config import InjectorConfig, ProxyConfig
 from webhook.engine import InjectionRefused, inject
 from webhook.engine.inject import CACHE
+from webhook.engine.inject import _build as build_entry
 from webhook.preview import AssumedNamespace
+from webhook.settings import resolve_settings
 
 POD: dict[str, Any] = {
     "apiVersion": "v1",
@@ -127,7 +131,7 @@ def test_the_cache_is_bounded_in_entries(small_cache: Any) -> None:
     small_cache.max_entries = 3
     for index in range(10):
         inject(POD, namespace=settings_for(index), config=InjectorConfig())
-    assert len(small_cache) == 3
+    assert small_cache.entries == 3
 
 
 def test_the_cache_is_bounded_in_bytes_and_an_oversized_entry_is_not_kept(
@@ -139,22 +143,61 @@ def test_the_cache_is_bounded_in_bytes_and_an_oversized_entry_is_not_kept(
     small_cache.max_bytes = 3 * one + one // 2
     for index in range(10):
         inject(POD, namespace=settings_for(index), config=InjectorConfig())
-    assert len(small_cache) == 3
+    assert small_cache.entries == 3
     assert small_cache.bytes <= small_cache.max_bytes
     small_cache.max_bytes = one // 2
     small_cache.clear()
     result = inject(POD, namespace=settings_for(0), config=InjectorConfig())
     assert result.injected, "built and used, just not kept"
-    assert len(small_cache) == 0
+    assert small_cache.entries == 0
     assert small_cache.bytes == 0
 
 
 def test_pods_with_the_same_settings_share_the_cached_containers(small_cache: Any) -> None:
     first = inject(POD, namespace=namespace(), config=InjectorConfig())
     second = inject(POD, namespace=namespace(), config=InjectorConfig())
-    assert len(small_cache) == 1
+    assert small_cache.entries == 1
 
     def values(result: Any) -> list[Any]:
         return [op["value"] for op in result.patch if op["path"] == "/spec/initContainers"]
 
     assert values(first)[0][1] is values(second)[0][1], "the very same (read-only) proxy"
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        pytest.param({}, id="defaults"),
+        pytest.param(
+            {
+                "sidecar.mesh.io/exclude-outbound-cidrs": ",".join(
+                    f"10.{i // 250}.{i % 250}.0/24" for i in range(128)
+                ),
+                "sidecar.mesh.io/exclude-inbound-ports": ",".join(str(2000 + i) for i in range(64)),
+            },
+            id="long-lists",
+        ),
+    ],
+)
+def test_an_entry_is_charged_at_least_the_memory_it_keeps(annotations: dict[str, str]) -> None:
+    settings = [
+        resolve_settings(
+            InjectorConfig(),
+            namespace_labels={},
+            namespace_annotations={},
+            pod_annotations={**annotations, "sidecar.mesh.io/exclude-outbound-ports": str(n)},
+        )
+        for n in range(1000, 1020)
+    ]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        built = [build_entry(item, InjectorConfig()) for item in settings]
+        gc.collect()
+        kept = sum(
+            stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename")
+        )
+    finally:
+        tracemalloc.stop()
+    assert kept / len(built) <= built[0].size

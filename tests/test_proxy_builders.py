@@ -7,7 +7,6 @@ The bootstrap is validated the way it will run: the container's own
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import subprocess
 from typing import Any
@@ -19,7 +18,7 @@ from tests.support.kubelet import envoy_validate as run_envoy_validate
 from webhook import constants
 from webhook.config import InjectorConfig, ProxyConfig
 from webhook.engine.bootstrap import bootstrap_config
-from webhook.engine.iptables import mesh_init_container, render_rules
+from webhook.engine.iptables import mesh_init_container
 from webhook.engine.proxy import drain_command, mesh_proxy_container, wait_ready_command
 from webhook.settings import ProxySettings, resolve_settings
 
@@ -216,143 +215,4 @@ def test_builders_do_not_mutate_and_are_deterministic() -> None:
     assert settings == before
 
 
-# --- mesh-init ------------------------------------------------------------------------
-
-
-def rules_for(**annotations: str) -> list[str]:
-    return render_rules(settings_for(**annotations), proxy_uid=1337).splitlines()
-
-
-def test_default_rules_redirect_everything_but_the_proxy_ports() -> None:
-    rules = rules_for()
-    assert rules[0] == "*nat"
-    assert rules[-1] == "COMMIT"
-    for port in constants.PROXY_PORTS:
-        assert f"-A MESH_INBOUND -p tcp --dport {port} -j RETURN" in rules
-    assert "-A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT" in rules
-    assert "-A MESH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006" in rules
-    assert "-A MESH_REDIRECT -p tcp -j REDIRECT --to-ports 15001" in rules
-    assert "-A PREROUTING -p tcp -j MESH_INBOUND" in rules
-    assert "-A OUTPUT -p tcp -j MESH_OUTPUT" in rules
-    assert rules[-2] == "-A OUTPUT -p tcp -j MESH_OUTPUT"
-
-
-def test_outbound_exemptions_come_before_the_redirect() -> None:
-    rules = [
-        r
-        for r in rules_for(
-            **{
-                "exclude-outbound-ports": "5432,443",
-                "exclude-outbound-cidrs": "10.0.0.0/8,fd00::/8",
-            }
-        )
-        if r.startswith("-A MESH_OUTPUT")
-    ]
-    assert rules == [
-        "-A MESH_OUTPUT -m owner --uid-owner 1337 -j RETURN",
-        "-A MESH_OUTPUT -o lo -d 127.0.0.0/8 -j RETURN",
-        "-A MESH_OUTPUT -o lo -j MESH_INBOUND",
-        "-A MESH_OUTPUT -o lo -j RETURN",
-        "-A MESH_OUTPUT -p tcp --dport 443 -j RETURN",
-        "-A MESH_OUTPUT -p tcp --dport 5432 -j RETURN",
-        "-A MESH_OUTPUT -d 10.0.0.0/8 -j RETURN",
-        "-A MESH_OUTPUT -j MESH_REDIRECT",
-    ]
-
-
-def test_proxy_uid_comes_from_the_argument() -> None:
-    text = render_rules(settings_for(), proxy_uid=4242)
-    assert "--uid-owner 4242 -j RETURN" in text
-
-
-def test_excluded_inbound_ports_are_returned_in_order() -> None:
-    rules = rules_for(**{"exclude-inbound-ports": "9090,22"})
-    returns = [r for r in rules if r.startswith("-A MESH_INBOUND") and r.endswith("RETURN")]
-    assert returns == [
-        f"-A MESH_INBOUND -p tcp --dport {port} -j RETURN"
-        for port in (22, 9090, 15000, 15001, 15006, 15021, 15090)
-    ]
-
-
-def test_include_inbound_list_redirects_only_those_ports_minus_exclusions() -> None:
-    rules = rules_for(
-        **{"include-inbound-ports": "8080,9090,15021", "exclude-inbound-ports": "9090"}
-    )
-    inbound = [r for r in rules if r.startswith("-A MESH_INBOUND")]
-    assert inbound == ["-A MESH_INBOUND -p tcp --dport 8080 -j MESH_IN_REDIRECT"]
-
-
-def test_empty_include_inbound_list_redirects_nothing_inbound() -> None:
-    rules = rules_for(**{"include-inbound-ports": ""})
-    assert not [r for r in rules if r.startswith("-A MESH_INBOUND")]
-
-
-def test_include_outbound_cidrs_limit_the_redirect_and_ipv6_is_left_alone() -> None:
-    rules = rules_for(**{"include-outbound-cidrs": "10.96.0.0/12,fd00::/8,192.168.0.0/16"})
-    redirects = [r for r in rules if r.endswith("-j MESH_REDIRECT")]
-    assert redirects == [
-        "-A MESH_OUTPUT -d 10.96.0.0/12 -j MESH_REDIRECT",
-        "-A MESH_OUTPUT -d 192.168.0.0/16 -j MESH_REDIRECT",
-    ]
-    assert not any("fd00" in r for r in rules)
-
-
-def test_init_container_shape() -> None:
-    container = mesh_init_container(settings_for(), CONFIG)
-    assert container["name"] == constants.INIT_CONTAINER
-    assert container["image"] == CONFIG.init.image
-    assert container["command"][:2] == ["sh", "-c"]
-    script = container["command"][2]
-    assert script.startswith("set -eu\n")
-    assert render_rules(settings_for(), proxy_uid=CONFIG.proxy.uid) in script
-    context = container["securityContext"]
-    assert context["runAsUser"] == 0
-    assert context["runAsNonRoot"] is False
-    assert context["privileged"] is False
-    assert context["allowPrivilegeEscalation"] is False
-    assert context["readOnlyRootFilesystem"] is True
-    assert context["capabilities"] == {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}
-    assert container["resources"] == {
-        "limits": {"memory": "64Mi"},
-        "requests": {"cpu": "10m", "memory": "16Mi"},
-    }
-
-
-IPTABLES = shutil.which("iptables-restore")
-UNSHARE = shutil.which("unshare")
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="iptables-restore --test needs root")
-@pytest.mark.skipif(IPTABLES is None or UNSHARE is None, reason="needs iptables and unshare")
-@pytest.mark.parametrize(
-    "annotations",
-    [
-        pytest.param({}, id="defaults"),
-        pytest.param(
-            {
-                "exclude-inbound-ports": "22,9090",
-                "exclude-outbound-ports": "5432",
-                "exclude-outbound-cidrs": "10.0.0.0/8,169.254.169.254/32",
-            },
-            id="exclusions",
-        ),
-        pytest.param(
-            {"include-inbound-ports": "8080", "include-outbound-cidrs": "10.96.0.0/12"},
-            id="includes",
-        ),
-        pytest.param({"include-inbound-ports": ""}, id="no-inbound"),
-    ],
-)
-def test_rendered_rules_pass_iptables_restore_test(annotations: dict[str, str]) -> None:
-    # A throwaway network namespace: --test parses and checks without committing,
-    # and even a bug here could not touch the host's tables.
-    rules = render_rules(settings_for(**annotations), proxy_uid=1337)
-    result = subprocess.run(
-        [str(UNSHARE), "--net", str(IPTABLES), "--test", "--noflush"],
-        input=rules,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+# mesh-init's rules and script: tests/test_iptables.py.

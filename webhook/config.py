@@ -17,7 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from webhook import constants
 from webhook.quantity import QuantityError, check_quantity
-from webhook.values import LOG_LEVELS, check_address
+from webhook.values import LOG_LEVELS, check_address, parse_image_tag
 
 LogLevel = Literal["trace", "debug", "info", "warning", "error", "critical", "off"]
 if set(get_args(LogLevel)) != set(LOG_LEVELS):  # pragma: no cover - keeps the two in step
@@ -76,6 +76,12 @@ class ProxyConfig(_Model):
             raise ValueError("must be an image repository without tag or digest")
         return value
 
+    @field_validator("version")
+    @classmethod
+    def _tag(cls, value: str) -> str:
+        # The same rule as the proxy-version setting: it becomes the image tag.
+        return parse_image_tag(value)
+
     @field_validator("xds_address")
     @classmethod
     def _xds(cls, value: str | None) -> str | None:
@@ -99,6 +105,13 @@ class InjectorConfig(_Model):
     proxy: ProxyConfig = ProxyConfig()
     init: InitConfig = InitConfig()
     excluded_namespaces: tuple[str, ...] = constants.DEFAULT_EXCLUDED_NAMESPACES
+    # Intercept IPv6 as well as IPv4: ip6tables rules in mesh-init and IPv6
+    # listeners in the proxy. Turn off only where nodes boot with
+    # ipv6.disable=1: Envoy refuses a bootstrap naming any IPv6 address on a
+    # kernel without IPv6 sockets ("malformed IP address: ::"), so the proxy
+    # could not start there. (mesh-init alone would cope: it skips its IPv6
+    # half on such nodes.) docs/settings.md, "IPv6".
+    ipv6: bool = True
 
 
 def parse_config(text: str, *, origin: str = "config") -> InjectorConfig:

@@ -10,26 +10,33 @@ separated by ``_``; CIDR lists (which need ``/``) can only be annotations.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
 from webhook import constants
+from webhook.bounded_cache import BoundedCache
 from webhook.config import InjectorConfig
 from webhook.quantity import QuantityError, check_quantity, parse_quantity
 from webhook.values import (
     ALL,
+    MAX_CIDR_LIST_CHARS,
+    MAX_PORT_LIST_CHARS,
+    MAX_SCALAR_CHARS,
     AllOr,
     CidrList,
     PortList,
     check_address,
+    check_text,
+    cidr_family,
     parse_bool,
     parse_cidrs,
     parse_image_tag,
     parse_log_level,
     parse_ports,
+    shorten,
 )
 
 
@@ -44,14 +51,18 @@ class Source(StrEnum):
 
 
 class SettingsError(ValueError):
-    """A setting has an invalid value; the pod is refused with this message."""
+    """A setting has an invalid value; the pod is refused with this message.
+
+    The value is quoted shortened (``shorten``): the message is one line of
+    bounded length whatever the pod carried.
+    """
 
     def __init__(self, key: str, source: Source, raw: str, problem: str) -> None:
         self.key = key
         self.source = source
         self.raw = raw
         self.problem = problem
-        super().__init__(f"{source} {key}={raw!r} is invalid: {problem}")
+        super().__init__(f"{source} {key}={shorten(raw)} is invalid: {problem}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +117,8 @@ class _Key:
     field: str
     parse: _Parser
     label_ok: bool = True
+    # Checked on the raw value before anything else (values.py, "limits").
+    max_chars: int = MAX_SCALAR_CHARS
 
 
 _KEYS: Final[dict[str, _Key]] = {
@@ -116,23 +129,31 @@ _KEYS: Final[dict[str, _Key]] = {
     "proxy-memory-limit": _Key("proxy_memory_limit", _optional_quantity),
     "log-level": _Key("log_level", lambda raw, _s: parse_log_level(raw)),
     "include-inbound-ports": _Key(
-        "include_inbound_ports", lambda raw, s: parse_ports(raw, separator=s, allow_all=True)
+        "include_inbound_ports",
+        lambda raw, s: parse_ports(raw, separator=s, allow_all=True),
+        max_chars=MAX_PORT_LIST_CHARS,
     ),
     "exclude-inbound-ports": _Key(
-        "exclude_inbound_ports", lambda raw, s: parse_ports(raw, separator=s, allow_all=False)
+        "exclude_inbound_ports",
+        lambda raw, s: parse_ports(raw, separator=s, allow_all=False),
+        max_chars=MAX_PORT_LIST_CHARS,
     ),
     "exclude-outbound-ports": _Key(
-        "exclude_outbound_ports", lambda raw, s: parse_ports(raw, separator=s, allow_all=False)
+        "exclude_outbound_ports",
+        lambda raw, s: parse_ports(raw, separator=s, allow_all=False),
+        max_chars=MAX_PORT_LIST_CHARS,
     ),
     "include-outbound-cidrs": _Key(
         "include_outbound_cidrs",
         lambda raw, s: parse_cidrs(raw, separator=s, allow_all=True),
         label_ok=False,
+        max_chars=MAX_CIDR_LIST_CHARS,
     ),
     "exclude-outbound-cidrs": _Key(
         "exclude_outbound_cidrs",
         lambda raw, s: parse_cidrs(raw, separator=s, allow_all=False),
         label_ok=False,
+        max_chars=MAX_CIDR_LIST_CHARS,
     ),
     "native-sidecar": _Key("native_sidecar", lambda raw, _s: parse_bool(raw)),
     "hold-application": _Key("hold_application", lambda raw, _s: parse_bool(raw)),
@@ -189,14 +210,36 @@ def _display(value: Any) -> str:
     return str(value)
 
 
-def _unknown_keys(where: Source, values: Mapping[str, str]) -> list[str]:
-    return [
-        f"{where} {key} is not a known setting and is ignored"
+# Unknown keys are listed one warning each, up to this many; a pod with
+# thousands of them gets one more line saying how many were left out.
+MAX_UNKNOWN_KEY_WARNINGS: Final = 8
+
+
+def _show_key(key: str) -> str:
+    """A key as typed, unless it is too long or unprintable to show as is (CLI and preview
+    input is not checked by an apiserver)."""
+    if len(key) <= 120 and key.isascii() and key.isprintable():
+        return key
+    return shorten(key, 120)
+
+
+def _unknown_keys(layers: tuple[tuple[Source, dict[str, str], str], ...]) -> list[str]:
+    found = [
+        (where, key)
+        for where, values, _sep in reversed(layers)
         for key in values
-        if key.startswith(constants.PREFIX)
-        and key[len(constants.PREFIX) :] not in _KEYS
-        and key not in _OTHER_KEYS
+        if key[len(constants.PREFIX) :] not in _KEYS and key not in _OTHER_KEYS
     ]
+    warnings = [
+        f"{where} {_show_key(key)} is not a known setting and is ignored"
+        for where, key in found[:MAX_UNKNOWN_KEY_WARNINGS]
+    ]
+    if len(found) > MAX_UNKNOWN_KEY_WARNINGS:
+        warnings.append(
+            f"{len(found) - MAX_UNKNOWN_KEY_WARNINGS} more unknown keys under "
+            f"{constants.PREFIX} are ignored"
+        )
+    return warnings
 
 
 _RANK: Final = tuple(Source)
@@ -219,9 +262,26 @@ def _request_over_limit(
     )
 
 
-def _ours(values: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """The items under our prefix: all that resolution reads, and a hashable cache key."""
-    return tuple(item for item in values.items() if item[0].startswith(constants.PREFIX))
+def _ours(values: Mapping[str, str]) -> dict[str, str]:
+    """The items under our prefix: all that resolution reads."""
+    return {key: value for key, value in values.items() if key.startswith(constants.PREFIX)}
+
+
+# (setting name, where it was set, raw value) for each setting some layer sets.
+_Winners = tuple[tuple[str, Source, str], ...]
+
+# Resolved settings per distinct (config, winning values). Bounded in entries
+# and in bytes: each entry is charged five times the raw text it was parsed
+# from (the key keeps the text; parsed tuples and provenance strings repeat
+# it) plus 4 KiB for the objects themselves. Measured with tracemalloc
+# (tests/test_settings.py) that covers what an entry really keeps alive: about
+# 3 KB for typical settings, 52 KB for the worst accepted ones (charged 60 KB),
+# so 8 MiB holds about 2,000 typical entries or 140 worst ones.
+SETTINGS_CACHE: Final[BoundedCache[tuple[InjectorConfig, _Winners], ProxySettings]] = BoundedCache(
+    max_entries=4096, max_bytes=8 * 1024 * 1024
+)
+_ENTRY_OVERHEAD: Final = 4096
+_CHARGE_PER_CHAR: Final = 5
 
 
 def resolve_settings(
@@ -233,53 +293,65 @@ def resolve_settings(
 ) -> ProxySettings:
     """Resolve every setting by precedence; raise SettingsError on the first invalid one.
 
-    Only the value that wins is parsed: a bad namespace label that a pod
-    annotation overrides does not refuse the pod. Results are cached by the
-    inputs that matter (the config and the ``sidecar.mesh.io/`` items): the
-    pods of one workload, and of one namespace, almost always resolve alike,
-    and resolution was the engine's largest cost per admission.
+    Only the value that wins is checked and parsed: a bad namespace label that
+    a pod annotation overrides does not refuse the pod. Cheap checks come
+    first: the winners are picked by dictionary look-ups and their lengths
+    checked against each key's limit before anything is parsed, hashed or
+    cached, so an oversized value costs microseconds. Results are cached by
+    the config and the winning values: the pods of one workload, and of one
+    namespace, almost always resolve alike.
     """
-    return _resolve(
-        config, _ours(namespace_labels), _ours(namespace_annotations), _ours(pod_annotations)
-    )
-
-
-# Bounded: each entry is one distinct combination of settings in use.
-@functools.lru_cache(maxsize=4096)
-def _resolve(
-    config: InjectorConfig,
-    namespace_labels: tuple[tuple[str, str], ...],
-    namespace_annotations: tuple[tuple[str, str], ...],
-    pod_annotations: tuple[tuple[str, str], ...],
-) -> ProxySettings:
     layers = (
-        (Source.POD_ANNOTATION, dict(pod_annotations), ","),
-        (Source.NAMESPACE_ANNOTATION, dict(namespace_annotations), ","),
-        (Source.NAMESPACE_LABEL, dict(namespace_labels), "_"),
+        (Source.POD_ANNOTATION, _ours(pod_annotations), ","),
+        (Source.NAMESPACE_ANNOTATION, _ours(namespace_annotations), ","),
+        (Source.NAMESPACE_LABEL, _ours(namespace_labels), "_"),
     )
-    warnings: list[str] = []
-    for where, values, _sep in reversed(layers):
-        warnings.extend(_unknown_keys(where, values))
-
-    resolved: dict[str, Any] = {}
-    provenance: dict[str, Provenance] = {}
-    for name, (default, default_source) in _defaults(config).items():
+    warnings = _unknown_keys(layers)
+    winners: list[tuple[str, Source, str]] = []
+    for name, spec in _KEYS.items():
         key = constants.PREFIX + name
-        spec = _KEYS[name]
-        value, source = default, default_source
-        for where, values, separator in layers:
+        for where, values, _sep in layers:
             raw = values.get(key)
             if raw is None:
                 continue
             if where is Source.NAMESPACE_LABEL and not spec.label_ok:
                 warnings.append(f"{where} {key} is ignored: CIDR lists can only be annotations")
                 continue
-            try:
-                value = spec.parse(raw, separator)
-            except ValueError as err:
-                raise SettingsError(key, where, raw, str(err)) from None
-            source = where
+            if len(raw) > spec.max_chars:
+                raise SettingsError(
+                    key, where, raw, f"it is longer than {spec.max_chars} characters"
+                )
+            winners.append((name, where, raw))
             break
+
+    cache_key = (config, tuple(winners))
+    settings = SETTINGS_CACHE.get(cache_key)
+    if settings is None:
+        settings = _resolve(config, cache_key[1])
+        size = _ENTRY_OVERHEAD + _CHARGE_PER_CHAR * sum(len(raw) for _, _, raw in winners)
+        SETTINGS_CACHE.put(cache_key, settings, size=size)
+    if warnings:
+        settings = dataclasses.replace(settings, warnings=(*warnings, *settings.warnings))
+    return settings
+
+
+def _resolve(config: InjectorConfig, winners: _Winners) -> ProxySettings:
+    """Parse the winning values over the config's defaults; raise SettingsError if one is bad."""
+    separators = {Source.NAMESPACE_LABEL: "_"}
+    chosen = {name: (where, raw) for name, where, raw in winners}
+    resolved: dict[str, Any] = {}
+    provenance: dict[str, Provenance] = {}
+    for name, (default, default_source) in _defaults(config).items():
+        key = constants.PREFIX + name
+        spec = _KEYS[name]
+        value, source = default, default_source
+        if name in chosen:
+            source, raw = chosen[name]
+            try:
+                check_text(raw)
+                value = spec.parse(raw, separators.get(source, ","))
+            except ValueError as err:
+                raise SettingsError(key, source, raw, str(err)) from None
         resolved[spec.field] = value
         provenance[key] = Provenance(_display(value), source)
 
@@ -293,4 +365,38 @@ def _resolve(
         ):
             raise _request_over_limit(resource, request, limit, provenance)
 
+    warnings = _cidr_family_warnings(resolved, provenance, ipv6=config.ipv6)
     return ProxySettings(**resolved, provenance=provenance, warnings=tuple(warnings))
+
+
+def _cidr_family_warnings(
+    resolved: Mapping[str, Any], provenance: Mapping[str, Provenance], *, ipv6: bool
+) -> list[str]:
+    """Say which family's outbound traffic an include-outbound-cidrs list leaves alone.
+
+    A list that names only IPv4 ranges turns IPv6 outbound interception off
+    (and the other way round): probably not what was meant, and a bypass if not.
+    """
+    warnings: list[str] = []
+    include = resolved["include_outbound_cidrs"]
+    key = constants.PREFIX + "include-outbound-cidrs"
+    where = provenance[key].source
+    families = (4, 6) if ipv6 else (4,)
+    if include != ALL:
+        present = {cidr_family(cidr) for cidr in include}
+        warnings += [
+            f"{where} {key} names no IPv{family} range: "
+            f"the pod's outbound IPv{family} traffic is not intercepted"
+            for family in families
+            if family not in present
+        ]
+    if not ipv6:
+        for name in ("include_outbound_cidrs", "exclude_outbound_cidrs"):
+            cidrs = resolved[name]
+            if cidrs != ALL and any(cidr_family(cidr) == 6 for cidr in cidrs):
+                listed = constants.PREFIX + name.replace("_", "-")
+                warnings.append(
+                    f"{provenance[listed].source} {listed} has IPv6 ranges, which are ignored: "
+                    f"the injector's config turns IPv6 interception off (ipv6: false)"
+                )
+    return warnings

@@ -13,6 +13,12 @@ network testing, one /30 per box; servers outside bind only the host end of
 the veth, so every packet stays on the pair. Every wait has a deadline, and
 ``pod_box`` tears down processes, namespace and veth even when a step fails.
 
+IPv6 (``pod_box(ipv6=True)``, alone or next to IPv4): a /64 per box from a
+unique local prefix (RFC 4193, never routed beyond a site) fixed for these
+tests, host end ``::1``, pod ``::2``, added without duplicate address detection
+so they are usable at once. ``disable_ipv6=True`` turns IPv6 off inside the
+pod's namespace with the sysctl a node or pod would use.
+
 By hand (as root): ``python -m pytest -m netns tests/e2e -q`` or ``make e2e``.
 """
 
@@ -45,9 +51,13 @@ NETNS_PREFIX: Final = "podbox-"
 VETH_PREFIX: Final = "pbx"
 APP_UID: Final = 4321
 TEST_RANGE: Final = ipaddress.ip_network("198.18.0.0/15")
+TEST_RANGE6: Final = ipaddress.ip_network("fd53:1a5f:7e00::/48")
 
 # Every process this module starts, so a test can prove none outlived its box.
 STARTED_PIDS: list[int] = []
+# Every namespace and host-side veth this process created: other worktrees may
+# run pod-in-a-box at the same time, and their boxes are not ours to report.
+CREATED_NAMES: list[str] = []
 
 # The in-namespace helper, run as ``python -c``: it must not need the repository
 # (the app UID cannot read a root-owned virtualenv under /root), so it is
@@ -60,15 +70,20 @@ cmd, uid = sys.argv[1], int(sys.argv[2])
 if uid:
     os.setgroups([]); os.setgid(uid); os.setuid(uid)
 if cmd == "serve":
-    srv = socket.socket()
+    try:  # one socket for both families where the pod has IPv6
+        srv = socket.socket(socket.AF_INET6)
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        host = "::"
+    except OSError:
+        srv, host = socket.socket(), "0.0.0.0"
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", int(sys.argv[3])))
+    srv.bind((host, int(sys.argv[3])))
     srv.listen(16)
     print("ready", flush=True)
     while True:
         conn, peer = srv.accept()
         with conn:
-            conn.sendall(f"{peer[0]} {peer[1]}\n".encode())
+            conn.sendall(f"{peer[0].removeprefix('::ffff:')} {peer[1]}\n".encode())
 elif cmd == "connect":
     with socket.create_connection((sys.argv[3], int(sys.argv[4])), timeout=5) as conn:
         print(conn.makefile().readline().strip())
@@ -88,6 +103,9 @@ def missing_requirement() -> str | None:
     for tool, package in (
         ("ip", "iproute2"),
         ("iptables-restore", "iptables"),
+        ("ip6tables-restore", "iptables"),
+        ("ip6tables", "iptables"),
+        ("unshare", "util-linux"),
         ("setpriv", "util-linux"),
         ("bash", "bash"),
     ):
@@ -115,6 +133,25 @@ def _pick_subnet() -> ipaddress.IPv4Network:
         if f" {subnet[1]}/" not in used and f" {subnet[2]}/" not in used:
             return subnet  # type: ignore[return-value]
     raise RuntimeError("no free /30 in 198.18.0.0/15")
+
+
+def _pick_subnet6() -> ipaddress.IPv6Network:
+    """A /64 in the IPv6 test range that no interface on this host uses yet."""
+    used = subprocess.run(
+        ["ip", "-6", "-o", "addr", "show"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+    for _ in range(100):
+        subnet = ipaddress.IPv6Network(
+            (int(TEST_RANGE6.network_address) + (random.randrange(2**16) << 64), 64)  # noqa: S311 - uniqueness, not secrecy
+        )
+        if f" {str(subnet.network_address).removesuffix('::')}:" not in used:
+            return subnet
+    raise RuntimeError(f"no free /64 in {TEST_RANGE6}")
+
+
+def url_host(address: str) -> str:
+    """An address as the host part of a URL (IPv6 in brackets)."""
+    return f"[{address}]" if ":" in address else address
 
 
 def _wait_line(proc: subprocess.Popen[str], *, deadline: float) -> str:
@@ -157,6 +194,13 @@ class Box:
     workdir: Path
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     proxy: subprocess.Popen[Any] | None = None
+    # (host end, pod end) per address family the pod has; host_ip/pod_ip above
+    # are the primary family's (IPv4 when the pod has it), as status.podIP is.
+    families: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    def addresses(self, family: int) -> tuple[str, str]:
+        """(host end, pod end) of one family; KeyError when the pod lacks it."""
+        return self.families[family]
 
     # --- running things inside ------------------------------------------------------
 
@@ -267,22 +311,55 @@ class Box:
         path = f"{find_envoy().parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         return {"PATH": path, **container_env(container, self.pod_fields(pod))}
 
-    def run_init(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> str:
-        """Run ``mesh-init`` as specified, as root in the pod; its output (the saved table)."""
+    def run_init(
+        self, pod: Mapping[str, Any], container: Mapping[str, Any], *, hide_ipv6: bool = False
+    ) -> str:
+        """Run ``mesh-init`` as specified, as root in the pod; its output (the saved table).
+
+        ``hide_ipv6`` makes the script see no ``/proc/net/if_inet6``, as on a
+        kernel booted with ``ipv6.disable=1`` (this one has IPv6): in a private
+        mount namespace an empty tmpfs covers the shell's own ``/proc/PID/net``,
+        which ``/proc/net`` points to, and the shell then execs the script under
+        that same PID. Only the script's shell is affected; the tools it starts
+        see the real tables.
+        """
         env = self.container_environ(pod, container)
-        result = self.run(expanded_command(container, env), env=env)
+        argv = expanded_command(container, env)
+        if hide_ipv6:
+            assert argv[:2] == ["sh", "-c"], argv[:2]
+            wrapper = 'mount -t tmpfs none "/proc/$$/net" && exec sh -c "$0"'
+            argv = ["unshare", "--mount", "sh", "-c", wrapper, argv[2]]
+        result = self.run(argv, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"mesh-init failed ({result.returncode}): {result.stderr}")
         return result.stdout
 
-    def start_proxy(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> None:
-        """Start ``mesh-proxy`` as specified, as its UID/GID, in the pod."""
+    def start_proxy(
+        self,
+        pod: Mapping[str, Any],
+        container: Mapping[str, Any],
+        *,
+        wrapper: Sequence[str] = (),
+    ) -> None:
+        """Start ``mesh-proxy`` as specified, as its UID/GID, in the pod.
+
+        ``wrapper`` is a command prefix run as root first (e.g. one that
+        installs a seccomp filter, tests/support/no_ipv6.py).
+        """
         env = self.container_environ(pod, container)
         uid = container["securityContext"]["runAsUser"]
         gid = container["securityContext"]["runAsGroup"]
         argv = expanded_command(container, env)
         self.proxy = self.start(
-            ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv],
+            [
+                *wrapper,
+                "setpriv",
+                f"--reuid={uid}",
+                f"--regid={gid}",
+                "--clear-groups",
+                "--",
+                *argv,
+            ],
             env=env,
             log="envoy.log",
         )
@@ -292,7 +369,7 @@ class Box:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
-                if http_get(f"http://{self.pod_ip}:15021/healthz/ready")[0] == 200:
+                if http_get(f"http://{url_host(self.pod_ip)}:15021/healthz/ready")[0] == 200:
                     return
             if self.proxy is not None and self.proxy.poll() is not None:
                 break  # Envoy exited: waiting longer cannot help
@@ -322,49 +399,76 @@ class Box:
 
 
 @contextlib.contextmanager
-def pod_box() -> Iterator[Box]:
-    """A fresh, wired-up pod sandbox, torn down on exit whatever happened."""
+def pod_box(*, ipv4: bool = True, ipv6: bool = False, disable_ipv6: bool = False) -> Iterator[Box]:
+    """A fresh, wired-up pod sandbox, torn down on exit whatever happened.
+
+    IPv4 only by default; ``ipv6=True`` adds an IPv6 pair next to it (dual
+    stack), or alone with ``ipv4=False``; ``disable_ipv6=True`` sets
+    ``net.ipv6.conf.{all,default}.disable_ipv6=1`` in the pod's namespace.
+    """
+    if not (ipv4 or ipv6):
+        raise ValueError("a pod needs at least one address family")
     tag = f"{os.getpid() % 10000:04d}{random.randrange(1000):03d}"  # noqa: S311 - uniqueness, not secrecy
-    subnet = _pick_subnet()
+    families: dict[int, tuple[str, str]] = {}
+    if ipv4:
+        subnet = _pick_subnet()
+        families[4] = (str(subnet[1]), str(subnet[2]))
+    if ipv6:
+        subnet6 = _pick_subnet6()
+        families[6] = (str(subnet6[1]), str(subnet6[2]))
+    primary = families[4] if ipv4 else families[6]
+    CREATED_NAMES.extend((f"{NETNS_PREFIX}{tag}", f"{VETH_PREFIX}{tag}h"))
     box = Box(
         name=f"{NETNS_PREFIX}{tag}",
         host_if=f"{VETH_PREFIX}{tag}h",
         pod_if=f"{VETH_PREFIX}{tag}p",
-        host_ip=str(subnet[1]),
-        pod_ip=str(subnet[2]),
+        host_ip=primary[0],
+        pod_ip=primary[1],
         workdir=Path(tempfile.mkdtemp(prefix="podbox-")),
+        families=families,
     )
     try:
         _ip("netns", "add", box.name)
         _ip("link", "add", box.host_if, "type", "veth", "peer", "name", box.pod_if)
         _ip("link", "set", box.pod_if, "netns", box.name)
-        _ip("addr", "add", f"{box.host_ip}/30", "dev", box.host_if)
-        _ip("link", "set", box.host_if, "up")
         inside = ("-n", box.name)
+        if disable_ipv6:
+            subprocess.run(
+                ["ip", "netns", "exec", box.name, "sysctl", "-qw",
+                 "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+                check=True, capture_output=True, timeout=10,
+            )  # fmt: skip
+        for family, (host_ip, pod_ip) in families.items():
+            length, extra = ("30", ()) if family == 4 else ("64", ("nodad",))
+            _ip("addr", "add", f"{host_ip}/{length}", "dev", box.host_if, *extra)
+            _ip(*inside, "addr", "add", f"{pod_ip}/{length}", "dev", box.pod_if, *extra)
+        _ip("link", "set", box.host_if, "up")
         _ip(*inside, "link", "set", "lo", "up")
-        _ip(*inside, "addr", "add", f"{box.pod_ip}/30", "dev", box.pod_if)
         _ip(*inside, "link", "set", box.pod_if, "up")
-        _ip(*inside, "route", "add", "default", "via", box.host_ip)
+        for family, (host_ip, _pod_ip) in families.items():
+            _ip(*inside, f"-{family}", "route", "add", "default", "via", host_ip)
         yield box
     finally:
         box.close()
 
 
 def leftovers() -> list[str]:
-    """Anything of ours still on the host: namespaces, veths, live processes."""
+    """Anything this process left on the host: namespaces, veths, live processes."""
     found: list[str] = []
     netns = subprocess.run(
         ["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=False
     )
     found += [
-        line.split()[0] for line in netns.stdout.splitlines() if line.startswith(NETNS_PREFIX)
+        line.split()[0]
+        for line in netns.stdout.splitlines()
+        if line.startswith(NETNS_PREFIX) and line.split()[0] in CREATED_NAMES
     ]
     links = subprocess.run(
         ["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=10, check=False
     )
     for line in links.stdout.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
-        if name.startswith(VETH_PREFIX):
+        if name.startswith(VETH_PREFIX) and name in CREATED_NAMES:
             found.append(name)
     for pid in STARTED_PIDS:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -404,7 +508,8 @@ class HostServer:
         self.peers: list[str] = []
         self.received = b""
         self._capture = capture
-        self._sock = socket.create_server((host, port), reuse_port=False)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.create_server((host, port), family=family, reuse_port=False)
         self._sock.settimeout(0.1)
         self._stop = threading.Event()
         self._got = threading.Event()

@@ -27,6 +27,7 @@ from tests.e2e.podbox import (
     leftovers,
     missing_requirement,
     pod_box,
+    url_host,
 )
 
 _MISSING = missing_requirement()
@@ -101,32 +102,50 @@ def started_box_checks(box: Any, pod: dict[str, Any]) -> None:
     del pod
 
 
+# Box shapes for the interception test: pod_box() arguments. The proxy's health
+# and metrics ports answer on the primary address (status.podIP), IPv4 when
+# the pod has it; the redirect rules and listeners cover both families.
+BOXES: dict[str, dict[str, bool]] = {
+    "ipv4": {},
+    "dual-stack": {"ipv6": True},
+    "ipv6-only": {"ipv4": False, "ipv6": True},
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "family"),
+    [("ipv4", 4), ("dual-stack", 4), ("dual-stack", 6), ("ipv6-only", 6)],
+)
 def test_injected_pod_intercepts_inbound_and_outbound(
-    tmp_path: Path, upstreams: dict[str, HostServer]
+    tmp_path: Path, upstreams: dict[str, HostServer], kind: str, family: int
 ) -> None:
     pod = inject(tmp_path, {})
-    with pod_box() as box:
+    with pod_box(**BOXES[kind]) as box:
+        host_ip, pod_ip = box.addresses(family)
         table = box.run_init(pod, container(pod, "mesh-init"))
         assert "MESH_OUTPUT" in table
+        # Both families' rules are in, whatever the pod's addresses.
+        assert "-A MESH_OUTPUT -d 127.0.0.0/8 -o lo -j RETURN" in table
+        assert "-A MESH_OUTPUT -d ::1/128 -o lo -j RETURN" in table
         box.start_proxy(pod, container(pod, "mesh-proxy"))
         box.start_app_server(APP_PORT)
         box.start_app_server(APP_EXCLUDED_PORT)
-        upstreams["redirected"] = HostServer(box.host_ip, UPSTREAM_PORT)
-        upstreams["excluded"] = HostServer(box.host_ip, UPSTREAM_EXCLUDED_PORT)
+        upstreams["redirected"] = HostServer(host_ip, UPSTREAM_PORT)
+        upstreams["excluded"] = HostServer(host_ip, UPSTREAM_EXCLUDED_PORT)
         box.wait_ready()
 
         # Inbound to the app's port: through the proxy, whose passthrough
         # connects from the pod IP; the inbound listener counts it.
         stats = box.stats()
-        peer = connect_from_host(box.pod_ip, APP_PORT)
-        assert peer.split()[0] == box.pod_ip
+        peer = connect_from_host(pod_ip, APP_PORT)
+        assert peer.split()[0] == pod_ip
         after = box.stats()
         assert after["listener.inbound.downstream_cx_total"] == (
             stats["listener.inbound.downstream_cx_total"] + 1
         )
         # Inbound to an excluded port: straight to the app, from the host.
-        peer = connect_from_host(box.pod_ip, APP_EXCLUDED_PORT)
-        assert peer.split()[0] == box.host_ip
+        peer = connect_from_host(pod_ip, APP_EXCLUDED_PORT)
+        assert peer.split()[0] == host_ip
         assert (
             box.stats()["listener.inbound.downstream_cx_total"]
             == (after["listener.inbound.downstream_cx_total"])
@@ -135,9 +154,9 @@ def test_injected_pod_intercepts_inbound_and_outbound(
         # Outbound from the app: through 15001 exactly once (the proxy's own
         # upstream connection is UID-exempt, so it is not redirected again).
         stats = box.stats()
-        answer = box.connect_as_app(box.host_ip, UPSTREAM_PORT)
-        assert answer.split()[0] == box.pod_ip
-        assert upstreams["redirected"].peers == [box.pod_ip]
+        answer = box.connect_as_app(host_ip, UPSTREAM_PORT)
+        assert answer.split()[0] == pod_ip
+        assert upstreams["redirected"].peers == [pod_ip]
         after = box.stats()
         assert after["listener.outbound.downstream_cx_total"] == (
             stats["listener.outbound.downstream_cx_total"] + 1
@@ -146,8 +165,8 @@ def test_injected_pod_intercepts_inbound_and_outbound(
             stats.get("cluster.outbound_passthrough.upstream_cx_total", 0) + 1
         )
         # Outbound to an excluded port: direct, the proxy never sees it.
-        box.connect_as_app(box.host_ip, UPSTREAM_EXCLUDED_PORT)
-        assert upstreams["excluded"].peers == [box.pod_ip]
+        box.connect_as_app(host_ip, UPSTREAM_EXCLUDED_PORT)
+        assert upstreams["excluded"].peers == [pod_ip]
         assert (
             box.stats()["listener.outbound.downstream_cx_total"]
             == (after["listener.outbound.downstream_cx_total"])
@@ -155,7 +174,7 @@ def test_injected_pod_intercepts_inbound_and_outbound(
 
         # The app calling its own pod IP gets the inbound treatment (via lo).
         stats = box.stats()
-        assert box.connect_as_app(box.pod_ip, APP_PORT).split()[0] == box.pod_ip
+        assert box.connect_as_app(pod_ip, APP_PORT).split()[0] == pod_ip
         after = box.stats()
         assert after["listener.inbound.downstream_cx_total"] == (
             stats["listener.inbound.downstream_cx_total"] + 1
@@ -165,7 +184,7 @@ def test_injected_pod_intercepts_inbound_and_outbound(
             == (stats["listener.outbound.downstream_cx_total"])
         )
         # A connection aimed straight at 15006 is dropped, not forwarded to itself.
-        with socket.create_connection((box.pod_ip, 15006), timeout=5) as conn:
+        with socket.create_connection((pod_ip, 15006), timeout=5) as conn:
             conn.settimeout(5)
             assert conn.recv(1) == b""
         time.sleep(0.2)
@@ -173,15 +192,16 @@ def test_injected_pod_intercepts_inbound_and_outbound(
             after["listener.inbound.downstream_cx_total"] + 1
         )
 
-        # Health and metrics answer on the pod IP from outside; admin does not.
-        status, _ = http_get(f"http://{box.pod_ip}:15021/healthz/ready")
+        # Health and metrics answer on the primary pod IP from outside; admin does not.
+        primary = url_host(box.pod_ip)
+        status, _ = http_get(f"http://{primary}:15021/healthz/ready")
         assert status == 200
-        status, body = http_get(f"http://{box.pod_ip}:15090/stats/prometheus")
+        status, body = http_get(f"http://{primary}:15090/stats/prometheus")
         assert status == 200
         assert "envoy_listener_downstream_cx_total" in body
-        assert http_get(f"http://{box.pod_ip}:15090/stats")[0] == 404
+        assert http_get(f"http://{primary}:15090/stats")[0] == 404
         with pytest.raises(ConnectionRefusedError):
-            socket.create_connection((box.pod_ip, 15000), timeout=3).close()
+            socket.create_connection((pod_ip, 15000), timeout=3).close()
 
 
 def test_proxy_dials_the_xds_address_over_http2(

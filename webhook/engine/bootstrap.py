@@ -10,7 +10,15 @@ What the proxy does without a control plane, and why each piece is there:
 
 * ``outbound`` on 0.0.0.0:15001 and ``inbound`` on 0.0.0.0:15006 receive the
   connections iptables redirects; ``use_original_dst`` recovers where each
-  was going, and a TCP proxy forwards it there (ORIGINAL_DST passthrough). The
+  was going, and a TCP proxy forwards it there (ORIGINAL_DST passthrough).
+  Both also listen on [::] (``additional_addresses``: a second, IPv6-only
+  socket) for what ip6tables redirects. Not one dual-stack ``::`` socket with
+  ``ipv4_compat``: that works for the passthrough too (tested), but IPv4
+  connections then carry IPv4-mapped addresses, and the hand-off by original
+  destination that xDS listeners rely on looks listeners up per family
+  (``0.0.0.0:port`` for IPv4, ``[::]:port`` for IPv6). With ``ipv6: false`` in
+  the injector config the [::] sockets are left out: Envoy refuses a bootstrap
+  naming any IPv6 address on a kernel without IPv6 ("malformed IP address"). The
   inbound passthrough connects from the pod IP to the pod IP, so the app sees
   the pod's own address as the peer: plain, and unmistakable in app logs, with
   no special source address (Istio's 127.0.0.6) to exempt in the rules. The
@@ -24,7 +32,13 @@ What the proxy does without a control plane, and why each piece is there:
   else of the admin API is exposed. They bind to the pod IP rather than
   0.0.0.0: with ``use_original_dst``, a connection to *any* host's port 15021 or
   15090 would otherwise be handed to these wildcard listeners instead of
-  leaving the pod.
+  leaving the pod (Envoy looks up the original destination exactly, then the
+  wildcard of its family). The pod IP is ``status.podIP``: the pod's primary
+  address, IPv4 or IPv6, which is where the kubelet probes and Prometheus'
+  pod discovery scrapes. On a dual-stack pod the secondary family's address
+  does not answer on these two ports: a container cannot know it (the downward
+  API gives only the comma-joined ``status.podIPs``), and a [::] wildcard would
+  capture the app's IPv6 connections to other pods' 15021/15090.
 * With ``xds_address`` set, listeners and clusters also come over ADS (gRPC,
   v3) from ``xds_cluster``, an HTTP/2 cluster pointing at that address.
 """
@@ -70,13 +84,19 @@ def _tcp_proxy(stat_prefix: str, cluster: str) -> dict[str, Any]:
     }
 
 
-def _transparent_listener(name: str, port: int, passthrough: str, direction: str) -> dict[str, Any]:
-    return {
+def _transparent_listener(
+    name: str, port: int, passthrough: str, direction: str, *, ipv6: bool
+) -> dict[str, Any]:
+    listener: dict[str, Any] = {
         "name": name,
         "stat_prefix": name,
         # What /drain_listeners?inboundonly goes by (the preStop hook, proxy.py).
         "traffic_direction": direction,
         "address": _address("0.0.0.0", port),  # noqa: S104 - redirected traffic arrives on any address
+    }
+    if ipv6:
+        listener["additional_addresses"] = [{"address": _address("::", port)}]
+    return listener | {
         "use_original_dst": True,
         "filter_chains": [
             {
@@ -183,7 +203,6 @@ def _xds_cluster(address: str) -> dict[str, Any]:
 
 def bootstrap_config(settings: ProxySettings, config: InjectorConfig) -> dict[str, Any]:
     """The bootstrap as a plain dict (``render_bootstrap`` serialises it)."""
-    del config  # everything config-derived reaches the bootstrap through settings
     clusters = [
         _passthrough_cluster(OUTBOUND_PASSTHROUGH),
         _passthrough_cluster(INBOUND_PASSTHROUGH),
@@ -200,10 +219,18 @@ def bootstrap_config(settings: ProxySettings, config: InjectorConfig) -> dict[st
         "static_resources": {
             "listeners": [
                 _transparent_listener(
-                    OUTBOUND_STATS, constants.OUTBOUND_PORT, OUTBOUND_PASSTHROUGH, "OUTBOUND"
+                    OUTBOUND_STATS,
+                    constants.OUTBOUND_PORT,
+                    OUTBOUND_PASSTHROUGH,
+                    "OUTBOUND",
+                    ipv6=config.ipv6,
                 ),
                 _transparent_listener(
-                    INBOUND_STATS, constants.INBOUND_PORT, INBOUND_PASSTHROUGH, "INBOUND"
+                    INBOUND_STATS,
+                    constants.INBOUND_PORT,
+                    INBOUND_PASSTHROUGH,
+                    "INBOUND",
+                    ipv6=config.ipv6,
                 ),
                 _admin_route_listener(
                     "health", constants.HEALTH_PORT, constants.HEALTH_PATH, "/ready"

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+
+import orjson
 
 from webhook import constants
 from webhook.config import InjectorConfig
+
+# Pod Security admission (built into the apiserver) reads these namespace labels.
+POD_SECURITY_ENFORCE: Final = "pod-security.kubernetes.io/enforce"
+POD_SECURITY_ENFORCE_VERSION: Final = "pod-security.kubernetes.io/enforce-version"
+# A status annotation is only read when it could be ours: the injector writes
+# a few hundred bytes; anything much larger is not worth parsing per admission.
+MAX_STATUS_CHARS: Final = 16 * 1024
 
 
 class NamespaceLike(Protocol):
@@ -54,17 +63,28 @@ def decide(
 
     if spec.get("hostNetwork") is True:
         return Decision(False, "host-network", "pod uses the host network namespace")
+    pod_os = spec.get("os")
+    if isinstance(pod_os, Mapping) and pod_os.get("name") == "windows":
+        return Decision(
+            False,
+            "windows-pod",
+            "pod runs on Windows (spec.os.name: windows): netfilter rules and "
+            "Envoy's Linux settings do not apply there",
+        )
     if constants.MIRROR_POD_ANNOTATION in annotations:
         return Decision(False, "mirror-pod", "static (mirror) pods are managed by the kubelet")
     if namespace.name in config.excluded_namespaces:
         return Decision(
             False, "excluded-namespace", f"namespace {namespace.name} is excluded from injection"
         )
-    if constants.STATUS_ANNOTATION in annotations:
+    if constants.STATUS_ANNOTATION in annotations and _status_holds(
+        annotations[constants.STATUS_ANNOTATION], spec
+    ):
         return Decision(
             False,
             "already-injected",
-            f"pod already has the {constants.STATUS_ANNOTATION} annotation",
+            f"pod already has the {constants.STATUS_ANNOTATION} annotation "
+            f"and the containers it lists",
         )
     namespace_label = namespace.labels.get(constants.NAMESPACE_INJECTION_LABEL)
     if namespace_label == constants.DISABLED:
@@ -75,13 +95,28 @@ def decide(
             f"{constants.NAMESPACE_INJECTION_LABEL}={constants.DISABLED}",
         )
 
+    # The label wins over the annotation, but only with a value that means
+    # something: an invalid one is ignored (inject() warns) and the other decides.
     from_label = labels.get(constants.INJECT_KEY)
-    pod_choice = from_label if from_label is not None else annotations.get(constants.INJECT_KEY)
-    where = "label" if from_label is not None else "annotation"
-    if pod_choice == "false":
-        return Decision(False, "pod-opted-out", f"pod {where} {constants.INJECT_KEY}=false")
-    if pod_choice == "true":
-        return Decision(True, "pod-opted-in", f"pod {where} {constants.INJECT_KEY}=true")
+    from_annotation = annotations.get(constants.INJECT_KEY)
+    pod_choice: str | None
+    if from_label in _CHOICES:
+        pod_choice, where = from_label, "label"
+    else:
+        pod_choice, where = from_annotation, "annotation"
+    if pod_choice in _CHOICES:
+        ignored = (
+            f" (the label's value {from_label!r} is ignored)"
+            if from_label is not None and where == "annotation"
+            else ""
+        )
+        if len(ignored) > 80:
+            ignored = " (the label's invalid value is ignored)"
+        if pod_choice == "false":
+            return Decision(
+                False, "pod-opted-out", f"pod {where} {constants.INJECT_KEY}=false{ignored}"
+            )
+        return Decision(True, "pod-opted-in", f"pod {where} {constants.INJECT_KEY}=true{ignored}")
 
     if namespace_label == constants.ENABLED:
         return Decision(
@@ -96,4 +131,73 @@ def decide(
         f"namespace {namespace.name} is not labelled "
         f"{constants.NAMESPACE_INJECTION_LABEL}={constants.ENABLED} "
         f"and the pod does not ask for injection",
+    )
+
+
+_CHOICES: Final = ("true", "false")
+
+
+def _status_holds(value: str, spec: Mapping[str, Any]) -> bool:
+    """Whether a status annotation describes this pod: every container it lists is present.
+
+    Copied metadata (a pod built from another pod's YAML, a template edited
+    by hand) can carry the annotation without the containers; such a pod is
+    injected again. Only the ``containers`` and ``initContainers`` lists are
+    read (the rest of the format is the status writer's); unparseable JSON, a
+    shape that is not ours, or a list naming nothing does not count.
+    """
+    if len(value) > MAX_STATUS_CHARS:
+        return False
+    try:
+        status = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(status, dict):
+        return False
+    listed = 0
+    for field in ("containers", "initContainers"):
+        names = status.get(field, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return False
+        present = {item.get("name") for item in spec.get(field) or () if isinstance(item, Mapping)}
+        if not present.issuperset(names):
+            return False
+        listed += len(names)
+    return listed > 0
+
+
+def _cut(text: str) -> str:
+    """Label values are at most 63 characters in a cluster; previews may assume longer ones."""
+    return text if len(text) <= 63 else text[:60] + "..."
+
+
+def pod_security_refusal(namespace: NamespaceLike) -> str | None:
+    """Why a pod injected into ``namespace`` would be rejected by Pod Security, or None.
+
+    ``mesh-init`` adds the NET_ADMIN and NET_RAW capabilities (and runs as
+    root), which the ``baseline`` and ``restricted`` levels forbid in every
+    policy version, so ``enforce-version`` does not change the answer; it is
+    named in the message when set. A level Pod Security cannot parse is
+    enforced as ``restricted`` by the apiserver, and so refused here too.
+    ``privileged``, or no enforce label (the cluster's default applies, which
+    the injector cannot see and is ``privileged`` unless configured), passes.
+    Exemptions in the apiserver's admission configuration are not visible here.
+    """
+    level = namespace.labels.get(POD_SECURITY_ENFORCE)
+    if level is None or level == "privileged":
+        return None
+    version = namespace.labels.get(POD_SECURITY_ENFORCE_VERSION)
+    if level in ("baseline", "restricted"):
+        enforced = f"Pod Security level {level!r}"
+    else:
+        enforced = (
+            f"Pod Security level 'restricted' (its label value {_cut(level)!r} is not a level)"
+        )
+    if version is not None:
+        enforced += f" (version {_cut(version)!r})"
+    return (
+        f"namespace {namespace.name} enforces {enforced}, which forbids the NET_ADMIN and "
+        f"NET_RAW capabilities mesh-init needs to redirect the pod's traffic; label the "
+        f"namespace {POD_SECURITY_ENFORCE}=privileged to mesh it, or opt the pod out with "
+        f"{constants.INJECT_KEY}=false"
     )

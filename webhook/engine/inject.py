@@ -9,8 +9,6 @@ look-ups. The result is the patch; the patched object is made from it, by
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -18,8 +16,9 @@ import jsonpatch
 import orjson
 
 from webhook import __version__, constants
+from webhook.bounded_cache import BoundedCache
 from webhook.config import InjectorConfig
-from webhook.engine.decision import Decision, NamespaceLike, decide
+from webhook.engine.decision import Decision, NamespaceLike, decide, pod_security_refusal
 from webhook.engine.frozen import freeze
 from webhook.engine.iptables import mesh_init_container
 from webhook.engine.patch import Additions, Op, build_patch, prior_shapes
@@ -34,6 +33,7 @@ from webhook.engine.workloads import (
     pod_parts,
 )
 from webhook.settings import ProxySettings, SettingsError, resolve_settings
+from webhook.values import shorten
 
 PASS_THROUGH = Decision(False, "not-a-workload", "kind has no pod template")
 
@@ -102,6 +102,9 @@ def inject(
     warnings = _choice_warnings(meta)
     if not decision.inject:
         return InjectionResult(decision, location, obj, warnings=warnings)
+    refusal = pod_security_refusal(namespace)
+    if refusal is not None:
+        raise InjectionRefused(f"{describe(obj)}: {refusal}")
 
     annotations: dict[str, str] = meta.get("annotations") or {}
     try:
@@ -144,7 +147,7 @@ def _choice_warnings(meta: dict[str, Any]) -> tuple[str, ...]:
         value = (meta.get(where) or {}).get(constants.INJECT_KEY)
         if value is not None and value not in ("true", "false"):
             found.append(
-                f"pod {where[:-1]} {constants.INJECT_KEY}={value!r} is ignored "
+                f"pod {where[:-1]} {constants.INJECT_KEY}={shorten(value)} is ignored "
                 f"(expected true or false)"
             )
     return tuple(found)
@@ -157,56 +160,34 @@ class Built:
     init_containers: tuple[dict[str, Any], ...]
     containers: tuple[dict[str, Any], ...]
     digest: str
-    size: int  # bytes of their canonical JSON: what the cache counts
+    size: int  # what the cache charges for it (see ENTRY_OVERHEAD)
 
 
 # The cache holds one entry per distinct combination of settings in use
-# (usually a handful); pod annotations can make more, and a single entry can
-# be large (long port and CIDR lists go into the rules), so it is bounded by
-# both. An entry is ~6 KB for default settings, so the byte bound is what
-# binds first only for unusual settings.
+# (usually a handful); pod annotations can make more, and long port and CIDR
+# lists make an entry larger (they go into the rules), so it is bounded in
+# entries and in bytes, like the settings cache (webhook/bounded_cache.py).
+# An entry is charged its JSON length plus ENTRY_OVERHEAD: measured with
+# tracemalloc (tests/test_engine_cache.py), the dicts, lists and small strings
+# of the two containers keep ~6 KB alive beyond the JSON text.
 CACHE_MAX_ENTRIES: Final = 1024
-CACHE_MAX_BYTES: Final = 8 << 20
+CACHE_MAX_BYTES: Final = 16 << 20
+ENTRY_OVERHEAD: Final = 8 << 10
 
 
-class _Cache:
-    """Least-recently-used, bounded by entries and by bytes; shared across threads."""
-
-    def __init__(self, *, max_entries: int, max_bytes: int) -> None:
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._entries: OrderedDict[tuple[ProxySettings, InjectorConfig], Built] = OrderedDict()
-        # /preview builds in worker threads while /mutate builds on the event loop.
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, settings: ProxySettings, config: InjectorConfig) -> Built:
-        key = (settings, config)
-        with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-                return found
-        built = _build(settings, config)  # outside the lock: building takes ~100 us
-        with self._lock:
-            if key not in self._entries and built.size <= self.max_bytes:
-                self._entries[key] = built
-                self.bytes += built.size
-                while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
-                    _, evicted = self._entries.popitem(last=False)
-                    self.bytes -= evicted.size
-        return built
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self.bytes = 0
+CACHE: Final[BoundedCache[tuple[ProxySettings, InjectorConfig], Built]] = BoundedCache(
+    max_entries=CACHE_MAX_ENTRIES, max_bytes=CACHE_MAX_BYTES
+)
 
 
-CACHE: Final = _Cache(max_entries=CACHE_MAX_ENTRIES, max_bytes=CACHE_MAX_BYTES)
+def _built(settings: ProxySettings, config: InjectorConfig) -> Built:
+    """The containers for these settings, from the cache or built (outside its lock) now."""
+    key = (settings, config)
+    found = CACHE.get(key)
+    if found is None:
+        found = _build(settings, config)
+        CACHE.put(key, found, size=found.size)
+    return found
 
 
 def _build(settings: ProxySettings, config: InjectorConfig) -> Built:
@@ -226,7 +207,7 @@ def _build(settings: ProxySettings, config: InjectorConfig) -> Built:
     else:
         init_containers, containers = [init], [proxy]
     digest = containers_digest(init_containers, containers)
-    size = len(orjson.dumps([*init_containers, *containers]))
+    size = len(orjson.dumps([*init_containers, *containers])) + ENTRY_OVERHEAD
     return Built(tuple(freeze(init_containers)), tuple(freeze(containers)), digest, size)
 
 
@@ -238,7 +219,7 @@ def _additions(
     config: InjectorConfig,
 ) -> Additions:
     """Lay out the containers and annotations for the chosen mode, with the status."""
-    built = CACHE.get(settings, config)
+    built = _built(settings, config)
     none: tuple[dict[str, Any], ...] = ()
     if settings.native_sidecar:
         init_front, init_back = built.init_containers, none
