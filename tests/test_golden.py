@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
@@ -151,3 +152,15 @@ def test_uninject_of_every_injected_golden_gives_its_input_back() -> None:
         inputs = load_objects((INPUTS / f"{name}.yaml").read_bytes(), origin=name)
         expected += [uninject(obj).obj for obj in inputs]
     assert list(yaml.safe_load_all(back.stdout)) == expected
+
+
+def test_the_injected_example_pod_is_under_6_kb_as_compact_json() -> None:
+    # Every watcher of every meshed pod receives it again on each status update.
+    example = GOLDEN.parent.parent / "examples" / "pod.yaml"
+    code, out, err = run_cli(
+        ["inject", "-f", str(example), "--label", "sidecar-injection=enabled", "-o", "json"]
+    )
+    assert code == 0, err
+    obj = orjson.loads(out)
+    assert obj["spec"]["initContainers"][1]["name"] == "mesh-proxy", "injected, default settings"
+    assert len(orjson.dumps(obj)) < 6000

@@ -12,12 +12,16 @@ import subprocess
 from typing import Any
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.kubelet import EXAMPLE_POD_FIELDS, container_env, expand_vars
 from tests.support.kubelet import envoy_validate as run_envoy_validate
 from webhook import constants
 from webhook.config import InjectorConfig, ProxyConfig
-from webhook.engine.bootstrap import bootstrap_config
+from webhook.engine.bootstrap import _flow as flow_yaml
+from webhook.engine.bootstrap import bootstrap_config, render_bootstrap
 from webhook.engine.iptables import mesh_init_container
 from webhook.engine.proxy import drain_command, mesh_proxy_container, wait_ready_command
 from webhook.settings import ProxySettings, resolve_settings
@@ -185,7 +189,6 @@ def test_only_the_transparent_listeners_have_a_traffic_direction() -> None:
         "outbound": "OUTBOUND",
         "inbound": "INBOUND",
         "health": None,
-        "prometheus": None,
     }
 
 
@@ -216,3 +219,57 @@ def test_builders_do_not_mutate_and_are_deterministic() -> None:
 
 
 # mesh-init's rules and script: tests/test_iptables.py.
+
+
+# --- the bootstrap's text ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        pytest.param({}, id="defaults"),
+        pytest.param({"xds-address": "xds.mesh-system.svc:15010"}, id="xds-dns-name"),
+        pytest.param({"xds-address": "10.96.0.10:15010"}, id="xds-ipv4"),
+        pytest.param({"xds-address": "[fd00::10]:15010"}, id="xds-ipv6"),
+        pytest.param({"xds-address": "1xds.example:15010"}, id="xds-name-starting-with-a-digit"),
+    ],
+)
+def test_the_compact_bootstrap_reads_back_as_the_config_it_renders(
+    annotations: dict[str, str],
+) -> None:
+    settings = settings_for(**annotations)
+    text = render_bootstrap(settings, CONFIG)
+    assert "\n" not in text
+    assert yaml.safe_load(text) == bootstrap_config(settings, CONFIG)
+
+
+# What can reach the bootstrap: printable ASCII (settings are validated so), 64-bit
+# integers, and the spellings YAML readers are known to read as something else.
+TRICKY = ["yes", "On", "NULL", "inf", "NaN", "1.5", "0x10", "1:20", "~", "*", "&a", "!t", "-", "/", "10s", "1.2.3.4", "a b", "#x", "a: b", "", "@x", "'q'"]  # fmt: skip
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
+    | st.sampled_from(TRICKY)
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.recursive(
+        SCALARS,
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=8)
+                | st.sampled_from(TRICKY),
+                inner,
+                max_size=3,
+            )
+        ),
+        max_leaves=12,
+    )
+)
+def test_a_plain_or_quoted_scalar_always_reads_back_as_the_same_value(value: Any) -> None:
+    assert yaml.safe_load(flow_yaml(value)) == value

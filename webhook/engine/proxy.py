@@ -83,6 +83,12 @@ _ADMIN: Final = (
 # on its way out wants. Connections already open are untouched. The health
 # and metrics listeners (no direction) close too, so the proxy reads unready.
 _STOP_INBOUND: Final = "admin POST '/drain_listeners?inboundonly' >/dev/null\n"
+# The same request alone, for native mode (every byte is in every pod).
+_STOP_INBOUND_ONLY: Final = (
+    "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'POST /drain_listeners?inboundonly HTTP/1.1"
+    "\\r\\nHost: mesh-proxy\\r\\nContent-Length: 0\\r\\n\\r\\n' >&3 && read -r _ code _ <&3 "
+    '&& [ "$code" = 200 ]'
+)
 # Then wait while the app still has connections through the proxy (either
 # direction), up to the drain time: the app got its SIGTERM at the same moment
 # and closes them as it finishes, or they all go when it exits. A message
@@ -122,14 +128,15 @@ def drain_command(*, native: bool, seconds: int) -> list[str]:
     finish); what it lacks is the refusal of new inbound connections while the
     app winds down, so the native hook only stops the inbound listener.
     """
+    if native or seconds == 0:
+        return ["bash", "-c", _STOP_INBOUND_ONLY.format(port=constants.ADMIN_PORT)]
     script = _ADMIN.format(port=constants.ADMIN_PORT) + _STOP_INBOUND
-    if not native and seconds > 0:
-        script += _WAIT_IDLE.format(
-            seconds=seconds,
-            inbound=f"listener.{INBOUND_STATS}.downstream_cx_active",
-            outbound=f"listener.{OUTBOUND_STATS}.downstream_cx_active",
-        )
-    return ["bash", "-c", script.rstrip("\n")]
+    script += _WAIT_IDLE.format(
+        seconds=seconds,
+        inbound=f"listener.{INBOUND_STATS}.downstream_cx_active",
+        outbound=f"listener.{OUTBOUND_STATS}.downstream_cx_active",
+    )
+    return ["bash", "-c", script]
 
 
 def _field_env(name: str, field_path: str) -> dict[str, Any]:
@@ -145,20 +152,21 @@ def _health_probe(**timings: int) -> dict[str, Any]:
 
 def proxy_args(settings: ProxySettings, config: InjectorConfig) -> list[str]:
     """Envoy's arguments; ``$(VAR)`` references in them are the kubelet's to expand."""
-    return [
+    args = [
         "--config-yaml",
         render_bootstrap(settings, config),
         "--log-level",
         settings.log_level,
-        # How long a listener replaced over xDS keeps its connections. Shutdown
-        # does not use it (Envoy exits on SIGTERM): the preStop hook drains.
-        "--drain-time-s",
-        str(config.proxy.drain_seconds),
         # One process and a read-only root: hot restart has nothing to hand over to.
         "--disable-hot-restart",
         "--concurrency",
         str(CONCURRENCY),
     ]
+    if settings.xds_address is not None:
+        # How long a listener replaced over xDS keeps its connections; nothing
+        # else uses it (Envoy exits on SIGTERM: the preStop hook drains).
+        args += ["--drain-time-s", str(config.proxy.drain_seconds)]
+    return args
 
 
 def mesh_proxy_container(settings: ProxySettings, config: InjectorConfig) -> dict[str, Any]:
@@ -175,13 +183,8 @@ def mesh_proxy_container(settings: ProxySettings, config: InjectorConfig) -> dic
             _field_env("POD_IP", "status.podIP"),
             _field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         ],
-        "ports": [
-            {
-                "name": "http-envoy-prom",
-                "containerPort": constants.PROMETHEUS_PORT,
-                "protocol": "TCP",
-            }
-        ],
+        # protocol TCP, privileged false: Kubernetes' defaults, left to it.
+        "ports": [{"name": "http-envoy-prom", "containerPort": constants.PROMETHEUS_PORT}],
         "startupProbe": _health_probe(
             periodSeconds=STARTUP_PERIOD_SECONDS, failureThreshold=STARTUP_FAILURE_THRESHOLD
         ),
@@ -190,7 +193,6 @@ def mesh_proxy_container(settings: ProxySettings, config: InjectorConfig) -> dic
             "runAsUser": uid,
             "runAsGroup": uid,
             "runAsNonRoot": True,
-            "privileged": False,
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
