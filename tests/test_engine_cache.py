@@ -14,6 +14,7 @@ from webhook.config import InjectorConfig, ProxyConfig
 from webhook.engine import InjectionRefused, inject
 from webhook.engine.inject import CACHE
 from webhook.engine.inject import _build as build_entry
+from webhook.engine.inject import _built as built_for
 from webhook.preview import AssumedNamespace
 from webhook.settings import resolve_settings
 
@@ -154,8 +155,9 @@ def test_the_cache_is_bounded_in_bytes_and_an_oversized_entry_is_not_kept(
 
 
 def test_pods_with_the_same_settings_share_the_cached_containers(small_cache: Any) -> None:
-    first = inject(POD, namespace=namespace(), config=InjectorConfig())
-    second = inject(POD, namespace=namespace(), config=InjectorConfig())
+    config = InjectorConfig()  # one per process, as serve has
+    first = inject(POD, namespace=namespace(), config=config)
+    second = inject(POD, namespace=namespace(), config=config)
     assert small_cache.entries == 1
 
     def values(result: Any) -> list[Any]:
@@ -201,3 +203,17 @@ def test_an_entry_is_charged_at_least_the_memory_it_keeps(annotations: dict[str,
     finally:
         tracemalloc.stop()
     assert kept / len(built) <= built[0].size
+
+
+def test_a_config_reusing_a_dead_configs_id_gets_its_own_containers(small_cache: Any) -> None:
+    # The cache keys configs by id(); ids are reused once an object is gone.
+    older = InjectorConfig(proxy=ProxyConfig(version="v1.39.0"))
+    newer = InjectorConfig()
+    settings = resolve_settings(
+        newer, namespace_labels={}, namespace_annotations={}, pod_annotations={}
+    )
+    stale = build_entry(settings, older)
+    small_cache.put((settings, id(newer)), stale, size=stale.size)  # as if older had that id
+    built = built_for(settings, newer)
+    assert built.config is newer
+    assert built.init_containers[1]["image"].endswith(":v1.40.0")

@@ -157,8 +157,11 @@ def _choice_warnings(meta: dict[str, Any]) -> tuple[str, ...]:
 class Built:
     """The injected containers for one combination of settings, read-only, and their digest."""
 
+    config: InjectorConfig  # what they were built with (the cache key holds only its id)
     init_containers: tuple[dict[str, Any], ...]
     containers: tuple[dict[str, Any], ...]
+    init_names: tuple[str, ...]
+    container_names: tuple[str, ...]
     digest: str
     size: int  # what the cache charges for it (see ENTRY_OVERHEAD)
 
@@ -175,16 +178,22 @@ CACHE_MAX_BYTES: Final = 16 << 20
 ENTRY_OVERHEAD: Final = 8 << 10
 
 
-CACHE: Final[BoundedCache[tuple[ProxySettings, InjectorConfig], Built]] = BoundedCache(
+CACHE: Final[BoundedCache[tuple[ProxySettings, int], Built]] = BoundedCache(
     max_entries=CACHE_MAX_ENTRIES, max_bytes=CACHE_MAX_BYTES
 )
 
 
 def _built(settings: ProxySettings, config: InjectorConfig) -> Built:
-    """The containers for these settings, from the cache or built (outside its lock) now."""
-    key = (settings, config)
+    """The containers for these settings, from the cache or built (outside its lock) now.
+
+    The config is keyed by identity: a process has one for its lifetime, and
+    hashing the pydantic model took 2.5 us, most of a cache hit. The entry
+    holds the config itself, so an id reused by another config after the first
+    is gone cannot match.
+    """
+    key = (settings, id(config))
     found = CACHE.get(key)
-    if found is None:
+    if found is None or found.config is not config:
         found = _build(settings, config)
         CACHE.put(key, found, size=found.size)
     return found
@@ -208,7 +217,15 @@ def _build(settings: ProxySettings, config: InjectorConfig) -> Built:
         init_containers, containers = [init], [proxy]
     digest = containers_digest(init_containers, containers)
     size = len(orjson.dumps([*init_containers, *containers])) + ENTRY_OVERHEAD
-    return Built(tuple(freeze(init_containers)), tuple(freeze(containers)), digest, size)
+    return Built(
+        config,
+        tuple(freeze(init_containers)),
+        tuple(freeze(containers)),
+        tuple(c["name"] for c in init_containers),
+        tuple(c["name"] for c in containers),
+        digest,
+        size,
+    )
 
 
 def _additions(
@@ -239,8 +256,8 @@ def _additions(
     was_null, was_empty = prior_shapes(pod, touched)
     status = InjectionStatus(
         version=__version__,
-        init_containers=tuple(c["name"] for c in built.init_containers),
-        containers=tuple(c["name"] for c in built.containers),
+        init_containers=built.init_names,
+        containers=built.container_names,
         annotations=tuple(added),
         digest=built.digest,
         was_null=tuple(was_null),
