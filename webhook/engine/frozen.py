@@ -7,10 +7,11 @@ them per admission would cost more than the rest of the admission (measured
 on the shared 2-core machine for the default containers, 5.3 KB of JSON:
 ``copy.deepcopy`` 94 us, ``orjson.loads`` of cached bytes 14 us, the whole
 ``inject`` 36 us). These subclasses cost nothing per admission (freezing is
-once per cache entry, ~100 us): they are still ``dict`` and ``list`` to ``isinstance``, JSON
-encoders (orjson serialises subclasses natively) and ``==``, but refuse to
-change, and ``copy.deepcopy`` (which ``jsonpatch`` applies to every value it
-inserts) turns them back into plain, private, mutable ones.
+once per cache entry, ~100 us): they are still ``dict`` and ``list`` to
+``isinstance``, JSON encoders (orjson serialises subclasses natively) and
+``==``, but refuse to change, and ``copy.deepcopy`` (which ``jsonpatch``
+applies to every value it inserts) turns them back into plain, private,
+mutable ones.
 """
 
 from __future__ import annotations
