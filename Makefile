@@ -68,6 +68,38 @@ control-plane:
 cluster: install control-plane
 	$(BIN)/python -m tests.e2e.run_cluster
 
+# --- xDS test server for pod-in-a-box (tests/e2e/xds/, docs/xds.md) ---
+# go-control-plane's ADS server with a JSON control port, built (CGO off) and
+# cached in $SIDECAR_INJECTOR_CACHE by a hash of its sources; returns at once
+# when cached. .ci/run calls it before `make test`.
+.PHONY: xds-server
+
+xds-server:
+	bash tests/e2e/build_xds_server.sh
+
+# --- A real one-node cluster (tests/e2e/node.py, docs/e2e.md) ---
+# kubelet, kube-scheduler and kube-proxy from the same pinned module, cached in
+# $SIDECAR_INJECTOR_CACHE/kube-node-<version>; the project's images and the
+# base-image stand-ins built with buildah, cached by the hash of their inputs
+# in $SIDECAR_INJECTOR_CACHE/images. Both are cold builds of minutes and
+# return at once when cached; .ci/run runs them before `make test`.
+# `make node` (as root) runs the control plane, containerd, the node
+# components and the rendered install in the foreground; Ctrl-C tears it all
+# down and restores the host. `make e2e-node` runs only the node tests.
+.PHONY: node-binaries images node e2e-node
+
+node-binaries:
+	bash tests/e2e/build_control_plane.sh node
+
+images: install
+	$(BIN)/python -m tests.e2e.images
+
+node: install control-plane node-binaries images
+	$(BIN)/python -m tests.e2e.run_node
+
+e2e-node: install control-plane node-binaries images
+	$(BIN)/python -m pytest -m node tests/e2e -q
+
 # --- Benchmarks (BENCHMARKS.md) ---
 # Engine cost per pod and the HTTPS service under wrk against two baselines;
 # rewrites BENCHMARKS.md and bench/*.png (raw figures and logs: bench/results/).

@@ -12,8 +12,10 @@ from webhook.namespaces import (
     FileNamespaces,
     NamespaceInfo,
     NamespacesFileError,
+    NamespaceSource,
     StaticNamespaces,
     load_namespaces_file,
+    lookup,
 )
 
 KUBECTL_LIST = """\
@@ -251,3 +253,20 @@ def test_the_example_namespaces_file_loads() -> None:
     assert namespaces["no-mesh"].labels["sidecar-injection"] == "disabled"
     assert "sidecar-injection" not in namespaces["legacy"].labels
     assert "kube-system" in namespaces
+
+
+def test_fixed_and_file_sources_do_not_sync_so_they_have_no_freshness(tmp_path: Path) -> None:
+    path = write(tmp_path, "kind: Namespace\napiVersion: v1\nmetadata: {name: demo}\n")
+    for source in (StaticNamespaces(), FileNamespaces(path)):
+        assert isinstance(source, NamespaceSource)
+        assert source.freshness() is None
+
+
+def test_lookup_in_a_file_source_finds_what_the_file_says_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    source = FileNamespaces(write(tmp_path, KUBECTL_LIST))
+    demo = lookup(source, "demo")
+    assert demo is not None
+    assert demo.labels["sidecar-injection"] == "enabled"
+    assert lookup(source, "elsewhere") is None

@@ -1,17 +1,43 @@
 """A watch-backed cache of the cluster's Namespaces (the only module that imports ``kubernetes``).
 
 Admission must not make an API call per request, so one daemon thread keeps a
-copy of every Namespace's labels and annotations: it lists them, then watches
-from the list's resourceVersion, and on "410 Gone" (history compacted while
-we were away) lists again. Any other failure (connection refused, timeouts,
-a broken stream) is retried with capped exponential backoff and jitter while
-the cache keeps serving what it last knew: a webhook that refused pods whenever
-the API server blinked would turn an API server hiccup into an outage.
+copy of every Namespace's labels and annotations, as client-go's reflector
+does: it lists them (in pages), then watches from the list's resourceVersion;
+every event and BOOKMARK moves the point a broken watch resumes from; "410
+Gone" (history compacted while we were away) means list again. Any other
+failure (connection refused, a 5xx, an ERROR event, a cut or silent stream)
+is retried with capped exponential backoff whose streak ends only after a
+healthy period, while the cache keeps serving what it last knew: a webhook
+that refused pods whenever the API server blinked would turn an API server
+hiccup into an outage. ``fetch`` answers for a namespace the watch has not
+delivered yet, within a fixed time, and says so when it cannot.
 
-The client's typed models are not used: requests ask for the raw response
-(``_preload_content=False``) and objects stay plain dicts, so nothing the
-server sends is dropped or renamed, and the thread owns the open response,
-which ``stop()`` aborts instead of waiting for the server-side watch timeout.
+The ``kubernetes`` package supplies the configuration (kubeconfig or service
+account, TLS, tokens and their refresh) and its connection pool; requests go
+through that pool directly rather than through the generated API, which
+reads a whole error body into memory before it raises. Objects stay plain
+dicts, never the client's models (they drop and rename fields).
+
+Everything the API server sends is bounded, so a broken or hostile server
+costs time, never the process:
+
+- a list page is at most ``MAX_LIST_PAGE_BYTES`` (8 MiB) of ``LIST_PAGE_SIZE``
+  (500) namespaces; a page over it is asked for again with a quarter of the
+  items, down to one namespace per page;
+- a watch event, a GET body: ``MAX_OBJECT_BYTES`` (4 MiB; etcd stores at most
+  1.5 MiB per object by default); an error body: 64 KiB, of which only the
+  message is kept; a compressed body (never asked for) is refused;
+- memory: of annotations only the ``sidecar.mesh.io/`` ones are kept (the only
+  ones admission reads; kubectl's last-applied-configuration alone may be
+  256 KiB); a namespace may take ``MAX_NAMESPACE_BYTES`` (64 KiB, estimated
+  from string sizes plus a per-entry and per-label overhead) and the whole
+  cache ``MAX_CACHE_BYTES`` (32 MiB, over 20,000 ordinary namespaces). What
+  does not fit is not cached: ``fetch`` reads it on each admission instead;
+- time: each list page ``list_timeout``; a watch asks the server to end it
+  within 45-81 s and may be silent for ``read_timeout`` (90 s); ``fetch``
+  answers within ``fetch_timeout`` (2 s);
+- log volume: each kind of warning (failures, recovery, relists, malformed or
+  oversized namespaces, a full cache) at most once per ``warn_every`` (60 s).
 """
 
 from __future__ import annotations
@@ -20,20 +46,28 @@ import contextlib
 import copy
 import logging
 import random
+import re
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import orjson
+import urllib3
 from kubernetes import client as kube_client
 from kubernetes import config as _kube_config
-from kubernetes.client.exceptions import ApiException
 
-from webhook.namespaces import (
+from webhook import __version__, constants
+
+# Not webhook.namespaces: that module chooses (and so imports) this one.
+from webhook.namespace_types import (
+    Freshness,
     NamespaceInfo,
     NamespaceSourceError,
     NamespaceUnavailable,
@@ -45,19 +79,67 @@ log = logging.getLogger("webhook.namespaces")
 # The config loaders carry partial annotations that mypy --strict rejects.
 kube_config: Any = _kube_config
 
+_PATH = "/api/v1/namespaces"
 _GONE = 410
 _NOT_FOUND = 404
-# A watch that is silent this much longer than its server-side timeout is a
-# dead connection (e.g. a half-open TCP connection after a network change).
-_READ_SLACK_SECONDS = 30.0
+_OK = 200
+_KiB = 1024
+_MiB = 1024 * _KiB
+
+LIST_PAGE_SIZE = 500  # as client-go's reflector pages its lists
+MAX_LIST_PAGE_BYTES = 8 * _MiB
+MAX_OBJECT_BYTES = 4 * _MiB
+MAX_ERROR_BYTES = 64 * _KiB
+MAX_NAMESPACE_BYTES = 64 * _KiB
+MAX_CACHE_BYTES = 32 * _MiB
+# Distinct namespaces being fetched at once, and the GETs that may run at
+# once: a burst of new namespaces (or /preview?namespace= calls) neither
+# queues without end nor opens a connection each.
+MAX_FETCHES_IN_FLIGHT = 64
+FETCH_THREADS = 4
+_CHUNK = 64 * _KiB
+
+# How long a watch may stay silent before it counts as a dead connection (a
+# half-open TCP connection after a node or network change never says so).
+#
+# Bookmarks alone cannot bound the silence. kube-apiserver's watch cache
+# (k8s.io/apiserver pkg/storage/cacher, v1.37: defaultBookmarkFrequency = 1
+# minute) sends a watch that allows bookmarks a BOOKMARK about once a minute
+# and one 2 s before the watch's timeout, but only one newer than the
+# resourceVersion the watch started from (cache_watcher.go, process()): while
+# no Namespace changes, there is none. Measured on the e2e control plane
+# (v1.37.2): a quiet namespace watch got no event at all for its whole 20 s and
+# 75 s, with ConfigMaps written meanwhile, and ended cleanly at its timeout;
+# after one namespace change, bookmarks came 2 s and 1 s before the end.
+#
+# What does bound it is the watch's own timeout: the server ends the stream
+# cleanly at timeoutSeconds. So each watch asks for a timeout below the read
+# timeout (_WATCH_TIMEOUT_SECONDS, 45-81 s): a healthy watch, quiet or not,
+# always ends or speaks within 81 s, and 90 s of silence means the connection
+# is gone. (The client's TCP keepalive drops a peer that stops answering after
+# about 165 s, but not a proxy that keeps the TCP session up while the watch
+# behind it is gone.) The price is a watch request every minute or so per
+# replica, from the watch cache, against a relist or a stale cache.
+_READ_TIMEOUT_SECONDS = 90.0
+# The shortest server-side watch timeout; each watch asks for a random one in
+# [t, 1.8 t), capped below the read timeout, so replicas do not renew in step.
+_WATCH_TIMEOUT_SECONDS = 45.0
+
+# RFC 1123 labels: what a namespace name can be. Anything else cannot exist,
+# and must not be spliced into a URL path.
+_NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class _Expired(Exception):
-    """The watch's resourceVersion is older than the server's history: list again."""
+    """The watch's resourceVersion (or a list's continue token) is too old: list again."""
 
 
 class _WatchError(Exception):
-    """The server ended the watch with an error other than 410."""
+    """The server answered, but with something the cache cannot use (a status, an ERROR event)."""
+
+
+class _TooLarge(ValueError):
+    """A body or an event over its bound; the request is abandoned."""
 
 
 class _Stopping(Exception):
@@ -68,69 +150,108 @@ class KubeNamespaceCache:
     """Namespaces of a cluster, kept current by list+watch in one daemon thread.
 
     ``cached`` reads a dict (no I/O, no locks) and is safe on the event loop;
-    ``fetch`` does one ``GET`` with a short timeout for a namespace the watch
-    has not delivered yet. Ready after the first successful list, and stays
-    ready while the API server is unreachable: the cache then serves what it
-    last knew, which beats refusing or un-injecting every pod.
+    ``fetch`` does one ``GET`` for a namespace the watch has not delivered
+    yet. Ready after the first successful list, and stays ready while the API
+    server is unreachable: the cache then serves what it last knew, which
+    beats refusing or un-injecting every pod; ``freshness()`` says how old it
+    is.
 
     The timing parameters exist so tests can run in seconds; the defaults suit
-    a cluster. ``watch_timeout_seconds`` is the shortest server-side watch
-    timeout: each watch asks for a random value between it and twice it, so
-    many replicas do not renew their watches in lockstep.
+    a cluster. ``read_timeout`` is how long a watch may be silent before it is
+    abandoned and resumed. ``watch_timeout_seconds`` is the shortest
+    server-side watch timeout: each watch asks for a random value between it
+    and 1.8 times it (never above 0.9 ``read_timeout``, so that a healthy quiet
+    watch ends before it could look dead), and many replicas do not renew
+    their watches in lockstep.
+    ``clock`` (monotonic seconds) and ``rng`` let tests fix time and jitter.
     """
 
     def __init__(
         self,
         configuration: Any,
         *,
-        watch_timeout_seconds: float = 300.0,
+        watch_timeout_seconds: float = _WATCH_TIMEOUT_SECONDS,
         list_timeout: float = 30.0,
         fetch_timeout: float = 2.0,
         connect_timeout: float = 5.0,
+        read_timeout: float = _READ_TIMEOUT_SECONDS,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         stop_timeout: float = 2.0,
         warn_every: float = 60.0,
+        healthy_after: float = 60.0,
+        max_cache_bytes: int = MAX_CACHE_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         config = copy.deepcopy(configuration)
-        # This class retries with its own backoff; urllib3's default retries
-        # would also multiply fetch()'s timeout by four on a hung server.
+        # This class retries with its own backoff; urllib3's retries would
+        # also multiply each timeout on a hung server.
         config.retries = False
-        self._api_client: Any = kube_client.ApiClient(config)
-        self._api: Any = kube_client.CoreV1Api(self._api_client)
+        self._config: Any = config
+        self._pool: urllib3.PoolManager = kube_client.rest.RESTClientObject(config).pool_manager
         self.host: str = config.host
+        self._base = config.host.rstrip("/")
         self._watch_timeout = max(1.0, watch_timeout_seconds)
         self._list_timeout = list_timeout
         self._fetch_timeout = fetch_timeout
         self._connect_timeout = connect_timeout
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        self._read_timeout = read_timeout
         self._stop_timeout = stop_timeout
-        self._warn_every = warn_every
+        self._max_cache_bytes = max_cache_bytes
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter
+        self._backoff = _Backoff(
+            initial=backoff_initial,
+            maximum=backoff_max,
+            healthy_after=healthy_after,
+            rng=self._rng,
+        )
+        self._throttle = _Throttle(warn_every)
 
         # Replaced wholesale on a relist and updated in place by events, both
         # under _write_lock; readers take no lock (a dict lookup is atomic in
         # CPython), which is what keeps cached() non-blocking.
         self._items: dict[str, NamespaceInfo] = {}
+        self._bytes = 0  # estimated memory of _items, see _estimated_bytes
         self._write_lock = threading.Lock()
+        # Bumped (under _write_lock) whenever the watch removes namespaces: a
+        # DELETED event or a relist. A fetch caches its answer only if this
+        # did not change while its GET was in flight (see _store_fetched).
+        self._removals = 0
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        # The response the thread is reading, so stop() can cut it off.
+        # Open responses (the watch thread's, and fetches'), so stop() can cut them off.
         self._response: Any = None
         self._response_lock = threading.Lock()
+        self._fetch_responses: set[Any] = set()
         # One GET per name at a time: a Deployment scaled up in a brand-new
-        # namespace should not send one request per replica.
+        # namespace should not send one request per replica. Re-entrant: a
+        # future's done-callback may run in the thread that submitted it.
         self._inflight: dict[str, Future[NamespaceInfo | None]] = {}
-        self._inflight_lock = threading.Lock()
-        self._failures = 0
+        self._inflight_lock = threading.RLock()
+        self._fetcher = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="namespace-fetch")
+        # Done when stop() is called, so fetches waiting for a GET return at once.
+        self._stopped: Future[None] = Future()
         self._empty_watches = 0
-        self._last_warning = float("-inf")
-        self.resource_version: str | None = None
+        # Failures since the cache last had data (a list or an event) from the
+        # server, for the log; the backoff keeps its own, longer memory.
+        self._failures = 0
+        self._failures_unreported = 0
+        # Where the next watch starts: the list's resourceVersion, then that of
+        # every event and BOOKMARK applied. None: list (again) first.
+        self._resume_from: str | None = None
+        # For freshness(): when the cache last knew it was in sync, and counts.
+        self._started_at = clock()
+        self._synced_at: float | None = None
+        self._watches = 0
+        self._relists = 0
+        self._relist_reason = ""
 
     @classmethod
     def from_environment(
-        cls, kubeconfig: Path | None = None, *, in_cluster: bool | None = None, **options: float
+        cls, kubeconfig: Path | None = None, *, in_cluster: bool | None = None, **options: Any
     ) -> KubeNamespaceCache:
         """A cache configured like ``kubectl`` would be, inside or outside a cluster.
 
@@ -169,30 +290,57 @@ class KubeNamespaceCache:
     def fetch(self, name: str) -> NamespaceInfo | None:
         """Read one namespace from the API server (for one the watch has not delivered yet).
 
-        Blocks at most about ``fetch_timeout``. ``None`` when it does not
-        exist; ``NamespaceUnavailable`` when the API server does not answer.
+        Returns within ``fetch_timeout`` (2 s by default; plus thread
+        scheduling), whatever the server does: the GET runs on a small pool of
+        fetch threads and the caller waits for it at most that long, or until
+        ``stop()``. ``None`` only when the API server answers 404 with a
+        Kubernetes ``NotFound`` status (or the name cannot be a namespace's).
+        Every other outcome raises ``NamespaceUnavailable`` with one line
+        naming the namespace: connection refused, no answer in time, any other
+        status (403, 429, 5xx), a garbled or oversized body, too many distinct
+        namespaces being fetched at once, a stopped source. Concurrent fetches
+        of one name share one GET. No retries (urllib3's are off too): the
+        caller decides, and the apiserver retries the pod.
         """
+        if not _NAMESPACE_NAME.fullmatch(name):
+            return None  # the API server could not hold such a namespace
         with self._inflight_lock:
-            pending = self._inflight.get(name)
-            if pending is None:
-                mine: Future[NamespaceInfo | None] = Future()
-                self._inflight[name] = mine
-        if pending is not None:
-            try:
-                return pending.result(timeout=self._fetch_timeout + 1.0)
-            except TimeoutError:
-                raise NamespaceUnavailable(f"namespace {name}: no answer in time") from None
+            future = self._inflight.get(name)
+            if future is None:
+                if len(self._inflight) >= MAX_FETCHES_IN_FLIGHT:
+                    raise NamespaceUnavailable(
+                        f"namespace {name}: {len(self._inflight)} other namespaces are being"
+                        " read from the API server already"
+                    )
+                try:
+                    # The removal count from before the GET is sent (see _store_fetched).
+                    future = self._fetcher.submit(self._read, name, self._removals)
+                except RuntimeError:  # the pool is shut down
+                    raise NamespaceUnavailable(
+                        f"namespace {name}: the namespace source is stopped"
+                    ) from None
+                self._inflight[name] = future
+                future.add_done_callback(lambda done: self._forget(name, done))
+        either: list[Future[Any]] = [future, self._stopped]
+        done, _ = wait(either, self._fetch_timeout, FIRST_COMPLETED)
+        if future not in done:
+            if self._stopped.done():
+                raise NamespaceUnavailable(f"namespace {name}: the namespace source is stopped")
+            raise NamespaceUnavailable(
+                f"namespace {name}: no answer from the API server within {self._fetch_timeout:g}s"
+            )
         try:
-            result = self._read(name)
-        except BaseException as err:
-            mine.set_exception(err)
-            raise
-        else:
-            mine.set_result(result)
-            return result
-        finally:
-            with self._inflight_lock:
-                self._inflight.pop(name, None)
+            return future.result()
+        except CancelledError:
+            raise NamespaceUnavailable(
+                f"namespace {name}: the namespace source is stopped"
+            ) from None
+        except NamespaceUnavailable as err:
+            # A fresh exception per caller: several threads may share the future.
+            raise NamespaceUnavailable(str(err)) from None
+        except Exception as err:  # a bug, not the server: say so once, still fail closed
+            self._note("fetch-bug", "namespace %s: fetch failed unexpectedly", name, exc_info=err)
+            raise NamespaceUnavailable(f"namespace {name}: {_one_line(err)}") from None
 
     def is_ready(self) -> bool:
         """True once the first list succeeded (and from then on)."""
@@ -202,16 +350,26 @@ class KubeNamespaceCache:
         """Start the watch thread; it lists, then watches until ``stop()``."""
         if self._thread is not None:
             return
+        self._started_at = self._clock()
         self._thread = threading.Thread(target=self._run, name="namespace-watch", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         """End the watch thread promptly: abort its open request, then join it.
 
-        Final: a stopped cache is not started again (make a new one).
+        Fetches in flight are cut off too and later ones raise
+        ``NamespaceUnavailable``. Final: a stopped cache is not started again
+        (make a new one).
         """
         self._stopping.set()
+        if not self._stopped.done():
+            self._stopped.set_result(None)
         self._abort_response()
+        with self._response_lock:
+            fetching = list(self._fetch_responses)
+        for response in fetching:
+            _shutdown(response)
+        self._fetcher.shutdown(wait=False, cancel_futures=True)
         thread = self._thread
         if thread is None:
             return
@@ -219,12 +377,33 @@ class KubeNamespaceCache:
         if thread.is_alive():  # pragma: no cover - a request stuck in connect()
             log.warning("namespace watch did not stop within %.1fs", self._stop_timeout)
         else:
-            self._api_client.close()
+            self._pool.clear()
+
+    def freshness(self) -> Freshness:
+        """Cache age (since the last list, event or BOOKMARK), watch reconnects and relists.
+
+        Before the first list the age counts from ``start()``. A watch that
+        ends cleanly at its timeout also counts: the server had nothing to
+        send. So a healthy cache is never older than the longest watch
+        timeout (81 s by default), even on a cluster where no namespace
+        changes; past ``read_timeout`` (90 s) the watch is failing.
+        """
+        since = self._synced_at if self._synced_at is not None else self._started_at
+        return Freshness(
+            age_seconds=max(0.0, self._clock() - since),
+            reconnects=max(0, self._watches - 1),
+            relists=self._relists,
+        )
 
     def describe(self) -> str:
         """One line for the log."""
         state = "synced" if self.is_ready() else "not synced yet"
         return f"namespace watch on {self.host} ({state}, {len(self._items)} namespaces)"
+
+    @property
+    def resource_version(self) -> str | None:
+        """The resourceVersion the next watch resumes from (None before a list)."""
+        return self._resume_from
 
     def wait_ready(self, timeout: float) -> bool:
         """Block until the first list succeeded or ``timeout`` passed (for tests and startup)."""
@@ -233,100 +412,196 @@ class KubeNamespaceCache:
     # -- the watch thread -----------------------------------------------------
 
     def _run(self) -> None:
-        resource_version: str | None = None
         expired_in_a_row = 0
         while not self._stopping.is_set():
             try:
-                if resource_version is None:
-                    resource_version = self._list()
-                resource_version = self._watch(resource_version)
+                if self._resume_from is None:
+                    self._list()
+                self._watch()
                 expired_in_a_row = 0
             except _Expired as err:
-                # Normal after a long disconnect or an etcd compaction.
-                log.info("namespace watch: %s; listing again", err)
-                resource_version = None
+                # Normal after a long disconnect or an etcd compaction; the
+                # relist's own log line gives the reason.
+                log.debug("namespace watch: %s; listing again", err)
+                self._relist_reason = str(err)
+                self._resume_from = None
                 expired_in_a_row += 1
                 if expired_in_a_row > 1:  # a server that keeps saying 410 must not spin us
-                    self._stopping.wait(self._backoff(expired_in_a_row - 1))
+                    self._stopping.wait(self._backoff.failure(self._clock()))
             except _Stopping:
                 break
             except Exception as err:
                 if self._stopping.is_set():
                     break  # stop() cut the connection; that is not a failure
-                self._failed(err)
-                # Keep resource_version: resuming the watch is cheaper than a
-                # relist, and the server says 410 if it has forgotten it.
-                self._stopping.wait(self._backoff(self._failures))
+                delay = self._backoff.failure(self._clock())
+                self._failed(err, delay)
+                # Keep the resume point (the last version applied, not the one
+                # this watch started at): resuming is cheaper than a relist,
+                # and the server says 410 if it has forgotten that version.
+                self._stopping.wait(delay)
         log.debug("namespace watch stopped")
 
-    def _list(self) -> str:
-        response = self._open(
-            lambda: self._api.list_namespace(
-                _preload_content=False,
-                _request_timeout=(self._connect_timeout, self._list_timeout),
-            )
-        )
-        try:
-            body = response.data
-        finally:
-            self._release(response)
-        document = orjson.loads(body)
-        metadata = document.get("metadata") or {}
-        resource_version = metadata.get("resourceVersion")
-        if not isinstance(resource_version, str) or not resource_version:
-            raise ValueError("the namespace list has no metadata.resourceVersion")
+    def _list(self) -> None:
+        """List every namespace, a page at a time, and swap the result in."""
         fresh: dict[str, NamespaceInfo] = {}
-        for obj in document.get("items") or []:
-            info = _info(obj)
-            if info is not None:
+        total = 0
+        left_out = 0
+        first_left_out = ""
+        resource_version = ""
+        for version, items in self._pages():
+            resource_version = resource_version or version
+            for obj in items:
+                info = self._usable(obj)
+                if info is None:
+                    continue
+                cost = _estimated_bytes(info)
+                if total + cost > self._max_cache_bytes:
+                    left_out += 1
+                    first_left_out = first_left_out or info.name
+                    continue
                 fresh[info.name] = info
+                total += cost
         with self._write_lock:
             # A swap, not an update: namespaces deleted while we were away vanish.
             self._items = fresh
-        self.resource_version = resource_version
+            self._bytes = total
+            self._removals += 1
+        self._resume_from = resource_version
+        self._synced_at = self._clock()
+        if left_out:
+            self._cache_full(first_left_out, left_out)
         self._recovered()
         first = not self._ready.is_set()
+        if not first:
+            self._relists += 1
         self._ready.set()
-        log.info(
-            "namespace watch: %s %d namespaces from %s at resourceVersion %s",
-            "listed" if first else "relisted",
-            len(fresh),
-            self.host,
-            resource_version,
-        )
-        return resource_version
-
-    def _watch(self, resource_version: str) -> str:
-        """Apply watch events until the server ends the watch; returns the last resourceVersion."""
-        # Random in [t, 2t) so replicas spread their renewals.
-        timeout = int(self._watch_timeout * (1.0 + random.random()))  # noqa: S311 - jitter
-        started = time.monotonic()
-        try:
-            response = self._open(
-                lambda: self._api.list_namespace(
-                    watch=True,
-                    resource_version=resource_version,
-                    allow_watch_bookmarks=True,
-                    timeout_seconds=timeout,
-                    _preload_content=False,
-                    _request_timeout=(self._connect_timeout, timeout + _READ_SLACK_SECONDS),
-                )
+        if first or self._throttle.allow("relist", self._clock()):
+            log.info(
+                "namespace watch: %s %d namespaces from %s at resourceVersion %s%s",
+                "listed" if first else "relisted",
+                len(fresh),
+                self.host,
+                resource_version,
+                f" ({self._relist_reason})" if self._relist_reason and not first else "",
             )
-        except ApiException as err:
-            if err.status == _GONE:
-                raise _Expired(
-                    f"resourceVersion {resource_version} is too old (HTTP 410)"
-                ) from None
-            raise
-        self._recovered()
+
+    def _pages(self) -> Iterator[tuple[str, list[Any]]]:
+        """The list's pages: (resourceVersion, items), following continue tokens."""
+        token: str | None = None
+        limit = LIST_PAGE_SIZE
+        while True:
+            query = {"limit": str(limit)}
+            if token:
+                query["continue"] = token
+            try:
+                page = self._list_page(query)
+            except _TooLarge as err:
+                if limit == 1:
+                    raise
+                # Namespaces with large metadata: fewer of them per page.
+                limit = max(1, limit // 4)
+                log.debug("namespace list: %s; asking for %d per page", err, limit)
+                continue
+            metadata = page.get("metadata")
+            if not isinstance(metadata, dict):
+                raise ValueError("the namespace list has no metadata")
+            version = metadata.get("resourceVersion")
+            if not isinstance(version, str) or not version:
+                raise ValueError("the namespace list has no metadata.resourceVersion")
+            items = page.get("items")
+            if not isinstance(items, list | None):
+                raise ValueError("the namespace list's items are not a list")
+            yield version, items or []
+            token = metadata.get("continue")
+            if not isinstance(token, str) or not token:
+                return
+
+    def _list_page(self, query: Mapping[str, str]) -> dict[str, Any]:
+        response = self._open(lambda: self._request(_PATH, query, read_timeout=self._list_timeout))
+        complete = False
+        try:
+            if response.status == _GONE and "continue" in query:
+                raise _Expired("the list's continue token expired (HTTP 410)")
+            if response.status != _OK:
+                raise _WatchError(
+                    f"list: HTTP {response.status}"
+                    f"{_status_message(response, timeout=self._list_timeout)}"
+                )
+            with _deadline(self._list_timeout, response) as expired:
+                try:
+                    body = _read_body(response, limit=MAX_LIST_PAGE_BYTES, what="a list page")
+                except _TooLarge:
+                    raise
+                except Exception:
+                    if expired.is_set():
+                        raise _WatchError(
+                            f"a list page did not arrive within {self._list_timeout:g}s"
+                        ) from None
+                    raise
+            complete = True
+        finally:
+            self._release(response, complete=complete)
+        page = orjson.loads(body)
+        if not isinstance(page, dict):
+            raise ValueError("the namespace list is not an object")
+        return page
+
+    def _watch(self) -> None:
+        """Apply watch events until the server ends the watch, advancing the resume point."""
+        resource_version = self._resume_from
+        if resource_version is None:  # pragma: no cover - _run lists first
+            raise _Expired("no resourceVersion to watch from")
+        # Random in [t, 1.8 t) so replicas spread their renewals; below the read
+        # timeout so that a quiet, healthy watch ends before it looks dead.
+        spread = self._watch_timeout * (1.0 + 0.8 * self._rng.random())
+        timeout = max(1, int(min(spread, 0.9 * self._read_timeout)))
+        self._watches += 1
+        started = self._clock()
+        query = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout),
+        }
+        # Not the watch's own timeout plus slack: that left a half-open
+        # connection unnoticed for up to 10.5 minutes.
+        response = self._open(lambda: self._request(_PATH, query, read_timeout=self._read_timeout))
         events = 0
         try:
-            for line in _lines(response):
-                resource_version = self._apply(line, resource_version)
+            if response.status == _GONE:
+                raise _Expired(f"resourceVersion {resource_version} is too old (HTTP 410)")
+            if response.status != _OK:
+                raise _WatchError(
+                    f"watch: HTTP {response.status}"
+                    f"{_status_message(response, timeout=self._read_timeout)}"
+                )
+            _check_encoding(response, "the watch")
+            log.debug(
+                "namespace watch: watching from resourceVersion %s for %ds",
+                resource_version,
+                timeout,
+            )
+            # Not a recovery yet: a server can accept every watch and fail it
+            # at once. Only data (an applied event) counts, see _apply.
+            for line in _lines(response, limit=MAX_OBJECT_BYTES):
+                self._apply(line)
                 events += 1
+        except urllib3.exceptions.ReadTimeoutError:
+            raise _WatchError(
+                f"the watch was silent for {self._read_timeout:g}s, past its own"
+                f" {timeout}s timeout; taking the connection for dead"
+            ) from None
         finally:
-            self._release(response, abort=True)
-        if events == 0 and time.monotonic() - started < min(1.0, timeout / 2):
+            self._release(response, complete=False)
+        lasted = self._clock() - started
+        if lasted >= timeout / 2:
+            # The stream stayed open and ended cleanly near its timeout: the
+            # server had our resourceVersion and nothing more to say, so the
+            # cache was in sync all along, even if no namespace changed.
+            self._synced_at = self._clock()
+            self._recovered()
+            self._empty_watches = 0
+        elif events == 0:
             # One short empty watch happens (a server restarting its watch
             # cache); a server that keeps doing it must get backoff, not a
             # tight loop of requests.
@@ -335,10 +610,8 @@ class KubeNamespaceCache:
                 raise _WatchError("the server keeps ending watches at once")
         else:
             self._empty_watches = 0
-        self.resource_version = resource_version
-        return resource_version
 
-    def _apply(self, line: bytes, resource_version: str) -> str:
+    def _apply(self, line: bytes) -> None:
         event = orjson.loads(line)
         if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
             raise ValueError("a watch event without an object")
@@ -347,49 +620,193 @@ class KubeNamespaceCache:
         if kind == "ERROR":
             message = obj.get("message") or obj.get("reason") or "no message"
             if obj.get("code") == _GONE:
-                raise _Expired(f"resourceVersion {resource_version} is too old ({message})")
+                raise _Expired(f"resourceVersion {self._resume_from} is too old ({message})")
             raise _WatchError(f"watch error {obj.get('code')}: {message}")
         raw_metadata = obj.get("metadata")
         metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
+        name = metadata.get("name")
         if kind in ("ADDED", "MODIFIED"):
-            info = _info(obj)
+            info = self._usable(obj)
             if info is not None:
-                with self._write_lock:
-                    self._items[info.name] = info
+                self._put(info)
+            elif isinstance(name, str):
+                # What cannot be cached must not stay cached as it was before.
+                self._remove(name)
         elif kind == "DELETED":
-            name = metadata.get("name")
             if isinstance(name, str):
-                with self._write_lock:
-                    self._items.pop(name, None)
-        elif kind != "BOOKMARK":
-            log.debug("namespace watch: ignoring event type %r", kind)
-        latest = metadata.get("resourceVersion")
-        self.resource_version = latest if isinstance(latest, str) and latest else resource_version
-        return self.resource_version
-
-    def _read(self, name: str) -> NamespaceInfo | None:
-        try:
-            response = self._api.read_namespace(
-                name, _preload_content=False, _request_timeout=self._fetch_timeout
+                self._remove(name)
+        elif kind == "BOOKMARK":
+            log.debug(
+                "namespace watch: bookmark at resourceVersion %s", metadata.get("resourceVersion")
             )
-            try:
-                body = response.data
-            finally:
-                response.release_conn()
-            info = NamespaceInfo.from_object(orjson.loads(body))
-        except ApiException as err:
-            if err.status == _NOT_FOUND:
-                return None
-            raise NamespaceUnavailable(f"namespace {name}: {_one_line(err)}") from None
-        except Exception as err:  # connection refused, timeout, a garbled body
-            raise NamespaceUnavailable(f"namespace {name}: {_one_line(err)}") from None
+        else:
+            log.debug("namespace watch: ignoring event type %r", kind)
+        # An event or a BOOKMARK says the cache holds everything up to it.
+        self._synced_at = self._clock()
+        self._recovered()
+        latest = metadata.get("resourceVersion")
+        if isinstance(latest, str) and latest:
+            # Every applied event and BOOKMARK moves the resume point, so a
+            # broken stream continues here rather than where it started.
+            self._resume_from = latest
+
+    def _put(self, info: NamespaceInfo) -> None:
+        cost = _estimated_bytes(info)
         with self._write_lock:
-            # If the watch has it, the watch's copy is at least as current
-            # (or will be replaced by its next event); don't overwrite it.
-            self._items.setdefault(info.name, info)
+            old = self._items.get(info.name)
+            freed = _estimated_bytes(old) if old is not None else 0
+            fits = self._bytes - freed + cost <= self._max_cache_bytes
+            if fits:
+                self._items[info.name] = info
+                self._bytes += cost - freed
+            elif old is not None:
+                del self._items[info.name]
+                self._bytes -= freed
+                self._removals += 1
+        if not fits:
+            self._cache_full(info.name, 1)
+
+    def _remove(self, name: str) -> None:
+        with self._write_lock:
+            old = self._items.pop(name, None)
+            if old is not None:
+                self._bytes -= _estimated_bytes(old)
+            # Counted even for a name not cached: a fetch of it may be in
+            # flight, and must not bring it back.
+            self._removals += 1
+
+    def _usable(self, obj: Any) -> NamespaceInfo | None:
+        """What the cache keeps of a Namespace object; None (logged) when it cannot keep it."""
+        try:
+            info = _parse(obj)
+        except (ValueError, AttributeError) as err:
+            self._note("malformed", "namespace watch: skipping a malformed Namespace: %s", err)
+            return None
+        size = _estimated_bytes(info)
+        if size > MAX_NAMESPACE_BYTES:
+            self._note(
+                "oversized",
+                "namespace %s: its labels and sidecar annotations take about %d KiB, over the"
+                " %d KiB a cached namespace may hold; it is read from the API server on each"
+                " admission instead",
+                info.name,
+                size // _KiB,
+                MAX_NAMESPACE_BYTES // _KiB,
+            )
+            return None
         return info
 
+    # -- fetch ------------------------------------------------------------------
+
+    def _read(self, name: str, removals: int) -> NamespaceInfo | None:
+        """GET one namespace (in a fetch thread); ``removals`` is the count before it was sent."""
+        what = f"namespace {name}"
+        try:
+            response = self._request(
+                f"{_PATH}/{quote(name, safe='')}", {}, read_timeout=self._fetch_timeout
+            )
+        except Exception as err:  # connection refused, connect or header timeout, TLS
+            raise NamespaceUnavailable(f"{what}: {_one_line(err)}") from None
+        with self._response_lock:
+            self._fetch_responses.add(response)
+        complete = False
+        try:
+            with _deadline(self._fetch_timeout, response) as expired:
+                try:
+                    if response.status == _NOT_FOUND:
+                        body = _read_body(response, limit=MAX_ERROR_BYTES, what="the 404 answer")
+                        complete = True
+                        if _is_not_found(body):
+                            return None
+                        raise NamespaceUnavailable(
+                            f"{what}: HTTP 404 without a Kubernetes NotFound status"
+                        )
+                    if response.status != _OK:
+                        raise NamespaceUnavailable(
+                            f"{what}: HTTP {response.status}"
+                            f"{_status_message(response, timeout=self._fetch_timeout)}"
+                        )
+                    body = _read_body(response, limit=MAX_OBJECT_BYTES, what="the body")
+                    complete = True
+                except NamespaceUnavailable:
+                    raise
+                except Exception as err:  # a cut or garbled stream, an oversized body
+                    if expired.is_set():
+                        raise NamespaceUnavailable(
+                            f"{what}: the answer did not arrive within {self._fetch_timeout:g}s"
+                        ) from None
+                    raise NamespaceUnavailable(f"{what}: {_one_line(err)}") from None
+        finally:
+            with self._response_lock:
+                self._fetch_responses.discard(response)
+            self._release(response, complete=complete)
+        try:
+            obj = orjson.loads(body)
+            info = _parse(obj)
+        except (ValueError, AttributeError) as err:
+            raise NamespaceUnavailable(
+                f"{what}: the API server's answer is not a Namespace: {_one_line(err)}"
+            ) from None
+        if info.name != name:
+            raise NamespaceUnavailable(f"{what}: the API server answered for {info.name}")
+        if _estimated_bytes(info) <= MAX_NAMESPACE_BYTES:
+            self._store_fetched(info, removals=removals)
+        return info
+
+    def _store_fetched(self, info: NamespaceInfo, *, removals: int) -> None:
+        """Cache a fetched namespace if nothing says it may be gone by now.
+
+        The watch is the authority on what exists; a fetch may only fill a gap
+        it has not reached yet, never undo a removal. The GET's answer can be
+        older than a deletion the watch applied while it was in flight, and
+        resourceVersions are opaque strings that clients must not compare
+        (API conventions), so the rule is by order of events instead: the
+        answer is cached only if the watch removed nothing at all (no DELETED
+        event, no relist) since before the GET was sent, and never over a copy
+        the watch already holds (that one is as current, or its next event
+        will make it so). A skipped insert costs one more GET on the next
+        admission, or none once the watch delivers the namespace.
+        """
+        cost = _estimated_bytes(info)
+        with self._write_lock:
+            if (
+                self._removals == removals
+                and info.name not in self._items
+                and self._bytes + cost <= self._max_cache_bytes
+            ):
+                self._items[info.name] = info
+                self._bytes += cost
+
+    def _forget(self, name: str, done: Future[NamespaceInfo | None]) -> None:
+        with self._inflight_lock:
+            if self._inflight.get(name) is done:
+                del self._inflight[name]
+
     # -- plumbing ---------------------------------------------------------------
+
+    def _request(
+        self, path: str, query: Mapping[str, str], *, read_timeout: float
+    ) -> urllib3.BaseHTTPResponse:
+        """One GET through the client's pool: its TLS and proxy settings, current credentials."""
+        headers = {"Accept": "application/json", "User-Agent": f"sidecar-injector/{__version__}"}
+        # auth_settings() runs the configuration's refresh hook, so rotated
+        # service-account tokens and exec-plugin credentials stay current.
+        for setting in self._config.auth_settings().values():
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[setting["key"]] = setting["value"]
+        url = f"{self._base}{path}"
+        if query:
+            url = f"{url}?{urlencode(query)}"
+        return self._pool.request(
+            "GET",
+            url,
+            headers=headers,
+            preload_content=False,
+            decode_content=False,
+            redirect=False,
+            retries=False,
+            timeout=urllib3.Timeout(connect=self._connect_timeout, read=read_timeout),
+        )
 
     def _open(self, request: Callable[[], Any]) -> Any:
         """Send a request and remember its response so that stop() can abort it."""
@@ -401,104 +818,273 @@ class KubeNamespaceCache:
         # stop() sets the flag before it looks for a response, so either it
         # saw this response or we see the flag here.
         if self._stopping.is_set():
-            self._release(response, abort=True)
+            self._release(response, complete=False)
             raise _Stopping
         return response
 
-    def _release(self, response: Any, *, abort: bool = False) -> None:
+    def _release(self, response: Any, *, complete: bool) -> None:
         with self._response_lock:
             if self._response is response:
                 self._response = None
-        if abort:
-            # A watch cut off mid-stream leaves its connection unusable.
+        if not complete:
+            # Unread bytes would be the next request's garbage: drop the connection.
             response.close()
         response.release_conn()
 
     def _abort_response(self) -> None:
         with self._response_lock:
             response = self._response
-        if response is None:
-            return
-        # Shutting the socket down wakes the thread blocked in recv(); closing
-        # the response object from another thread would not.
-        connection = getattr(response, "connection", None)
-        sock = getattr(connection, "sock", None)
-        if sock is not None:
-            # Already closed is fine: the thread is on its way out anyway.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        if response is not None:
+            _shutdown(response)
 
-    def _backoff(self, failures: int) -> float:
-        delay = min(self._backoff_max, self._backoff_initial * 2.0 ** max(0, failures - 1))
-        # Jitter keeps many replicas from reconnecting in step after an outage.
-        return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
-
-    def _failed(self, err: Exception) -> None:
-        """Log a failure: the first of a streak and then one a ``warn_every`` as warnings."""
+    def _failed(self, err: Exception, delay: float) -> None:
+        """Log a failure: a warning at most once a ``warn_every``, the rest at debug level."""
         self._failures += 1
-        now = time.monotonic()
-        expected = isinstance(err, (ApiException, OSError, ValueError, _WatchError)) or (
+        self._failures_unreported += 1
+        expected = isinstance(err, (OSError, ValueError, _WatchError)) or (
             type(err).__module__.startswith("urllib3")
         )
-        if self._failures == 1 or now - self._last_warning >= self._warn_every:
-            self._last_warning = now
+        if self._throttle.allow("failure", self._clock()):
+            unreported = self._failures_unreported
             log.warning(
-                "namespace watch on %s failed (%d in a row): %s; serving %d cached namespaces",
+                "namespace watch on %s failed: %s; retry %d in %.3gs (%d failure%s since the"
+                " last warning), serving %d cached namespaces",
                 self.host,
-                self._failures,
                 _one_line(err),
+                self._backoff.streak,
+                delay,
+                unreported,
+                "" if unreported == 1 else "s",
                 len(self._items),
                 # A traceback only for what is not a network or server problem (a bug).
                 exc_info=None if expected else err,
             )
+            self._failures_unreported = 0
         else:
-            log.debug("namespace watch failed again (%d): %s", self._failures, _one_line(err))
+            log.debug(
+                "namespace watch failed: %s; retry %d in %.3fs",
+                _one_line(err),
+                self._backoff.streak,
+                delay,
+            )
 
     def _recovered(self) -> None:
-        if self._failures:
+        """The server sent data (a list, an event): the end of a failure streak, for the log."""
+        if not self._failures:
+            return
+        if self._throttle.allow("recovered", self._clock()):
             log.info(
-                "namespace watch on %s: connected again after %d failed attempts",
+                "namespace watch on %s: in sync again after %d failed attempts",
                 self.host,
                 self._failures,
             )
-            self._failures = 0
-            self._last_warning = float("-inf")
+        self._failures = 0
+
+    def _cache_full(self, first: str, count: int) -> None:
+        self._note(
+            "full",
+            "namespace cache: %d namespaces (first %s) do not fit in its %d MiB; they are read"
+            " from the API server on each admission instead",
+            count,
+            first,
+            self._max_cache_bytes // _MiB,
+        )
+
+    def _note(
+        self, kind: str, message: str, *args: object, exc_info: BaseException | None = None
+    ) -> None:
+        """A warning about the data, throttled per kind like the failure warnings."""
+        level = logging.WARNING if self._throttle.allow(kind, self._clock()) else logging.DEBUG
+        log.log(level, message, *args, exc_info=exc_info)
 
 
-def _info(obj: Any) -> NamespaceInfo | None:
-    """The NamespaceInfo of a listed/watched object; a malformed one is logged and skipped."""
+class _Backoff:
+    """Capped exponential backoff with jitter whose streak ends only after a healthy period.
+
+    As client-go's backoff manager: a failure continues the streak unless the
+    previous one is at least ``healthy_after`` seconds old. Resetting when a
+    stream merely opens would let a server that accepts every watch and fails
+    it at once (an ERROR event, a cut stream) pull a reconnect out of us every
+    ``initial`` seconds. ``healthy_after`` is kept above ``maximum`` so that a
+    server failing every attempt never looks healthy between two of them.
+    """
+
+    def __init__(
+        self, *, initial: float, maximum: float, healthy_after: float, rng: random.Random
+    ) -> None:
+        self._initial = initial
+        self._maximum = maximum
+        self._healthy_after = max(healthy_after, 2.0 * maximum)
+        self._rng = rng
+        self._streak = 0
+        self._last_failure = float("-inf")
+
+    @property
+    def streak(self) -> int:
+        """Failures in the current streak (the last one included)."""
+        return self._streak
+
+    def failure(self, now: float) -> float:
+        """Record a failure at ``now``; the seconds to wait before the next attempt."""
+        if now - self._last_failure >= self._healthy_after:
+            self._streak = 0
+        self._streak += 1
+        self._last_failure = now
+        # The exponent is capped so that a long outage cannot overflow the float.
+        delay = min(self._maximum, self._initial * 2.0 ** min(self._streak - 1, 62))
+        # Jitter keeps many replicas from reconnecting in step after an outage.
+        return delay * self._rng.uniform(0.5, 1.0)
+
+
+class _Throttle:
+    """At most one log line per kind per ``interval``: an outage costs lines, not one per retry."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._last: dict[str, float] = {}
+
+    def allow(self, kind: str, now: float) -> bool:
+        """Whether a line of ``kind`` may be logged at ``now`` (and if so, remember it)."""
+        last = self._last.get(kind)
+        if last is not None and now - last < self._interval:
+            return False
+        self._last[kind] = now
+        return True
+
+
+def _parse(obj: Any) -> NamespaceInfo:
+    """A Namespace object as the cache keeps it: labels, and only the sidecar annotations.
+
+    Raises ``ValueError`` (or ``AttributeError`` for a non-object) when it is
+    not a usable Namespace.
+    """
+    info = NamespaceInfo.from_object(obj)
+    kept = {k: v for k, v in info.annotations.items() if k.startswith(constants.PREFIX)}
+    if len(kept) == len(info.annotations):
+        return info
+    return NamespaceInfo(info.name, info.labels, MappingProxyType(kept))
+
+
+def _estimated_bytes(info: NamespaceInfo) -> int:
+    """A generous estimate of the memory a cached entry takes (a test checks it with tracemalloc).
+
+    The strings' own sizes, plus room for the entry (the object, two maps and
+    the cache's dict slot) and for each map slot.
+    """
+    size = 700 + sys.getsizeof(info.name)
+    for mapping in (info.labels, info.annotations):
+        for key, value in mapping.items():
+            size += 100 + sys.getsizeof(key) + sys.getsizeof(value)
+    return size
+
+
+def _read_body(response: Any, *, limit: int, what: str) -> bytes:
+    """The whole body, refused as soon as it is known to be over ``limit`` bytes."""
+    _check_encoding(response, what)
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise _TooLarge(f"{what} is {int(declared)} bytes, over the {limit}-byte limit")
+    body = bytearray()
+    for chunk in response.stream(_CHUNK, decode_content=False):
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge(f"{what} is over the {limit}-byte limit")
+    return bytes(body)
+
+
+def _check_encoding(response: Any, what: str) -> None:
+    # Compression is never asked for; decompressing what was sent anyway
+    # would undo every size bound (a small gzip body can inflate to gigabytes).
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        raise _WatchError(
+            f"{what} came with Content-Encoding {encoding!r}, which was not asked for"
+        )
+
+
+def _status_message(response: Any, *, timeout: float) -> str:
+    """': <message>' from a Kubernetes Status error body (64 KiB within ``timeout``), or ''."""
     try:
-        return NamespaceInfo.from_object(obj)
-    except (ValueError, AttributeError) as err:
-        log.warning("namespace watch: skipping a malformed Namespace: %s", err)
-        return None
+        with _deadline(timeout, response):
+            body = _read_body(response, limit=MAX_ERROR_BYTES, what="the error body")
+        status = orjson.loads(body)
+    except Exception:  # an error about the error: the status code says enough
+        return ""
+    message = status.get("message") if isinstance(status, dict) else None
+    return f": {message}" if isinstance(message, str) and message else ""
 
 
-def _lines(response: Any) -> Iterator[bytes]:
-    """Newline-delimited watch events as they arrive (the server sends them chunked)."""
+def _is_not_found(body: bytes) -> bool:
+    """Whether a 404 body is the API server's own NotFound, not some proxy's page."""
+    try:
+        status = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return (
+        isinstance(status, dict)
+        and status.get("kind") == "Status"
+        and status.get("reason") == "NotFound"
+    )
+
+
+def _lines(response: Any, *, limit: int) -> Iterator[bytes]:
+    """Newline-delimited watch events as they arrive; a line over ``limit`` bytes is an error."""
     buffer = bytearray()
-    for chunk in response.stream(amt=None, decode_content=False):
-        buffer.extend(chunk)
-        while (end := buffer.find(b"\n")) != -1:
-            line = bytes(buffer[:end])
-            del buffer[: end + 1]
+    for chunk in response.stream(_CHUNK, decode_content=False):
+        searched = len(buffer)  # no newline before here: don't scan it again
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", max(start, searched))) != -1:
+            if end - start > limit:
+                raise _TooLarge(f"a watch event is over the {limit}-byte limit")
+            line = bytes(buffer[start:end])
+            start = end + 1
             if line.strip():
                 yield line
+        del buffer[:start]
+        if len(buffer) > limit:
+            raise _TooLarge(f"a watch event is over the {limit}-byte limit")
     if buffer.strip():
         yield bytes(buffer)
 
 
+@contextlib.contextmanager
+def _deadline(seconds: float, response: Any) -> Iterator[threading.Event]:
+    """Cut ``response``'s connection if the block is still reading after ``seconds``.
+
+    Socket timeouts bound each read, not a body that trickles in a byte at a
+    time; this bounds the whole. The event says whether the cut happened.
+    """
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        _shutdown(response)
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()
+
+
+def _shutdown(response: Any) -> None:
+    """Wake whatever thread is blocked reading ``response``: shut its socket down."""
+    # Closing the response object from another thread would not wake recv().
+    connection = getattr(response, "connection", None) or getattr(response, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        # Already closed is fine: the reader is on its way out anyway.
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def _one_line(err: BaseException) -> str:
     """A short, single-line description of an error for the log and for warnings."""
-    if isinstance(err, ApiException):
-        detail = err.reason or ""
-        try:
-            status = orjson.loads(err.body) if err.body else None
-        except orjson.JSONDecodeError:
-            status = None
-        if isinstance(status, dict) and status.get("message"):
-            detail = status["message"]
-        text = f"HTTP {err.status} {detail}" if err.status else str(detail)
+    if isinstance(err, (_WatchError, _TooLarge, _Expired)):
+        text = str(err)  # written for people already; the class name adds nothing
     else:
         reason = getattr(err, "reason", None)  # urllib3's MaxRetryError wraps the real cause
         cause = reason if isinstance(reason, BaseException) else err

@@ -15,124 +15,50 @@ Three sources share that interface:
 
 This module does not import ``kubernetes``; ``namespace_source_from_args``
 imports the watch-backed cache only when it chooses it, so the offline CLI and
-the engine never pay for (or depend on) the client.
+the engine never pay for (or depend on) the client. The types all sources
+share (``NamespaceInfo``, ``NamespaceSource``, ``Freshness``, the errors,
+``lookup``) live in ``webhook.namespace_types`` and are re-exported here, so
+the watch-backed cache depends on them without depending on this module.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from webhook.manifests import ManifestError, is_list, parse_documents
+from webhook.namespace_types import (
+    Freshness,
+    NamespaceInfo,
+    NamespaceSource,
+    NamespaceSourceError,
+    NamespaceUnavailable,
+    lookup,
+    running_in_cluster,
+)
 
-_EMPTY: Mapping[str, str] = MappingProxyType({})
-
-# What ``kubernetes.config.load_incluster_config`` needs; checked here so that
-# deciding on a source does not import the client.
-_IN_CLUSTER_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
-_IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-
-
-class NamespaceSourceError(Exception):
-    """A namespace source cannot be set up (bad file, bad kubeconfig); one-line message."""
+__all__ = [
+    "FileNamespaces",
+    "Freshness",
+    "NamespaceInfo",
+    "NamespaceSource",
+    "NamespaceSourceError",
+    "NamespaceUnavailable",
+    "NamespacesFileError",
+    "StaticNamespaces",
+    "load_namespaces_file",
+    "lookup",
+    "namespace_source_from_args",
+    "parse_namespaces",
+    "running_in_cluster",
+]
 
 
 class NamespacesFileError(NamespaceSourceError, ValueError):
     """The namespaces file cannot be used; the message names the file and the place."""
-
-
-class NamespaceUnavailable(Exception):
-    """The source cannot say whether the namespace exists (e.g. the API server is down).
-
-    Admission then treats the namespace as unlabelled and adds a warning
-    rather than failing the request: the webhook's own failure policy is for
-    the webhook being down, not for one lookup.
-    """
-
-
-def _string_map(value: Any, *, what: str) -> Mapping[str, str]:
-    """An immutable copy of a labels/annotations map; ``None`` (as in ``labels: null``) is empty."""
-    if value is None:
-        return _EMPTY
-    if not isinstance(value, dict):
-        raise ValueError(f"{what}: expected a map, got {type(value).__name__}")
-    for key, item in value.items():
-        if not isinstance(key, str) or not isinstance(item, str):
-            # The API server only stores strings; an unquoted `true` or `8080`
-            # in a hand-written file would silently mean something else.
-            raise ValueError(f"{what}.{key}: expected a string, got {type(item).__name__}")
-    return MappingProxyType(dict(value))
-
-
-@dataclass(frozen=True, slots=True)
-class NamespaceInfo:
-    """What admission needs of a Namespace; immutable so a shared cache can hand it out."""
-
-    name: str
-    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
-    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
-
-    @classmethod
-    def from_object(cls, obj: Mapping[str, Any]) -> NamespaceInfo:
-        """Read a Namespace object (a plain dict); missing or null metadata maps are empty.
-
-        Raises ``ValueError`` naming the field when the object has no usable
-        ``metadata.name`` or holds non-string labels/annotations.
-        """
-        meta = obj.get("metadata")
-        if meta is None:
-            meta = {}
-        if not isinstance(meta, dict):
-            raise ValueError(f"metadata: expected a map, got {type(meta).__name__}")
-        name = meta.get("name")
-        if not isinstance(name, str) or not name:
-            raise ValueError("metadata.name is missing")
-        return cls(
-            name=name,
-            labels=_string_map(meta.get("labels"), what="metadata.labels"),
-            annotations=_string_map(meta.get("annotations"), what="metadata.annotations"),
-        )
-
-
-@runtime_checkable
-class NamespaceSource(Protocol):
-    """Namespace labels and annotations for admission.
-
-    Call ``cached`` first on the event loop; only on a miss call ``fetch`` in a
-    worker thread. ``start``/``stop`` belong in the app's lifespan and
-    ``is_ready`` in ``/readyz``.
-    """
-
-    def cached(self, name: str) -> NamespaceInfo | None:
-        """The namespace as last known, from memory; never blocks, never does I/O."""
-        ...
-
-    def fetch(self, name: str) -> NamespaceInfo | None:
-        """Ask the source itself; may block briefly. ``None``: no such namespace.
-
-        Raises ``NamespaceUnavailable`` when the source cannot answer.
-        """
-        ...
-
-    def is_ready(self) -> bool:
-        """True once the source has synced (and stays true while it serves from memory)."""
-        ...
-
-    def start(self) -> None:
-        """Begin syncing (idempotent)."""
-        ...
-
-    def stop(self) -> None:
-        """Stop syncing and release connections; returns promptly."""
-        ...
-
-    def describe(self) -> str:
-        """One line for the startup log: what the source is and where it reads from."""
-        ...
 
 
 class StaticNamespaces:
@@ -163,6 +89,10 @@ class StaticNamespaces:
 
     def stop(self) -> None:
         """Nothing to stop."""
+
+    def freshness(self) -> Freshness | None:
+        """None: a fixed set is never out of date, there is nothing to measure."""
+        return None
 
     def describe(self) -> str:
         """One line for the log."""
@@ -262,11 +192,6 @@ def _kind_of(value: Any) -> str:
     if isinstance(value, str):
         return "a string"
     return "null" if value is None else type(value).__name__
-
-
-def running_in_cluster() -> bool:
-    """Whether this process runs in a pod with a service account (what in-cluster config needs)."""
-    return all(os.environ.get(name) for name in _IN_CLUSTER_ENV) and _IN_CLUSTER_TOKEN.is_file()
 
 
 def namespace_source_from_args(

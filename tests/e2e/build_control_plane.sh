@@ -2,6 +2,12 @@
 # Build kube-apiserver and kube-controller-manager for the e2e control plane,
 # or return at once when this version is already cached.
 #
+#   build_control_plane.sh           kube-apiserver, kube-controller-manager
+#   build_control_plane.sh node      kubelet, kube-scheduler, kube-proxy (the
+#                                    real node, tests/e2e/node.py), cached in
+#                                    a directory of their own so that adding
+#                                    them never rebuilds or races the others
+#
 # Why build from source: the e2e tests need a real apiserver (admission chain,
 # webhook client, RBAC) but no kubelet or container runtime, and the only
 # network CI has is the Go module proxy and a few package registries, so the
@@ -29,8 +35,20 @@ major="${BASH_REMATCH[1]}"
 minor="${BASH_REMATCH[2]}"
 
 cache="${SIDECAR_INJECTOR_CACHE:-$HOME/.cache/sidecar-injector}"
-dest="$cache/kube-$version"
-binaries=(kube-apiserver kube-controller-manager)
+case "${1:-control-plane}" in
+    control-plane)
+        dest="$cache/kube-$version"
+        binaries=(kube-apiserver kube-controller-manager)
+        ;;
+    node)
+        dest="$cache/kube-node-$version"
+        binaries=(kubelet kube-scheduler kube-proxy)
+        ;;
+    *)
+        echo "usage: build_control_plane.sh [control-plane|node]" >&2
+        exit 2
+        ;;
+esac
 
 cached() {
     local b
@@ -52,11 +70,11 @@ fi
 mkdir -p "$cache"
 # Same filesystem as $dest, so the final rename is atomic: a reader sees
 # either no directory or a complete one, never a half-written binary.
-work="$(mktemp -d "$cache/.kube-$version.build.XXXXXX")"
+work="$(mktemp -d "$cache/.${dest##*/}.build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 cd "$module_dir"
-# CGO off: neither binary needs it and it spares CI a C toolchain.
+# CGO off: none of the binaries needs it and it spares CI a C toolchain.
 # -mod=readonly: go.sum is committed; a build must never rewrite it.
 export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=readonly -buildvcs=false"
@@ -74,11 +92,12 @@ t0=$(now)
 go mod download >&2
 t1=$(now)
 echo "build_control_plane: module download took $((t1 - t0))s" >&2
-go build -trimpath -ldflags "$ldflags" -o "$work/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager >&2
+packages=()
+for b in "${binaries[@]}"; do packages+=("k8s.io/kubernetes/cmd/$b"); done
+go build -trimpath -ldflags "$ldflags" -o "$work/" "${packages[@]}" >&2
 t2=$(now)
-echo "build_control_plane: compile took $((t2 - t1))s; total $((t2 - t0))s" >&2
-"$work/kube-apiserver" --version >&2
+echo "build_control_plane: compile of ${binaries[*]} took $((t2 - t1))s; total $((t2 - t0))s" >&2
+"$work/${binaries[0]}" --version >&2
 # mktemp made it owner-only; the cache is meant to be readable like any install.
 chmod 755 "$work"
 

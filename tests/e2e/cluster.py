@@ -321,6 +321,7 @@ class ControlPlane:
         self._workdir: Path | None = None
         self._components: list[_Component] = []
         self._port = 0
+        self._ca: _Pair | None = None
 
     # -- public surface --
 
@@ -519,6 +520,7 @@ class ControlPlane:
             _terminate(component.process)
         self._components.clear()
         self._port = 0
+        self._ca = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -563,6 +565,7 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--profiling=false",
                 *self.extra_apiserver_args,
+                *self._workdir_apiserver_args(work),
             ],
         )
         self._wait_ready()
@@ -590,8 +593,17 @@ class ControlPlane:
             timeout=self.startup_timeout,
         )
 
+    def _workdir_apiserver_args(self, work: Path) -> list[str]:
+        """More apiserver flags, for subclasses whose flags name files in ``work``.
+
+        Called after the certificates are written; later flags win, so these
+        can also override the defaults above.
+        """
+        del work
+        return []
+
     def _write_pki(self, work: Path) -> None:
-        ca = _issue(_name("sidecar-injector-e2e-ca"), issuer=None)
+        ca = self._ca = _issue(_name("sidecar-injector-e2e-ca"), issuer=None)
         _write(work / "ca.crt", ca.cert_pem())
         _write(work / "ca.key", ca.key_pem(), private=True)
         service_ip = next(ipaddress.IPv4Network(SERVICE_CLUSTER_IP_RANGE).hosts())
@@ -635,9 +647,31 @@ class ControlPlane:
             ),
         )
 
+    def write_user_kubeconfig(self, path: Path, user: str, *groups: str) -> Path:
+        """Write a kubeconfig for ``user`` in ``groups``, with a client certificate from the CA.
+
+        For components that must act as themselves, not as the admin: a
+        kubelet (``system:node:<name>`` in ``system:nodes``, which the Node
+        authorizer checks), ``system:kube-scheduler``, ``system:kube-proxy``.
+        """
+        if self._ca is None:
+            raise ControlPlaneError("the control plane is not running")
+        pair = _issue(
+            _name(user, *groups), issuer=self._ca, usages=[ExtendedKeyUsageOID.CLIENT_AUTH]
+        )
+        return self._kubeconfig_file(path, user, pair.cert_pem(), pair.key_pem())
+
     def _write_kubeconfig(self, work: Path) -> None:
-        def b64(path: Path) -> str:
-            return base64.b64encode(path.read_bytes()).decode("ascii")
+        self._kubeconfig_file(
+            self.kubeconfig,
+            ADMIN_USER,
+            (work / "admin.crt").read_bytes(),
+            (work / "admin.key").read_bytes(),
+        )
+
+    def _kubeconfig_file(self, path: Path, user: str, cert_pem: bytes, key_pem: bytes) -> Path:
+        def b64(data: bytes) -> str:
+            return base64.b64encode(data).decode("ascii")
 
         config = {
             "apiVersion": "v1",
@@ -647,23 +681,23 @@ class ControlPlane:
                     "name": "e2e",
                     "cluster": {
                         "server": self.server,
-                        "certificate-authority-data": b64(work / "ca.crt"),
+                        "certificate-authority-data": b64(self.ca_file.read_bytes()),
                     },
                 }
             ],
             "users": [
                 {
-                    "name": ADMIN_USER,
+                    "name": user,
                     "user": {
-                        "client-certificate-data": b64(work / "admin.crt"),
-                        "client-key-data": b64(work / "admin.key"),
+                        "client-certificate-data": b64(cert_pem),
+                        "client-key-data": b64(key_pem),
                     },
                 }
             ],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": ADMIN_USER}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
             "current-context": "e2e",
         }
-        _write(self.kubeconfig, yaml.safe_dump(config).encode(), private=True)
+        return _write(path, yaml.safe_dump(config).encode(), private=True)
 
     def _start_etcd(self, work: Path) -> str:
         client_port, peer_port = _free_port(), _free_port()

@@ -25,6 +25,7 @@ By hand (as root): ``python -m pytest -m netns tests/e2e -q`` or ``make e2e``.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import ipaddress
 import json
 import os
@@ -93,6 +94,10 @@ elif cmd == "get":
             print(resp.status); print(resp.read().decode())
     except urllib.error.HTTPError as err:
         print(err.code)
+elif cmd == "get-many":  # one new connection per request
+    for _ in range(int(sys.argv[4])):
+        with urllib.request.urlopen(sys.argv[3], timeout=5) as resp:
+            print(resp.status, resp.read().decode().strip(), flush=True)
 """
 
 
@@ -291,6 +296,54 @@ class Box:
                 found[item["name"]] = item["value"]
         return found
 
+    def get_as_app(self, url: str, *, uid: int = APP_UID) -> tuple[int, str]:
+        """HTTP GET from inside the pod as the app's UID (so it is redirected): status and body."""
+        result = self.run(self._helper("get", str(uid), url), timeout=15)
+        if result.returncode != 0:
+            raise ConnectionError(result.stderr.strip())
+        status, _, body = result.stdout.partition("\n")
+        return int(status), body
+
+    def get_many_as_app(self, url: str, count: int, *, uid: int = APP_UID) -> list[str]:
+        """``count`` GETs as the app's UID, each on a new connection; ``"<status> <body>"`` each."""
+        result = self.run(self._helper("get-many", str(uid), url, str(count)), timeout=15 + count)
+        if result.returncode != 0:
+            raise ConnectionError(result.stderr.strip())
+        return result.stdout.splitlines()
+
+    def config_dump(self) -> dict[str, Any]:
+        """Envoy's /config_dump with endpoints (EDS included), from its admin port."""
+        status, body = self.get_inside("http://127.0.0.1:15000/config_dump?include_eds")
+        assert status == 200, body
+        dump: dict[str, Any] = json.loads(body)
+        return dump
+
+    def redirected_to(self, port: int) -> int:
+        """Connections the pod's nat rules have redirected to ``port`` so far.
+
+        Summed over every ``REDIRECT --to-ports port`` rule (nat rules see the
+        first packet of each connection only, so packets are connections).
+        """
+        listing = self.run(["iptables", "-t", "nat", "-L", "-n", "-v", "-x"])
+        assert listing.returncode == 0, listing.stderr
+        return sum(
+            int(line.split()[0])
+            for line in listing.stdout.splitlines()
+            if line.rstrip().endswith(f"redir ports {port}")
+        )
+
+    def add_mesh_only_address(self) -> str:
+        """An unused test address that only the mesh can answer: a service VIP.
+
+        It gets an on-link route through the pod's interface, so a connection
+        that the proxy fails to take over dies at the veth (no host owns the
+        address, no ARP answer) instead of following the default route off
+        this machine.
+        """
+        address = str(_pick_subnet()[1])
+        _ip("-n", self.name, "route", "add", f"{address}/32", "dev", self.pod_if)
+        return address
+
     # --- the injected containers --------------------------------------------------
 
     def pod_fields(self, pod: Mapping[str, Any]) -> dict[str, str]:
@@ -479,6 +532,21 @@ def leftovers() -> list[str]:
     return found
 
 
+def own_leftovers() -> list[str]:
+    """``leftovers()`` of this process only: box names start with its pid's tag.
+
+    Other worktrees may run pod-in-a-box on the same host at the same time;
+    their live boxes are not ours to count.
+    """
+    mine = f"{os.getpid() % 10000:04d}"
+    return [
+        item
+        for item in leftovers()
+        if item.startswith("pid ")
+        or item.removeprefix(NETNS_PREFIX).removeprefix(VETH_PREFIX).startswith(mine)
+    ]
+
+
 # --- the host side -----------------------------------------------------------------
 
 
@@ -547,4 +615,38 @@ class HostServer:
         """Stop accepting and join the thread."""
         self._stop.set()
         self._sock.close()
+        self._thread.join(timeout=5)
+
+
+class HostHTTPServer:
+    """An HTTP server on the host end of the veth: every GET gets ``<name> <peer ip>``.
+
+    Stands in for a service's endpoint; ``hits`` counts the requests it served.
+    """
+
+    def __init__(self, host: str, port: int, name: str) -> None:
+        self.name = name
+        self.hits = 0
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.hits += 1
+                body = f"{owner.name} {self.client_address[0]}\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                del format, args
+
+        self._server = http.server.ThreadingHTTPServer((host, port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving and join the thread."""
+        self._server.shutdown()
+        self._server.server_close()
         self._thread.join(timeout=5)

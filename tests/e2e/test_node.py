@@ -1,0 +1,339 @@
+"""The install on a real one-node cluster: what users see first, on kind or a real cluster.
+
+The node (:mod:`tests.e2e.node`) is containerd + kubelet + kube-scheduler +
+kube-proxy next to the e2e control plane, and the install is the rendered
+``make deploy`` one, running from the images the project's Dockerfiles
+build (:mod:`tests.e2e.images`). Every test asserts behaviour: pods Running
+and Ready, init containers Completed, Envoy's own counters, creations that
+succeed and come back injected; never the exact injected spec, which the
+engine's own tests pin down.
+
+Skipped, with the reason, only where the machine cannot run a node (no root,
+missing kernel features). Missing packages fail (``apt-get install`` them;
+``.ci/run`` does), and so does a teardown that leaves host state behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.cluster import build_binaries, cached_bin_dir
+from tests.e2e.images import BUSYBOX_TAG, ImageBuildError, build_images, product_tags
+from tests.e2e.node import (
+    Node,
+    build_node_binaries,
+    missing_packages,
+    unsupported_reason,
+)
+from tests.e2e.node_install import (
+    APP_PORT,
+    HTTP_SERVER,
+    SLEEPER,
+    NodeInstall,
+    PodStream,
+    apply,
+    container_status,
+    delete_namespace,
+    deployment_manifest,
+    describe_pods,
+    envoy_stats,
+    exec_in,
+    injector_pod_names,
+    node_install,
+    pod_manifest,
+    pod_spec,
+    pods,
+    summarize,
+    wait_ready,
+)
+from tests.e2e.webhook_install import INIT, NAMESPACE, PROXY, is_injected
+from webhook.constants import STATUS_ANNOTATION
+from webhook.engine.bootstrap import INBOUND_STATS, OUTBOUND_PASSTHROUGH, OUTBOUND_STATS
+
+pytestmark = [pytest.mark.node]
+
+NATIVE = "sidecar.mesh.io/native-sidecar"
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Node]:
+    """A running node for this module; its teardown fails if host state is left behind."""
+    reason = unsupported_reason()
+    if reason is not None:
+        pytest.skip(f"this machine cannot run a Kubernetes node: {reason}")
+    if cached_bin_dir() is None and shutil.which("go") is None:
+        pytest.skip("the node's Kubernetes binaries are built from source and 'go' is not on PATH")
+    missing = missing_packages()
+    if missing:
+        pytest.fail(f"the real-node tests need: apt-get install {' '.join(missing)} (.ci/run does)")
+    try:
+        images = build_images()
+    except ImageBuildError as error:
+        pytest.fail(f"image build failed: {error}")
+    with Node(
+        images=images,
+        control_plane_bin_dir=build_binaries(),
+        node_bin_dir=build_node_binaries(),
+        sandbox_image=BUSYBOX_TAG,
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def install(node: Node) -> Iterator[NodeInstall]:
+    """The rendered install, deployed and serving."""
+    with node_install(node) as installed:
+        yield installed
+
+
+def _namespace(node: Node, name: str, **labels: str) -> str:
+    node.control_plane.create_namespace(name, labels=labels)
+    return name
+
+
+# --- the install itself ---------------------------------------------------------------
+
+
+def test_install_runs_two_replicas_from_its_own_image(node: Node, install: NodeInstall) -> None:
+    deployment = json.loads(
+        node.kubectl("-n", NAMESPACE, "get", "deployment", "sidecar-injector", "-o", "json").stdout
+    )
+    assert deployment["status"].get("readyReplicas") == 2, deployment["status"]
+    running = [p for p in install.injector_pods() if not p["metadata"].get("deletionTimestamp")]
+    assert len(running) == 2, describe_pods(running)
+    built = node.images["webhook"]
+    for pod in running:
+        spec = pod["spec"]
+        # Its own identity, never the admin's: the namespace watch works only
+        # if the install's ServiceAccount and RBAC do.
+        assert spec["serviceAccountName"] == "sidecar-injector"
+        (container,) = spec["containers"]
+        assert container["image"] == product_tags()["webhook"]
+        status = container_status(pod, "sidecar-injector")
+        assert status is not None
+        assert status["ready"], status
+        assert status["restartCount"] == 0, status
+        assert built.digest in status["imageID"], (status["imageID"], built.digest)
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["tls"]["secret"]["secretName"] == "sidecar-injector-tls"
+    # The apiserver reached it through the Service: injection works (the
+    # install waits for a dry-run pod to come back injected), and the
+    # Service's endpoints are exactly the two ready pods.
+    slices = json.loads(
+        node.kubectl(
+            "-n", NAMESPACE, "get", "endpointslices",
+            "-l", "kubernetes.io/service-name=sidecar-injector", "-o", "json",
+        ).stdout
+    )  # fmt: skip
+    addresses = {
+        address
+        for item in slices["items"]
+        for endpoint in item.get("endpoints") or []
+        if endpoint.get("conditions", {}).get("ready")
+        for address in endpoint["addresses"]
+    }
+    assert addresses == {p["status"]["podIP"] for p in running}
+
+
+def test_injector_pods_are_not_injected(install: NodeInstall) -> None:
+    for pod in install.injector_pods():
+        names = [c["name"] for c in pod["spec"]["containers"]]
+        names += [c["name"] for c in pod["spec"].get("initContainers") or []]
+        assert names == ["sidecar-injector"], names
+        assert STATUS_ANNOTATION not in (pod["metadata"].get("annotations") or {})
+
+
+# --- meshed workloads -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "classic"])
+def test_meshed_deployment_serves_through_both_proxies(
+    node: Node, install: NodeInstall, native: bool
+) -> None:
+    mode = "native" if native else "classic"
+    namespace = _namespace(
+        node, f"meshed-{mode}", **{"sidecar-injection": "enabled", NATIVE: str(native).lower()}
+    )
+    try:
+        apply(node, namespace, deployment_manifest("web", replicas=2, command=HTTP_SERVER))
+        apply(node, namespace, pod_manifest("client", command=SLEEPER))
+        servers = wait_ready(node, namespace, "app=web", 2)
+        (client,) = wait_ready(node, namespace, "app=client", 1)
+
+        for pod in [*servers, client]:
+            assert is_injected(pod), pod["metadata"]["name"]
+            init_names = [c["name"] for c in pod["spec"]["initContainers"]]
+            # Native: the proxy is an init container the kubelet keeps running.
+            assert (PROXY in init_names) is native, init_names
+            init = container_status(pod, INIT)
+            assert init is not None, describe_pods([pod])
+            terminated = init["state"].get("terminated") or {}
+            assert (terminated.get("exitCode"), terminated.get("reason")) == (0, "Completed"), init
+            proxy = container_status(pod, PROXY)
+            assert proxy is not None
+            assert (proxy["ready"], proxy["restartCount"]) == (True, 0), proxy
+
+        target = servers[0]
+        name, ip = target["metadata"]["name"], target["status"]["podIP"]
+        client_name = client["metadata"]["name"]
+        inbound = f"listener.{INBOUND_STATS}.downstream_cx_total"
+        outbound = f"listener.{OUTBOUND_STATS}.downstream_cx_total"
+        passthrough = f"cluster.{OUTBOUND_PASSTHROUGH}.upstream_cx_total"
+        client_before = envoy_stats(node, namespace, client_name)
+        server_before = envoy_stats(node, namespace, name)
+        requests = 3
+        for _ in range(requests):
+            body = exec_in(
+                node, namespace, client_name, "app", "wget", "-q", "-O-", f"http://{ip}:{APP_PORT}/"
+            )
+            assert body.strip() == name
+        # Counters move as connections are accepted; poll, then demand the
+        # exact count: one connection per request through each proxy, and
+        # nothing else (the app has no probes that could add any).
+        expected = {
+            "client outbound": (client_name, outbound, client_before.get(outbound, 0) + requests),
+            "client upstream": (
+                client_name,
+                passthrough,
+                client_before.get(passthrough, 0) + requests,
+            ),
+            "server inbound": (name, inbound, server_before.get(inbound, 0) + requests),
+        }
+        seen: dict[str, int] = {}
+
+        def counted() -> bool:
+            for label, (pod_name, stat, want) in expected.items():
+                seen[label] = envoy_stats(node, namespace, pod_name).get(stat, 0)
+                if seen[label] < want:
+                    return False
+            return True
+
+        node.wait_for(counted, what="Envoy's counters to show the requests", timeout=60)
+        assert seen == {label: want for label, (_, _, want) in expected.items()}
+    finally:
+        delete_namespace(node, namespace)
+
+
+def test_job_completes_in_native_mode(node: Node, install: NodeInstall) -> None:
+    namespace = _namespace(node, "meshed-job", **{"sidecar-injection": "enabled", NATIVE: "true"})
+    try:
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "once"},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {"spec": pod_spec(["sh", "-c", "echo done"], restart_policy="Never")},
+            },
+        }
+        apply(node, namespace, job)
+
+        def complete() -> bool:
+            status = json.loads(
+                node.kubectl("-n", namespace, "get", "job", "once", "-o", "json").stdout
+            )["status"]
+            if status.get("failed"):
+                raise AssertionError(f"the Job failed: {status}")
+            return bool(status.get("succeeded"))
+
+        node.wait_for(complete, what="the Job to complete", timeout=180)
+        (pod,) = pods(node, namespace, "batch.kubernetes.io/job-name=once")
+        assert is_injected(pod)
+        assert pod["status"]["phase"] == "Succeeded", describe_pods([pod])
+        proxy = container_status(pod, PROXY)
+        # The kubelet stopped the native sidecar once the app container was done.
+        assert proxy is not None
+        assert "terminated" in proxy["state"], proxy
+        logs = node.kubectl("-n", namespace, "logs", pod["metadata"]["name"], "-c", "app")
+        assert logs.stdout.strip() == "done"
+    finally:
+        delete_namespace(node, namespace)
+
+
+# --- the injector under change --------------------------------------------------------
+
+
+def test_certificate_renewal_in_the_secret_reaches_the_pods(
+    node: Node, install: NodeInstall
+) -> None:
+    namespace = _namespace(node, "stream-certs", **{"sidecar-injection": "enabled"})
+    running = [p for p in install.injector_pods() if not p["metadata"].get("deletionTimestamp")]
+    uids = {p["metadata"]["uid"] for p in running}
+    ips = [p["status"]["podIP"] for p in running]
+    old = {ip: install.serving_fingerprint(ip) for ip in ips}
+    stream = PodStream(node.kubeconfig, namespace).start()
+    try:
+        node.wait_for(lambda: stream.count() >= 20, what="pods being created", timeout=60)
+        new = install.rotate_certificate()
+        assert new not in old.values()
+        # The kubelet swaps the Secret volume's files; the server notices on
+        # the next handshake. Every replica must end up serving the new one.
+        node.wait_for(
+            lambda: all(install.serving_fingerprint(ip) == new for ip in ips),
+            what="both replicas to serve the renewed certificate",
+            timeout=180,
+        )
+        switched = stream.count()
+        node.wait_for(
+            lambda: stream.count() >= switched + 30,
+            what="more pods admitted with the new certificate",
+            timeout=60,
+        )
+    finally:
+        outcomes = stream.stop()
+        delete_namespace(node, namespace)
+    assert outcomes
+    assert all(o.ok and o.injected for o in outcomes), summarize(outcomes)
+    # Reloaded in place: same pods, no restarts.
+    after = [p for p in install.injector_pods() if not p["metadata"].get("deletionTimestamp")]
+    assert {p["metadata"]["uid"] for p in after} == uids
+    restarts = [(container_status(p, "sidecar-injector") or {}).get("restartCount") for p in after]
+    assert restarts == [0, 0], restarts
+
+
+def test_rollout_restart_under_continuous_pod_creation(node: Node, install: NodeInstall) -> None:
+    namespace = _namespace(node, "stream-rollout", **{"sidecar-injection": "enabled"})
+    old_pods = injector_pod_names(install)
+    stream = PodStream(node.kubeconfig, namespace).start()
+    window = (time.monotonic(), time.monotonic())
+    try:
+        node.wait_for(lambda: stream.count() >= 20, what="pods being created", timeout=60)
+        restarted = time.monotonic()
+        window = (restarted, restarted)
+        node.kubectl("-n", NAMESPACE, "rollout", "restart", "deployment/sidecar-injector")
+        node.kubectl(
+            "-n", NAMESPACE, "rollout", "status", "deployment/sidecar-injector", "--timeout=300s",
+            timeout=330,
+        )  # fmt: skip
+        # The rollout is "done" when the new pods are ready; the old ones are
+        # still draining (preStop, then graceful shutdown). Keep creating
+        # until they are gone, and a little beyond.
+        node.wait_for(
+            lambda: not (injector_pod_names(install) & old_pods),
+            what="the old injector pods to be gone",
+            timeout=120,
+        )
+        window = (restarted, time.monotonic())
+        finished = stream.count()
+        node.wait_for(
+            lambda: stream.count() >= max(finished + 30, 300),
+            what="creations to go on after the rollout",
+            timeout=300,
+        )
+    finally:
+        outcomes = stream.stop()
+        delete_namespace(node, namespace)
+    # Timings relative to `kubectl rollout restart`, and when the old pods were gone.
+    gone = f"; old replicas gone at {window[1] - window[0]:+.1f}s"
+    assert all(o.ok and o.injected for o in outcomes), summarize(outcomes, origin=window[0]) + gone
+    during = [o for o in outcomes if window[0] <= o.started <= window[1]]
+    # Meaningful only if the rollout really happened under load.
+    assert len(during) >= 20, f"only {len(during)} creations during the rollout"
+    new_pods = injector_pod_names(install)
+    assert len(new_pods) == 2
+    assert not (new_pods & old_pods)

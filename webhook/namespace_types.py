@@ -1,0 +1,161 @@
+"""What every namespace source hands out, and how it fails.
+
+A module of its own so that dependencies point one way: ``webhook.namespaces``
+(the fixed and file sources, and for now the choice of a source) and
+``webhook.kube_namespaces`` (the watch-backed cache) both import this and
+never each other at module level. Import these names from
+``webhook.namespaces``, which re-exports them; only ``kube_namespaces`` takes
+them from here. Nothing here imports ``kubernetes`` or another source.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol, runtime_checkable
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+# What ``kubernetes.config.load_incluster_config`` needs; checked here so that
+# deciding on a source does not import the client.
+_IN_CLUSTER_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
+_IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+class NamespaceSourceError(Exception):
+    """A namespace source cannot be set up (bad file, bad kubeconfig); one-line message."""
+
+
+class NamespaceUnavailable(Exception):
+    """The source cannot say whether the namespace exists or what it holds.
+
+    Raised by ``fetch`` for every failure other than "no such namespace": the
+    API server unreachable, too slow, answering 5xx/403, or with a garbled
+    body. Admission then refuses the pod (fail closed, as ``failurePolicy:
+    Fail`` intends) rather than admitting it unmeshed; the message is one
+    line and names the namespace.
+    """
+
+
+def _string_map(value: Any, *, what: str) -> Mapping[str, str]:
+    """An immutable copy of a labels/annotations map; ``None`` (as in ``labels: null``) is empty."""
+    if value is None:
+        return _EMPTY
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: expected a map, got {type(value).__name__}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            # The API server only stores strings; an unquoted `true` or `8080`
+            # in a hand-written file would silently mean something else.
+            raise ValueError(f"{what}.{key}: expected a string, got {type(item).__name__}")
+    return MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    """What admission needs of a Namespace; immutable so a shared cache can hand it out."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> NamespaceInfo:
+        """Read a Namespace object (a plain dict); missing or null metadata maps are empty.
+
+        Raises ``ValueError`` naming the field when the object has no usable
+        ``metadata.name`` or holds non-string labels/annotations.
+        """
+        meta = obj.get("metadata")
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            raise ValueError(f"metadata: expected a map, got {type(meta).__name__}")
+        name = meta.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError("metadata.name is missing")
+        return cls(
+            name=name,
+            labels=_string_map(meta.get("labels"), what="metadata.labels"),
+            annotations=_string_map(meta.get("annotations"), what="metadata.annotations"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How current a watch-backed source is; rendered in ``/metrics`` at scrape time.
+
+    ``age_seconds``: seconds since the source last knew it was in sync (its
+    last successful list, or the last watch event or BOOKMARK received);
+    before its first list, seconds since it was started. ``reconnects``: watch
+    requests after the first since start (each server-side timeout renews the
+    watch, so a slow steady rise is normal; a steep one is not). ``relists``:
+    successful lists after the first (the server had forgotten our place).
+    """
+
+    age_seconds: float
+    reconnects: int
+    relists: int
+
+
+@runtime_checkable
+class NamespaceSource(Protocol):
+    """Namespace labels and annotations for admission.
+
+    Call ``cached`` first on the event loop; only on a miss call ``fetch`` in a
+    worker thread (``lookup`` does both, for code already in a thread).
+    ``start``/``stop`` belong in the app's lifespan, ``is_ready`` in
+    ``/readyz`` and ``freshness`` in ``/metrics``.
+    """
+
+    def cached(self, name: str) -> NamespaceInfo | None:
+        """The namespace as last known, from memory; never blocks, never does I/O."""
+        ...
+
+    def fetch(self, name: str) -> NamespaceInfo | None:
+        """Ask the source itself; may block for a bounded time. ``None``: no such namespace.
+
+        Raises ``NamespaceUnavailable`` when the source cannot answer.
+        """
+        ...
+
+    def is_ready(self) -> bool:
+        """True once the source has synced (and stays true while it serves from memory)."""
+        ...
+
+    def start(self) -> None:
+        """Begin syncing (idempotent)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop syncing and release connections; returns promptly."""
+        ...
+
+    def describe(self) -> str:
+        """One line for the startup log: what the source is and where it reads from."""
+        ...
+
+    def freshness(self) -> Freshness | None:
+        """How current the source is; ``None`` for sources that do not sync (static, file)."""
+        ...
+
+
+def lookup(source: NamespaceSource, name: str) -> NamespaceInfo | None:
+    """The namespace from memory, or from the source itself on a miss. Blocking.
+
+    The one lookup for code already running in a worker thread (``/preview``,
+    a fetch scheduled with ``anyio.to_thread``). On the event loop call
+    ``cached`` first and run this in a thread only when it misses. ``None``:
+    no such namespace; raises ``NamespaceUnavailable`` when the source cannot
+    tell.
+    """
+    found = source.cached(name)
+    return found if found is not None else source.fetch(name)
+
+
+def running_in_cluster() -> bool:
+    """Whether this process runs in a pod with a service account (what in-cluster config needs)."""
+    return all(os.environ.get(name) for name in _IN_CLUSTER_ENV) and _IN_CLUSTER_TOKEN.is_file()
