@@ -208,6 +208,8 @@ def wait_until_refused(host: str, port: int) -> None:
     deadline = time.monotonic() + DEADLINE
     while not refused(host, port):
         assert time.monotonic() < deadline, "new inbound connections are still accepted"
+        # Every accepted probe is a connection the hook then waits for: poll gently.
+        time.sleep(0.02)
 
 
 def listening(box: Box, port: int) -> bool:
