@@ -1,9 +1,17 @@
-"""webhook.admission without any server: envelope checks, answers, and the patch they carry."""
+"""webhook.admission without any server: envelope checks, answers, and the patch they carry.
+
+``admit`` is async (it may read a namespace from the API server); these tests
+drive it with ``asyncio.run`` and an in-memory lookup that records what was
+fetched, so the fail-closed and re-read rules are checked without a network.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -15,11 +23,34 @@ from tests.support.validation import validate_injected
 from webhook import admission
 from webhook.admission import BadRequest
 from webhook.config import InjectorConfig
-from webhook.preview import AssumedNamespace
+from webhook.engine import NamespaceLike
+from webhook.namespaces import NamespaceInfo, NamespaceUnavailable
 
 CONFIG = InjectorConfig()
-ENABLED = AssumedNamespace("demo", MappingProxyType({"sidecar-injection": "enabled"}))
-UNLABELLED = AssumedNamespace("legacy")
+ENABLED = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "enabled"}))
+UNLABELLED = NamespaceInfo("demo")
+
+
+@dataclass
+class Lookup:
+    """An ``admission.NamespaceLookup`` in memory: a cache, a source, and a record of fetches."""
+
+    cache: Mapping[str, NamespaceLike] = field(default_factory=dict)
+    source: Mapping[str, NamespaceLike] | None = field(default_factory=dict)
+    fetched: list[tuple[str, str]] = field(default_factory=list)
+
+    def cached(self, name: str) -> NamespaceLike | None:
+        return self.cache.get(name)
+
+    async def fetch(self, name: str, *, reason: str) -> NamespaceLike | None:
+        self.fetched.append((name, reason))
+        if self.source is None:
+            raise NamespaceUnavailable("connection refused")
+        return self.source.get(name)
+
+
+def admit(body: bytes, lookup: Lookup) -> admission.Reviewed:
+    return asyncio.run(admission.admit(body, namespaces=lookup, config=CONFIG))
 
 
 def pod(**extra: Any) -> dict[str, Any]:
@@ -60,9 +91,10 @@ def review_doc(
     return {"apiVersion": api_version, "kind": "AdmissionReview", "request": request}
 
 
-def answer(doc: dict[str, Any], namespace: Any = ENABLED, **kwargs: Any) -> admission.Reviewed:
-    decoded = admission.decode(orjson.dumps(doc))
-    return admission.review(decoded, namespace=namespace, config=CONFIG, **kwargs)
+def answer(doc: dict[str, Any], namespace: NamespaceLike = ENABLED) -> admission.Reviewed:
+    """The answer with ``namespace`` cached (and the same in the source)."""
+    known = {namespace.name: namespace}
+    return admit(orjson.dumps(doc), Lookup(cache=known, source=known))
 
 
 def patch_of(response: Any) -> list[dict[str, Any]]:
@@ -136,9 +168,123 @@ def test_a_bad_envelope_is_a_bad_request_with_a_one_line_message(body: bytes, me
 
 
 def test_a_create_of_a_pod_without_its_object_is_a_bad_request() -> None:
-    doc = admission.decode(_replace("request.object", None))
     with pytest.raises(BadRequest, match=r"request\.object is missing"):
-        admission.review(doc, namespace=ENABLED, config=CONFIG)
+        admit(_replace("request.object", None), Lookup(cache={"demo": ENABLED}))
+
+
+def test_a_uid_of_257_bytes_is_refused_without_being_repeated() -> None:
+    uid = "\u00e9" * 128 + "x"  # 129 characters, 257 bytes in UTF-8
+    with pytest.raises(BadRequest) as caught:
+        admission.decode(_replace("request.uid", uid))
+    assert str(caught.value) == "request.uid is longer than 256 bytes"
+    assert admission.decode(_replace("request.uid", "x" * 256))["request"]["uid"] == "x" * 256
+
+
+@pytest.mark.parametrize("namespace", ["Demo", "a" * 64, "x/y", "demo\n", "-a"])
+def test_a_pod_in_a_namespace_that_cannot_exist_is_a_bad_request(namespace: str) -> None:
+    lookup = Lookup()
+    with pytest.raises(BadRequest, match="not a valid namespace name"):
+        admit(_replace("request.namespace", namespace), lookup)
+    assert lookup.fetched == []
+
+
+def test_a_body_with_too_many_values_is_refused_before_it_is_parsed() -> None:
+    body = b"[" + b"[]," * admission.MAX_JSON_VALUES + b"[]]"
+    with pytest.raises(BadRequest, match="more than 131072 JSON values"):
+        admission.decode(body)
+
+
+# --- namespaces: from memory, from the API server, or not at all --------------------------
+
+
+def test_a_cached_namespace_is_not_fetched() -> None:
+    lookup = Lookup(cache={"demo": ENABLED})
+    assert admit(GOOD, lookup).code == "namespace-enabled"
+    assert lookup.fetched == []
+
+
+def test_a_namespace_missing_from_the_cache_is_fetched_once() -> None:
+    lookup = Lookup(source={"demo": ENABLED})
+    reviewed = admit(GOOD, lookup)
+    assert reviewed.code == "namespace-enabled"
+    assert lookup.fetched == [("demo", "miss")]
+
+
+def test_a_namespace_the_api_server_does_not_know_has_no_labels() -> None:
+    lookup = Lookup(source={})
+    assert admit(GOOD, lookup).code == "not-enabled"
+    assert lookup.fetched == [("demo", "miss")]
+
+
+def test_an_unreadable_namespace_refuses_the_pod_with_503_naming_it() -> None:
+    """Fail closed: without the namespace's labels the pod could lose its proxy."""
+    reviewed = admit(GOOD, Lookup(source=None))
+    response = reviewed.response
+    assert response["allowed"] is False
+    assert "patch" not in response
+    status = response["status"]
+    assert status["code"] == 503
+    assert status["reason"] == "ServiceUnavailable"
+    assert "namespace demo could not be read" in status["message"]
+    assert "connection refused" in status["message"]
+    assert reviewed.code == "namespace-unavailable"
+
+
+def test_a_namespace_cached_as_not_opted_in_is_read_again_and_a_new_label_counts() -> None:
+    """The apiserver called us, so it saw the label; our cache has not yet."""
+    lookup = Lookup(cache={"demo": UNLABELLED}, source={"demo": ENABLED})
+    reviewed = admit(GOOD, lookup)
+    assert lookup.fetched == [("demo", "recheck")]
+    assert reviewed.code == "namespace-enabled"
+    assert "patch" in reviewed.response
+
+
+def test_a_recheck_that_confirms_the_cache_skips_the_pod() -> None:
+    lookup = Lookup(cache={"demo": UNLABELLED}, source={"demo": UNLABELLED})
+    reviewed = admit(GOOD, lookup)
+    assert lookup.fetched == [("demo", "recheck")]
+    assert reviewed.code == "not-enabled"
+    assert reviewed.response == {"uid": review_doc()["request"]["uid"], "allowed": True}
+
+
+def test_a_recheck_that_cannot_reach_the_api_server_fails_closed_too() -> None:
+    lookup = Lookup(cache={"demo": UNLABELLED}, source=None)
+    reviewed = admit(GOOD, lookup)
+    assert reviewed.response["status"]["code"] == 503
+    assert reviewed.code == "namespace-unavailable"
+
+
+@pytest.mark.parametrize(
+    "namespace",
+    [
+        pytest.param(
+            NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "disabled"})),
+            id="disabled",
+        ),
+        pytest.param(NamespaceInfo("kube-system"), id="excluded"),
+    ],
+)
+def test_only_not_enabled_is_rechecked_other_skips_are_final(namespace: NamespaceInfo) -> None:
+    doc = review_doc()
+    doc["request"]["namespace"] = namespace.name
+    lookup = Lookup(cache={namespace.name: namespace}, source=None)
+    reviewed = admit(orjson.dumps(doc), lookup)
+    assert lookup.fetched == []
+    assert reviewed.response["allowed"] is True
+
+
+def test_a_pod_that_opts_in_itself_needs_no_recheck() -> None:
+    obj = pod()
+    obj["metadata"]["labels"]["sidecar.mesh.io/inject"] = "true"
+    lookup = Lookup(cache={"demo": UNLABELLED}, source=None)
+    assert admit(orjson.dumps(review_doc(obj)), lookup).code == "pod-opted-in"
+    assert lookup.fetched == []
+
+
+def test_anything_but_a_pod_create_never_looks_a_namespace_up() -> None:
+    lookup = Lookup(source=None)
+    assert admit(orjson.dumps(review_doc(operation="UPDATE")), lookup).code == "not-create"
+    assert lookup.fetched == []
 
 
 # --- answers ------------------------------------------------------------------------------
@@ -181,14 +327,15 @@ def test_the_answer_echoes_api_version_kind_and_uid(api_version: str) -> None:
 def test_anything_but_a_pod_create_is_allowed_without_a_patch(
     change: dict[str, Any], code: str
 ) -> None:
-    reviewed = answer(review_doc(**change), namespace=None)
+    lookup = Lookup()
+    reviewed = admit(orjson.dumps(review_doc(**change)), lookup)
     assert reviewed.response == {"uid": review_doc()["request"]["uid"], "allowed": True}
     assert reviewed.code == code
-    assert not admission.is_pod_create(review_doc(**change)["request"])
+    assert lookup.fetched == []
 
 
 def test_a_pod_in_an_unlabelled_namespace_is_allowed_unchanged_with_the_reason() -> None:
-    reviewed = answer(review_doc(), namespace=UNLABELLED)
+    reviewed = answer(review_doc(), UNLABELLED)
     assert reviewed.response["allowed"] is True
     assert "patch" not in reviewed.response
     assert reviewed.code == "not-enabled"
@@ -245,21 +392,31 @@ def test_an_invalid_setting_is_refused_with_the_key_its_source_and_value() -> No
     assert "pod annotation" in message
 
 
-def test_warnings_from_the_caller_and_the_engine_are_both_returned() -> None:
+def test_the_engines_warnings_are_returned() -> None:
     obj = pod()
     obj["metadata"]["annotations"] = {"sidecar.mesh.io/inject": "maybe"}
-    reviewed = answer(review_doc(obj), warnings=["namespace demo could not be read"])
-    warnings = reviewed.response["warnings"]
-    assert warnings[0] == "namespace demo could not be read"
-    assert any("maybe" in w for w in warnings[1:])
+    warnings = answer(review_doc(obj)).response["warnings"]
+    assert any("maybe" in w for w in warnings)
 
 
-def test_the_pods_namespace_comes_from_the_request_not_the_pod() -> None:
-    request = review_doc()["request"]
-    assert admission.target_namespace(request) == "demo"
-    assert admission.pod_name(request) == "web-7d9f-"
-    del request["namespace"]
-    assert admission.target_namespace(request) == "default"
+def test_the_pods_namespace_comes_from_the_request_then_the_pod_then_default() -> None:
+    reviewed = answer(review_doc())
+    assert (reviewed.request.namespace, reviewed.request.name) == ("demo", "web-7d9f-")
+    obj = pod()
+    obj["metadata"]["namespace"] = "shop"
+    doc = review_doc(obj)
+    del doc["request"]["namespace"]
+    lookup = Lookup(source={})
+    assert admit(orjson.dumps(doc), lookup).request.namespace == "shop"
+    del doc["request"]["object"]["metadata"]["namespace"]
+    assert admit(orjson.dumps(doc), lookup).request.namespace == "default"
+    assert lookup.fetched == [("shop", "miss"), ("default", "miss")]
+
+
+def test_a_logged_pod_name_is_cut_to_kubernetes_length() -> None:
+    obj = pod()
+    obj["metadata"]["generateName"] = "x" * 10_000
+    assert len(answer(review_doc(obj)).request.name) == 253
 
 
 def test_the_response_constructors_have_the_wire_shape() -> None:
@@ -304,3 +461,12 @@ def test_admission_is_framework_free_and_only_the_app_imports_fastapi() -> None:
             if any(name.split(".")[0] == "fastapi" for name in names):
                 importers.add(path.relative_to(package).as_posix())
     assert importers == {"app.py"}
+
+
+def test_what_a_log_line_says_about_a_request_stays_short_whatever_it_carries() -> None:
+    doc = review_doc(operation="X" * 100_000)
+    doc["request"]["namespace"] = "n" * 100_000
+    reviewed = admit(orjson.dumps(doc), Lookup())
+    assert len(reviewed.request.operation) <= 16
+    assert len(reviewed.request.namespace) <= 63
+    assert len(reviewed.reason) < 100

@@ -1,5 +1,18 @@
 """AdmissionReview in, AdmissionReview out: the webhook's logic without any web framework.
 
+One entry point, :func:`admit`: body bytes and a namespace lookup in, a
+:class:`Reviewed` out. It decodes, decides whether the engine has anything to
+say, looks the namespace up (memory first, the API server only when needed),
+and applies the two rules that keep pods from being admitted unmeshed by
+accident (``CONTRACT.md``, "Never unmeshed by accident"):
+
+* the namespace cannot be read (not cached, and the API server cannot say) ->
+  refused with ``status.code`` 503, naming the namespace: fail closed, as
+  ``failurePolicy: Fail`` intends; the controllers retry;
+* the cache says "not opted in" -> the namespace is read once from the API
+  server and the pod decided again, so a label set just before the pod
+  (which the apiserver already saw, or it would not have called us) counts.
+
 Two error families, kept apart on purpose (as in kopf and controller-runtime):
 
 * :class:`BadRequest` -- the *envelope* is wrong (not JSON, not an
@@ -8,23 +21,22 @@ Two error families, kept apart on purpose (as in kopf and controller-runtime):
 * A refused *pod* (:class:`~webhook.engine.InjectionRefused`) is a normal
   review answer: ``allowed: false`` with a ``metav1.Status`` carrying code 400
   and the engine's message, which kubectl shows to the user verbatim.
-
-Everything here is synchronous and pure apart from the namespace, which the
-caller looks up first (``target_namespace`` says which, ``needs_namespace``
-whether at all) because that lookup may block and belongs to the async edge.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 import orjson
 
 from webhook.config import InjectorConfig
 from webhook.engine import InjectionRefused, NamespaceLike, Op, inject
+from webhook.manifests import json_value_bound
+from webhook.namespaces import NamespaceInfo, NamespaceUnavailable
 from webhook.wire import (
     API_VERSIONS,
     KIND,
@@ -41,6 +53,28 @@ from webhook.wire import (
 CODE_NOT_CREATE: Final = "not-create"
 CODE_NOT_POD: Final = "not-a-pod"
 CODE_REFUSED: Final = "refused"
+CODE_NAMESPACE_UNAVAILABLE: Final = "namespace-unavailable"
+# The engine's code for "namespace not opted in": the one answer worth
+# checking against the API server before giving it (see ``admit``).
+CODE_NOT_ENABLED: Final = "not-enabled"
+
+# Kubernetes makes uids of 36 characters; 256 bytes leave room for any other
+# client while keeping what is echoed and logged small.
+MAX_UID_BYTES: Final = 256
+
+# How many JSON values a review may hold, checked before parsing. Parsing
+# builds a Python object per value on the event loop: 2**17 values cost at
+# most a few tens of milliseconds and ~30 MB even in the costliest shape
+# (empty lists), where 7 MiB of them would take seconds and ~170 MB. A pod
+# etcd can store (1.5 MiB) with realistic content holds far fewer; the count
+# is of ``,``/``[``/``{`` bytes, so it errs on the side of counting more.
+MAX_JSON_VALUES: Final = 131_072
+
+# RFC 1123 label, which is what a namespace name must be (63 characters at most).
+_DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+# Pod names as logged: Kubernetes allows 253 characters.
+_MAX_LOGGED_NAME: Final = 253
 
 # Where the pod lives when neither the review nor the pod names a namespace
 # (only hand-written reviews; the apiserver always sets request.namespace).
@@ -51,17 +85,27 @@ class BadRequest(ValueError):
     """The request body is not a usable AdmissionReview; the message is one line for the client."""
 
 
+def is_namespace_name(name: str) -> bool:
+    """Whether ``name`` can be a namespace's name (an RFC 1123 label)."""
+    return _DNS_LABEL.fullmatch(name) is not None
+
+
 # --- decoding -------------------------------------------------------------------------------
 
 
-def parse_json(body: bytes, *, what: str = "request body") -> Any:
+def parse_json(
+    body: bytes | bytearray, *, what: str = "request body", max_values: int = MAX_JSON_VALUES
+) -> Any:
     """Decode JSON bytes with orjson, turning every failure into a one-line :class:`BadRequest`.
 
     orjson validates UTF-8 itself and refuses nesting deeper than 1024 levels
-    (a stack-exhaustion guard we rely on rather than re-implement).
+    (a stack-exhaustion guard we rely on rather than re-implement). A body
+    with more than ``max_values`` values is refused before it is parsed.
     """
     if not body.strip():
         raise BadRequest(f"{what} is empty")
+    if json_value_bound(body) > max_values:
+        raise BadRequest(f"{what} holds more than {max_values} JSON values")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as err:
@@ -70,7 +114,7 @@ def parse_json(body: bytes, *, what: str = "request body") -> Any:
             # orjson reports position 0 for encoding errors; find the byte (the
             # error path only, so the happy path never decodes twice).
             try:
-                body.decode("utf-8")
+                bytes(body).decode("utf-8")
             except UnicodeDecodeError as found:
                 raise BadRequest(f"{what} is not valid UTF-8 (byte {found.start})") from None
             raise BadRequest(f"{what} is not valid UTF-8") from None
@@ -88,7 +132,7 @@ def _type_name(value: Any) -> str:
     return names.get(type(value), "a number")
 
 
-def decode(body: bytes) -> AdmissionReviewRequest:
+def decode(body: bytes | bytearray) -> AdmissionReviewRequest:
     """Check the envelope of a review body and return it typed; raise :class:`BadRequest`.
 
     Only what this webhook relies on is checked: apiVersion, kind, a request
@@ -115,6 +159,9 @@ def decode(body: bytes) -> AdmissionReviewRequest:
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise BadRequest("request.uid is missing or empty")
+    if len(uid) > MAX_UID_BYTES or len(uid.encode()) > MAX_UID_BYTES:
+        # Not echoed: the answer and the log line would carry it otherwise.
+        raise BadRequest(f"request.uid is longer than {MAX_UID_BYTES} bytes")
     for field, types in _REQUEST_FIELDS.items():
         value = request.get(field)
         if value is not None and not isinstance(value, types):
@@ -190,6 +237,37 @@ def wrap(api_version: ApiVersion, response: AdmissionResponse) -> AdmissionRevie
 # --- the review itself ----------------------------------------------------------------------
 
 
+class NamespaceLookup(Protocol):
+    """Where :func:`admit` finds namespaces: memory first, the source itself when needed.
+
+    The HTTP edge adapts a ``webhook.namespaces.NamespaceSource`` to this
+    (running the blocking ``fetch`` in a worker thread, counting lookups).
+    """
+
+    def cached(self, name: str) -> NamespaceLike | None:
+        """The namespace as last known, from memory; ``None`` when not known."""
+        ...
+
+    async def fetch(self, name: str, *, reason: str) -> NamespaceLike | None:
+        """Read the namespace from its source; ``None`` if it does not exist.
+
+        ``reason`` is ``"miss"`` (not cached) or ``"recheck"`` (cached as not
+        opted in). Raises ``NamespaceUnavailable`` when the source cannot tell.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSummary:
+    """What logs say about a request: never the pod itself (it may hold secrets)."""
+
+    uid: str
+    namespace: str
+    name: str
+    operation: str
+    dry_run: bool
+
+
 @dataclass(frozen=True, slots=True)
 class Reviewed:
     """A review answer plus what logs and metrics want to know about it."""
@@ -197,6 +275,7 @@ class Reviewed:
     review: AdmissionReviewResponse
     code: str
     reason: str
+    request: RequestSummary
 
     @property
     def response(self) -> AdmissionResponse:
@@ -204,7 +283,7 @@ class Reviewed:
         return self.review["response"]
 
 
-def is_pod_create(request: AdmissionRequest) -> bool:
+def _is_pod_create(request: AdmissionRequest) -> bool:
     """Whether the engine has anything to say: a CREATE of a Pod (not of a subresource)."""
     return request.get("operation") == "CREATE" and _is_pod(request)
 
@@ -222,7 +301,7 @@ def _is_pod(request: AdmissionRequest) -> bool:
     return obj.get("apiVersion") == "v1" and obj.get("kind") == "Pod"
 
 
-def target_namespace(request: AdmissionRequest) -> str:
+def _target_namespace(request: AdmissionRequest) -> str:
     """The namespace the pod is created in.
 
     ``request.namespace`` first: pods in a review often have no
@@ -236,67 +315,110 @@ def target_namespace(request: AdmissionRequest) -> str:
     return own if isinstance(own, str) and own else DEFAULT_NAMESPACE
 
 
-def pod_name(request: AdmissionRequest) -> str:
+def _pod_name(request: AdmissionRequest) -> str:
     """The pod's name for logs: name, else ``generateName`` (what a ReplicaSet sends), else ''."""
     meta = (request.get("object") or {}).get("metadata")
-    if not isinstance(meta, dict):
-        return request.get("name") or ""
-    for key in ("name", "generateName"):
-        value = meta.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return request.get("name") or ""
+    name: Any = request.get("name") or ""
+    if isinstance(meta, dict):
+        for key in ("name", "generateName"):
+            value = meta.get(key)
+            if isinstance(value, str) and value:
+                name = value
+                break
+    return _cut(name if isinstance(name, str) else "", _MAX_LOGGED_NAME)
 
 
-def review(
-    doc: AdmissionReviewRequest,
-    *,
-    namespace: NamespaceLike | None,
-    config: InjectorConfig,
-    warnings: Sequence[str] = (),
+def _cut(text: str, limit: int) -> str:
+    """``text`` for a log line or message: what a client sends may be megabytes long."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _summary(request: AdmissionRequest, namespace: str) -> RequestSummary:
+    return RequestSummary(
+        uid=request["uid"],
+        namespace=_cut(namespace, 63),
+        name=_pod_name(request),
+        operation=_cut(str(request.get("operation") or ""), 16),
+        dry_run=bool(request.get("dryRun")),
+    )
+
+
+def _review(
+    doc: AdmissionReviewRequest, *, namespace: NamespaceLike, config: InjectorConfig
 ) -> Reviewed:
-    """Answer one decoded review.
-
-    ``namespace`` is the looked-up namespace of :func:`target_namespace`
-    (``None`` is only allowed when :func:`is_pod_create` is false); ``warnings``
-    are the caller's (e.g. "namespace unavailable") and are returned to the
-    user along with the engine's. ``dryRun`` needs nothing special: the
-    injector has no side effects, so a dry run gets exactly the same answer.
-    """
+    """Run the engine on a pod CREATE whose namespace is known."""
     api_version = doc["apiVersion"]
     request = doc["request"]
     uid = request["uid"]
-    if request.get("operation") != "CREATE":
-        return Reviewed(
-            wrap(api_version, allowed(uid, warnings=warnings)),
-            CODE_NOT_CREATE,
-            f"operation {request.get('operation') or '(none)'} is not CREATE",
-        )
-    if not _is_pod(request):
-        return Reviewed(
-            wrap(api_version, allowed(uid, warnings=warnings)),
-            CODE_NOT_POD,
-            "object is not a Pod",
-        )
+    summary = _summary(request, namespace.name)
     obj = request.get("object")
     if obj is None:
         raise BadRequest("request.object is missing for a CREATE of a Pod")
-    if namespace is None:
-        raise ValueError("review of a pod CREATE needs its namespace")  # a caller's bug
     try:
         result = inject(obj, namespace=namespace, config=config)
     except InjectionRefused as err:
         message = str(err)
-        return Reviewed(
-            wrap(api_version, denied(uid, message, warnings=warnings)), CODE_REFUSED, message
-        )
+        return Reviewed(wrap(api_version, denied(uid, message)), CODE_REFUSED, message, summary)
     except RecursionError:
         # orjson allows 1024 levels; the engine's copies may recurse less deep.
         raise BadRequest("request.object is nested too deeply") from None
-    every_warning = [*warnings, *result.warnings]
     answer = (
-        patched(uid, result.patch, warnings=every_warning)
+        patched(uid, result.patch, warnings=result.warnings)
         if result.patch
-        else allowed(uid, warnings=every_warning)
+        else allowed(uid, warnings=result.warnings)
     )
-    return Reviewed(wrap(api_version, answer), result.decision.code, result.decision.reason)
+    return Reviewed(
+        wrap(api_version, answer), result.decision.code, result.decision.reason, summary
+    )
+
+
+async def admit(
+    body: bytes | bytearray, *, namespaces: NamespaceLookup, config: InjectorConfig
+) -> Reviewed:
+    """Answer one AdmissionReview body; raise :class:`BadRequest` for a bad envelope.
+
+    ``dryRun`` needs nothing special: the injector has no side effects, so a
+    dry run gets exactly the same answer.
+    """
+    doc = decode(body)
+    request = doc["request"]
+    api_version, uid = doc["apiVersion"], request["uid"]
+    if request.get("operation") != "CREATE":
+        reason = f"operation {_cut(str(request.get('operation') or '(none)'), 16)} is not CREATE"
+        summary = _summary(request, str(request.get("namespace") or ""))
+        return Reviewed(wrap(api_version, allowed(uid)), CODE_NOT_CREATE, reason, summary)
+    if not _is_pod(request):
+        summary = _summary(request, str(request.get("namespace") or ""))
+        return Reviewed(
+            wrap(api_version, allowed(uid)), CODE_NOT_POD, "object is not a Pod", summary
+        )
+    name = _target_namespace(request)
+    if not is_namespace_name(name):
+        # The apiserver only sends real names; this one would end up in an API URL.
+        raise BadRequest("the pod's namespace is not a valid namespace name")
+
+    known = namespaces.cached(name)
+    if known is not None:
+        reviewed = _review(doc, namespace=known, config=config)
+        if reviewed.code != CODE_NOT_ENABLED:
+            return reviewed
+    reason = "miss" if known is None else "recheck"
+    # Only the body's bytes wait for the API server, not the parsed review:
+    # parsed, a review takes several times its size, and the HTTP edge
+    # budgets request memory by body bytes. Parsing again is cheap next to
+    # the round trip, and this path is rare (a new namespace, a stale cache).
+    summary = _summary(request, name)
+    del doc, request
+    try:
+        fresh = await namespaces.fetch(name, reason=reason)
+    except NamespaceUnavailable as err:
+        message = (
+            f"namespace {name} could not be read to decide on sidecar injection ({err}); "
+            "refusing the pod rather than admitting it without its proxy, retry shortly"
+        )
+        answer = denied(uid, message, code=503, reason="ServiceUnavailable")
+        return Reviewed(wrap(api_version, answer), CODE_NAMESPACE_UNAVAILABLE, message, summary)
+    # A namespace the API server does not know has no labels; the apiserver
+    # will refuse the pod itself.
+    namespace = fresh if fresh is not None else NamespaceInfo(name)
+    return _review(decode(body), namespace=namespace, config=config)

@@ -1,43 +1,50 @@
 """The HTTP edge: the FastAPI app serving ``/mutate``, ``/preview`` and the probes.
 
-The only module that imports FastAPI. It reads raw bodies itself (with a cap),
-checks content types, looks namespaces up without blocking the event loop, and
-hands plain dicts to ``webhook.admission`` / ``webhook.preview``. FastAPI never
-sees a model of the review: validating a pod with pydantic would cost more
-than injecting it and would answer 422 where Kubernetes clients expect 400.
+The only module that imports FastAPI. It reads raw bodies itself (with a cap
+and a process-wide memory budget), checks content types, and hands bytes to
+``webhook.admission.admit`` / plain dicts to ``webhook.preview``. FastAPI
+never sees a model of the review: validating a pod with pydantic would cost
+more than injecting it and would answer 422 where Kubernetes clients expect 400.
 
-Status codes (README.md, "The HTTPS service", documents them for users):
+Status codes (docs/service.md documents them for users):
 
 * 400 ``{"error": ...}`` -- a body or query that is not usable (both endpoints),
   and a pod the engine refuses on ``/preview``
-* 413 -- body over :data:`MAX_BODY_BYTES`
+* 413 -- body over :attr:`Limits.max_body_bytes`
 * 415 -- ``/mutate`` body not declared JSON; ``/preview`` body neither JSON nor YAML
+* 503 -- the memory budget for request bodies is in use (``Retry-After: 1``),
+  or no preview slot came free in time
 * 500 -- only for bugs in this program (tests show no input reaches it)
+
+Time bounds on reading a request (headers, body) are the server's
+(``webhook.server``): a request that misses them ends as a disconnect, which
+is counted here as ``aborted``.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
+import anyio
 import anyio.to_thread
 import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
+from starlette.requests import ClientDisconnect
 
 from webhook import admission, logs
-from webhook.admission import BadRequest
+from webhook.admission import BadRequest, is_namespace_name
 from webhook.config import InjectorConfig
 from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike
-from webhook.manifests import ManifestError, load_objects
+from webhook.manifests import ManifestError, load_objects, objects_of
 from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.metrics import Metrics
 from webhook.namespaces import NamespaceSource, NamespaceUnavailable
-from webhook.preview import AssumedNamespace, Assumptions, Output, inject_all, parse_pairs, render
+from webhook.preview import Assumptions, Output, inject_all, parse_pairs, render
 from webhook.wire import API_VERSIONS, KIND
 
 # The app's type for other modules, so that this stays the only fastapi import.
@@ -46,12 +53,7 @@ App = FastAPI
 log = logging.getLogger(__name__)
 admission_log = logging.getLogger(logs.ADMISSION_LOGGER)
 
-# kube-apiserver refuses request bodies over 3 MiB, and etcd stores objects of
-# at most ~1.5 MiB, so no pod can be bigger than 3 MiB. An AdmissionReview may
-# carry two copies (``object`` and, for UPDATE, ``oldObject``) plus the
-# envelope (userInfo, options), JSON-escaped: 2 x 3 MiB + 1 MiB of slack
-# bounds every legitimate review, while a client cannot make us buffer more.
-MAX_BODY_BYTES: Final = 7 * 1024 * 1024
+MiB: Final = 1024 * 1024
 
 JSON: Final = "application/json"
 YAML_TYPES: Final = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
@@ -60,6 +62,46 @@ SNIFF_TYPES: Final = frozenset({"", "text/plain", "application/x-www-form-urlenc
 
 # /preview query parameters; anything else is a typo worth a 400.
 PREVIEW_PARAMS: Final = frozenset({"namespace", "label", "annotation", "output"})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one request, and all requests at once, may cost (docs/service.md, "Limits").
+
+    The defaults keep the process under 400 MiB whatever clients send, for a
+    Deployment whose memory limit is 512 MiB; tests shrink them to reach the
+    edges quickly.
+    """
+
+    # kube-apiserver refuses request bodies over 3 MiB, and etcd stores objects
+    # of at most ~1.5 MiB, so no pod can be bigger than 3 MiB. An
+    # AdmissionReview may carry two copies (``object`` and, for UPDATE,
+    # ``oldObject``) plus the envelope, JSON-escaped: 2 x 3 MiB + 1 MiB of
+    # slack bounds every legitimate review.
+    max_body_bytes: int = 7 * MiB
+    # Bodies held at once, across all requests. A body's bytes are reserved
+    # when its Content-Length arrives (as they stream in, for chunked ones),
+    # so a client announcing 7 MB costs its reservation until it is served or
+    # dropped, and the last request past the budget is refused at once (503)
+    # rather than buffered.
+    body_budget_bytes: int = 96 * MiB
+    # Bodies over ``large_body_bytes`` together may only use this much of the
+    # budget: the rest stays for ordinary reviews (a pod is a few KiB), so a
+    # flood of huge uploads cannot starve the admissions behind it.
+    large_body_bytes: int = 1 * MiB
+    large_budget_bytes: int = 64 * MiB
+    # (A review may hold ``webhook.admission.MAX_JSON_VALUES`` values.)
+    # Values in a preview body (JSON or YAML; for YAML every scalar, list and
+    # map counts, keys included). PyYAML builds ~10-50 us per value and the
+    # yaml/diff renderers cost about as much again, so a preview at this
+    # bound takes ~4 s on a busy 2-core machine (~1.5 s idle); 4x more would
+    # miss the 15 s promise. 32768 values are a few hundred KiB of manifests.
+    max_preview_values: int = 32_768
+    # Previews run in a worker thread; one at a time bounds their memory and
+    # CPU, and a preview waits at most this long for its turn before it is
+    # answered 503, so that every preview is answered within 15 s.
+    previews_at_once: int = 1
+    preview_wait_seconds: float = 5.0
 
 
 class TLSState(Protocol):
@@ -72,10 +114,28 @@ class TLSState(Protocol):
 class _HTTPError(Exception):
     """A client error answered as ``{"error": message}`` with ``status``."""
 
-    def __init__(self, status: int, outcome: str, message: str) -> None:
+    def __init__(self, status: int, outcome: str, message: str, *, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.outcome = outcome
+        # Answered before the body was read: closing is cheaper than draining it.
+        self.close = close
+
+
+class _Aborted(Exception):
+    """The connection ended before the whole request arrived (see ``webhook.server``)."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"connection closed after {received} bytes of the body")
+        self.received = received
+
+
+def _too_large(limit: int) -> _HTTPError:
+    return _HTTPError(413, "too_large", f"request body is larger than {limit} bytes", close=True)
+
+
+def _busy(message: str) -> _HTTPError:
+    return _HTTPError(503, "busy", message, close=True)
 
 
 def _json_response(
@@ -86,8 +146,9 @@ def _json_response(
 
 
 def _error_response(err: _HTTPError) -> Response:
-    # After 413 the rest of the body is unread; closing is cheaper than draining it.
-    headers = {"Connection": "close"} if err.status == 413 else None
+    headers = {"Connection": "close"} if err.close else {}
+    if err.status == 503:
+        headers["Retry-After"] = "1"
     return _json_response({"error": str(err)}, err.status, headers=headers)
 
 
@@ -109,26 +170,100 @@ def _check_charset(charset: str | None) -> None:
         raise _HTTPError(415, "unsupported_media_type", f"charset {charset} is not supported")
 
 
-async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The whole body, refusing (413) as soon as it is known to exceed ``limit``.
+class BodyBudget:
+    """Bytes of request bodies held in memory at once, across all requests (see :class:`Limits`).
 
-    Content-Length is checked first, so an honest client is refused before it
-    sends anything; the count while streaming catches chunked bodies and
-    clients that lie.
+    Single-threaded by design: only the event loop reserves and releases.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.in_use = 0
+
+    @contextmanager
+    def reservation(self) -> Iterator[_Reservation]:
+        """A reservation that grows with the body and is released when the request is done."""
+        held = _Reservation(self)
+        try:
+            yield held
+        finally:
+            self.in_use -= held.size
+            held.size = 0
+
+
+class _Reservation:
+    """One request's share of a :class:`BodyBudget`."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.size = 0
+
+    def grow_to(self, size: int) -> None:
+        """Hold ``size`` bytes in all, or raise the 503 that tells the client to come back."""
+        extra = size - self.size
+        if extra <= 0:
+            return
+        budget, limits = self._budget, self._budget.limits
+        ceiling = (
+            limits.body_budget_bytes
+            if size <= limits.large_body_bytes
+            else limits.large_budget_bytes
+        )
+        if budget.in_use + extra > ceiling:
+            raise _busy("too much request data is being received right now; retry shortly")
+        budget.in_use += extra
+        self.size = size
+
+
+async def _read_body(request: Request, held: _Reservation, limit: int) -> bytearray:
+    """The whole body, within ``limit`` (413) and the memory budget (503).
+
+    Content-Length is checked and reserved first, so an honest client is
+    answered before it sends anything; the count while streaming catches
+    chunked bodies (reserved as they arrive) and clients that lie. The body
+    stays a ``bytearray``: orjson and the YAML path take it without a copy.
     """
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _HTTPError(413, "too_large", f"request body is larger than {limit} bytes")
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise _too_large(limit)
+        held.grow_to(int(declared))
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _HTTPError(413, "too_large", f"request body is larger than {limit} bytes")
-    return bytes(body)
+    try:
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > limit:
+                raise _too_large(limit)
+            held.grow_to(len(body) + len(chunk))
+            body += chunk
+    except ClientDisconnect:
+        raise _Aborted(len(body)) from None
+    return body
 
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
+
+
+class _Lookup:
+    """``admission.NamespaceLookup`` over a ``NamespaceSource``: a blocking fetch in a thread."""
+
+    def __init__(self, source: NamespaceSource, metrics: Metrics) -> None:
+        self._source = source
+        self._metrics = metrics
+
+    def cached(self, name: str) -> NamespaceLike | None:
+        """From memory, on the event loop."""
+        return self._source.cached(name)
+
+    async def fetch(self, name: str, *, reason: str) -> NamespaceLike | None:
+        """The source's own answer; the ``kubernetes`` client blocks, so not on the loop."""
+        try:
+            found = await anyio.to_thread.run_sync(self._source.fetch, name)
+        except NamespaceUnavailable:
+            self._metrics.namespace_fetch(reason, "unavailable")
+            raise
+        self._metrics.namespace_fetch(reason, "found" if found is not None else "absent")
+        return found
 
 
 @dataclass
@@ -139,33 +274,73 @@ class _Service:
     namespaces: NamespaceSource
     tls: TLSState | None
     metrics: Metrics
+    limits: Limits
+    budget: BodyBudget
+    lookup: _Lookup
+    preview_slots: anyio.Semaphore
     started: bool = False
 
-    async def namespace(self, name: str) -> tuple[NamespaceLike, tuple[str, ...]]:
-        """The namespace for a review: cache first, a blocking fetch in a thread only on a miss."""
-        found = self.namespaces.cached(name)
-        if found is not None:
-            return found, ()
-        try:
-            found = await anyio.to_thread.run_sync(self.namespaces.fetch, name)
-        except NamespaceUnavailable as err:
-            return AssumedNamespace(name), (_unavailable(name, err),)
-        return (found if found is not None else AssumedNamespace(name)), ()
-
     def namespace_blocking(self, name: str, warnings: list[str]) -> NamespaceLike | None:
-        """The same lookup for code already running in a worker thread (``/preview``)."""
+        """A lookup for ``/preview`` (already in a worker thread): a warning when unavailable.
+
+        A preview changes nothing, so it may go on with an unlabelled
+        namespace; ``/mutate`` refuses instead (``admission.admit``).
+        """
+        if not is_namespace_name(name):
+            raise BadRequest(f"{_shown(name)} is not a valid namespace name")
         found = self.namespaces.cached(name)
         if found is not None:
             return found
         try:
             return self.namespaces.fetch(name)
         except NamespaceUnavailable as err:
-            warnings.append(_unavailable(name, err))
+            warnings.append(
+                f"namespace {name} could not be read ({err}); treated as having no labels"
+            )
             return None
 
 
-def _unavailable(name: str, err: NamespaceUnavailable) -> str:
-    return f"namespace {name} could not be read ({err}); treated as having no labels"
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value: str) -> str:
+    """A user-supplied string for a message: quoted, escaped, and cut short."""
+    text = repr(value)
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def _observe_failure(service: _Service, endpoint: str, err: Exception, start: float) -> Response:
+    """Count, log and answer a request that ended without a result."""
+    if isinstance(err, _Aborted):
+        service.metrics.observe(endpoint, "aborted", time.perf_counter() - start)
+        admission_log.info(
+            "connection closed before the request was complete",
+            extra={
+                "fields": {
+                    "endpoint": endpoint,
+                    "received_bytes": err.received,
+                    "duration_ms": _ms(start),
+                }
+            },
+        )
+        return Response(status_code=400)  # nobody left to read it
+    http = err if isinstance(err, _HTTPError) else _HTTPError(400, "bad_request", str(err))
+    service.metrics.observe(endpoint, http.outcome, time.perf_counter() - start)
+    admission_log.info(
+        f"bad {endpoint} request",
+        extra={
+            "fields": {
+                "endpoint": endpoint,
+                "status": http.status,
+                # The client gets the whole message; the log keeps its start
+                # (a refusal may quote an object name megabytes long).
+                "error": _cut(str(http), 1000),
+                "duration_ms": _ms(start),
+            }
+        },
+    )
+    return _error_response(http)
 
 
 # --- /mutate ----------------------------------------------------------------------------
@@ -178,54 +353,42 @@ def _admission_router(service: _Service) -> APIRouter:
     async def mutate(request: Request) -> Response:
         """Answer an AdmissionReview (``?timeout=`` from the apiserver is accepted and ignored)."""
         start = time.perf_counter()
-        try:
-            media, charset = _media_type(request)
-            if media != JSON:
-                raise _HTTPError(
-                    415,
-                    "unsupported_media_type",
-                    f"Content-Type must be {JSON}, not {media or '(none)'}",
+        with service.budget.reservation() as held:
+            try:
+                media, charset = _media_type(request)
+                if media != JSON:
+                    raise _HTTPError(
+                        415,
+                        "unsupported_media_type",
+                        f"Content-Type must be {JSON}, not {media or '(none)'}",
+                    )
+                _check_charset(charset)
+                body = await _read_body(request, held, service.limits.max_body_bytes)
+                reviewed = await admission.admit(
+                    body, namespaces=service.lookup, config=service.config
                 )
-            _check_charset(charset)
-            body = await _read_body(request)
-            doc = admission.decode(body)
-            req = doc["request"]
-            namespace: NamespaceLike | None = None
-            warnings: tuple[str, ...] = ()
-            if admission.is_pod_create(req):
-                namespace, warnings = await service.namespace(admission.target_namespace(req))
-            reviewed = admission.review(
-                doc, namespace=namespace, config=service.config, warnings=warnings
-            )
-        except (_HTTPError, BadRequest) as err:
-            http = err if isinstance(err, _HTTPError) else _HTTPError(400, "bad_request", str(err))
-            service.metrics.observe("mutate", http.outcome, time.perf_counter() - start)
-            admission_log.info(
-                "bad admission request",
-                extra={
-                    "fields": {"status": http.status, "error": str(http), "duration_ms": _ms(start)}
-                },
-            )
-            return _error_response(http)
-        except Exception:
-            # Only a bug gets here; the tests' fuzzing checks that no input does.
-            log.exception("internal error in /mutate")
-            service.metrics.observe("mutate", "error", time.perf_counter() - start)
-            return _json_response({"error": "internal error"}, 500)
+            except (_HTTPError, BadRequest, _Aborted) as err:
+                return _observe_failure(service, "mutate", err, start)
+            except Exception:
+                # Only a bug gets here; the tests' fuzzing checks that no input does.
+                log.exception("internal error in /mutate")
+                service.metrics.observe("mutate", "error", time.perf_counter() - start)
+                return _json_response({"error": "internal error"}, 500)
 
         response = reviewed.response
         outcome = "ok" if response["allowed"] else "refused"
         service.metrics.observe("mutate", outcome, time.perf_counter() - start)
         service.metrics.decision(reviewed.code)
+        summary = reviewed.request
         admission_log.info(
             "admission",
             extra={
                 "fields": {
-                    "uid": req["uid"],
-                    "namespace": admission.target_namespace(req),
-                    "name": admission.pod_name(req),
-                    "operation": req.get("operation"),
-                    "dry_run": bool(req.get("dryRun")),
+                    "uid": summary.uid,
+                    "namespace": summary.namespace,
+                    "name": summary.name,
+                    "operation": summary.operation,
+                    "dry_run": summary.dry_run,
                     "allowed": response["allowed"],
                     "patched": "patch" in response,
                     "code": reviewed.code,
@@ -249,14 +412,16 @@ class _PreviewQuery:
     labels: dict[str, str]
     annotations: dict[str, str]
     output: Output
+    json_declared: bool = field(default=False)
 
 
-def _preview_query(request: Request) -> _PreviewQuery:
+def _preview_query(request: Request, *, json_declared: bool) -> _PreviewQuery:
     params = request.query_params
     unknown = sorted(set(params.keys()) - PREVIEW_PARAMS)
     if unknown:
         raise BadRequest(
-            f"unknown query parameter {unknown[0]!r} (expected {', '.join(sorted(PREVIEW_PARAMS))})"
+            f"unknown query parameter {_shown(unknown[0])} "
+            f"(expected {', '.join(sorted(PREVIEW_PARAMS))})"
         )
     for single in ("namespace", "output"):
         if len(params.getlist(single)) > 1:
@@ -266,14 +431,20 @@ def _preview_query(request: Request) -> _PreviewQuery:
         output = Output(output_name)
     except ValueError:
         raise BadRequest(
-            f"output {output_name!r} is not one of {', '.join(o.value for o in Output)}"
+            f"output {_shown(output_name)} is not one of {', '.join(o.value for o in Output)}"
         ) from None
+    namespace = params.get("namespace") or None
+    if namespace is not None and not is_namespace_name(namespace):
+        raise BadRequest(
+            f"namespace {_shown(namespace)} is not a valid namespace name "
+            "(lower-case letters, digits and '-', at most 63 characters)"
+        )
     try:
         labels = parse_pairs(params.getlist("label"), what="label")
         annotations = parse_pairs(params.getlist("annotation"), what="annotation")
     except ValueError as err:
         raise BadRequest(str(err)) from None
-    return _PreviewQuery(params.get("namespace") or None, labels, annotations, output)
+    return _PreviewQuery(namespace, labels, annotations, output, json_declared)
 
 
 def _is_review(obj: dict[str, Any]) -> bool:
@@ -305,9 +476,15 @@ _MEDIA_TYPES: Final = {
 }
 
 
-def _preview(service: _Service, body: bytes, query: _PreviewQuery) -> tuple[str, list[str]]:
+def _preview(service: _Service, body: bytearray, query: _PreviewQuery) -> tuple[str, list[str]]:
     """Parse, inject and render; runs in a worker thread (YAML parsing can take a while)."""
-    objects = load_objects(body, origin="request body", allow_aliases=False)
+    max_values = service.limits.max_preview_values
+    if query.json_declared:
+        # JSON declared: no YAML fallback, and JSON's own error messages.
+        doc = admission.parse_json(body, max_values=max_values)
+        objects = objects_of(doc if isinstance(doc, list) else [doc], origin="request body")
+    else:
+        objects = load_objects(body, origin="request body", max_values=max_values)
     if not objects:
         raise BadRequest("request body holds no objects")
     objects, namespace = _unwrap_review(objects, query.namespace)
@@ -341,44 +518,54 @@ def _warning_header(text: str) -> str:
 def _preview_router(service: _Service) -> APIRouter:
     router = APIRouter()
 
+    async def run_preview(body: bytearray, query: _PreviewQuery) -> tuple[str, list[str]]:
+        # One preview at a time (Limits.previews_at_once); a preview that
+        # cannot start soon is turned away rather than left to queue. Only
+        # the wait is timed: a started preview is bounded by the value cap.
+        acquired = False
+        with anyio.move_on_after(service.limits.preview_wait_seconds):
+            await service.preview_slots.acquire()
+            acquired = True
+        if not acquired:
+            raise _busy("another preview is being rendered; retry shortly")
+        try:
+            return await anyio.to_thread.run_sync(_preview, service, body, query)
+        finally:
+            service.preview_slots.release()
+
     @router.post("/preview")
     async def preview(request: Request) -> Response:
         """Dry-run injection of manifests or a review, rendered for people and scripts."""
         start = time.perf_counter()
-        try:
-            media, charset = _media_type(request)
-            if media != JSON and media not in YAML_TYPES and media not in SNIFF_TYPES:
-                raise _HTTPError(
-                    415,
-                    "unsupported_media_type",
-                    f"Content-Type must be JSON or YAML, not {media}",
+        with service.budget.reservation() as held:
+            try:
+                media, charset = _media_type(request)
+                if media != JSON and media not in YAML_TYPES and media not in SNIFF_TYPES:
+                    raise _HTTPError(
+                        415,
+                        "unsupported_media_type",
+                        f"Content-Type must be JSON or YAML, not {_shown(media)}",
+                    )
+                _check_charset(charset)
+                query = _preview_query(request, json_declared=media == JSON)
+                body = await _read_body(request, held, service.limits.max_body_bytes)
+                text, warnings = await run_preview(body, query)
+            except (_HTTPError, BadRequest, ManifestError, InjectionRefused, _Aborted) as err:
+                return _observe_failure(service, "preview", err, start)
+            except (RecursionError, orjson.JSONEncodeError):
+                # Deep documents that parsed (YAML, or JSON up to orjson's 1024
+                # levels) can still be too deep for the engine or the renderers.
+                return _observe_failure(
+                    service, "preview", BadRequest("request body is nested too deeply"), start
                 )
-            _check_charset(charset)
-            query = _preview_query(request)
-            body = await _read_body(request)
-            if media == JSON:
-                admission.parse_json(body)  # JSON declared: no YAML fallback, JSON's errors
-            text, warnings = await anyio.to_thread.run_sync(_preview, service, body, query)
-        except (_HTTPError, BadRequest, ManifestError, InjectionRefused) as err:
-            http = err if isinstance(err, _HTTPError) else _HTTPError(400, "bad_request", str(err))
-            service.metrics.observe("preview", http.outcome, time.perf_counter() - start)
-            return _error_response(http)
-        except (RecursionError, orjson.JSONEncodeError):
-            # Deep documents that parsed (YAML, or JSON up to orjson's 1024
-            # levels) can still be too deep for the engine or the renderers.
-            service.metrics.observe("preview", "bad_request", time.perf_counter() - start)
-            return _error_response(
-                _HTTPError(400, "bad_request", "request body is nested too deeply")
-            )
-        except Exception:
-            log.exception("internal error in /preview")
-            service.metrics.observe("preview", "error", time.perf_counter() - start)
-            return _json_response({"error": "internal error"}, 500)
+            except Exception:
+                log.exception("internal error in /preview")
+                service.metrics.observe("preview", "error", time.perf_counter() - start)
+                return _json_response({"error": "internal error"}, 500)
         service.metrics.observe("preview", "ok", time.perf_counter() - start)
-        headers = [("Warning", _warning_header(w)) for w in warnings]
         response = Response(text.encode(), media_type=_MEDIA_TYPES[query.output])
-        for name, value in headers:
-            response.headers.append(name, value)
+        for warning in warnings:
+            response.headers.append("Warning", _warning_header(warning))
         return response
 
     return router
@@ -423,24 +610,38 @@ def create_app(
     namespaces: NamespaceSource,
     tls: TLSState | None = None,
     metrics: Metrics | None = None,
+    limits: Limits | None = None,
 ) -> FastAPI:
     """Build the app. The lifespan starts the namespace source and stops it on shutdown.
 
     ``tls`` only feeds ``/readyz`` (the server owns the socket); ``None`` means
     the app is served some other way (e.g. in-process tests) and TLS is not
-    part of readiness.
+    part of readiness. ``metrics`` is shared with the server (read timeouts).
     """
-    service = _Service(config, namespaces, tls, metrics if metrics is not None else Metrics())
+    metrics = metrics if metrics is not None else Metrics()
+    limits = limits if limits is not None else Limits()
+    budget = BodyBudget(limits)
+    metrics.body_bytes.set_function(lambda: budget.in_use)
+    # s3 adds freshness() to every NamespaceSource; until that lands, sources
+    # without it simply export no freshness series.
+    freshness = getattr(namespaces, "freshness", None)
+    if freshness is not None:
+        metrics.watch_freshness(freshness)
+    service = _Service(
+        config=config,
+        namespaces=namespaces,
+        tls=tls,
+        metrics=metrics,
+        limits=limits,
+        budget=budget,
+        lookup=_Lookup(namespaces, metrics),
+        preview_slots=anyio.Semaphore(limits.previews_at_once),
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # start() may open connections or read files; keep it off the loop.
         await anyio.to_thread.run_sync(namespaces.start)
-        # Everything allocated so far lives as long as the process: move it out
-        # of the collector's reach, so a full collection walks only what
-        # requests allocate (it was a ~15 ms pause every few hundred big pods).
-        gc.collect()
-        gc.freeze()
         service.started = True
         try:
             yield

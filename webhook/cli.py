@@ -124,7 +124,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="watch namespaces through this kubeconfig (default: in-cluster or $KUBECONFIG)",
     )
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--read-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a request's headers, then its body, must each arrive within this (default 10)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     certs = commands.add_parser("certs", help="make a CA and a serving certificate")

@@ -3,11 +3,20 @@
 Shared by the CLI (files and stdin), ``/preview`` (request bodies) and the
 namespaces file, so all three accept exactly the same inputs and report
 problems the same way: ``<origin>: <where>: <what>`` on one line.
+
+YAML anchors and aliases are refused everywhere. An alias is a pointer to a
+node already seen, so a few hundred bytes of nested aliases stand for billions
+of values ("billion laughs"): PyYAML builds them as a shared graph, and the
+first thing that walks it as a tree (the engine, a renderer) runs out of
+memory. Kubernetes itself never needs them (``kubectl`` output has none).
+They are refused in a pre-pass over the C parser's event stream, before
+anything is built, so the fast C loader can then be used as it is (overriding
+its composer would mean the pure-Python loader, ~10x slower and bigger).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import yaml
@@ -19,24 +28,18 @@ except AttributeError:  # pragma: no cover
 
 Obj = dict[str, Any]
 
+# The event types that become a value (a scalar, or the start of a list or map).
+_VALUE_EVENTS: Final = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
+
+# Bytes that start or separate JSON values; their count bounds how many values
+# a document can hold (a ``{`` or ``[`` per container, a ``,`` per further item).
+# Counted as what is left after deleting every other byte: one pass in C,
+# ~4x faster than three ``count`` calls.
+_NOT_JSON_VALUE_MARKS: Final = bytes(byte for byte in range(256) if byte not in b",[{")
+
 
 class ManifestError(ValueError):
     """The input is not a readable manifest; the message names origin and place."""
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """Refuses YAML aliases: a few bytes of anchors can expand to gigabytes.
-
-    Built on the pure-Python loader because the C one composes nodes in C.
-    """
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.MarkedYAMLError(
-                problem="YAML aliases are not accepted here", problem_mark=event.start_mark
-            )
-        return super().compose_node(parent, index)
 
 
 def _yaml_error(origin: str, err: yaml.YAMLError) -> ManifestError:
@@ -51,9 +54,45 @@ def _looks_like_json(text: str) -> bool:
     return stripped.startswith(("{", "["))
 
 
-def parse_documents(data: bytes | str, *, origin: str, allow_aliases: bool = True) -> list[Any]:
-    """Decode JSON or (multi-document) YAML into its top-level documents; empty ones dropped."""
-    if isinstance(data, bytes):
+def json_value_bound(data: bytes | bytearray | str) -> int:
+    """An upper bound on the number of values in a JSON text, counted without parsing it.
+
+    Counts ``,``, ``[`` and ``{`` (in C, a few milliseconds for 7 MiB), so it
+    over-counts those inside strings: a safe direction for a limit. Lets a
+    caller refuse a body whose parse would take too long or build too many
+    objects *before* paying for the parse.
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    return len(raw.translate(None, _NOT_JSON_VALUE_MARKS))
+
+
+def _check_yaml(text: str, *, origin: str, max_values: int | None) -> None:
+    """Refuse anchors, aliases and (with ``max_values``) too many values; build nothing."""
+    count = 0
+    try:
+        for event in yaml.parse(text, Loader=_BaseLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                mark = event.start_mark
+                where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
+                raise ManifestError(f"{origin}: {where}YAML anchors and aliases are not accepted")
+            if isinstance(event, _VALUE_EVENTS):
+                count += 1
+                if max_values is not None and count > max_values:
+                    raise ManifestError(f"{origin}: more than {max_values} values")
+    except yaml.YAMLError as err:
+        raise _yaml_error(origin, err) from None
+
+
+def parse_documents(
+    data: bytes | bytearray | str, *, origin: str, max_values: int | None = None
+) -> list[Any]:
+    """Decode JSON or (multi-document) YAML into its top-level documents; empty ones dropped.
+
+    ``max_values`` bounds the values (scalars, lists and maps) in the whole
+    input; it is checked before any object is built, so what a caller pays
+    for a refused input is one cheap scan.
+    """
+    if isinstance(data, bytes | bytearray):
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -61,6 +100,8 @@ def parse_documents(data: bytes | str, *, origin: str, allow_aliases: bool = Tru
     else:
         text = data
     if _looks_like_json(text):
+        if max_values is not None and json_value_bound(data) > max_values:
+            raise ManifestError(f"{origin}: more than {max_values} values")
         try:
             doc = orjson.loads(text)
         except orjson.JSONDecodeError as err:
@@ -69,9 +110,9 @@ def parse_documents(data: bytes | str, *, origin: str, allow_aliases: bool = Tru
             # ``{a: 1}`` is YAML flow style; let the YAML parser have it.
         else:
             return doc if isinstance(doc, list) else [doc]
-    loader = _BaseLoader if allow_aliases else _NoAliasLoader
+    _check_yaml(text, origin=origin, max_values=max_values)
     try:
-        docs = list(yaml.load_all(text, Loader=loader))
+        docs = list(yaml.load_all(text, Loader=_BaseLoader))
     except yaml.YAMLError as err:
         raise _yaml_error(origin, err) from None
     except RecursionError:
@@ -85,10 +126,17 @@ def is_list(obj: Obj) -> bool:
     return isinstance(kind, str) and kind.endswith("List") and "items" in obj
 
 
-def load_objects(data: bytes | str, *, origin: str, allow_aliases: bool = True) -> list[Obj]:
+def load_objects(
+    data: bytes | bytearray | str, *, origin: str, max_values: int | None = None
+) -> list[Obj]:
     """All objects in the input, with Lists flattened; each must be a mapping."""
+    return objects_of(parse_documents(data, origin=origin, max_values=max_values), origin=origin)
+
+
+def objects_of(documents: list[Any], *, origin: str) -> list[Obj]:
+    """The objects in decoded documents, with Lists flattened; each must be a mapping."""
     objects: list[Obj] = []
-    for index, doc in enumerate(parse_documents(data, origin=origin, allow_aliases=allow_aliases)):
+    for index, doc in enumerate(documents):
         where = f"{origin}: document {index + 1}"
         if not isinstance(doc, dict):
             raise ManifestError(f"{where}: expected an object, got {_type_name(doc)}")

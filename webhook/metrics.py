@@ -8,10 +8,13 @@ webhook's ``/metrics`` unless we add them on purpose.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Final, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 # Admission latency lives in the sub-millisecond to tens-of-milliseconds range;
 # kube-apiserver's default webhook timeout is 10 s but anything near 1 s is
@@ -33,22 +36,66 @@ LATENCY_BUCKETS: Final = (
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
 
+class Freshness(Protocol):
+    """How current the namespace source is (``webhook.namespaces.Freshness`` fits)."""
+
+    @property
+    def age_seconds(self) -> float: ...
+    @property
+    def reconnects(self) -> int: ...
+    @property
+    def relists(self) -> int: ...
+
+
+class _FreshnessCollector(Collector):
+    """The namespace source's freshness, read when Prometheus scrapes (not on every change)."""
+
+    def __init__(self, read: Callable[[], Freshness | None]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        fresh = self._read()
+        if fresh is None:  # a file or no source: nothing goes stale
+            return
+        yield GaugeMetricFamily(
+            "sidecar_injector_namespace_cache_age_seconds",
+            "Seconds since the namespace cache last knew it was in sync with the API server "
+            "(last list, watch event or bookmark).",
+            value=fresh.age_seconds,
+        )
+        yield CounterMetricFamily(
+            "sidecar_injector_namespace_watch_reconnects",
+            "Namespace watch (re)connections after the first one.",
+            value=fresh.reconnects,
+        )
+        yield CounterMetricFamily(
+            "sidecar_injector_namespace_relists",
+            "Full lists of the namespaces after the first one (e.g. after 410 Gone).",
+            value=fresh.relists,
+        )
+
+    def describe(self) -> list[Metric]:
+        # Describing would call the source during registration; nothing to check there.
+        return []
+
+
 class Metrics:
-    """The webhook's counters and histogram, registered in their own registry."""
+    """The webhook's counters, gauges and histogram, registered in their own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "sidecar_injector_requests",
-            "HTTP requests by endpoint and outcome (ok, bad_request, too_large, "
-            "unsupported_media_type, refused, error).",
+            "HTTP requests by endpoint and outcome: ok, refused (allowed: false), bad_request, "
+            "too_large, unsupported_media_type, busy (503: request memory budget in use), "
+            "aborted (the connection ended before the request was read), error (a bug).",
             ["endpoint", "outcome"],
             registry=self.registry,
         )
         self.decisions = Counter(
             "sidecar_injector_decisions",
             "Admission decisions by code (the engine's decision codes, plus refused, "
-            "not-create and not-a-pod).",
+            "not-create, not-a-pod and namespace-unavailable).",
             ["code"],
             registry=self.registry,
         )
@@ -57,6 +104,24 @@ class Metrics:
             "Time from the request's first byte being handled to the response being ready.",
             ["endpoint"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.read_timeouts = Counter(
+            "sidecar_injector_read_timeouts",
+            "Connections closed because a request's headers or body did not arrive in time.",
+            ["phase"],
+            registry=self.registry,
+        )
+        self.namespace_fetches = Counter(
+            "sidecar_injector_namespace_fetches",
+            "Namespaces read from the source during admission: reason miss (not cached) or "
+            "recheck (cached as not opted in); result found, absent or unavailable.",
+            ["reason", "result"],
+            registry=self.registry,
+        )
+        self.body_bytes = Gauge(
+            "sidecar_injector_request_body_bytes_held",
+            "Bytes of request bodies held in memory (or reserved for them) right now.",
             registry=self.registry,
         )
 
@@ -68,6 +133,18 @@ class Metrics:
     def decision(self, code: str) -> None:
         """Count one admission decision."""
         self.decisions.labels(code).inc()
+
+    def read_timeout(self, phase: str) -> None:
+        """Count a connection dropped for missing its read deadline (``headers``/``body``)."""
+        self.read_timeouts.labels(phase).inc()
+
+    def namespace_fetch(self, reason: str, result: str) -> None:
+        """Count one namespace read from the source during admission."""
+        self.namespace_fetches.labels(reason, result).inc()
+
+    def watch_freshness(self, read: Callable[[], Freshness | None]) -> None:
+        """Render the namespace source's freshness at every scrape (see ``_FreshnessCollector``)."""
+        self.registry.register(_FreshnessCollector(read))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

@@ -33,7 +33,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -134,31 +134,19 @@ def _refuse_password() -> bytes:
 
 
 class ReloadingTLS:
-    """A server ``SSLContext`` serving the current pair of files in ``cert_dir``.
+    """A server ``SSLContext`` serving the current ``tls.crt``/``tls.key`` in ``cert_dir``.
 
     Hand :attr:`context` to the server once; it stays the same object while
-    the certificate behind it changes. ``check_interval`` bounds how often the
-    files are stat'ed (0: at every handshake, which costs a few microseconds).
-    With ``require`` (the default) the constructor raises :class:`TLSError`
-    when no valid pair can be loaded; without it, handshakes fail until one
-    appears and :attr:`loaded` tells readiness probes.
+    the certificate behind it changes. The files are stat'ed at every
+    handshake (a few microseconds). The constructor raises :class:`TLSError`
+    when no valid pair can be loaded: a server without a certificate should
+    not start.
     """
 
-    def __init__(
-        self,
-        cert_dir: Path,
-        *,
-        cert_name: str = "tls.crt",
-        key_name: str = "tls.key",
-        check_interval: float = 0.0,
-        require: bool = True,
-    ) -> None:
-        self.cert_path = Path(cert_dir) / cert_name
-        self.key_path = Path(cert_dir) / key_name
-        self._interval = check_interval
-        self._next_check = 0.0
+    def __init__(self, cert_dir: Path) -> None:
+        self.cert_path = Path(cert_dir) / "tls.crt"
+        self.key_path = Path(cert_dir) / "tls.key"
         self._lock = threading.Lock()
-        self._alpn: list[str] = []
         # What the files looked like at the last attempt, and whether that
         # was too recent to trust the stamps alone (see _RACY_NS).
         self._stamps: tuple[_FileStamp, _FileStamp] | None = None
@@ -174,7 +162,7 @@ class ReloadingTLS:
         self._context = _server_context()
         self._context.sni_callback = self._on_client_hello
         self.maybe_reload(force=True)
-        if require and self._inner is None:
+        if self._inner is None:
             raise TLSError(self.last_error or f"{self.cert_path}: not loaded")
 
     @property
@@ -192,25 +180,13 @@ class ReloadingTLS:
         """SHA-256 (hex) of the certificate new handshakes present, if any."""
         return self._fingerprint
 
-    def set_alpn_protocols(self, protocols: Sequence[str]) -> None:
-        """Advertise ALPN protocols (as uvicorn does for HTTP/2) on every pair loaded."""
-        self._alpn = list(protocols)
-        for context in (self._context, self._inner):
-            if context is not None and self._alpn:
-                context.set_alpn_protocols(self._alpn)
-
     def maybe_reload(self, *, force: bool = False) -> bool:
         """Load the pair if the files changed since the last look; True if a new pair is served.
 
-        Called on every ClientHello (throttled by ``check_interval``); a server
-        may also call it from a timer so :attr:`loaded` and logs stay current
-        while no client connects.
+        Called on every ClientHello; a server may also call it from a timer so
+        :attr:`loaded` and logs stay current while no client connects.
         """
-        now = time.monotonic()
-        if not force and now < self._next_check:
-            return False
         with self._lock:
-            self._next_check = now + self._interval
             try:
                 stamps = (_stamp(self.cert_path), _stamp(self.key_path))
             except OSError as err:
@@ -263,8 +239,6 @@ class ReloadingTLS:
         # which catches a pair caught between its two file replacements.
         with _private_file(cert_pem) as cert_file, _private_file(key_pem) as key_file:
             context.load_cert_chain(cert_file, key_file, password=_refuse_password)
-        if self._alpn:
-            context.set_alpn_protocols(self._alpn)
         return context, print_
 
     def _fail(self, message: str) -> None:
@@ -310,23 +284,18 @@ def uvicorn_config_with_tls(
 ) -> uvicorn.Config:
     """A ``uvicorn.Config`` that serves HTTPS with ``tls.context``.
 
-    uvicorn (0.54+) calls ``ssl_context_factory`` from ``Config.load()``; ours
-    ignores uvicorn's default factory (it would build a static context from
-    files, with uvicorn's permissive cipher default) and returns the reloading
-    context, adding the ALPN protocols uvicorn would have set. Usage::
+    uvicorn (0.54; pinned below 0.55 in pyproject.toml) calls
+    ``ssl_context_factory`` from ``Config.load()``; ours ignores uvicorn's
+    default factory (it would build a static context from files, with
+    uvicorn's permissive cipher default) and returns the reloading context.
+    The webhook speaks HTTP/1.1 only, so no ALPN protocols are set. Usage::
 
         tls = ReloadingTLS(cert_dir)  # raises TLSError if the pair is unusable
         config = uvicorn_config_with_tls(app, host=host, port=port, tls=tls)
         uvicorn.Server(config).run()
-
-    Run a single process (no ``workers``/``reload``): the context lives in it.
     """
 
-    def factory(config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-        alpn = getattr(config, "http_protocol_class", None)
-        protocols = getattr(alpn, "alpn_protocols", None)
-        if protocols:
-            tls.set_alpn_protocols(protocols)
+    def factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         return tls.context
 
     return uvicorn.Config(app, host=host, port=port, ssl_context_factory=factory, **kwargs)

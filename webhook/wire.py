@@ -23,7 +23,7 @@ Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
 PatchType = Literal["JSONPatch"]
 
 # metav1.Status.reason values this webhook uses when it refuses a pod.
-StatusReason = Literal["BadRequest", "Invalid", "Forbidden"]
+StatusReason = Literal["BadRequest", "ServiceUnavailable"]
 
 
 class GroupVersionKind(TypedDict):
@@ -42,15 +42,6 @@ class GroupVersionResource(TypedDict):
     resource: str
 
 
-class UserInfo(TypedDict, total=False):
-    """``authenticationv1.UserInfo``: who asked; logged by nobody here, typed for completeness."""
-
-    username: str
-    uid: str
-    groups: list[str]
-    extra: dict[str, list[str]]
-
-
 class AdmissionRequest(TypedDict):
     """``admission.AdmissionRequest``. Only ``uid`` is checked before the engine runs."""
 
@@ -64,7 +55,7 @@ class AdmissionRequest(TypedDict):
     name: NotRequired[str]
     namespace: NotRequired[str]
     operation: NotRequired[Operation]
-    userInfo: NotRequired[UserInfo]
+    userInfo: NotRequired[dict[str, Any]]  # who asked; not read here
     object: NotRequired[dict[str, Any] | None]
     oldObject: NotRequired[dict[str, Any] | None]
     dryRun: NotRequired[bool]

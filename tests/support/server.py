@@ -17,7 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,9 @@ from tests.support.tls_client import SERVICE_HOSTNAME, client_context, https_get
 
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "sidecar-injector")
-START_DEADLINE = 20.0
+# Generous: on a loaded 2-core machine importing the kubernetes client alone takes
+# several seconds, and a deadline is a bound on failure, not on speed.
+START_DEADLINE = 60.0
 
 
 def free_port() -> int:
@@ -76,6 +78,68 @@ class Server:
     def log_lines(self) -> list[str]:
         """The server's log lines."""
         return self.log().splitlines()
+
+    def memory(self) -> Memory:
+        """The server process's resident memory, now and at its peak, from /proc."""
+        return process_memory(self.proc.pid)
+
+    def metrics(self) -> dict[str, float]:
+        """``/metrics`` samples by ``name{labels}`` over a fresh verified connection."""
+        status, body, _ = https_get(self.port, self.ca_file, "/metrics", timeout=30)
+        assert status == 200, body
+        return parse_metrics(body.decode())
+
+    def wait_for_metric(
+        self, sample: str, predicate: Callable[[float], bool], *, timeout: float = 30.0
+    ) -> float:
+        """Poll ``/metrics`` until ``sample`` satisfies ``predicate``; its value then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.metrics().get(sample, 0.0)
+            if predicate(value):
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{sample} = {value} after {timeout} s")
+            time.sleep(0.05)
+
+    def wait_for_log(self, needle: str, *, timeout: float = 30.0) -> str:
+        """Poll the log until a line contains ``needle``; that line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log_lines():
+                if needle in line:
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no log line with {needle!r} after {timeout} s")
+            time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Resident set size of a process, in MiB: now (VmRSS) and its peak so far (VmHWM)."""
+
+    rss_mib: float
+    peak_mib: float
+
+
+def process_memory(pid: int) -> Memory:
+    """Read VmRSS and VmHWM from ``/proc/PID/status``: the kernel's own accounting."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024  # kB -> MiB
+    return Memory(fields["VmRSS"], fields["VmHWM"])
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text samples as ``{'name{label="v"}': value}``."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
 
 
 class WebhookClient:
