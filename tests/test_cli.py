@@ -205,7 +205,10 @@ def test_uninject_leaves_a_look_alike_alone_and_says_so() -> None:
     ("stdin", "message"),
     [
         (b"\xff", "<stdin>: byte 0: not valid UTF-8"),
-        (b"a: &x 1\nb: *x\n", "<stdin>: line 2 column 4: YAML aliases are not accepted here"),
+        (
+            b"a: &x 1\nb: *x\n",
+            "<stdin>: line 1 column 4: YAML anchors and aliases are not accepted",
+        ),
         (
             json.dumps(
                 {**POD, "metadata": {"name": "web", "annotations": {"sidecar.mesh.io/status": "{"}}}
@@ -231,4 +234,4 @@ def test_inject_refuses_yaml_aliases_too() -> None:
     result = run("inject", "-f", "-", *ENABLE, stdin=b"a: &x 1\nb: *x\n")
     assert result.returncode == 1
     assert result.stdout == b""
-    assert b"YAML aliases are not accepted here" in result.stderr
+    assert b"YAML anchors and aliases are not accepted" in result.stderr

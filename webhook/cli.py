@@ -157,8 +157,8 @@ def _read_inputs(names: Sequence[str]) -> list[dict[str, Any]]:
             except OSError as err:
                 raise ManifestError(f"{name}: cannot read: {err.strerror or err}") from None
             origin = name
-        # Refused: a few bytes of anchors can expand to gigabytes.
-        objects.extend(load_objects(data, origin=origin, allow_aliases=False))
+        # YAML anchors and aliases are refused (load_objects refuses them everywhere).
+        objects.extend(load_objects(data, origin=origin))
     return objects
 
 
