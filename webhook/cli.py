@@ -1,4 +1,4 @@
-"""The ``sidecar-injector`` command: ``inject`` (offline), ``serve`` and ``certs``.
+"""The ``sidecar-injector`` command: ``inject``/``uninject`` (offline), ``serve`` and ``certs``.
 
 Errors are one line on stderr and a non-zero exit, never a traceback; output
 is produced in full before anything is written, so a failure leaves stdout
@@ -78,6 +78,29 @@ def _build_parser() -> argparse.ArgumentParser:
         help="yaml (default) or json: the objects; patch: the JSON Patch; diff: a unified diff",
     )
 
+    uninject = commands.add_parser(
+        "uninject",
+        help="take the sidecar out of manifests again (the inverse of inject)",
+        description="Remove what the sidecar.mesh.io/status annotation says was injected: "
+        "its containers, init containers, volumes and annotations, nothing else. Objects "
+        "without the annotation are printed unchanged.",
+    )
+    uninject.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="manifest file (JSON or YAML, multi-document, Lists); '-' reads stdin; repeatable",
+    )
+    uninject.add_argument(
+        "-o",
+        "--output",
+        choices=[o.value for o in Output],
+        default=Output.YAML.value,
+        help="yaml (default) or json: the objects; patch: the JSON Patch; diff: a unified diff",
+    )
+
     serve = commands.add_parser("serve", help="serve the admission webhook over HTTPS")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=constants.DEFAULT_HTTPS_PORT)
@@ -134,6 +157,7 @@ def _read_inputs(names: Sequence[str]) -> list[dict[str, Any]]:
             except OSError as err:
                 raise ManifestError(f"{name}: cannot read: {err.strerror or err}") from None
             origin = name
+        # YAML anchors and aliases are refused (load_objects refuses them everywhere).
         objects.extend(load_objects(data, origin=origin))
     return objects
 
@@ -176,6 +200,29 @@ def _run_inject(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_uninject(args: argparse.Namespace) -> int:
+    from webhook.engine import uninject
+    from webhook.engine.workloads import describe
+
+    try:
+        objects = _read_inputs(args.filename)
+        results = [uninject(obj) for obj in objects]
+        text = render(results, objects, Output(args.output), after="uninjected")
+    except (ManifestError, InjectionRefused) as err:
+        return _fail(str(err))
+    except RecursionError:
+        return _fail("input is nested too deeply")
+
+    for obj, result in zip(objects, results, strict=True):
+        for warning in result.warnings:
+            sys.stderr.write(f"{PROG}: warning: {describe(obj)}: {warning}\n")
+        if result.location is not None and not result.removed:
+            sys.stderr.write(f"{PROG}: {describe(obj)}: nothing to remove: {result.reason}\n")
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return 0
+
+
 def _run_certs(args: argparse.Namespace) -> int:
     from webhook.certs import CertError, write_certs
 
@@ -204,7 +251,12 @@ def _run_serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and ``python -m webhook``."""
     args = _build_parser().parse_args(argv)
-    runners = {"inject": _run_inject, "certs": _run_certs, "serve": _run_serve}
+    runners = {
+        "inject": _run_inject,
+        "uninject": _run_uninject,
+        "certs": _run_certs,
+        "serve": _run_serve,
+    }
     try:
         return runners[args.command](args)
     except KeyboardInterrupt:
