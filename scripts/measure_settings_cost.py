@@ -61,6 +61,9 @@ def clear_caches() -> None:
     built: Any = getattr(inject_module, "_built", None)
     if built is not None and hasattr(built, "cache_clear"):
         built.cache_clear()
+    containers: Any = getattr(inject_module, "CACHE", None)  # the engine's bounded cache
+    if containers is not None:
+        containers.clear()
 
 
 def timed(rounds: int, action: Callable[[], object]) -> tuple[float, float, float]:

@@ -353,8 +353,8 @@ def test_the_patch_applies_and_gives_a_schema_valid_pod() -> None:
     reviewed = answer(review_doc(obj))
     patched = jsonpatch.apply_patch(copy.deepcopy(obj), patch_of(reviewed.response))
     names = [c["name"] for c in patched["spec"]["containers"]]
-    assert names == ["app", "mesh-proxy"]
-    assert [c["name"] for c in patched["spec"]["initContainers"]] == ["mesh-init"]
+    assert names == ["app"]
+    assert [c["name"] for c in patched["spec"]["initContainers"]] == ["mesh-init", "mesh-proxy"]
     assert all(op["op"] == "add" for op in patch_of(reviewed.response))
     # kubernetes-validate wants a name; the apiserver derives it from generateName.
     validate_injected({**patched, "metadata": {**patched["metadata"], "name": "web-7d9f-x1"}})

@@ -37,9 +37,8 @@ def test_stdin_json_in_yaml_out_and_the_same_through_python_dash_m() -> None:
     assert console.returncode == module.returncode == 0
     assert console.stdout == module.stdout
     injected = yaml.safe_load(console.stdout)
-    names = [c["name"] for c in injected["spec"]["containers"]]
-    assert names == ["web", "mesh-proxy"]
-    assert [c["name"] for c in injected["spec"]["initContainers"]] == ["mesh-init"]
+    assert [c["name"] for c in injected["spec"]["containers"]] == ["web"]
+    assert [c["name"] for c in injected["spec"]["initContainers"]] == ["mesh-init", "mesh-proxy"]
 
 
 def test_output_patch_applies_to_the_input_and_gives_output_json() -> None:
@@ -88,8 +87,8 @@ def test_labels_override_the_namespaces_file(tmp_path: Path) -> None:
     body = json.dumps(POD).encode()
     args = ["inject", "-f", "-", "-n", "shop", "--namespaces-file", str(namespaces), "-o", "json"]
     from_file = json.loads(run(*args, stdin=body).stdout)
-    assert "--log-level" in from_file["spec"]["containers"][1]["args"]
-    assert from_file["spec"]["containers"][1]["args"][3] == "info"
+    proxy_args = from_file["spec"]["initContainers"][1]["args"]
+    assert proxy_args[proxy_args.index("--log-level") + 1] == "info"
     overridden = run(*args, "--label", "sidecar-injection=disabled", stdin=body)
     assert json.loads(overridden.stdout) == POD
 
@@ -99,7 +98,7 @@ def test_labels_override_the_namespaces_file(tmp_path: Path) -> None:
     [
         (["-f", "missing.yaml"], b"", "missing.yaml: cannot read"),
         (["-f", "-"], b"\xff\xfe", "<stdin>: byte 0: not valid UTF-8"),
-        (["-f", "-"], b"kind: [", "<stdin>: line 2 column 1"),
+        (["-f", "-"], b"kind: [", "<stdin>: line "),
         (["-f", "-"], b"[1, 2]", "<stdin>: document 1: expected an object"),
         (
             ["-f", "-", "--label", "novalue"],
@@ -137,3 +136,102 @@ def test_usage_errors_exit_2() -> None:
     assert result.returncode == 2
     assert b"invalid choice" in result.stderr
     assert result.stdout == b""
+
+
+# --- uninject ----------------------------------------------------------------------------
+
+
+def injected_yaml(*objects: dict[str, object]) -> bytes:
+    result = run("inject", "-f", "-", *ENABLE, stdin=yaml.safe_dump_all(objects).encode())
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_uninject_gives_back_the_input_from_stdin_in_yaml_and_json() -> None:
+    back = run("uninject", "-f", "-", stdin=injected_yaml(POD))
+    assert back.returncode == 0, back.stderr
+    assert yaml.safe_load(back.stdout) == POD
+    assert back.stderr == b""
+    as_json = run("uninject", "-f", "-", "-o", "json", stdin=injected_yaml(POD))
+    assert json.loads(as_json.stdout) == POD
+
+
+def test_uninject_reads_files_lists_and_every_workload_kind(tmp_path: Path) -> None:
+    template = {"metadata": {"labels": {"app": "web"}}, "spec": POD["spec"]}
+    workloads = [
+        POD,
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+         "spec": {"template": template}},
+        {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
+         "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}},
+    ]  # fmt: skip
+    listed = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": list(yaml.safe_load_all(injected_yaml(*workloads))),
+    }
+    path = tmp_path / "injected.json"
+    path.write_text(json.dumps(listed))
+    back = run("uninject", "-f", str(path), "-o", "json")
+    assert back.returncode == 0, back.stderr
+    assert json.loads(back.stdout) == {"apiVersion": "v1", "kind": "List", "items": workloads}
+
+
+def test_uninject_patch_applies_and_diff_shows_only_removals() -> None:
+    injected = yaml.safe_load(injected_yaml(POD))
+    body = json.dumps(injected).encode()
+    patch = json.loads(run("uninject", "-f", "-", "-o", "patch", stdin=body).stdout)
+    assert {op["op"] for op in patch} <= {"remove", "replace"}
+    assert jsonpatch.apply_patch(injected, patch) == POD
+    lines = run("uninject", "-f", "-", "-o", "diff", stdin=body).stdout.decode().splitlines()
+    assert lines[1].startswith("+++ Pod web (uninjected)")
+    changed = [line for line in lines[2:] if line[:1] in "+-" and not line.startswith("@@")]
+    assert changed
+    assert all(line.startswith("-") for line in changed)
+
+
+def test_uninject_leaves_a_look_alike_alone_and_says_so() -> None:
+    look_alike = {**POD, "spec": {"containers": [*POD["spec"]["containers"], {"name": "mesh-proxy", "image": "mine"}]}}  # fmt: skip
+    result = run("uninject", "-f", "-", "-o", "json", stdin=json.dumps(look_alike).encode())
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == look_alike
+    assert result.stderr.decode() == (
+        "sidecar-injector: Pod web: nothing to remove: no sidecar.mesh.io/status annotation\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("stdin", "message"),
+    [
+        (b"\xff", "<stdin>: byte 0: not valid UTF-8"),
+        (
+            b"a: &x 1\nb: *x\n",
+            "<stdin>: line 1 column 4: YAML anchors and aliases are not accepted",
+        ),
+        (
+            json.dumps(
+                {**POD, "metadata": {"name": "web", "annotations": {"sidecar.mesh.io/status": "{"}}}
+            ).encode(),
+            "Pod web: metadata.annotations[sidecar.mesh.io/status] is not JSON",
+        ),
+        (b"[" * 100000, "<stdin>"),
+    ],
+)
+def test_uninject_bad_input_is_one_line_exit_1_and_nothing_on_stdout(
+    stdin: bytes, message: str
+) -> None:
+    result = run("uninject", "-f", "-", stdin=stdin)
+    assert result.returncode == 1
+    assert result.stdout == b""
+    err = result.stderr.decode()
+    assert err.count("\n") == 1, err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_inject_refuses_yaml_aliases_too() -> None:
+    result = run("inject", "-f", "-", *ENABLE, stdin=b"a: &x 1\nb: *x\n")
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert b"YAML anchors and aliases are not accepted" in result.stderr

@@ -10,21 +10,27 @@ import contextlib
 import io
 import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
 from tests.support.kubelet import EXAMPLE_POD_FIELDS, envoy_validate
 from tests.support.validation import pod_spec, validate_injected
 from webhook.cli import main
+from webhook.engine import uninject
 from webhook.engine.workloads import WORKLOADS
+from webhook.manifests import load_objects
 
 GOLDEN = Path(__file__).parent / "golden"
 INPUTS = GOLDEN / "inputs"
 EXPECTED = GOLDEN / "expected"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+CLI = Path(sys.executable).parent / "sidecar-injector"
 CASES = sorted(path.stem for path in INPUTS.glob("*.yaml"))
 
 
@@ -127,3 +133,34 @@ def test_every_golden_proxy_command_passes_envoy_validate() -> None:
     assert len(proxies) >= 5, "the goldens should cover several distinct bootstraps"
     for container in proxies.values():
         envoy_validate(container, EXAMPLE_POD_FIELDS)
+
+
+def test_uninject_of_every_injected_golden_gives_its_input_back() -> None:
+    # The expected files are inject's output (checked byte for byte above);
+    # one real uninject process reads them all, as a user would pipe them.
+    names = [c for c in CASES if not c.startswith("refuse-")]
+    files = [arg for name in names for arg in ("-f", f"expected/{name}.yaml")]
+    back = subprocess.run(
+        [str(CLI), "uninject", *files, "-o", "yaml"],
+        cwd=GOLDEN, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert back.returncode == 0, back.stderr
+    expected = []
+    for name in names:
+        # An input that already carries a status annotation claims an injection
+        # of its own: for it the law reads uninject(inject(x)) == uninject(x).
+        inputs = load_objects((INPUTS / f"{name}.yaml").read_bytes(), origin=name)
+        expected += [uninject(obj).obj for obj in inputs]
+    assert list(yaml.safe_load_all(back.stdout)) == expected
+
+
+def test_the_injected_example_pod_is_under_6_kb_as_compact_json() -> None:
+    # Every watcher of every meshed pod receives it again on each status update.
+    example = GOLDEN.parent.parent / "examples" / "pod.yaml"
+    code, out, err = run_cli(
+        ["inject", "-f", str(example), "--label", "sidecar-injection=enabled", "-o", "json"]
+    )
+    assert code == 0, err
+    obj = orjson.loads(out)
+    assert obj["spec"]["initContainers"][1]["name"] == "mesh-proxy", "injected, default settings"
+    assert len(orjson.dumps(obj)) < 6000

@@ -1,4 +1,4 @@
-"""Invariants of injection over generated pods and workloads (hypothesis)."""
+"""Invariants of injection and uninjection over generated pods and workloads (hypothesis)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from tests.support.validation import pod_spec, validate_pod_rules
 from webhook.config import InjectorConfig
-from webhook.engine import inject
+from webhook.engine import inject, uninject
+from webhook.engine.workloads import locate_pod
 from webhook.preview import AssumedNamespace
 
 CONFIG = InjectorConfig()
@@ -86,15 +87,78 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
     return {"apiVersion": group, "kind": kind, "spec": {"template": template}}
 
 
+def pod_meta(obj: dict[str, Any], *, create: bool = False) -> dict[str, Any]:
+    """The pod's (or template's) metadata; ``create`` adds a missing or null one."""
+    location = locate_pod(obj)
+    assert location is not None
+    node = obj
+    for key in location.path:
+        node = node[key]
+    if create and node.get("metadata") is None:
+        node["metadata"] = {}
+        return node["metadata"]
+    return node.get("metadata") or {}
+
+
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPERTY
 @given(pods())
-def test_the_patch_applied_by_jsonpatch_equals_the_injected_object(obj: dict[str, Any]) -> None:
+def test_the_object_is_the_patch_applied_and_the_sidecar_sits_where_its_mode_says(
+    obj: dict[str, Any],
+) -> None:
     result = inject(obj, namespace=NAMESPACE, config=CONFIG)
     assert result.injected
-    assert jsonpatch.apply_patch(obj, list(result.patch)) == result.obj
+    assert result.obj == jsonpatch.apply_patch(obj, list(result.patch))
+    spec = pod_spec(result.obj)
+    inits = [c["name"] for c in spec["initContainers"]]
+    apps = [c["name"] for c in spec["containers"]]
+    annotations = pod_meta(obj).get("annotations") or {}
+    if annotations.get("sidecar.mesh.io/native-sidecar", "true") == "true":
+        assert inits[:2] == ["mesh-init", "mesh-proxy"]
+        assert "mesh-proxy" not in apps
+    else:
+        assert inits[-1] == "mesh-init"
+        hold = annotations.get("sidecar.mesh.io/hold-application") == "true"
+        assert apps.index("mesh-proxy") == (0 if hold else len(apps) - 1)
+
+
+@PROPERTY
+@given(pods())
+def test_uninject_is_the_exact_inverse_of_inject(obj: dict[str, Any]) -> None:
+    before = copy.deepcopy(obj)
+    injected = inject(obj, namespace=NAMESPACE, config=CONFIG).obj
+    result = uninject(injected)
+    assert result.removed
+    assert result.obj == before
+    assert uninject(before).obj is before, "nothing to remove: the very same object"
+
+
+user_container = st.builds(lambda n: {"name": f"later-{n}", "image": "debug:1"}, dns_label)
+
+
+@PROPERTY
+@given(pods(), user_container, dns_label, text)
+def test_uninject_keeps_what_the_user_added_after_injection(
+    obj: dict[str, Any], container: dict[str, Any], key: str, value: str
+) -> None:
+    injected = inject(obj, namespace=NAMESPACE, config=CONFIG).obj
+    # After injection the user adds a container, a volume and an annotation.
+    later = copy.deepcopy(injected)
+    spec = pod_spec(later)
+    spec["containers"].append(container)
+    spec["volumes"] = [*(spec.get("volumes") or []), {"name": "later-vol", "emptyDir": {}}]
+    meta = pod_meta(later)
+    meta["annotations"][f"later.io/{key}"] = value
+    back = uninject(later).obj
+    expected = copy.deepcopy(obj)
+    expected_spec = pod_spec(expected)
+    expected_spec["containers"].append(container)
+    expected_spec["volumes"] = [*(expected_spec.get("volumes") or []), {"name": "later-vol", "emptyDir": {}}]  # fmt: skip
+    expected_meta = pod_meta(expected, create=True)
+    expected_meta["annotations"] = {**(expected_meta.get("annotations") or {}), f"later.io/{key}": value}  # fmt: skip
+    assert back == expected
 
 
 @PROPERTY

@@ -113,7 +113,7 @@ def test_a_pod_create_is_answered_with_a_patch_that_applies_to_a_valid_pod(
     assert response["allowed"] is True
     assert response["patchType"] == "JSONPatch"
     patched = jsonpatch.apply_patch(copy.deepcopy(obj), decoded_patch(answer))
-    assert [c["name"] for c in patched["spec"]["containers"]] == ["app", "mesh-proxy"]
+    assert [c["name"] for c in patched["spec"]["initContainers"]] == ["mesh-init", "mesh-proxy"]
     patched["metadata"]["name"] = "web-x7k2p"  # what the apiserver makes of generateName
     validate_injected(patched)
 
@@ -332,7 +332,8 @@ def test_preview_takes_a_pod_in_every_form(
     summary = response.json()
     assert summary["injected"] is True
     assert "sidecar-injection=enabled" in summary["reason"]
-    assert [c["name"] for c in summary["object"]["spec"]["containers"]] == ["app", "mesh-proxy"]
+    spec = summary["object"]["spec"]
+    assert [c["name"] for c in spec["initContainers"]] == ["mesh-init", "mesh-proxy"]
     assert summary["patch"][0]["op"] == "add"
     assert summary["warnings"] == []
 
@@ -396,7 +397,7 @@ def test_preview_outputs_yaml_patch_and_diff(client: WebhookClient) -> None:
     as_yaml = preview(client, POD_YAML, None, namespace="demo", output="yaml")
     assert as_yaml.headers["content-type"] == "application/yaml"
     obj = yaml.safe_load(as_yaml.text)
-    assert [c["name"] for c in obj["spec"]["initContainers"]] == ["mesh-init"]
+    assert [c["name"] for c in obj["spec"]["initContainers"]] == ["mesh-init", "mesh-proxy"]
 
     as_patch = preview(client, POD_YAML, None, namespace="demo", output="patch").json()
     assert jsonpatch.apply_patch(yaml.safe_load(POD_YAML), as_patch) == obj

@@ -61,7 +61,7 @@ def test_defaults_come_from_the_built_in_config() -> None:
     assert settings.include_inbound_ports == "*"
     assert settings.include_outbound_cidrs == "*"
     assert settings.exclude_inbound_ports == ()
-    assert settings.native_sidecar is False
+    assert settings.native_sidecar is True
     assert settings.xds_address is None
     assert all(item.source is Source.BUILT_IN for item in settings.provenance.values())
 
@@ -138,10 +138,10 @@ def test_an_empty_resource_value_unsets_it() -> None:
 
 def test_booleans_and_the_xds_address_parse() -> None:
     settings = resolve(
-        {P + "native-sidecar": "true"},
+        {P + "native-sidecar": "false"},
         {P + "hold-application": "True", P + "xds-address": "xds.mesh-system.svc:15010"},
     )
-    assert settings.native_sidecar is True
+    assert settings.native_sidecar is False
     assert settings.hold_application is True
     assert settings.xds_address == "xds.mesh-system.svc:15010"
 

@@ -1,4 +1,4 @@
-"""The ``sidecar-injector`` command: ``inject`` (offline), ``serve``, ``certs`` and ``check``.
+"""The ``sidecar-injector`` command: ``inject``/``uninject``, ``serve``, ``certs``, ``check``.
 
 Errors are one line on stderr and a non-zero exit, never a traceback; output
 is produced in full before anything is written, so a failure leaves stdout
@@ -71,6 +71,29 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     inject.add_argument("--config", type=Path, metavar="FILE", help="injector config (YAML)")
     inject.add_argument(
+        "-o",
+        "--output",
+        choices=[o.value for o in Output],
+        default=Output.YAML.value,
+        help="yaml (default) or json: the objects; patch: the JSON Patch; diff: a unified diff",
+    )
+
+    uninject = commands.add_parser(
+        "uninject",
+        help="take the sidecar out of manifests again (the inverse of inject)",
+        description="Remove what the sidecar.mesh.io/status annotation says was injected: "
+        "its containers, init containers, volumes and annotations, nothing else. Objects "
+        "without the annotation are printed unchanged.",
+    )
+    uninject.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="manifest file (JSON or YAML, multi-document, Lists); '-' reads stdin; repeatable",
+    )
+    uninject.add_argument(
         "-o",
         "--output",
         choices=[o.value for o in Output],
@@ -216,6 +239,7 @@ def _read_inputs(names: Sequence[str]) -> list[dict[str, Any]]:
             except OSError as err:
                 raise ManifestError(f"{name}: cannot read: {err.strerror or err}") from None
             origin = name
+        # YAML anchors and aliases are refused (load_objects refuses them everywhere).
         objects.extend(load_objects(data, origin=origin))
     return objects
 
@@ -253,6 +277,29 @@ def _run_inject(args: argparse.Namespace) -> int:
             sys.stderr.write(f"{PROG}: warning: {describe(obj)}: {warning}\n")
         if result.location is not None and not result.injected:
             sys.stderr.write(f"{PROG}: {describe(obj)}: not injected: {result.decision.reason}\n")
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return 0
+
+
+def _run_uninject(args: argparse.Namespace) -> int:
+    from webhook.engine import uninject
+    from webhook.engine.workloads import describe
+
+    try:
+        objects = _read_inputs(args.filename)
+        results = [uninject(obj) for obj in objects]
+        text = render(results, objects, Output(args.output), after="uninjected")
+    except (ManifestError, InjectionRefused) as err:
+        return _fail(str(err))
+    except RecursionError:
+        return _fail("input is nested too deeply")
+
+    for obj, result in zip(objects, results, strict=True):
+        for warning in result.warnings:
+            sys.stderr.write(f"{PROG}: warning: {describe(obj)}: {warning}\n")
+        if result.location is not None and not result.removed:
+            sys.stderr.write(f"{PROG}: {describe(obj)}: nothing to remove: {result.reason}\n")
     sys.stdout.write(text)
     sys.stdout.flush()
     return 0
@@ -315,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     runners = {
         "inject": _run_inject,
+        "uninject": _run_uninject,
         "certs": _run_certs,
         "serve": _run_serve,
         "check": _run_check,

@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from webhook.config import InjectorConfig
-from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike, inject
+from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike, Op, inject
 from webhook.engine.workloads import describe
 from webhook.render import as_list, to_json, to_yaml, unified_diff
 
@@ -109,6 +109,15 @@ def inject_all(
     return results
 
 
+class Outcome(Protocol):
+    """What rendering needs of an injection (or uninjection) result."""
+
+    @property
+    def obj(self) -> dict[str, Any]: ...
+    @property
+    def patch(self) -> tuple[Op, ...]: ...
+
+
 def summary(result: InjectionResult) -> dict[str, Any]:
     """The preview's JSON view of one result: decision, settings with sources, patch, object."""
     settings = (
@@ -130,18 +139,22 @@ def summary(result: InjectionResult) -> dict[str, Any]:
 
 
 def render(
-    results: Sequence[InjectionResult],
+    results: Sequence[Outcome],
     originals: Sequence[dict[str, Any]],
     output: Output,
     *,
     summaries: bool = False,
+    after: str = "injected",
 ) -> str:
-    """Render results; ``summaries`` selects the preview's decision view for JSON."""
+    """Render results; ``summaries`` selects the preview's decision view for JSON.
+
+    ``after`` names the right-hand side of a diff ("injected", "uninjected").
+    """
     if output is Output.YAML:
         return to_yaml([result.obj for result in results])
     if output is Output.JSON:
         if summaries:
-            views = [summary(result) for result in results]
+            views = [summary(result) for result in results if isinstance(result, InjectionResult)]
             return to_json(views[0] if len(views) == 1 else views)
         return to_json(as_list([result.obj for result in results]))
     if output is Output.PATCH:
@@ -154,5 +167,6 @@ def render(
             ]
         )
     return unified_diff(
-        (describe(obj), obj, result.obj) for obj, result in zip(originals, results, strict=True)
+        ((describe(obj), obj, result.obj) for obj, result in zip(originals, results, strict=True)),
+        side=after,
     )

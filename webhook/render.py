@@ -53,7 +53,9 @@ def as_list(objects: Sequence[dict[str, Any]]) -> Any:
     return {"apiVersion": "v1", "kind": "List", "items": list(objects)}
 
 
-def unified_diff(pairs: Iterable[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
+def unified_diff(
+    pairs: Iterable[tuple[str, dict[str, Any], dict[str, Any]]], *, side: str = "injected"
+) -> str:
     """A unified diff of each (label, before, after) as YAML; empty when nothing changed."""
     chunks: list[str] = []
     for label, before, after in pairs:
@@ -64,7 +66,7 @@ def unified_diff(pairs: Iterable[tuple[str, dict[str, Any], dict[str, Any]]]) ->
                 to_yaml([before]).splitlines(keepends=True),
                 to_yaml([after]).splitlines(keepends=True),
                 fromfile=f"{label} (as given)",
-                tofile=f"{label} (injected)",
+                tofile=f"{label} ({side})",
             )
         )
     return "".join(chunks)

@@ -194,7 +194,7 @@ def _defaults(config: InjectorConfig) -> dict[str, tuple[Any, Source]]:
         "exclude-outbound-ports": ((), Source.BUILT_IN),
         "include-outbound-cidrs": (ALL, Source.BUILT_IN),
         "exclude-outbound-cidrs": ((), Source.BUILT_IN),
-        "native-sidecar": (False, Source.BUILT_IN),
+        "native-sidecar": (True, Source.BUILT_IN),
         "hold-application": (False, Source.BUILT_IN),
         "xds-address": (proxy.xds_address, source(proxy, "xds_address")),
     }

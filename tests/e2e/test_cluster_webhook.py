@@ -133,11 +133,12 @@ def test_a_pod_created_in_an_enabled_namespace_is_stored_with_the_proxy_and_init
     create(control_plane, meshed, pod_manifest("web"))
     stored = get_pod(control_plane, meshed, "web")
 
-    assert container_names(stored) == ["app", PROXY]
-    assert init_container_names(stored) == [INIT]
+    # Native sidecar, the default: the proxy is an init container after mesh-init.
+    assert container_names(stored) == ["app"]
+    assert init_container_names(stored) == [INIT, PROXY]
     status = json.loads(stored["metadata"]["annotations"]["sidecar.mesh.io/status"])
-    assert status["containers"] == [PROXY]
-    assert status["initContainers"] == [INIT]
+    assert status["containers"] == []
+    assert status["initContainers"] == [INIT, PROXY]
     assert stored["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "app"
     assert stored["status"]["phase"] == "Pending"
 
@@ -176,8 +177,8 @@ def test_a_deployments_pods_made_by_the_controller_manager_are_all_injected(
         owner = pod["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"]) == ("ReplicaSet", replicaset["metadata"]["name"])
         assert pod["metadata"]["generateName"] == f"{replicaset['metadata']['name']}-"
-        assert container_names(pod) == ["shop", PROXY]
-        assert init_container_names(pod) == [INIT]
+        assert container_names(pod) == ["shop"]
+        assert init_container_names(pod) == [INIT, PROXY]
         assert pod["status"]["phase"] == "Pending"
 
 
@@ -196,8 +197,8 @@ def test_a_pod_in_an_unlabelled_namespace_is_not_injected_unless_it_opts_in_with
     opted_in = create(
         control_plane, plain, pod_manifest("opted-in", labels={"sidecar.mesh.io/inject": "true"})
     )
-    assert container_names(opted_in) == ["app", PROXY]
-    assert init_container_names(opted_in) == [INIT]
+    assert container_names(opted_in) == ["app"]
+    assert init_container_names(opted_in) == [INIT, PROXY]
     assert webhook.metrics().decided("pod-opted-in") == before.decided("pod-opted-in") + 1
 
 
@@ -319,8 +320,8 @@ def test_a_server_side_dry_run_shows_the_injected_pod_and_stores_nothing(
     )
     previewed = yaml.safe_load(done.stdout)
 
-    assert container_names(previewed) == ["app", PROXY]
-    assert init_container_names(previewed) == [INIT]
+    assert container_names(previewed) == ["app"]
+    assert init_container_names(previewed) == [INIT, PROXY]
     missing = control_plane.kubectl("-n", meshed, "get", "pod", "preview", check=False)
     assert missing.returncode != 0
     assert "NotFound" in missing.stderr
@@ -700,7 +701,7 @@ def test_a_later_webhook_adding_a_container_leaves_exactly_one_injection(
     stored = get_pod(control_plane, namespace, "layered")
 
     names = container_names(stored)
-    assert names.count(PROXY) == 1
+    assert (names + init_container_names(stored)).count(PROXY) == 1
     assert names.count(ADDED_CONTAINER) == 1
     assert init_container_names(stored).count(INIT) == 1
     assert "app" in names

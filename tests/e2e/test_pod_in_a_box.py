@@ -230,7 +230,7 @@ def test_native_sidecar_still_intercepts(tmp_path: Path) -> None:
 
 
 def test_hold_application_hook_returns_only_once_the_proxy_is_ready(tmp_path: Path) -> None:
-    pod = inject(tmp_path, {P + "hold-application": "true"})
+    pod = inject(tmp_path, {P + "native-sidecar": "false", P + "hold-application": "true"})
     proxy = container(pod, "mesh-proxy")
     assert pod["spec"]["containers"][0]["name"] == "mesh-proxy"
     hook = proxy["lifecycle"]["postStart"]["exec"]["command"]

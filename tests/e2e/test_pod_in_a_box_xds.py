@@ -356,7 +356,7 @@ def test_proxy_identifies_itself_and_acks_every_resource_type(mesh: Mesh) -> Non
     assert bootstrap["node"]["cluster"] == NODE_CLUSTER
     listeners = _section(dump, "ListenersConfigDump")
     static_names = {item["listener"]["name"] for item in listeners["static_listeners"]}
-    assert {"outbound", "inbound", "health", "prometheus"} <= static_names
+    assert {"outbound", "inbound", "health"} <= static_names
     [dynamic] = listeners["dynamic_listeners"]
     assert dynamic["name"] == "shop"
     assert dynamic["active_state"]["version_info"] == "1"

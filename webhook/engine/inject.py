@@ -1,25 +1,29 @@
 """One object in, one injection result out: the engine's single entry point.
 
 ``/mutate``, ``/preview``, the CLI and the tests all call ``inject``. It is pure:
-no network, filesystem or clock, and the input object is never modified (the
-result shares unchanged parts with it). Decide first, then build: a pod that is
-skipped costs a few dictionary look-ups.
+no network, filesystem or clock, and the input object is never modified.
+Decide first, then build: a pod that is skipped costs a few dictionary
+look-ups. The result is the patch; the patched object is made from it, by
+``jsonpatch``, only when someone asks (``/mutate`` never does).
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final
 
+import jsonpatch
 import orjson
 
 from webhook import __version__, constants
+from webhook.bounded_cache import BoundedCache
 from webhook.config import InjectorConfig
 from webhook.engine.decision import Decision, NamespaceLike, decide, pod_security_refusal
+from webhook.engine.frozen import freeze
 from webhook.engine.iptables import mesh_init_container
-from webhook.engine.patch import Additions, Op, apply_additions, build_patch
-from webhook.engine.proxy import mesh_proxy_container, proxy_volumes
+from webhook.engine.patch import Additions, Op, build_patch, prior_shapes
+from webhook.engine.proxy import mesh_proxy_container
+from webhook.engine.status import InjectionStatus, containers_digest
 from webhook.engine.workloads import (
     ObjectError,
     PodLocation,
@@ -44,24 +48,42 @@ class InjectionRefused(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class InjectionResult:
-    """The decision, and when injecting, the patch and the patched object.
+    """The decision, and when injecting, the patch; ``obj`` is the patched object.
 
-    Read-only: ``obj`` shares every unchanged part with the input, and the
-    injected containers are shared by all results with the same settings.
-    Copy before changing anything (``copy.deepcopy``; ``jsonpatch`` copies).
+    The containers in ``patch`` are shared by every result with the same
+    settings and are read-only (``frozen``); ``obj`` is the input itself when
+    nothing was added, otherwise a new object of its own, made by applying
+    ``patch`` with ``jsonpatch`` the first time it is read.
     """
 
     decision: Decision
     location: PodLocation | None
-    obj: dict[str, Any]
+    source: dict[str, Any]
     patch: tuple[Op, ...] = ()
     settings: ProxySettings | None = None
     warnings: tuple[str, ...] = ()
+    _patched: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def injected(self) -> bool:
         """True when a patch was produced."""
         return bool(self.patch)
+
+    @property
+    def obj(self) -> dict[str, Any]:
+        """The object as the apiserver will store it: ``patch`` applied to ``source``."""
+        return patched_object(self.source, self.patch, self._patched)
+
+
+def patched_object(
+    source: dict[str, Any], patch: tuple[Op, ...], memo: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``patch`` applied to ``source`` by ``jsonpatch`` (a deep copy), once per ``memo``."""
+    if not patch:
+        return source
+    if not memo:
+        memo.append(jsonpatch.apply_patch(source, list(patch)))
+    return memo[0]
 
 
 def inject(
@@ -98,21 +120,13 @@ def inject(
     except SettingsError as err:
         raise InjectionRefused(f"{describe(obj)}: {err}") from None
 
-    additions = _additions(
-        obj,
-        location=location,
-        spec=spec,
-        annotations=annotations,
-        settings=settings,
-        config=config,
-    )
     pod = _walk(obj, location.path)
+    additions = _additions(pod, annotations=annotations, settings=settings, config=config)
     patch = build_patch(location.path, pod, additions)
-    result = apply_additions(obj, location.path, additions)
     return InjectionResult(
         decision,
         location,
-        result,
+        obj,
         tuple(patch),
         settings,
         warnings + settings.warnings,
@@ -139,76 +153,120 @@ def _choice_warnings(meta: dict[str, Any]) -> tuple[str, ...]:
     return tuple(found)
 
 
-@functools.lru_cache(maxsize=4096)
-def _built(
-    settings: ProxySettings, config: InjectorConfig
-) -> tuple[dict[str, Any], dict[str, Any], tuple[dict[str, Any], ...]]:
-    """The two containers and the volumes for these settings, built once per combination.
+@dataclass(frozen=True, slots=True)
+class Built:
+    """The injected containers for one combination of settings, read-only, and their digest."""
 
-    Pods with the same settings get the very same dicts (shared, like every
-    unchanged part of a result), so the bootstrap and the rules are rendered
-    once rather than per admission.
+    config: InjectorConfig  # what they were built with (the cache key holds only its id)
+    init_containers: tuple[dict[str, Any], ...]
+    containers: tuple[dict[str, Any], ...]
+    init_names: tuple[str, ...]
+    container_names: tuple[str, ...]
+    digest: str
+    size: int  # what the cache charges for it (see ENTRY_OVERHEAD)
+
+
+# The cache holds one entry per distinct combination of settings in use
+# (usually a handful); pod annotations can make more, and long port and CIDR
+# lists make an entry larger (they go into the rules), so it is bounded in
+# entries and in bytes, like the settings cache (webhook/bounded_cache.py).
+# An entry is charged its JSON length plus ENTRY_OVERHEAD: measured with
+# tracemalloc (tests/test_engine_cache.py), the dicts, lists and small strings
+# of the two containers keep ~6 KB alive beyond the JSON text.
+CACHE_MAX_ENTRIES: Final = 1024
+CACHE_MAX_BYTES: Final = 16 << 20
+ENTRY_OVERHEAD: Final = 8 << 10
+
+
+CACHE: Final[BoundedCache[tuple[ProxySettings, int], Built]] = BoundedCache(
+    max_entries=CACHE_MAX_ENTRIES, max_bytes=CACHE_MAX_BYTES
+)
+
+
+def _built(settings: ProxySettings, config: InjectorConfig) -> Built:
+    """The containers for these settings, from the cache or built (outside its lock) now.
+
+    The config is keyed by identity: a process has one for its lifetime, and
+    hashing the pydantic model took 2.5 us, most of a cache hit. The entry
+    holds the config itself, so an id reused by another config after the first
+    is gone cannot match.
     """
-    return (
-        mesh_init_container(settings, config),
-        mesh_proxy_container(settings, config),
-        tuple(proxy_volumes(settings, config)),
-    )
+    key = (settings, id(config))
+    found = CACHE.get(key)
+    if found is None or found.config is not config:
+        found = _build(settings, config)
+        CACHE.put(key, found, size=found.size)
+    return found
 
 
-def _additions(
-    obj: dict[str, Any],
-    *,
-    location: PodLocation,
-    spec: dict[str, Any],
-    annotations: dict[str, str],
-    settings: ProxySettings,
-    config: InjectorConfig,
-) -> Additions:
-    """Lay out the two containers, volumes and annotations for the chosen mode."""
-    init, proxy, volumes = _built(settings, config)
-    taken = {volume["name"] for volume in spec.get("volumes") or ()}
-    for volume in volumes:
-        if volume["name"] in taken:
-            prefix = f"{location.dotted}.spec" if location.path else "spec"
-            raise InjectionRefused(
-                f"{describe(obj)}: {prefix}.volumes has a volume named {volume['name']!r}, "
-                f"which the injector reserves"
-            )
+def _build(settings: ProxySettings, config: InjectorConfig) -> Built:
+    """Render the two containers for these settings and lay them out for the mode.
 
+    Rendering (the bootstrap and the rules) is most of the engine's work, and
+    pods with the same settings get the very same containers, so this runs
+    once per combination; the result is frozen because it is shared.
+    """
+    init = mesh_init_container(settings, config)
+    proxy = mesh_proxy_container(settings, config)
     if settings.native_sidecar:
         # The proxy is an init container with restartPolicy Always; it and the
         # rules go first so the user's init containers already run in the mesh
         # (the reason to choose native mode), and Jobs can complete.
-        init_front: tuple[dict[str, Any], ...] = (init, proxy)
-        init_back: tuple[dict[str, Any], ...] = ()
-        containers_front: tuple[dict[str, Any], ...] = ()
-        containers_back: tuple[dict[str, Any], ...] = ()
-        status = {"containers": [], "initContainers": [init["name"], proxy["name"]]}
+        init_containers, containers = [init, proxy], []
+    else:
+        init_containers, containers = [init], [proxy]
+    digest = containers_digest(init_containers, containers)
+    size = len(orjson.dumps([*init_containers, *containers])) + ENTRY_OVERHEAD
+    return Built(
+        config,
+        tuple(freeze(init_containers)),
+        tuple(freeze(containers)),
+        tuple(c["name"] for c in init_containers),
+        tuple(c["name"] for c in containers),
+        digest,
+        size,
+    )
+
+
+def _additions(
+    pod: dict[str, Any],
+    *,
+    annotations: dict[str, str],
+    settings: ProxySettings,
+    config: InjectorConfig,
+) -> Additions:
+    """Lay out the containers and annotations for the chosen mode, with the status."""
+    built = _built(settings, config)
+    none: tuple[dict[str, Any], ...] = ()
+    if settings.native_sidecar:
+        init_front, init_back = built.init_containers, none
+        containers_front, containers_back = none, none
     else:
         # The user's init containers keep plain networking: rules come last.
-        init_front, init_back = (), (init,)
+        init_front, init_back = none, built.init_containers
         if settings.hold_application:
-            containers_front, containers_back = (proxy,), ()
+            containers_front, containers_back = built.containers, none
         else:
-            containers_front, containers_back = (), (proxy,)
-        status = {"containers": [proxy["name"]], "initContainers": [init["name"]]}
+            containers_front, containers_back = none, built.containers
 
-    status_value = {
-        **status,
-        "volumes": [volume["name"] for volume in volumes],
-        "version": __version__,
-    }
-    new_annotations = {
-        constants.STATUS_ANNOTATION: orjson.dumps(status_value).decode(),
-    }
+    added: dict[str, str] = {}
     if constants.DEFAULT_CONTAINER_ANNOTATION not in annotations:
-        new_annotations[constants.DEFAULT_CONTAINER_ANNOTATION] = spec["containers"][0]["name"]
+        added[constants.DEFAULT_CONTAINER_ANNOTATION] = pod["spec"]["containers"][0]["name"]
+    touched = ["initContainers"] + (["containers"] if built.containers else [])
+    was_null, was_empty = prior_shapes(pod, touched)
+    status = InjectionStatus(
+        version=__version__,
+        init_containers=built.init_names,
+        containers=built.container_names,
+        annotations=tuple(added),
+        digest=built.digest,
+        was_null=tuple(was_null),
+        was_empty=tuple(was_empty),
+    )
     return Additions(
         init_front=init_front,
         init_back=init_back,
         containers_front=containers_front,
         containers_back=containers_back,
-        volumes=volumes,
-        annotations=new_annotations,
+        annotations={constants.STATUS_ANNOTATION: status.to_json(), **added},
     )

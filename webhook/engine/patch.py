@@ -5,12 +5,14 @@ patch is written directly from the additions, so its cost is proportional to
 what is added. Only ``add`` operations are produced: missing maps and arrays
 (or ``null`` ones) are created whole, existing arrays are appended to (or
 inserted at the front, which keeps the user's order), and existing maps get
-one ``add`` per key. The same additions also produce the patched object by
-copy-on-write, so tests can check the two agree with an independent applier.
+one ``add`` per key. Previews and the CLI get their object by applying this
+very patch (``InjectionResult.obj``), so what people see is what the
+apiserver gets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +47,36 @@ class Additions:
             ("containers", self.containers_front, self.containers_back),
             ("volumes", (), self.volumes),
         )
+
+
+def prior_shapes(pod: dict[str, Any], lists: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Which of the spec ``lists`` and of the pod's metadata and annotations (injection
+    always adds annotations) are ``null`` or empty now: (was null, was empty).
+
+    ``add`` treats a ``null`` member like a missing one, so after injection
+    the two look alike; recording them lets ``uninject`` put back exactly
+    what was there (see ``status``).
+    """
+    was_null: list[str] = []
+    was_empty: list[str] = []
+
+    def note(name: str, value: Any) -> None:
+        if value is None:
+            was_null.append(name)
+        elif value is not _MISSING and not value:
+            was_empty.append(name)
+
+    spec: dict[str, Any] = pod["spec"]
+    for name in lists:
+        note(name, spec.get(name, _MISSING))
+    meta = pod.get("metadata", _MISSING)
+    note("metadata", meta)
+    if isinstance(meta, dict):
+        note("annotations", meta.get("annotations", _MISSING))
+    return was_null, was_empty
+
+
+_MISSING: Any = object()
 
 
 def build_patch(pod_path: tuple[str, ...], pod: dict[str, Any], additions: Additions) -> list[Op]:
@@ -83,28 +115,3 @@ def build_patch(pod_path: tuple[str, ...], pod: dict[str, Any], additions: Addit
                 for key, value in additions.annotations.items()
             )
     return ops
-
-
-def apply_additions(
-    obj: dict[str, Any], pod_path: tuple[str, ...], additions: Additions
-) -> dict[str, Any]:
-    """A new object with the additions made; ``obj`` is not modified.
-
-    Only the dicts on the way to the pod, its metadata and the touched lists
-    are copied; everything else is shared with the input.
-    """
-    root = dict(obj)
-    node = root
-    for key in pod_path:
-        node[key] = dict(node[key])
-        node = node[key]
-    spec = dict(node["spec"])
-    node["spec"] = spec
-    for name, front, back in additions.lists():
-        if front or back:
-            spec[name] = [*front, *(spec.get(name) or ()), *back]
-    if additions.annotations:
-        meta = dict(node.get("metadata") or {})
-        meta["annotations"] = {**(meta.get("annotations") or {}), **additions.annotations}
-        node["metadata"] = meta
-    return root

@@ -2,17 +2,21 @@
 
 Three placements, chosen by the settings (``inject`` puts the dict where it goes):
 
-* classic: a regular container, appended after the app's;
-* ``hold-application``: first in ``containers`` with a blocking ``postStart``
-  hook. The kubelet starts containers in order and does not start the next one
-  until the previous one's postStart hook returns, so the app starts only once
-  the proxy answers ``/healthz/ready``;
-* ``native-sidecar``: an init container with ``restartPolicy: Always`` and a
-  startup probe, so the kubelet starts the containers after it (the user's init
-  containers, then the app) only once the proxy is ready. The rules are already
-  in place by then, so without the probe their first connections would be
-  redirected to a proxy that is not listening yet; ``hold-application`` is
-  therefore implied in this mode.
+* ``native-sidecar`` (the default): an init container with ``restartPolicy:
+  Always``, so the kubelet starts the containers after it (the user's init
+  containers, then the app) only once its startup probe passes, and stops it
+  only after the app has exited. The rules are already in place by then, so
+  without the probe their first connections would be redirected to a proxy
+  that is not listening yet; ``hold-application`` is therefore implied;
+* classic (``native-sidecar: false``, for clusters older than 1.29): a regular
+  container, appended after the app's;
+* classic with ``hold-application``: first in ``containers`` with a blocking
+  ``postStart`` hook. The kubelet starts containers in order and does not
+  start the next one until the previous one's postStart hook returns, so the
+  app starts only once the proxy answers ``/healthz/ready``.
+
+Shutdown (see ``drain_command``): Envoy exits at once on SIGTERM, so what a
+pod's connections get on the way out is decided by the ``preStop`` hook.
 """
 
 from __future__ import annotations
@@ -21,13 +25,33 @@ from typing import Any, Final
 
 from webhook import constants
 from webhook.config import InjectorConfig, Resources
-from webhook.engine.bootstrap import render_bootstrap
+from webhook.engine.bootstrap import INBOUND_STATS, OUTBOUND_STATS, render_bootstrap
 from webhook.engine.iptables import container_resources
 from webhook.settings import ProxySettings
 
 # Envoy starts one worker per CPU of the *node*, not of the pod's limit; a
 # sidecar needs few, and each costs memory.
 CONCURRENCY: Final = 2
+
+# Probe timings, from Envoy's start measured on the 2-core development machine
+# (pod-in-a-box, exec to the first 200 from /healthz/ready, 30 starts each):
+# with the static bootstrap 0.11-0.18 s idle (median 0.13 s) and 0.29-0.64 s
+# under a load average of ~10 (median 0.36 s); with an xds-address nobody
+# answers 30.2-30.4 s (Envoy waits out the CDS and then the LDS initial fetch
+# timeout, 15 s each, before it calls itself ready).
+#
+# Startup: every second (the kubelet's minimum; in native mode the app waits
+# for it, so the period is start-up latency), for up to a minute: twice the
+# unreachable-control-plane start and ~100 times the static one, so a slow
+# node never restarts a proxy that is merely slow, and a proxy that cannot
+# start is restarted within a minute. Present in both modes: once it passes,
+# the kubelet probes readiness at once instead of at the next readiness tick,
+# which would make a classic pod Ready up to a readiness period late.
+STARTUP_PERIOD_SECONDS: Final = 1
+STARTUP_FAILURE_THRESHOLD: Final = 60
+# Readiness after start-up only notices a proxy that stops being ready (it is
+# draining, or its health listener is gone), which needs no haste: the
+# kubelet's defaults (every 10 s, 3 failures, 1 s timeout) are left to it.
 
 # The hold-application hook: poll the health listener with bash's /dev/tcp
 # (the envoyproxy/envoy image is Ubuntu-based: bash, no curl), one attempt per
@@ -43,6 +67,46 @@ _WAIT_READY: Final = (
     "echo 'mesh-proxy did not become ready' >&2; exit 1"
 )
 
+# The preStop hooks talk to the admin listener the same way. A subshell per
+# call, so that a refused connection (Envoy already gone) cannot end the script.
+_ADMIN: Final = (
+    "admin() (exec 3<>/dev/tcp/127.0.0.1/{port} && printf '%s %s HTTP/1.1\\r\\n"
+    "Host: mesh-proxy\\r\\nConnection: close\\r\\nContent-Length: 0\\r\\n\\r\\n' "
+    '"$1" "$2" >&3 && while IFS= read -r line; do echo "$line"; done <&3)\n'
+)
+# Stop accepting inbound connections. ``inboundonly`` leaves the outbound
+# listener (traffic_direction OUTBOUND) alone, so an app finishing its last
+# requests can still call out; the inbound listener closes its socket, so a
+# new inbound connection, redirected to 15006, is refused at once (clients
+# retry another endpoint) instead of being accepted and then cut. Not
+# ``graceful``: for a TCP passthrough Envoy's graceful drain only means
+# "keep accepting for --drain-time-s, then stop", the opposite of what a pod
+# on its way out wants. Connections already open are untouched. The health
+# and metrics listeners (no direction) close too, so the proxy reads unready.
+_STOP_INBOUND: Final = "admin POST '/drain_listeners?inboundonly' >/dev/null\n"
+# The same request alone, for native mode (every byte is in every pod).
+_STOP_INBOUND_ONLY: Final = (
+    "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'POST /drain_listeners?inboundonly HTTP/1.1"
+    "\\r\\nHost: mesh-proxy\\r\\nContent-Length: 0\\r\\n\\r\\n' >&3 && read -r _ code _ <&3 "
+    '&& [ "$code" = 200 ]'
+)
+# Then wait while the app still has connections through the proxy (either
+# direction), up to the drain time: the app got its SIGTERM at the same moment
+# and closes them as it finishes, or they all go when it exits. A message
+# (shown in the kubelet's FailedPreStopHook event) when time ran out.
+_WAIT_IDLE: Final = (
+    "while [ $SECONDS -lt {seconds} ]; do\n"
+    "  open=0\n"
+    "  while read -r name value; do\n"
+    "    case $name in {inbound}:|{outbound}:) open=$((open + ${{value%$'\\r'}}));; esac\n"
+    "  done < <(admin GET /stats?filter=downstream_cx_active)\n"
+    '  [ "$open" = 0 ] && exit 0\n'
+    "  sleep 0.2\n"
+    "done\n"
+    'echo "mesh-proxy: drain time ({seconds}s) is up with $open connections open" >&2\n'
+    "exit 1"
+)
+
 
 def wait_ready_command() -> list[str]:
     """The postStart exec command that returns once ``/healthz/ready`` answers 200."""
@@ -50,33 +114,60 @@ def wait_ready_command() -> list[str]:
     return ["bash", "-c", script]
 
 
+def drain_command(*, native: bool, seconds: int) -> list[str]:
+    """The preStop exec command: stop inbound, and in classic mode wait for the app.
+
+    What the kubelet does after preStop decides what each mode needs. Classic:
+    every container's preStop runs at once and each container gets SIGTERM as
+    soon as its own hook returns; the app got SIGTERM at the start, and Envoy
+    exits on SIGTERM at once, closing every connection through it. So the hook
+    itself must wait until the app's connections are done or ``seconds`` are
+    up. Native (restartable init container): the preStop still runs at the
+    start of termination, alongside the app's, but the kubelet sends the
+    sidecar its SIGTERM only after every app container has exited. That
+    already keeps the app's connections alive to the end (and lets Jobs
+    finish); what it lacks is the refusal of new inbound connections while the
+    app winds down, so the native hook only stops the inbound listener.
+    """
+    if native or seconds == 0:
+        return ["bash", "-c", _STOP_INBOUND_ONLY.format(port=constants.ADMIN_PORT)]
+    script = _ADMIN.format(port=constants.ADMIN_PORT) + _STOP_INBOUND
+    script += _WAIT_IDLE.format(
+        seconds=seconds,
+        inbound=f"listener.{INBOUND_STATS}.downstream_cx_active",
+        outbound=f"listener.{OUTBOUND_STATS}.downstream_cx_active",
+    )
+    return ["bash", "-c", script]
+
+
 def _field_env(name: str, field_path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
 
 
-def _health_probe(*, period: int, failures: int) -> dict[str, Any]:
+def _health_probe(**timings: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": constants.HEALTH_PATH, "port": constants.HEALTH_PORT},
-        "periodSeconds": period,
-        "failureThreshold": failures,
-        "timeoutSeconds": 1,
+        **timings,
     }
 
 
 def proxy_args(settings: ProxySettings, config: InjectorConfig) -> list[str]:
     """Envoy's arguments; ``$(VAR)`` references in them are the kubelet's to expand."""
-    return [
+    args = [
         "--config-yaml",
         render_bootstrap(settings, config),
         "--log-level",
         settings.log_level,
-        "--drain-time-s",
-        str(config.proxy.drain_seconds),
         # One process and a read-only root: hot restart has nothing to hand over to.
         "--disable-hot-restart",
         "--concurrency",
         str(CONCURRENCY),
     ]
+    if settings.xds_address is not None:
+        # How long a listener replaced over xDS keeps its connections; nothing
+        # else uses it (Envoy exits on SIGTERM: the preStop hook drains).
+        args += ["--drain-time-s", str(config.proxy.drain_seconds)]
+    return args
 
 
 def mesh_proxy_container(settings: ProxySettings, config: InjectorConfig) -> dict[str, Any]:
@@ -93,22 +184,21 @@ def mesh_proxy_container(settings: ProxySettings, config: InjectorConfig) -> dic
             _field_env("POD_IP", "status.podIP"),
             _field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         ],
-        "ports": [
-            {
-                "name": "http-envoy-prom",
-                "containerPort": constants.PROMETHEUS_PORT,
-                "protocol": "TCP",
-            }
-        ],
-        "readinessProbe": _health_probe(period=5, failures=3),
+        # protocol TCP, privileged false: Kubernetes' defaults, left to it.
+        "ports": [{"name": "http-envoy-prom", "containerPort": constants.PROMETHEUS_PORT}],
+        "startupProbe": _health_probe(
+            periodSeconds=STARTUP_PERIOD_SECONDS, failureThreshold=STARTUP_FAILURE_THRESHOLD
+        ),
+        "readinessProbe": _health_probe(),
         "securityContext": {
             "runAsUser": uid,
             "runAsGroup": uid,
             "runAsNonRoot": True,
-            "privileged": False,
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
+            # What PodSecurity "restricted" asks for; Envoy needs no unusual syscalls.
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
     resources = container_resources(
@@ -121,22 +211,17 @@ def mesh_proxy_container(settings: ProxySettings, config: InjectorConfig) -> dic
     )
     if resources:
         container["resources"] = resources
+    lifecycle: dict[str, Any] = {}
     if settings.native_sidecar:
         container["restartPolicy"] = "Always"
-        # Up to two minutes, polled every second, before the kubelet gives up.
-        container["startupProbe"] = _health_probe(period=1, failures=120)
     elif settings.hold_application:
-        container["lifecycle"] = {"postStart": {"exec": {"command": wait_ready_command()}}}
+        lifecycle["postStart"] = {"exec": {"command": wait_ready_command()}}
+    lifecycle["preStop"] = {
+        "exec": {
+            "command": drain_command(
+                native=settings.native_sidecar, seconds=config.proxy.drain_seconds
+            )
+        }
+    }
+    container["lifecycle"] = lifecycle
     return container
-
-
-def proxy_volumes(settings: ProxySettings, config: InjectorConfig) -> list[dict[str, Any]]:
-    """Volumes the two containers need: none.
-
-    Envoy writes nothing to disk once hot restart is off, and iptables'
-    lock (legacy backend only) goes to /dev/shm, so no emptyDir is needed.
-    Kept as a function so ``inject`` and the status annotation stay correct
-    if a volume is ever added.
-    """
-    del settings, config
-    return []
