@@ -27,11 +27,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
-import orjson
-
 from webhook import constants
 from webhook.config import InjectorConfig
-from webhook.engine import InjectionRefused, NamespaceLike, inject
+from webhook.engine import InjectionRefused, InjectionStatus, NamespaceLike, StatusError, inject
 from webhook.namespace_types import NamespaceInfo
 
 # PodSecurity labels decide refusals, not what is injected: the pod-security
@@ -58,23 +56,21 @@ class Recorded:
 
 
 def recorded(annotations: Mapping[str, Any]) -> Recorded | None:
-    """The pod's recorded injection; ``None`` without a status annotation."""
+    """The pod's recorded injection; ``None`` without a status annotation.
+
+    Read by the engine's own parser, so ``check`` and ``uninject`` never
+    disagree about what an annotation says.
+    """
     raw = annotations.get(constants.STATUS_ANNOTATION)
     if raw is None:
         return None
+    if not isinstance(raw, str):
+        raise StatusUnreadable("is not a string")
     try:
-        value = orjson.loads(raw) if isinstance(raw, str) else None
-    except orjson.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise StatusUnreadable("is not a JSON object")
-    version = value.get("version")
-    digest = value.get("digest")
-    if not isinstance(version, str):
-        raise StatusUnreadable("has no version")
-    if digest is not None and not isinstance(digest, str):
-        raise StatusUnreadable("has a digest that is not a string")
-    return Recorded(version, digest)
+        status = InjectionStatus.parse(raw)
+    except StatusError as err:
+        raise StatusUnreadable(str(err)) from None
+    return Recorded(status.version, status.digest)
 
 
 @dataclass(frozen=True)
