@@ -43,6 +43,7 @@ from tests.e2e.webhook_install import (
 from tests.support.server import CLI, running_server
 from webhook import certs, cli
 from webhook.constants import STATUS_ANNOTATION
+from webhook.settings import SETTINGS_CACHE
 
 pytestmark = pytest.mark.cluster
 
@@ -86,10 +87,18 @@ def run_check(control_plane: ControlPlane, *args: str) -> CheckRun:
     thirty times); the console script itself is run by the text-output test.
     """
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(
-            ["check", "--kubeconfig", str(control_plane.kubeconfig), "-o", "json", *args]
-        )
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(
+                ["check", "--kubeconfig", str(control_plane.kubeconfig), "-o", "json", *args]
+            )
+    finally:
+        # check resolved settings with the install's config, which spells out
+        # every default. The settings cache keys configs by value, so later
+        # tests in this process resolving with InjectorConfig() would get
+        # those entries, whose provenance says "config" rather than
+        # "built-in". One config per process, as in a real run.
+        SETTINGS_CACHE.clear()
     assert out.getvalue(), err.getvalue()
     return CheckRun(code, json.loads(out.getvalue()), err.getvalue())
 
@@ -108,13 +117,22 @@ def _run_cli(control_plane: ControlPlane, *args: str) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def install(control_plane: ControlPlane) -> Iterator[InstalledWebhook]:
-    with installed_webhook(control_plane) as installed:
-        control_plane.create_namespace(MESHED, labels={"sidecar-injection": "enabled"})
-        wait_until_injecting(control_plane, MESHED, timeout=60)
-        try:
-            yield installed
-        finally:
-            control_plane.kubectl("delete", "namespace", MESHED, "--wait=false", check=False)
+    try:
+        with installed_webhook(control_plane) as installed:
+            control_plane.create_namespace(MESHED, labels={"sidecar-injection": "enabled"})
+            wait_until_injecting(control_plane, MESHED, timeout=60)
+            try:
+                yield installed
+            finally:
+                control_plane.kubectl("delete", "namespace", MESHED, "--wait=false", check=False)
+    finally:
+        # The install's teardown deletes mesh-system without waiting; the next
+        # module to install into this session's control plane could not
+        # create anything in it while it is terminating.
+        control_plane.kubectl(
+            "wait", "--for=delete", f"namespace/{NAMESPACE}", "--timeout=120s",
+            check=False, timeout=150,
+        )  # fmt: skip
 
 
 def _configuration(install: InstalledWebhook) -> Object:
