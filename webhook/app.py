@@ -23,6 +23,7 @@ is counted here as ``aborted``.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -36,7 +37,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 
-from webhook import admission, logs
+from webhook import admission, expiry, logs
 from webhook.admission import BadRequest, is_namespace_name
 from webhook.config import InjectorConfig
 from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike
@@ -109,6 +110,8 @@ class TLSState(Protocol):
 
     @property
     def loaded(self) -> bool: ...
+    @property
+    def not_after(self) -> datetime.datetime | None: ...
 
 
 class _HTTPError(Exception):
@@ -588,6 +591,10 @@ def _ops_router(service: _Service) -> APIRouter:
         reasons = []
         if service.tls is not None and not service.tls.loaded:
             reasons.append("no serving certificate loaded")
+        elif service.tls is not None and expiry.expired(service.tls.not_after, expiry.utcnow()):
+            reasons.append(
+                f"the serving certificate expired on {service.tls.not_after:%Y-%m-%d %H:%M} UTC"
+            )
         if not service.started:
             reasons.append("starting")
         elif not service.namespaces.is_ready():
@@ -602,6 +609,10 @@ def _ops_router(service: _Service) -> APIRouter:
         return Response(service.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     return router
+
+
+def _timestamp(moment: datetime.datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
 
 
 def create_app(
@@ -627,6 +638,8 @@ def create_app(
     freshness = getattr(namespaces, "freshness", None)
     if freshness is not None:
         metrics.watch_freshness(freshness)
+    if tls is not None:
+        metrics.certificate_expiry(lambda: _timestamp(tls.not_after))
     service = _Service(
         config=config,
         namespaces=namespaces,
@@ -644,7 +657,11 @@ def create_app(
         await anyio.to_thread.run_sync(namespaces.start)
         service.started = True
         try:
-            yield
+            async with anyio.create_task_group() as tasks:
+                if tls is not None:
+                    tasks.start_soon(expiry.watch, lambda: tls.not_after)
+                yield
+                tasks.cancel_scope.cancel()
         finally:
             service.started = False
             await anyio.to_thread.run_sync(namespaces.stop)

@@ -348,3 +348,71 @@ def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise CertError(f"{path}: cannot write: {err.strerror or err}") from None
+
+
+@dataclass(frozen=True)
+class Renewed:
+    """What :func:`renew_certs` wrote, for whom, and until when it is valid."""
+
+    cert: Path
+    key: Path
+    service: str
+    namespace: str
+    not_after: datetime.datetime
+
+
+def served_service(cert_path: Path) -> tuple[str, str] | None:
+    """(service, namespace) from a serving certificate's ``<service>.<namespace>.svc`` DNS name.
+
+    ``None`` when the file is missing, unreadable or names no such service.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return None
+    for name in sans.get_values_for_type(x509.DNSName):
+        parts = name.split(".")
+        if len(parts) == 3 and parts[2] == "svc" and all(map(_DNS_LABEL.fullmatch, parts[:2])):
+            return parts[0], parts[1]
+    return None
+
+
+def renew_certs(
+    out_dir: Path,
+    *,
+    service: str | None = None,
+    namespace: str | None = None,
+    days: int = 365,
+) -> Renewed:
+    """Reissue ``tls.crt``/``tls.key`` in ``out_dir`` under the CA already there.
+
+    The CA (and so every ``caBundle`` made from it) is left as it is; a
+    server reloads the new pair by itself. Without ``ca.crt`` and ``ca.key``
+    this refuses rather than make a new CA, which the cluster would not
+    trust. ``service`` and ``namespace`` default to those the current
+    certificate is for (else the defaults), so a renewal never changes names
+    by accident.
+    """
+    out_dir = Path(out_dir)
+    ca_cert, ca_key = out_dir / CA_CERT, out_dir / CA_KEY
+    tls_cert, tls_key = out_dir / TLS_CERT, out_dir / TLS_KEY
+    have_cert, have_key = ca_cert.exists(), ca_key.exists()
+    if not (have_cert and have_key):
+        missing = " and ".join(
+            p.name for p, ok in ((ca_cert, have_cert), (ca_key, have_key)) if not ok
+        )
+        raise CertError(
+            f"{out_dir}: no CA to reuse ({missing} missing); --renew keeps the CA the cluster"
+            " trusts (caBundle), so it needs both; run certs without --renew to make a new CA"
+            " and re-register caBundle"
+        )
+    ca = load_ca(ca_cert, ca_key)
+    current = served_service(tls_cert)
+    service = service or (current[0] if current else constants.SERVICE_NAME)
+    namespace = namespace or (current[1] if current else constants.SERVICE_NAMESPACE)
+    dns, ips = service_names(service, namespace)
+    leaf = make_serving_cert(ca, dns_names=dns, ips=ips, common_name=dns[2], days=days)
+    _write_atomic(tls_key, leaf.key_pem(), mode=_KEY_MODE)
+    _write_atomic(tls_cert, leaf.cert_pem(), mode=_CERT_MODE)
+    return Renewed(tls_cert, tls_key, service, namespace, leaf.cert.not_valid_after_utc)

@@ -1,4 +1,4 @@
-"""The ``sidecar-injector`` command: ``inject``/``uninject`` (offline), ``serve`` and ``certs``.
+"""The ``sidecar-injector`` command: ``inject``/``uninject``, ``serve``, ``certs``, ``check``.
 
 Errors are one line on stderr and a non-zero exit, never a traceback; output
 is produced in full before anything is written, so a failure leaves stdout
@@ -134,10 +134,92 @@ def _build_parser() -> argparse.ArgumentParser:
 
     certs = commands.add_parser("certs", help="make a CA and a serving certificate")
     certs.add_argument("--out", type=Path, default=Path("certs"), metavar="DIR")
-    certs.add_argument("--service", default=constants.SERVICE_NAME)
-    certs.add_argument("--namespace", default=constants.SERVICE_NAMESPACE)
+    certs.add_argument(
+        "--service",
+        help=f"Service name (default {constants.SERVICE_NAME}; with --renew, the current one)",
+    )
+    certs.add_argument(
+        "--namespace",
+        help=f"its namespace (default {constants.SERVICE_NAMESPACE}; with --renew, the"
+        " current one)",
+    )
     certs.add_argument("--days", type=int, default=365)
+    certs.add_argument(
+        "--renew",
+        action="store_true",
+        help="reissue only the serving certificate under the existing CA in --out (caBundle "
+        "stays valid); refuse when there is no CA to reuse",
+    )
+
+    check = commands.add_parser(
+        "check",
+        help="check a live install (webhook, certificates, replicas, selectors, sidecars)",
+        description="Check the install in the cluster the kubeconfig (or the pod's service "
+        "account) points at: one line per check, pass/warn/fail with a hint. Exit status 1 "
+        "when any check fails.",
+    )
+    check.add_argument(
+        "--kubeconfig",
+        type=Path,
+        metavar="FILE",
+        help="kubeconfig to use (default: in-cluster, $KUBECONFIG or ~/.kube/config)",
+    )
+    check.add_argument(
+        "-n",
+        "--namespace",
+        help="only this namespace for the dry-run pod, PodSecurity and outdated sidecars",
+    )
+    check.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    check.add_argument(
+        "--connect",
+        choices=["auto", "direct", "port-forward"],
+        default="auto",
+        help="how to reach the webhook's endpoints: dial them directly, through a "
+        "port-forward via the API server, or (auto, default) directly when they answer "
+        "within 3 s and port-forward otherwise",
+    )
+    check.add_argument(
+        "--max-namespaces",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="opted-in namespaces that get a dry-run pod (default 10)",
+    )
+    check.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=15.0,
+        metavar="SECONDS",
+        help="per request (default 15); the pod scan stops after four times this",
+    )
+    check.add_argument(
+        "--webhook-configuration",
+        default="sidecar-injector",
+        metavar="NAME",
+        help="the MutatingWebhookConfiguration to check (default sidecar-injector)",
+    )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    # NaN and infinities fail the comparison too.
+    if not 0 < value <= 300:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 300 seconds")
+    return value
 
 
 def _fail(message: str) -> int:
@@ -224,19 +306,46 @@ def _run_uninject(args: argparse.Namespace) -> int:
 
 
 def _run_certs(args: argparse.Namespace) -> int:
-    from webhook.certs import CertError, write_certs
+    from webhook.certs import CertError, renew_certs, write_certs
 
     if args.days < 1:
         return _fail("--days must be at least 1")
     try:
-        files = write_certs(
-            args.out, service=args.service, namespace=args.namespace, days=args.days
-        )
+        if args.renew:
+            renewed = renew_certs(
+                args.out, service=args.service, namespace=args.namespace, days=args.days
+            )
+            sys.stderr.write(
+                f"{PROG}: renewed {renewed.cert} for {renewed.service}.{renewed.namespace}"
+                f" under the existing CA (caBundle unchanged), valid until"
+                f" {renewed.not_after:%Y-%m-%d %H:%M} UTC\n"
+            )
+            return 0
+        service = args.service or constants.SERVICE_NAME
+        namespace = args.namespace or constants.SERVICE_NAMESPACE
+        files = write_certs(args.out, service=service, namespace=namespace, days=args.days)
     except CertError as err:
         return _fail(str(err))
     reused = "reused the existing CA" if files.ca_reused else "made a new CA"
-    sys.stderr.write(f"{PROG}: wrote {args.out}/ ({reused}) for {args.service}.{args.namespace}\n")
+    sys.stderr.write(f"{PROG}: wrote {args.out}/ ({reused}) for {service}.{namespace}\n")
     return 0
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from webhook.check import Options, check_cluster, render_json, render_text, summary
+
+    options = Options(
+        namespace=args.namespace,
+        configuration=args.webhook_configuration,
+        connect=args.connect,
+        max_namespaces=args.max_namespaces,
+        timeout=args.timeout,
+    )
+    results, host = check_cluster(kubeconfig=args.kubeconfig, options=options)
+    render = render_json if args.output == "json" else render_text
+    sys.stdout.write(render(results, host=host))
+    sys.stdout.flush()
+    return EXIT_ERROR if summary(results)["fail"] else 0
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -256,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "uninject": _run_uninject,
         "certs": _run_certs,
         "serve": _run_serve,
+        "check": _run_check,
     }
     try:
         return runners[args.command](args)

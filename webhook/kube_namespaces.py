@@ -1,4 +1,4 @@
-"""A watch-backed cache of the cluster's Namespaces (the only module that imports ``kubernetes``).
+"""A watch-backed cache of the cluster's Namespaces, over ``webhook.kube``.
 
 Admission must not make an API call per request, so one daemon thread keeps a
 copy of every Namespace's labels and annotations, as client-go's reflector
@@ -12,11 +12,10 @@ that refused pods whenever the API server blinked would turn an API server
 hiccup into an outage. ``fetch`` answers for a namespace the watch has not
 delivered yet, within a fixed time, and says so when it cannot.
 
-The ``kubernetes`` package supplies the configuration (kubeconfig or service
-account, TLS, tokens and their refresh) and its connection pool; requests go
-through that pool directly rather than through the generated API, which
-reads a whole error body into memory before it raises. Objects stay plain
-dicts, never the client's models (they drop and rename fields).
+``webhook.kube`` (the one module that imports ``kubernetes``) supplies the
+configuration, the connection pool and the bounded reading of bodies and
+events; objects stay plain dicts, never the client's models (they drop and
+rename fields).
 
 Everything the API server sends is bounded, so a broken or hostile server
 costs time, never the process:
@@ -42,12 +41,9 @@ costs time, never the process:
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 import random
 import re
-import socket
 import sys
 import threading
 import time
@@ -56,14 +52,12 @@ from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPo
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import orjson
 import urllib3
-from kubernetes import client as kube_client
-from kubernetes import config as _kube_config
 
-from webhook import __version__, constants
+from webhook import constants, kube
 
 # Not webhook.namespaces: that module chooses (and so imports) this one.
 from webhook.namespace_types import (
@@ -71,13 +65,9 @@ from webhook.namespace_types import (
     NamespaceInfo,
     NamespaceSourceError,
     NamespaceUnavailable,
-    running_in_cluster,
 )
 
 log = logging.getLogger("webhook.namespaces")
-
-# The config loaders carry partial annotations that mypy --strict rejects.
-kube_config: Any = _kube_config
 
 _PATH = "/api/v1/namespaces"
 _GONE = 410
@@ -89,7 +79,7 @@ _MiB = 1024 * _KiB
 LIST_PAGE_SIZE = 500  # as client-go's reflector pages its lists
 MAX_LIST_PAGE_BYTES = 8 * _MiB
 MAX_OBJECT_BYTES = 4 * _MiB
-MAX_ERROR_BYTES = 64 * _KiB
+MAX_ERROR_BYTES = kube.MAX_ERROR_BYTES
 MAX_NAMESPACE_BYTES = 64 * _KiB
 MAX_CACHE_BYTES = 32 * _MiB
 # Distinct namespaces being fetched at once, and the GETs that may run at
@@ -97,7 +87,6 @@ MAX_CACHE_BYTES = 32 * _MiB
 # queues without end nor opens a connection each.
 MAX_FETCHES_IN_FLIGHT = 64
 FETCH_THREADS = 4
-_CHUNK = 64 * _KiB
 
 # How long a watch may stay silent before it counts as a dead connection (a
 # half-open TCP connection after a node or network change never says so).
@@ -130,16 +119,14 @@ _WATCH_TIMEOUT_SECONDS = 45.0
 _NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
-class _Expired(Exception):
-    """The watch's resourceVersion (or a list's continue token) is too old: list again."""
+# The watch's resourceVersion (or a list's continue token) is too old: list again.
+_Expired = kube.Expired
+# A body or an event over its bound; the request is abandoned.
+_TooLarge = kube.TooLarge
 
 
-class _WatchError(Exception):
+class _WatchError(kube.ResponseError):
     """The server answered, but with something the cache cannot use (a status, an ERROR event)."""
-
-
-class _TooLarge(ValueError):
-    """A body or an event over its bound; the request is abandoned."""
 
 
 class _Stopping(Exception):
@@ -184,14 +171,10 @@ class KubeNamespaceCache:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        config = copy.deepcopy(configuration)
-        # This class retries with its own backoff; urllib3's retries would
-        # also multiply each timeout on a hung server.
-        config.retries = False
-        self._config: Any = config
-        self._pool: urllib3.PoolManager = kube_client.rest.RESTClientObject(config).pool_manager
-        self.host: str = config.host
-        self._base = config.host.rstrip("/")
+        # No retries in the connection: this class retries with its own
+        # backoff, and urllib3's would multiply each timeout on a hung server.
+        self._api = kube.Connection(configuration, connect_timeout=connect_timeout)
+        self.host: str = self._api.host
         self._watch_timeout = max(1.0, watch_timeout_seconds)
         self._list_timeout = list_timeout
         self._fetch_timeout = fetch_timeout
@@ -259,26 +242,10 @@ class KubeNamespaceCache:
         when running in a cluster; otherwise ``$KUBECONFIG`` or
         ``~/.kube/config``. Raises ``NamespaceSourceError`` with one line.
         """
-        config = kube_client.Configuration()
-        if kubeconfig is None and (running_in_cluster() if in_cluster is None else in_cluster):
-            where = "in-cluster service account"
-            load: Callable[[], None] = lambda: kube_config.load_incluster_config(  # noqa: E731
-                client_configuration=config
-            )
-        else:
-            where = f"kubeconfig {kubeconfig}" if kubeconfig else "kubeconfig"
-            load = lambda: kube_config.load_kube_config(  # noqa: E731
-                config_file=str(kubeconfig) if kubeconfig else None,
-                client_configuration=config,
-                # Never write refreshed credentials back into the user's file.
-                persist_config=False,
-            )
         try:
-            load()
-        except Exception as err:  # the loaders raise many types; all mean "cannot configure"
-            raise NamespaceSourceError(
-                f"cannot configure the Kubernetes client from the {where}: {_one_line(err)}"
-            ) from None
+            config = kube.load_configuration(kubeconfig, in_cluster=in_cluster)
+        except kube.ConfigurationError as err:
+            raise NamespaceSourceError(str(err)) from None
         return cls(config, **options)
 
     # -- NamespaceSource ------------------------------------------------------
@@ -377,7 +344,7 @@ class KubeNamespaceCache:
         if thread.is_alive():  # pragma: no cover - a request stuck in connect()
             log.warning("namespace watch did not stop within %.1fs", self._stop_timeout)
         else:
-            self._pool.clear()
+            self._api.clear()
 
     def freshness(self) -> Freshness:
         """Cache age (since the last list, event or BOOKMARK), watch reconnects and relists.
@@ -486,35 +453,12 @@ class KubeNamespaceCache:
             )
 
     def _pages(self) -> Iterator[tuple[str, list[Any]]]:
-        """The list's pages: (resourceVersion, items), following continue tokens."""
-        token: str | None = None
-        limit = LIST_PAGE_SIZE
-        while True:
-            query = {"limit": str(limit)}
-            if token:
-                query["continue"] = token
-            try:
-                page = self._list_page(query)
-            except _TooLarge as err:
-                if limit == 1:
-                    raise
-                # Namespaces with large metadata: fewer of them per page.
-                limit = max(1, limit // 4)
-                log.debug("namespace list: %s; asking for %d per page", err, limit)
-                continue
-            metadata = page.get("metadata")
-            if not isinstance(metadata, dict):
-                raise ValueError("the namespace list has no metadata")
-            version = metadata.get("resourceVersion")
-            if not isinstance(version, str) or not version:
-                raise ValueError("the namespace list has no metadata.resourceVersion")
-            items = page.get("items")
-            if not isinstance(items, list | None):
-                raise ValueError("the namespace list's items are not a list")
-            yield version, items or []
-            token = metadata.get("continue")
-            if not isinstance(token, str) or not token:
-                return
+        """The list's pages: (resourceVersion, items), following continue tokens.
+
+        A page over ``MAX_LIST_PAGE_BYTES`` (namespaces with large metadata)
+        is asked for again with fewer namespaces, see ``kube.paged``.
+        """
+        return kube.paged(self._list_page, page_size=LIST_PAGE_SIZE, what="the namespace list")
 
     def _list_page(self, query: Mapping[str, str]) -> dict[str, Any]:
         response = self._open(lambda: self._request(_PATH, query, read_timeout=self._list_timeout))
@@ -525,7 +469,7 @@ class KubeNamespaceCache:
             if response.status != _OK:
                 raise _WatchError(
                     f"list: HTTP {response.status}"
-                    f"{_status_message(response, timeout=self._list_timeout)}"
+                    f"{kube.read_status_message(response, timeout=self._list_timeout)}"
                 )
             with _deadline(self._list_timeout, response) as expired:
                 try:
@@ -573,7 +517,7 @@ class KubeNamespaceCache:
             if response.status != _OK:
                 raise _WatchError(
                     f"watch: HTTP {response.status}"
-                    f"{_status_message(response, timeout=self._read_timeout)}"
+                    f"{kube.read_status_message(response, timeout=self._read_timeout)}"
                 )
             _check_encoding(response, "the watch")
             log.debug(
@@ -724,7 +668,7 @@ class KubeNamespaceCache:
                     if response.status != _OK:
                         raise NamespaceUnavailable(
                             f"{what}: HTTP {response.status}"
-                            f"{_status_message(response, timeout=self._fetch_timeout)}"
+                            f"{kube.read_status_message(response, timeout=self._fetch_timeout)}"
                         )
                     body = _read_body(response, limit=MAX_OBJECT_BYTES, what="the body")
                     complete = True
@@ -788,25 +732,7 @@ class KubeNamespaceCache:
         self, path: str, query: Mapping[str, str], *, read_timeout: float
     ) -> urllib3.BaseHTTPResponse:
         """One GET through the client's pool: its TLS and proxy settings, current credentials."""
-        headers = {"Accept": "application/json", "User-Agent": f"sidecar-injector/{__version__}"}
-        # auth_settings() runs the configuration's refresh hook, so rotated
-        # service-account tokens and exec-plugin credentials stay current.
-        for setting in self._config.auth_settings().values():
-            if setting.get("in") == "header" and setting.get("value"):
-                headers[setting["key"]] = setting["value"]
-        url = f"{self._base}{path}"
-        if query:
-            url = f"{url}?{urlencode(query)}"
-        return self._pool.request(
-            "GET",
-            url,
-            headers=headers,
-            preload_content=False,
-            decode_content=False,
-            redirect=False,
-            retries=False,
-            timeout=urllib3.Timeout(connect=self._connect_timeout, read=read_timeout),
-        )
+        return self._api.request("GET", path, query, read_timeout=read_timeout)
 
     def _open(self, request: Callable[[], Any]) -> Any:
         """Send a request and remember its response so that stop() can abort it."""
@@ -841,7 +767,7 @@ class KubeNamespaceCache:
         """Log a failure: a warning at most once a ``warn_every``, the rest at debug level."""
         self._failures += 1
         self._failures_unreported += 1
-        expected = isinstance(err, (OSError, ValueError, _WatchError)) or (
+        expected = isinstance(err, (OSError, ValueError, kube.ResponseError)) or (
             type(err).__module__.startswith("urllib3")
         )
         if self._throttle.allow("failure", self._clock()):
@@ -978,116 +904,11 @@ def _estimated_bytes(info: NamespaceInfo) -> int:
     return size
 
 
-def _read_body(response: Any, *, limit: int, what: str) -> bytes:
-    """The whole body, refused as soon as it is known to be over ``limit`` bytes."""
-    _check_encoding(response, what)
-    declared = response.headers.get("Content-Length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise _TooLarge(f"{what} is {int(declared)} bytes, over the {limit}-byte limit")
-    body = bytearray()
-    for chunk in response.stream(_CHUNK, decode_content=False):
-        body += chunk
-        if len(body) > limit:
-            raise _TooLarge(f"{what} is over the {limit}-byte limit")
-    return bytes(body)
-
-
-def _check_encoding(response: Any, what: str) -> None:
-    # Compression is never asked for; decompressing what was sent anyway
-    # would undo every size bound (a small gzip body can inflate to gigabytes).
-    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
-    if encoding != "identity":
-        raise _WatchError(
-            f"{what} came with Content-Encoding {encoding!r}, which was not asked for"
-        )
-
-
-def _status_message(response: Any, *, timeout: float) -> str:
-    """': <message>' from a Kubernetes Status error body (64 KiB within ``timeout``), or ''."""
-    try:
-        with _deadline(timeout, response):
-            body = _read_body(response, limit=MAX_ERROR_BYTES, what="the error body")
-        status = orjson.loads(body)
-    except Exception:  # an error about the error: the status code says enough
-        return ""
-    message = status.get("message") if isinstance(status, dict) else None
-    return f": {message}" if isinstance(message, str) and message else ""
-
-
-def _is_not_found(body: bytes) -> bool:
-    """Whether a 404 body is the API server's own NotFound, not some proxy's page."""
-    try:
-        status = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
-    return (
-        isinstance(status, dict)
-        and status.get("kind") == "Status"
-        and status.get("reason") == "NotFound"
-    )
-
-
-def _lines(response: Any, *, limit: int) -> Iterator[bytes]:
-    """Newline-delimited watch events as they arrive; a line over ``limit`` bytes is an error."""
-    buffer = bytearray()
-    for chunk in response.stream(_CHUNK, decode_content=False):
-        searched = len(buffer)  # no newline before here: don't scan it again
-        buffer += chunk
-        start = 0
-        while (end := buffer.find(b"\n", max(start, searched))) != -1:
-            if end - start > limit:
-                raise _TooLarge(f"a watch event is over the {limit}-byte limit")
-            line = bytes(buffer[start:end])
-            start = end + 1
-            if line.strip():
-                yield line
-        del buffer[:start]
-        if len(buffer) > limit:
-            raise _TooLarge(f"a watch event is over the {limit}-byte limit")
-    if buffer.strip():
-        yield bytes(buffer)
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float, response: Any) -> Iterator[threading.Event]:
-    """Cut ``response``'s connection if the block is still reading after ``seconds``.
-
-    Socket timeouts bound each read, not a body that trickles in a byte at a
-    time; this bounds the whole. The event says whether the cut happened.
-    """
-    fired = threading.Event()
-
-    def cut() -> None:
-        fired.set()
-        _shutdown(response)
-
-    timer = threading.Timer(seconds, cut)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield fired
-    finally:
-        timer.cancel()
-
-
-def _shutdown(response: Any) -> None:
-    """Wake whatever thread is blocked reading ``response``: shut its socket down."""
-    # Closing the response object from another thread would not wake recv().
-    connection = getattr(response, "connection", None) or getattr(response, "_connection", None)
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        # Already closed is fine: the reader is on its way out anyway.
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-def _one_line(err: BaseException) -> str:
-    """A short, single-line description of an error for the log and for warnings."""
-    if isinstance(err, (_WatchError, _TooLarge, _Expired)):
-        text = str(err)  # written for people already; the class name adds nothing
-    else:
-        reason = getattr(err, "reason", None)  # urllib3's MaxRetryError wraps the real cause
-        cause = reason if isinstance(reason, BaseException) else err
-        text = f"{type(cause).__name__}: {cause}"
-    text = " ".join(text.split())
-    return text if len(text) <= 300 else text[:297] + "..."
+# The plumbing lives in webhook.kube; these names keep this module's code short.
+_read_body = kube.read_body
+_check_encoding = kube.check_encoding
+_is_not_found = kube.is_not_found
+_lines = kube.lines
+_deadline = kube.deadline
+_shutdown = kube.shutdown
+_one_line = kube.one_line

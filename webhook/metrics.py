@@ -79,6 +79,27 @@ class _FreshnessCollector(Collector):
         return []
 
 
+class _CertificateExpiryCollector(Collector):
+    """The serving certificate's notAfter, read when Prometheus scrapes (it changes on reload)."""
+
+    def __init__(self, read: Callable[[], float | None]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        expires = self._read()
+        if expires is None:  # no certificate loaded: no sample rather than a made-up one
+            return
+        yield GaugeMetricFamily(
+            "sidecar_injector_certificate_expiry_timestamp_seconds",
+            "When the serving certificate new handshakes get expires (Unix time); "
+            "alert when it is less than 14 days away.",
+            value=expires,
+        )
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
 class Metrics:
     """The webhook's counters, gauges and histogram, registered in their own registry."""
 
@@ -145,6 +166,10 @@ class Metrics:
     def watch_freshness(self, read: Callable[[], Freshness | None]) -> None:
         """Render the namespace source's freshness at every scrape (see ``_FreshnessCollector``)."""
         self.registry.register(_FreshnessCollector(read))
+
+    def certificate_expiry(self, read: Callable[[], float | None]) -> None:
+        """Render the serving certificate's expiry time at every scrape."""
+        self.registry.register(_CertificateExpiryCollector(read))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

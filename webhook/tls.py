@@ -25,6 +25,7 @@ of either file triggers another attempt.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import logging
 import os
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import uvicorn
+from cryptography import x509
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,9 @@ class ReloadingTLS:
         self._warned: str | None = None
         self._inner: ssl.SSLContext | None = None
         self._fingerprint: str | None = None
+        # notAfter of the served certificate, for /metrics, /readyz and the
+        # expiry warning (webhook/expiry.py).
+        self.not_after: datetime.datetime | None = None
         self.last_error: str | None = None
         self.reloads = 0
 
@@ -226,6 +231,7 @@ class ReloadingTLS:
             self._failed_digest = digest
             return False
         self._inner, self._fingerprint = inner, print_
+        self.not_after = x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
         self._loaded_digest = digest
         self.last_error = self._warned = None
         self.reloads += 1

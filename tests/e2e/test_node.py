@@ -15,10 +15,15 @@ missing kernel features). Missing packages fail (``apt-get install`` them;
 
 from __future__ import annotations
 
+import base64
+import datetime
 import json
+import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -52,6 +57,8 @@ from tests.e2e.node_install import (
     wait_ready,
 )
 from tests.e2e.webhook_install import INIT, NAMESPACE, PROXY, is_injected
+from tests.support.server import CLI
+from webhook import certs
 from webhook.constants import STATUS_ANNOTATION
 from webhook.engine.bootstrap import INBOUND_STATS, OUTBOUND_PASSTHROUGH, OUTBOUND_STATS
 
@@ -146,6 +153,118 @@ def test_injector_pods_are_not_injected(install: NodeInstall) -> None:
         names += [c["name"] for c in pod["spec"].get("initContainers") or []]
         assert names == ["sidecar-injector"], names
         assert STATUS_ANNOTATION not in (pod["metadata"].get("annotations") or {})
+
+
+# --- sidecar-injector check on the real install (docs/operations.md) ----------------------
+
+
+def _check(node: Node, *args: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Run ``sidecar-injector check -o json``; (exit status, checks by name)."""
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    done = subprocess.run(
+        [CLI, "check", "--kubeconfig", str(node.kubeconfig), "-o", "json", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert done.stdout, done.stderr
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    return done.returncode, checks
+
+
+def _not_passing(checks: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {n: f"{c['status']}: {c['message']}" for n, c in checks.items() if c["status"] != "pass"}
+
+
+def _injector_ips(install: NodeInstall) -> dict[str, str]:
+    running = [p for p in install.injector_pods() if not p["metadata"].get("deletionTimestamp")]
+    return {p["metadata"]["name"]: p["status"]["podIP"] for p in running}
+
+
+@pytest.mark.parametrize("connect", ["direct", "port-forward"])
+def test_check_passes_on_the_real_install_reaching_each_replica(
+    node: Node, install: NodeInstall, connect: str
+) -> None:
+    # direct: the pod addresses, as the API server dials them (this host is
+    # the node); port-forward: through the API server and the kubelet, the
+    # way check gets there from a workstation.
+    code, checks = _check(node, "--connect", connect)
+    assert code == 0, _not_passing(checks)
+    assert _not_passing(checks) == {}
+    assert checks["replicas"]["data"]["ready"] == 2
+    details = checks["ca-bundle"]["details"]
+    for pod, ip in _injector_ips(install).items():
+        assert any(d.startswith(f"{ip}:8443 (pod {pod}) via {connect}:") for d in details), details
+
+
+def _serve_expired_certificate(node: Node, install: NodeInstall) -> None:
+    """Put an expired serving certificate (same CA) into the Secret the replicas mount."""
+    ca = certs.load_ca(install.certs / "ca.crt", install.certs / "ca.key")
+    dns, ips = certs.service_names()
+    leaf = certs.make_serving_cert(
+        ca,
+        dns_names=dns,
+        ips=ips,
+        days=1,
+        now=datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=5),
+    )
+    data = {"tls.crt": leaf.cert_pem(), "tls.key": leaf.key_pem(), "ca.crt": ca.cert_pem()}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "sidecar-injector-tls", "namespace": NAMESPACE},
+        "type": "kubernetes.io/tls",
+        "data": {k: base64.b64encode(v).decode("ascii") for k, v in data.items()},
+    }
+    node.kubectl("apply", "-f", "-", input=json.dumps(secret))
+
+
+def _ready_endpoints(node: Node) -> int:
+    slices = json.loads(
+        node.kubectl(
+            "-n", NAMESPACE, "get", "endpointslices",
+            "-l", "kubernetes.io/service-name=sidecar-injector", "-o", "json",
+        ).stdout
+    )  # fmt: skip
+    return sum(
+        1
+        for item in slices["items"]
+        for endpoint in item.get("endpoints") or []
+        if (endpoint.get("conditions") or {}).get("ready")
+    )
+
+
+def test_an_expired_certificate_makes_the_replicas_unready_and_check_says_why(
+    node: Node, install: NodeInstall
+) -> None:
+    _serve_expired_certificate(node, install)
+    try:
+        # The kubelet updates the volume, each replica loads the pair on its
+        # next handshake (the readiness probe is one) and /readyz fails.
+        node.wait_for(
+            lambda: _ready_endpoints(node) == 0, what="both replicas to be unready", timeout=180
+        )
+        code, checks = _check(node)
+        assert code == 1
+        assert (
+            "no ready endpoints (2 endpoints not ready)" in checks["service-endpoints"]["message"]
+        )
+        # The not-ready endpoints are dialled anyway, to say why.
+        assert checks["ca-bundle"]["status"] == "pass", checks["ca-bundle"]
+        expiry = checks["certificate-expiry"]
+        assert expiry["status"] == "fail", expiry
+        assert "expired 4 days ago" in expiry["message"]
+        assert checks["replicas"]["status"] == "fail"
+    finally:
+        install.rotate_certificate()  # what certs --renew + the Secret do
+        node.wait_for(
+            lambda: _ready_endpoints(node) == 2, what="both replicas to be ready", timeout=180
+        )
+        install.wait_until_injecting()
+    code, checks = _check(node)
+    assert code == 0, _not_passing(checks)
 
 
 # --- meshed workloads -------------------------------------------------------------------
