@@ -612,3 +612,27 @@ def test_the_config_files_proxy_version_is_an_image_tag() -> None:
     with pytest.raises(ConfigError, match=r"proxy\.version"):
         parse_config('proxy:\n  version: "v1.40.0\\n"\n')
     assert parse_config("proxy:\n  version: v1.41.0\n").proxy.version == "v1.41.0"
+
+
+def test_equal_configs_that_set_different_fields_keep_their_own_provenance() -> None:
+    # The install's config spells out the built-in defaults; the values are
+    # equal, but a preview must still say which file chose them.
+    spelled_out = parse_config("proxy:\n  logLevel: warning\n", origin="install")
+    built_in = InjectorConfig()
+    assert spelled_out == built_in
+    key = P + "log-level"
+    first = resolve_settings(
+        spelled_out, namespace_labels={}, namespace_annotations={}, pod_annotations={}
+    )
+    second = resolve_settings(
+        built_in, namespace_labels={}, namespace_annotations={}, pod_annotations={}
+    )
+    assert first.provenance[key].source is Source.CONFIG
+    assert second.provenance[key].source is Source.BUILT_IN
+
+
+def test_cached_provenance_cannot_be_changed_by_a_consumer() -> None:
+    settings = resolve()
+    with pytest.raises(TypeError):
+        settings.provenance[P + "log-level"] = settings.provenance[P + "log-level"]  # type: ignore[index]
+    assert resolve().provenance == settings.provenance

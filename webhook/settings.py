@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Final
 
 from webhook import constants
@@ -270,6 +271,15 @@ def _ours(values: Mapping[str, str]) -> dict[str, str]:
 # (setting name, where it was set, raw value) for each setting some layer sets.
 _Winners = tuple[tuple[str, Source, str], ...]
 
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A cached resolution and the config it was made with (see ``resolve_settings``)."""
+
+    config: InjectorConfig
+    settings: ProxySettings
+
+
 # Resolved settings per distinct (config, winning values). Bounded in entries
 # and in bytes: each entry is charged five times the raw text it was parsed
 # from (the key keeps the text; parsed tuples and provenance strings repeat
@@ -277,7 +287,7 @@ _Winners = tuple[tuple[str, Source, str], ...]
 # (tests/test_settings.py) that covers what an entry really keeps alive: about
 # 3 KB for typical settings, 52 KB for the worst accepted ones (charged 60 KB),
 # so 8 MiB holds about 2,000 typical entries or 140 worst ones.
-SETTINGS_CACHE: Final[BoundedCache[tuple[InjectorConfig, _Winners], ProxySettings]] = BoundedCache(
+SETTINGS_CACHE: Final[BoundedCache[tuple[int, _Winners], _Entry]] = BoundedCache(
     max_entries=4096, max_bytes=8 * 1024 * 1024
 )
 _ENTRY_OVERHEAD: Final = 4096
@@ -324,12 +334,16 @@ def resolve_settings(
             winners.append((name, where, raw))
             break
 
-    cache_key = (config, tuple(winners))
-    settings = SETTINGS_CACHE.get(cache_key)
-    if settings is None:
-        settings = _resolve(config, cache_key[1])
+    # The config is keyed by identity, not value: provenance depends on which
+    # fields the config set explicitly, which equal configs need not share.
+    # The entry holds the config, so a reused id cannot match another one.
+    cache_key = (id(config), tuple(winners))
+    entry = SETTINGS_CACHE.get(cache_key)
+    if entry is None or entry.config is not config:
+        entry = _Entry(config, _resolve(config, cache_key[1]))
         size = _ENTRY_OVERHEAD + _CHARGE_PER_CHAR * sum(len(raw) for _, _, raw in winners)
-        SETTINGS_CACHE.put(cache_key, settings, size=size)
+        SETTINGS_CACHE.put(cache_key, entry, size=size)
+    settings = entry.settings
     if warnings:
         settings = dataclasses.replace(settings, warnings=(*warnings, *settings.warnings))
     return settings
@@ -366,7 +380,10 @@ def _resolve(config: InjectorConfig, winners: _Winners) -> ProxySettings:
             raise _request_over_limit(resource, request, limit, provenance)
 
     warnings = _cidr_family_warnings(resolved, provenance, ipv6=config.ipv6)
-    return ProxySettings(**resolved, provenance=provenance, warnings=tuple(warnings))
+    # Read-only: the settings are cached and shared by every pod that resolves alike.
+    return ProxySettings(
+        **resolved, provenance=MappingProxyType(provenance), warnings=tuple(warnings)
+    )
 
 
 def _cidr_family_warnings(

@@ -43,7 +43,6 @@ from tests.e2e.webhook_install import (
 from tests.support.server import CLI, running_server
 from webhook import certs, cli
 from webhook.constants import STATUS_ANNOTATION
-from webhook.settings import SETTINGS_CACHE
 
 pytestmark = pytest.mark.cluster
 
@@ -87,18 +86,10 @@ def run_check(control_plane: ControlPlane, *args: str) -> CheckRun:
     thirty times); the console script itself is run by the text-output test.
     """
     out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main(
-                ["check", "--kubeconfig", str(control_plane.kubeconfig), "-o", "json", *args]
-            )
-    finally:
-        # check resolved settings with the install's config, which spells out
-        # every default. The settings cache keys configs by value, so later
-        # tests in this process resolving with InjectorConfig() would get
-        # those entries, whose provenance says "config" rather than
-        # "built-in". One config per process, as in a real run.
-        SETTINGS_CACHE.clear()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(
+            ["check", "--kubeconfig", str(control_plane.kubeconfig), "-o", "json", *args]
+        )
     assert out.getvalue(), err.getvalue()
     return CheckRun(code, json.loads(out.getvalue()), err.getvalue())
 
