@@ -190,6 +190,9 @@ def test_the_cert_manager_objects_chain_a_self_signed_ca_to_the_serving_certific
     assert serving_issuer["ca"]["secretName"] == ca["secretName"]
     assert serving.get("isCA", False) is False
     assert "server auth" in serving["usages"]
+    # A CA renewal must keep its key, or certificates it signed stop verifying
+    # against the caBundle the apiserver holds (cert-manager 1.18+ rotates by default).
+    assert ca["privateKey"]["rotationPolicy"] == "Never"
 
 
 def test_the_serving_certificate_is_the_mounted_secret_and_names_the_service(
