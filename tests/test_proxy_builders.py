@@ -6,7 +6,7 @@ The bootstrap is validated the way it will run: the container's own
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import shutil
 import subprocess
 from typing import Any
@@ -211,11 +211,15 @@ def test_proxy_resources_follow_settings_and_unset_values_are_omitted() -> None:
 
 def test_builders_do_not_mutate_and_are_deterministic() -> None:
     settings = settings_for(**{"exclude-outbound-cidrs": "10.0.0.0/8"})
-    before = copy.deepcopy(settings)
+    # Settings are frozen with immutable fields and read-only provenance, so a
+    # field-by-field copy is a full snapshot (provenance compares separately).
+    before = dataclasses.replace(settings)
+    provenance_before = dict(settings.provenance)
     first = (mesh_proxy_container(settings, CONFIG), mesh_init_container(settings, CONFIG))
     second = (mesh_proxy_container(settings, CONFIG), mesh_init_container(settings, CONFIG))
     assert first == second
     assert settings == before
+    assert dict(settings.provenance) == provenance_before
 
 
 # mesh-init's rules and script: tests/test_iptables.py.
