@@ -46,7 +46,6 @@ import contextlib
 import copy
 import logging
 import random
-import re
 import socket
 import sys
 import threading
@@ -73,6 +72,7 @@ from webhook.namespace_types import (
     NamespaceUnavailable,
     running_in_cluster,
 )
+from webhook.values import is_namespace_name
 
 log = logging.getLogger("webhook.namespaces")
 
@@ -124,10 +124,6 @@ _READ_TIMEOUT_SECONDS = 90.0
 # The shortest server-side watch timeout; each watch asks for a random one in
 # [t, 1.8 t), capped below the read timeout, so replicas do not renew in step.
 _WATCH_TIMEOUT_SECONDS = 45.0
-
-# RFC 1123 labels: what a namespace name can be. Anything else cannot exist,
-# and must not be spliced into a URL path.
-_NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class _Expired(Exception):
@@ -302,7 +298,7 @@ class KubeNamespaceCache:
         of one name share one GET. No retries (urllib3's are off too): the
         caller decides, and the apiserver retries the pod.
         """
-        if not _NAMESPACE_NAME.fullmatch(name):
+        if not is_namespace_name(name):
             return None  # the API server could not hold such a namespace
         with self._inflight_lock:
             future = self._inflight.get(name)

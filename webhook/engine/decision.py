@@ -16,6 +16,7 @@ import orjson
 
 from webhook import constants
 from webhook.config import InjectorConfig
+from webhook.values import shorten
 
 # Pod Security admission (built into the apiserver) reads these namespace labels.
 POD_SECURITY_ENFORCE: Final = "pod-security.kubernetes.io/enforce"
@@ -166,11 +167,6 @@ def _status_holds(value: str, spec: Mapping[str, Any]) -> bool:
     return listed > 0
 
 
-def _cut(text: str) -> str:
-    """Label values are at most 63 characters in a cluster; previews may assume longer ones."""
-    return text if len(text) <= 63 else text[:60] + "..."
-
-
 def pod_security_refusal(namespace: NamespaceLike) -> str | None:
     """Why a pod injected into ``namespace`` would be rejected by Pod Security, or None.
 
@@ -191,10 +187,10 @@ def pod_security_refusal(namespace: NamespaceLike) -> str | None:
         enforced = f"Pod Security level {level!r}"
     else:
         enforced = (
-            f"Pod Security level 'restricted' (its label value {_cut(level)!r} is not a level)"
+            f"Pod Security level 'restricted' (its label value {shorten(level, 63)} is not a level)"
         )
     if version is not None:
-        enforced += f" (version {_cut(version)!r})"
+        enforced += f" (version {shorten(version, 63)})"
     return (
         f"namespace {namespace.name} enforces {enforced}, which forbids the NET_ADMIN and "
         f"NET_RAW capabilities mesh-init needs to redirect the pod's traffic; label the "

@@ -26,7 +26,7 @@ from typing import Any, Final
 from webhook import constants
 from webhook.config import InjectorConfig, Resources
 from webhook.engine.bootstrap import INBOUND_STATS, OUTBOUND_STATS, render_bootstrap
-from webhook.engine.iptables import container_resources
+from webhook.engine.resources import container_resources
 from webhook.settings import ProxySettings
 
 # Envoy starts one worker per CPU of the *node*, not of the pod's limit; a
