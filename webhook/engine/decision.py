@@ -12,18 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-import orjson
-
 from webhook import constants
 from webhook.config import InjectorConfig
+from webhook.engine.status import InjectionStatus, StatusError
 from webhook.values import shorten
 
 # Pod Security admission (built into the apiserver) reads these namespace labels.
 POD_SECURITY_ENFORCE: Final = "pod-security.kubernetes.io/enforce"
 POD_SECURITY_ENFORCE_VERSION: Final = "pod-security.kubernetes.io/enforce-version"
-# A status annotation is only read when it could be ours: the injector writes
-# a few hundred bytes; anything much larger is not worth parsing per admission.
-MAX_STATUS_CHARS: Final = 16 * 1024
 
 
 class NamespaceLike(Protocol):
@@ -143,28 +139,30 @@ def _status_holds(value: str, spec: Mapping[str, Any]) -> bool:
 
     Copied metadata (a pod built from another pod's YAML, a template edited
     by hand) can carry the annotation without the containers; such a pod is
-    injected again. Only the ``containers`` and ``initContainers`` lists are
-    read (the rest of the format is the status writer's); unparseable JSON, a
-    shape that is not ours, or a list naming nothing does not count.
+    injected again. The annotation is read by ``InjectionStatus.parse``, as
+    ``uninject`` reads it, so what one takes for a status the other does too;
+    one that does not parse, or lists no container, does not count. The spec
+    is the client's: its lists may be anything, and only string names count.
     """
-    if len(value) > MAX_STATUS_CHARS:
-        return False
     try:
-        status = orjson.loads(value)
-    except orjson.JSONDecodeError:
+        status = InjectionStatus.parse(value)
+    except StatusError:
         return False
-    if not isinstance(status, dict):
-        return False
-    listed = 0
-    for field in ("containers", "initContainers"):
-        names = status.get(field, [])
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            return False
-        present = {item.get("name") for item in spec.get(field) or () if isinstance(item, Mapping)}
-        if not present.issuperset(names):
-            return False
-        listed += len(names)
-    return listed > 0
+    listed = (("initContainers", status.init_containers), ("containers", status.containers))
+    return any(names for _, names in listed) and all(
+        _names(spec.get(field)).issuperset(names) for field, names in listed if names
+    )
+
+
+def _names(items: Any) -> set[str]:
+    """The string names in a spec list (of anything, or not a list at all)."""
+    if not isinstance(items, list):
+        return set()
+    return {
+        name
+        for item in items
+        if isinstance(item, Mapping) and isinstance(name := item.get("name"), str)
+    }
 
 
 def pod_security_refusal(namespace: NamespaceLike) -> str | None:

@@ -7,7 +7,10 @@ Written by ``inject``, read by ``decide`` (already injected?), ``uninject``
      "volumes":[],"annotations":["kubectl.kubernetes.io/default-container"],
      "digest":"sha256:..."}
 
-* ``initContainers``, ``containers``, ``volumes``: the names added to each list;
+* ``initContainers``, ``containers``, ``volumes``: the names added to each list.
+  ``volumes`` is always empty today (the proxy's bootstrap is inline, nothing
+  is mounted); it is part of the format so that a volume a later version adds
+  is recorded, and so taken out by ``uninject``, from the start;
 * ``annotations``: the annotations added besides this one (the default-container
   annotation only when the injector set it);
 * ``digest``: ``containers_digest`` of the injected containers, equal for every
@@ -35,6 +38,9 @@ from typing import Any, Final
 import orjson
 
 MEMBERS: Final = frozenset({"initContainers", "containers", "volumes", "metadata", "annotations"})
+# The injector writes a few hundred bytes. A longer annotation is not
+# one of ours, and is not worth parsing on every admission.
+MAX_STATUS_CHARS: Final = 16 * 1024
 
 
 class StatusError(ValueError):
@@ -88,7 +94,13 @@ class InjectionStatus:
 
     @classmethod
     def parse(cls, text: str) -> InjectionStatus:
-        """Decode an annotation value; StatusError says what is wrong with it."""
+        """Decode an annotation value; StatusError says what is wrong with it.
+
+        The one reader of the format: ``decide`` and ``uninject`` agree on
+        what counts as a status annotation because both call this.
+        """
+        if len(text) > MAX_STATUS_CHARS:
+            raise StatusError(f"is longer than {MAX_STATUS_CHARS} characters")
         try:
             value = orjson.loads(text)
         except orjson.JSONDecodeError:

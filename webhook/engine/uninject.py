@@ -122,10 +122,11 @@ def _remove_items(
     if not isinstance(items, list):
         items = []
     wanted = set(names)
+    # The client's list: items and names may be of any type; only string names match.
     doomed = [
         index
         for index, item in enumerate(items)
-        if isinstance(item, dict) and item.get("name") in wanted
+        if isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"] in wanted
     ]
     missing = wanted - {items[index]["name"] for index in doomed}
     if missing:
