@@ -12,7 +12,16 @@ import jsonpatch
 import pytest
 
 from webhook.config import InjectorConfig
-from webhook.engine import InjectionRefused, InjectionStatus, StatusError, decide, inject, uninject
+from webhook.engine import (
+    LABEL_FREE_SKIPS,
+    LABEL_SKIPS,
+    InjectionRefused,
+    InjectionStatus,
+    StatusError,
+    decide,
+    inject,
+    uninject,
+)
 from webhook.engine.status import MAX_STATUS_CHARS
 from webhook.preview import AssumedNamespace
 
@@ -121,6 +130,33 @@ def test_decision_matrix(
     )
     assert (decision.code, decision.inject) == (code, inject)
     assert decision.reason
+
+
+@pytest.mark.parametrize(
+    ("namespace", "ns_labels", "labels", "annotations", "spec", "code", "inject"), TABLE
+)
+def test_a_label_free_skip_holds_whatever_the_namespace_labels_say(
+    namespace: str,
+    ns_labels: dict[str, str],
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    spec: dict[str, Any],
+    code: str,
+    inject: bool,
+) -> None:
+    # Admission gives these without reading a namespace it has not cached.
+    assert code in LABEL_FREE_SKIPS | LABEL_SKIPS | {"namespace-enabled", "pod-opted-in"}
+    for other in ({}, ENABLED, DISABLED, {"sidecar-injection": "yes"}):
+        decision = decide(
+            {"labels": labels, "annotations": annotations},
+            {"containers": [{"name": "app"}], **spec},
+            namespace=AssumedNamespace(namespace, MappingProxyType(other)),
+            config=InjectorConfig(),
+        )
+        if code in LABEL_FREE_SKIPS:
+            assert not decision.inject
+        if decision.code in LABEL_FREE_SKIPS:
+            assert not inject, f"{decision.code} with labels {other}, yet {code} with {ns_labels}"
 
 
 # Pods as any client may send them: a status annotation, and lists that are not lists.

@@ -452,6 +452,73 @@ def test_a_label_the_watch_has_not_delivered_yet_is_read_before_the_pod_is_skipp
         assert samples[recheck] == 2  # the skip before the label was rechecked too
 
 
+def test_a_namespace_switched_from_disabled_to_enabled_meshes_pods_the_watch_is_late_for(
+    tmp_path: Path, kube_api: FakeKubeAPI
+) -> None:
+    """Relabelled and pods created at once: the apiserver calls us, our cache still says disabled."""
+    kube_api.add("switch", {"sidecar-injection": "disabled"})
+    config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
+    with running_server(tmp_path, args=["--kubeconfig", str(config)]) as server:
+        client = server.client()
+        skipped = client.post("/mutate", orjson.dumps(review("switch", uid="before"))).json()
+        assert "patch" not in skipped["response"]
+        gets = kube_api.requests["get"]
+
+        kube_api.modify("switch", {"sidecar-injection": "enabled"}, emit=False)
+        injected = client.post("/mutate", orjson.dumps(review("switch", uid="after"))).json()
+        assert injected["response"]["allowed"] is True
+        assert "patch" in injected["response"]
+        assert kube_api.requests["get"] == gets + 1
+        samples = server.metrics()
+        assert samples['sidecar_injector_decisions_total{code="namespace-disabled"}'] == 1
+        assert samples['sidecar_injector_decisions_total{code="namespace-enabled"}'] == 1
+
+
+def pod_review(namespace: str, uid: str, *, spec: Any = None, **meta: Any) -> bytes:
+    doc = review(namespace, uid=uid)
+    doc["request"]["object"]["metadata"].update(meta)
+    doc["request"]["object"]["spec"].update(spec or {})
+    return orjson.dumps(doc)
+
+
+def test_with_the_api_server_gone_pods_no_label_could_mesh_are_admitted_and_others_refused(
+    tmp_path: Path, kube_api: FakeKubeAPI
+) -> None:
+    config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
+    status = '{"version":"0","initContainers":["mesh-init"]}'
+    label_free = {
+        "host-network": pod_review("new-team", "h", spec={"hostNetwork": True}),
+        "windows-pod": pod_review("new-team", "w", spec={"os": {"name": "windows"}}),
+        "mirror-pod": pod_review("new-team", "m", annotations={"kubernetes.io/config.mirror": "x"}),
+        "excluded-namespace": pod_review("kube-system", "k"),
+        "already-injected": pod_review(
+            "new-team",
+            "a",
+            spec={"initContainers": [{"name": "mesh-init", "image": "i"}]},
+            annotations={"sidecar.mesh.io/status": status},
+        ),
+        "pod-opted-out": pod_review("new-team", "o", labels={"sidecar.mesh.io/inject": "false"}),
+    }
+    with running_server(tmp_path, args=["--kubeconfig", str(config)]) as server:
+        client = server.client()
+        kube_api.stop()
+        for code, body in label_free.items():
+            answer = client.post("/mutate", body).json()["response"]
+            assert answer["allowed"] is True, (code, answer)
+            assert "patch" not in answer
+        refused = client.post("/mutate", pod_review("new-team", "plain")).json()["response"]
+        assert refused["allowed"] is False
+        assert refused["status"]["code"] == 503
+        samples = server.metrics()
+        for code in label_free:
+            assert samples[f'sidecar_injector_decisions_total{{code="{code}"}}'] == 1, code
+        assert samples['sidecar_injector_decisions_total{code="namespace-unavailable"}'] == 1
+        # Only the plain pod needed the namespace's labels.
+        fetched = "sidecar_injector_namespace_fetches_total"
+        assert samples[f'{fetched}{{reason="miss",result="unavailable"}}'] == 1
+        assert sum(v for k, v in samples.items() if k.startswith(fetched + "{")) == 1
+
+
 def test_with_the_api_server_gone_an_unknown_namespace_is_refused_until_it_is_back(
     tmp_path: Path, kube_api: FakeKubeAPI
 ) -> None:

@@ -8,10 +8,14 @@ accident (``CONTRACT.md``, "Never unmeshed by accident"):
 
 * the namespace cannot be read (not cached, and the API server cannot say) ->
   refused with ``status.code`` 503, naming the namespace: fail closed, as
-  ``failurePolicy: Fail`` intends; the controllers retry;
-* the cache says "not opted in" -> the namespace is read once from the API
-  server and the pod decided again, so a label set just before the pod
-  (which the apiserver already saw, or it would not have called us) counts.
+  ``failurePolicy: Fail`` intends; the controllers retry. Only when its labels
+  matter: a pod that would not be injected whatever they say (host network,
+  Windows, mirror pod, excluded namespace, already injected, opted out) is
+  answered without them;
+* the cached labels skip the pod (not opted in, or ``disabled``) -> the
+  namespace is read once from the API server and the pod decided again, so a
+  label set just before the pod (which the apiserver already saw, or it
+  would not have called us) counts.
 
 Two error families, kept apart on purpose (as in kopf and controller-runtime):
 
@@ -34,7 +38,14 @@ import orjson
 
 from webhook import constants
 from webhook.config import InjectorConfig
-from webhook.engine import InjectionRefused, NamespaceLike, Op, inject
+from webhook.engine import (
+    LABEL_FREE_SKIPS,
+    LABEL_SKIPS,
+    InjectionRefused,
+    NamespaceLike,
+    Op,
+    inject,
+)
 from webhook.manifests import json_value_bound
 from webhook.namespaces import NamespaceInfo, NamespaceUnavailable
 from webhook.values import (  # re-exported: webhook.app imports it from here for now
@@ -58,9 +69,6 @@ CODE_NOT_CREATE: Final = "not-create"
 CODE_NOT_POD: Final = "not-a-pod"
 CODE_REFUSED: Final = "refused"
 CODE_NAMESPACE_UNAVAILABLE: Final = "namespace-unavailable"
-# The engine's code for "namespace not opted in": the one answer worth
-# checking against the API server before giving it (see ``admit``).
-CODE_NOT_ENABLED: Final = "not-enabled"
 
 # Kubernetes makes uids of 36 characters; 256 bytes leave room for any other
 # client while keeping what is echoed and logged small.
@@ -243,8 +251,8 @@ class NamespaceLookup(Protocol):
     async def fetch(self, name: str, *, reason: str) -> NamespaceLike | None:
         """Read the namespace from its source; ``None`` if it does not exist.
 
-        ``reason`` is ``"miss"`` (not cached) or ``"recheck"`` (cached as not
-        opted in). Raises ``NamespaceUnavailable`` when the source cannot tell.
+        ``reason`` is ``"miss"`` (not cached) or ``"recheck"`` (cached with
+        labels that skip the pod). Raises ``NamespaceUnavailable`` when the source cannot tell.
         """
         ...
 
@@ -389,9 +397,16 @@ async def admit(
     known = namespaces.cached(name)
     if known is not None:
         reviewed = _review(doc, namespace=known, config=config)
-        if reviewed.code != CODE_NOT_ENABLED:
+        if reviewed.code not in LABEL_SKIPS:
             return reviewed
-    reason = "miss" if known is None else "recheck"
+        reason = "recheck"
+    else:
+        # Decided against no labels first: what no label could change needs
+        # no read, and so holds while the API server is unreachable.
+        reviewed = _review(doc, namespace=NamespaceInfo(name), config=config)
+        if reviewed.code in LABEL_FREE_SKIPS:
+            return reviewed
+        reason = "miss"
     # Only the body's bytes wait for the API server, not the parsed review:
     # parsed, a review takes several times its size, and the HTTP edge
     # budgets request memory by body bytes. Parsing again is cheap next to

@@ -33,6 +33,25 @@ class NamespaceLike(Protocol):
     def annotations(self) -> Mapping[str, str]: ...
 
 
+# Outcomes that do not depend on the namespace's labels or annotations (its
+# name can count: excluded-namespace): with any labels the pod would not be
+# injected either. Admission gives them without reading a namespace it has
+# not cached, so they hold even while the API server is unreachable.
+LABEL_FREE_SKIPS: Final = frozenset(
+    {
+        "host-network",
+        "windows-pod",
+        "mirror-pod",
+        "excluded-namespace",
+        "already-injected",
+        "pod-opted-out",
+    }
+)
+# Skips decided by the namespace's labels: a stale copy of them would leave a
+# pod unmeshed, so admission reads the namespace again before giving them.
+LABEL_SKIPS: Final = frozenset({"namespace-disabled", "not-enabled"})
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """Inject or not, a stable code for metrics, and a sentence for people."""
