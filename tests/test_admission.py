@@ -230,9 +230,17 @@ def test_an_unreadable_namespace_refuses_the_pod_with_503_naming_it() -> None:
     assert reviewed.code == "namespace-unavailable"
 
 
-def test_a_namespace_cached_as_not_opted_in_is_read_again_and_a_new_label_counts() -> None:
+DISABLED = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "disabled"}))
+# Cached labels that skip the pod: not opted in, or switched from disabled a moment ago.
+STALE = [pytest.param(UNLABELLED, id="unlabelled"), pytest.param(DISABLED, id="disabled")]
+
+
+@pytest.mark.parametrize("cached", STALE)
+def test_a_namespace_cached_as_not_opted_in_is_read_again_and_a_new_label_counts(
+    cached: NamespaceInfo,
+) -> None:
     """The apiserver called us, so it saw the label; our cache has not yet."""
-    lookup = Lookup(cache={"demo": UNLABELLED}, source={"demo": ENABLED})
+    lookup = Lookup(cache={"demo": cached}, source={"demo": ENABLED})
     reviewed = admit(GOOD, lookup)
     assert lookup.fetched == [("demo", "recheck")]
     assert reviewed.code == "namespace-enabled"
@@ -247,27 +255,11 @@ def test_a_recheck_that_confirms_the_cache_skips_the_pod() -> None:
     assert reviewed.response == {"uid": review_doc()["request"]["uid"], "allowed": True}
 
 
-def test_a_recheck_that_cannot_reach_the_api_server_fails_closed_too() -> None:
-    lookup = Lookup(cache={"demo": UNLABELLED}, source=None)
-    reviewed = admit(GOOD, lookup)
-    assert reviewed.response["status"]["code"] == 503
-    assert reviewed.code == "namespace-unavailable"
-
-
-DISABLED = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "disabled"}))
-
-
-def test_a_namespace_cached_as_disabled_is_read_again_and_enabled_counts() -> None:
-    """Switched from disabled to enabled, pods created at once: the cache lags behind."""
-    lookup = Lookup(cache={"demo": DISABLED}, source={"demo": ENABLED})
-    reviewed = admit(GOOD, lookup)
-    assert lookup.fetched == [("demo", "recheck")]
-    assert reviewed.code == "namespace-enabled"
-    assert "patch" in reviewed.response
-
-
-def test_a_disabled_namespace_that_cannot_be_read_again_fails_closed() -> None:
-    lookup = Lookup(cache={"demo": DISABLED}, source=None)
+@pytest.mark.parametrize("cached", STALE)
+def test_a_recheck_that_cannot_reach_the_api_server_fails_closed_too(
+    cached: NamespaceInfo,
+) -> None:
+    lookup = Lookup(cache={"demo": cached}, source=None)
     reviewed = admit(GOOD, lookup)
     assert reviewed.response["status"]["code"] == 503
     assert reviewed.code == "namespace-unavailable"

@@ -720,27 +720,17 @@ def fetch_in_threads(
     return threads, results
 
 
-def test_concurrent_fetches_of_one_namespace_share_one_request(
-    api: FakeKubeAPI, make_cache: CacheFactory
+def release_when_waiting(
+    api: FakeKubeAPI, waiting: list[threading.Thread], others: list[threading.Thread]
 ) -> None:
-    cache = make_cache(fetch_timeout=PATIENCE)
-    assert cache.wait_ready(PATIENCE)
-    api.add("burst", {"sidecar-injection": "enabled"}, emit=False)
-    api.stall_gets.set()  # every GET waits before it reads: none is answered early
-    first, first_results = fetch_in_threads(cache, "burst", 1)
-    eventually(lambda: api.requests["get"] == 1, what="the first GET to be sent")
-    # Arriving after it was sent: they wait for the next one, together.
-    later, later_results = fetch_in_threads(cache, "burst", 5)
-    eventually(lambda: all(map(waiting_for_a_future, later)), what="every fetch to wait")
+    """Once every thread of ``waiting`` waits for its GET, let the server answer; join all."""
+    eventually(lambda: all(map(waiting_for_a_future, waiting)), what="every fetch to wait")
     api.release_gets()
-    for thread in first + later:
+    for thread in [*others, *waiting]:
         thread.join(PATIENCE)
-    assert len(first_results + later_results) == 6
-    assert all(result is not None and result.name == "burst" for result in later_results)
-    assert api.requests["get"] == 2
 
 
-def test_a_fetch_never_takes_the_answer_of_a_get_sent_before_it_was_called(
+def test_fetches_never_take_the_answer_of_a_get_sent_before_they_were_called_and_share_one(
     api: FakeKubeAPI, make_cache: CacheFactory
 ) -> None:
     """A namespace labelled while a GET is under way: callers after the label must see it."""
@@ -752,15 +742,12 @@ def test_a_fetch_never_takes_the_answer_of_a_get_sent_before_it_was_called(
     eventually(lambda: api.held_gets == 1, what="the first GET to have read the namespace")
     # The label lands now; pods created from here on were admitted with it.
     api.modify("late", {"sidecar-injection": "enabled"}, emit=False)
-    later, later_results = fetch_in_threads(cache, "late", 3)
-    eventually(lambda: all(map(waiting_for_a_future, later)), what="the later fetches to wait")
-    api.release_gets()
-    for thread in first + later:
-        thread.join(PATIENCE)
+    later, later_results = fetch_in_threads(cache, "late", 5)
+    release_when_waiting(api, later, first)
     [before] = first_results
     assert before is not None
     assert dict(before.labels) == {}  # what the server had when that GET read it
-    assert len(later_results) == 3
+    assert len(later_results) == 5
     for result in later_results:
         assert result is not None
         assert dict(result.labels) == {"sidecar-injection": "enabled"}
@@ -779,10 +766,7 @@ def test_a_fetch_that_waits_for_a_fetch_thread_is_shared_with_later_callers(
     busy, _ = fetch_in_threads(cache, "other", 1)
     eventually(lambda: api.requests["get"] == 1, what="the only fetch thread to be busy")
     threads, results = fetch_in_threads(cache, "queued", 4)
-    eventually(lambda: all(map(waiting_for_a_future, threads)), what="every fetch to wait")
-    api.release_gets()
-    for thread in busy + threads:
-        thread.join(PATIENCE)
+    release_when_waiting(api, threads, busy)
     assert [result.name if result else None for result in results] == ["queued"] * 4
     assert api.requests["get"] == 2  # "other", then one for all four
 

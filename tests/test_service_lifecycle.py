@@ -429,11 +429,19 @@ def test_readyz_is_503_until_the_namespace_cache_has_listed(
             time.sleep(0.1)
 
 
+@pytest.mark.parametrize(
+    "labels",
+    [
+        pytest.param({}, id="unlabelled"),
+        # Switched from disabled to enabled, pods created at once.
+        pytest.param({"sidecar-injection": "disabled"}, id="disabled"),
+    ],
+)
 def test_a_label_the_watch_has_not_delivered_yet_is_read_before_the_pod_is_skipped(
-    tmp_path: Path, kube_api: FakeKubeAPI
+    tmp_path: Path, kube_api: FakeKubeAPI, labels: dict[str, str]
 ) -> None:
     """The apiserver called us because it saw the label; our cache has not seen it yet."""
-    kube_api.add("late", {})
+    kube_api.add("late", labels)
     config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
     with running_server(tmp_path, args=["--kubeconfig", str(config)]) as server:
         client = server.client()
@@ -450,28 +458,6 @@ def test_a_label_the_watch_has_not_delivered_yet_is_read_before_the_pod_is_skipp
         samples = server.metrics()
         recheck = 'sidecar_injector_namespace_fetches_total{reason="recheck",result="found"}'
         assert samples[recheck] == 2  # the skip before the label was rechecked too
-
-
-def test_a_namespace_switched_from_disabled_to_enabled_meshes_pods_the_watch_is_late_for(
-    tmp_path: Path, kube_api: FakeKubeAPI
-) -> None:
-    """Relabelled and pods created at once: the apiserver calls us, our cache still says disabled."""
-    kube_api.add("switch", {"sidecar-injection": "disabled"})
-    config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
-    with running_server(tmp_path, args=["--kubeconfig", str(config)]) as server:
-        client = server.client()
-        skipped = client.post("/mutate", orjson.dumps(review("switch", uid="before"))).json()
-        assert "patch" not in skipped["response"]
-        gets = kube_api.requests["get"]
-
-        kube_api.modify("switch", {"sidecar-injection": "enabled"}, emit=False)
-        injected = client.post("/mutate", orjson.dumps(review("switch", uid="after"))).json()
-        assert injected["response"]["allowed"] is True
-        assert "patch" in injected["response"]
-        assert kube_api.requests["get"] == gets + 1
-        samples = server.metrics()
-        assert samples['sidecar_injector_decisions_total{code="namespace-disabled"}'] == 1
-        assert samples['sidecar_injector_decisions_total{code="namespace-enabled"}'] == 1
 
 
 def pod_review(namespace: str, uid: str, *, spec: Any = None, **meta: Any) -> bytes:
