@@ -412,7 +412,7 @@ async def admit(
     # budgets request memory by body bytes. Parsing again is cheap next to
     # the round trip, and this path is rare (a new namespace, a stale cache).
     summary = _summary(request, name)
-    del doc, request
+    del doc, request, reviewed
     try:
         fresh = await namespaces.fetch(name, reason=reason)
     except NamespaceUnavailable as err:
