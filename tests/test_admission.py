@@ -230,9 +230,17 @@ def test_an_unreadable_namespace_refuses_the_pod_with_503_naming_it() -> None:
     assert reviewed.code == "namespace-unavailable"
 
 
-def test_a_namespace_cached_as_not_opted_in_is_read_again_and_a_new_label_counts() -> None:
+DISABLED = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "disabled"}))
+# Cached labels that skip the pod: not opted in, or switched from disabled a moment ago.
+STALE = [pytest.param(UNLABELLED, id="unlabelled"), pytest.param(DISABLED, id="disabled")]
+
+
+@pytest.mark.parametrize("cached", STALE)
+def test_a_namespace_cached_as_not_opted_in_is_read_again_and_a_new_label_counts(
+    cached: NamespaceInfo,
+) -> None:
     """The apiserver called us, so it saw the label; our cache has not yet."""
-    lookup = Lookup(cache={"demo": UNLABELLED}, source={"demo": ENABLED})
+    lookup = Lookup(cache={"demo": cached}, source={"demo": ENABLED})
     reviewed = admit(GOOD, lookup)
     assert lookup.fetched == [("demo", "recheck")]
     assert reviewed.code == "namespace-enabled"
@@ -247,30 +255,77 @@ def test_a_recheck_that_confirms_the_cache_skips_the_pod() -> None:
     assert reviewed.response == {"uid": review_doc()["request"]["uid"], "allowed": True}
 
 
-def test_a_recheck_that_cannot_reach_the_api_server_fails_closed_too() -> None:
-    lookup = Lookup(cache={"demo": UNLABELLED}, source=None)
+@pytest.mark.parametrize("cached", STALE)
+def test_a_recheck_that_cannot_reach_the_api_server_fails_closed_too(
+    cached: NamespaceInfo,
+) -> None:
+    lookup = Lookup(cache={"demo": cached}, source=None)
     reviewed = admit(GOOD, lookup)
     assert reviewed.response["status"]["code"] == 503
     assert reviewed.code == "namespace-unavailable"
 
 
+def pod_with(**spec: Any) -> dict[str, Any]:
+    obj = pod()
+    obj["spec"].update(spec)
+    return obj
+
+
+def annotated(annotations: dict[str, str], spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    obj = pod_with(**(spec or {}))
+    obj["metadata"]["annotations"] = annotations
+    return obj
+
+
+INJECTED_STATUS = {"sidecar.mesh.io/status": '{"version":"0","initContainers":["mesh-init"]}'}
+# Pods no namespace label could get injected, each with the code it gets.
+LABEL_FREE = [
+    pytest.param("demo", pod_with(hostNetwork=True), "host-network", id="host network"),
+    pytest.param("demo", pod_with(os={"name": "windows"}), "windows-pod", id="windows"),
+    pytest.param("demo", annotated({"kubernetes.io/config.mirror": "x"}), "mirror-pod", id="mirror"),
+    pytest.param("kube-system", pod(), "excluded-namespace", id="excluded namespace"),
+    pytest.param("demo", annotated(INJECTED_STATUS, {"initContainers": [{"name": "mesh-init"}]}), "already-injected", id="already injected"),
+    pytest.param("demo", annotated({"sidecar.mesh.io/inject": "false"}), "pod-opted-out", id="opted out"),
+]  # fmt: skip
+
+
+def review_in(namespace: str, obj: dict[str, Any]) -> bytes:
+    doc = review_doc(obj)
+    doc["request"]["namespace"] = namespace
+    return orjson.dumps(doc)
+
+
+@pytest.mark.parametrize(("namespace", "obj", "code"), LABEL_FREE)
+def test_a_skip_no_label_can_change_is_final_cached_or_not_and_needs_no_read(
+    namespace: str, obj: dict[str, Any], code: str
+) -> None:
+    # Cached as enabled: no recheck. Not cached, the API server down: still answered.
+    for cache in ({namespace: NamespaceInfo(namespace, MappingProxyType(ENABLED.labels))}, {}):
+        lookup = Lookup(cache=cache, source=None)
+        reviewed = admit(review_in(namespace, obj), lookup)
+        assert lookup.fetched == []
+        assert reviewed.code == code
+        assert reviewed.response == {"uid": review_doc()["request"]["uid"], "allowed": True}
+
+
 @pytest.mark.parametrize(
-    "namespace",
+    "obj",
     [
-        pytest.param(
-            NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "disabled"})),
-            id="disabled",
-        ),
-        pytest.param(NamespaceInfo("kube-system"), id="excluded"),
+        pytest.param(pod(), id="plain pod"),
+        pytest.param(annotated({"sidecar.mesh.io/inject": "true"}), id="opted in"),
+        pytest.param(annotated({"sidecar.mesh.io/proxy-cpu-limit": "lots"}), id="bad setting"),
     ],
 )
-def test_only_not_enabled_is_rechecked_other_skips_are_final(namespace: NamespaceInfo) -> None:
-    doc = review_doc()
-    doc["request"]["namespace"] = namespace.name
-    lookup = Lookup(cache={namespace.name: namespace}, source=None)
-    reviewed = admit(orjson.dumps(doc), lookup)
-    assert lookup.fetched == []
-    assert reviewed.response["allowed"] is True
+def test_with_the_api_server_down_a_pod_whose_labels_matter_is_refused_with_503(
+    obj: dict[str, Any],
+) -> None:
+    # Opted in: settings and Pod Security come from the labels. A bad setting:
+    # a disabled namespace would skip the pod rather than refuse it.
+    lookup = Lookup(source=None)
+    reviewed = admit(review_in("demo", obj), lookup)
+    assert lookup.fetched == [("demo", "miss")]
+    assert reviewed.response["status"]["code"] == 503
+    assert reviewed.code == "namespace-unavailable"
 
 
 def test_a_pod_that_opts_in_itself_needs_no_recheck() -> None:

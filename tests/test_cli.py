@@ -18,6 +18,14 @@ POD = {
     "spec": {"containers": [{"name": "web", "image": "nginx"}]},
 }
 ENABLE = ["--label", "sidecar-injection=enabled"]
+# A status annotation as the injector writes it, on pods whose lists are not lists.
+STATUS = {"sidecar.mesh.io/status": '{"version":"0","initContainers":["mesh-init"]}'}
+
+
+def client_shaped(**spec: object) -> bytes:
+    """POD with the status annotation and ``spec`` fields of the wrong type."""
+    pod = {**POD, "metadata": {"name": "web", "annotations": STATUS}}
+    return json.dumps({**pod, "spec": {**POD["spec"], **spec}}).encode()
 
 
 def run(*args: str, stdin: bytes = b"", module: bool = False) -> subprocess.CompletedProcess[bytes]:
@@ -117,6 +125,26 @@ def test_labels_override_the_namespaces_file(tmp_path: Path) -> None:
         ),
         (["-f", "-", *ENABLE], b"[" * 100000, "<stdin>"),
         (["-f", "-", *ENABLE], b"a: " + b"[" * 100000, "<stdin>"),
+        (
+            ["-f", "-", *ENABLE, "-o", "json"],
+            client_shaped(initContainers=7),
+            "Pod web: spec.initContainers is not a list",
+        ),
+        (
+            ["-f", "-", *ENABLE, "-o", "json"],
+            client_shaped(containers=1),
+            "Pod web: spec.containers is missing or empty",
+        ),
+        (
+            ["-f", "-", *ENABLE, "-o", "json"],
+            client_shaped(initContainers=[{"name": ["mesh-init"]}]),
+            "Pod web: spec.initContainers[0] has no name",
+        ),
+        (
+            ["-f", "-", *ENABLE, "-o", "json"],
+            b"kind: Pod\napiVersion: v1\nmetadata: {name: web}\nspec:\n  nodeSelector: {1: 2}\n",
+            "<stdin>: line 5 column 18: a mapping key must be a string, not a number (1): quote it",
+        ),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_exit_1_and_nothing_on_stdout(

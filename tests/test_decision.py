@@ -12,8 +12,17 @@ import jsonpatch
 import pytest
 
 from webhook.config import InjectorConfig
-from webhook.engine import InjectionRefused, decide, inject
-from webhook.engine.decision import MAX_STATUS_CHARS
+from webhook.engine import (
+    LABEL_FREE_SKIPS,
+    LABEL_SKIPS,
+    InjectionRefused,
+    InjectionStatus,
+    StatusError,
+    decide,
+    inject,
+    uninject,
+)
+from webhook.engine.status import MAX_STATUS_CHARS
 from webhook.preview import AssumedNamespace
 
 ENABLED = {"sidecar-injection": "enabled"}
@@ -71,6 +80,11 @@ TABLE: list[
     ("demo", ENABLED, {}, {"sidecar.mesh.io/status": '{"containers": "mesh-proxy"}'}, INJECTED, "namespace-enabled", True),
     ("demo", ENABLED, {}, {"sidecar.mesh.io/status": '{"containers": [1]}'}, INJECTED, "namespace-enabled", True),
     ("demo", ENABLED, {}, status(["mesh-proxy"], ["mesh-init"], pad="x" * MAX_STATUS_CHARS), INJECTED, "namespace-enabled", True),
+    # ... nor one uninject would refuse (InjectionStatus.parse reads both).
+    ("demo", ENABLED, {}, {"sidecar.mesh.io/status": '{"containers":["mesh-proxy"],"initContainers":["mesh-init"]}'}, INJECTED, "namespace-enabled", True),
+    ("demo", ENABLED, {}, status(["mesh-proxy"], ["mesh-init"], wasNull=["spec"]), INJECTED, "namespace-enabled", True),
+    # An earlier build's annotation (no digest, no annotations list) counts.
+    ("demo", ENABLED, {}, {"sidecar.mesh.io/status": '{"containers":["mesh-proxy"],"initContainers":["mesh-init"],"volumes":[],"version":"0.1.0"}'}, INJECTED, "already-injected", False),
     # Step 7: an invalid label value is ignored and the annotation decides.
     ("demo", ENABLED, INVALID, OPT_OUT, {}, "pod-opted-out", False),
     ("demo", {}, INVALID, OPT_IN, {}, "pod-opted-in", True),
@@ -116,6 +130,92 @@ def test_decision_matrix(
     )
     assert (decision.code, decision.inject) == (code, inject)
     assert decision.reason
+    # Admission gives a label-free skip without reading a namespace it has not
+    # cached: no labels may turn it into an injection, nor one into it.
+    assert code in LABEL_FREE_SKIPS | LABEL_SKIPS | {"namespace-enabled", "pod-opted-in"}
+    for other in ({}, ENABLED, DISABLED, {"sidecar-injection": "yes"}):
+        relabelled = decide(
+            {"labels": labels, "annotations": annotations},
+            {"containers": [{"name": "app"}], **spec},
+            namespace=AssumedNamespace(namespace, MappingProxyType(other)),
+            config=InjectorConfig(),
+        )
+        if code in LABEL_FREE_SKIPS or relabelled.code in LABEL_FREE_SKIPS:
+            assert not relabelled.inject, (code, relabelled.code, other)
+            assert not inject, (code, relabelled.code, other)
+
+
+# Pods as any client may send them: a status annotation, and lists that are not lists.
+CLIENT_SHAPED = [
+    pytest.param({"initContainers": 7}, "spec.initContainers is not a list", id="initContainers: 7"),
+    pytest.param({"containers": 1}, "spec.containers is missing or empty", id="containers: 1"),
+    pytest.param({"containers": {"name": "mesh-proxy"}}, "spec.containers is missing or empty", id="containers: a map"),
+    pytest.param({"initContainers": [{"name": ["mesh-init"]}]}, "spec.initContainers[0] has no name", id="a list as a name"),
+    pytest.param({"initContainers": [{"name": {"a": 1}}]}, "spec.initContainers[0] has no name", id="a map as a name"),
+    pytest.param({"initContainers": [7, None]}, "spec.initContainers[0] is not an object", id="items not objects"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("spec", "refusal"), CLIENT_SHAPED)
+def test_a_status_annotation_on_a_client_shaped_pod_is_decided_and_refused_cleanly(
+    spec: dict[str, Any], refusal: str
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "annotations": NATIVE_STATUS},
+        "spec": {"containers": [{"name": "app", "image": "nginx"}], **spec},
+    }
+    namespace = AssumedNamespace("demo", MappingProxyType(ENABLED))
+    assert decide(pod["metadata"], pod["spec"], namespace=namespace, config=InjectorConfig()) == (
+        decide({}, {}, namespace=namespace, config=InjectorConfig())
+    ), "the listed containers are not there: not already injected"
+    with pytest.raises(InjectionRefused) as caught:
+        inject(pod, namespace=namespace, config=InjectorConfig())
+    assert str(caught.value) == f"Pod web: {refusal}"
+
+
+STATUS_VALUES = [
+    json.dumps({"version": "0", "containers": ["mesh-proxy"], "initContainers": ["mesh-init"]}),
+    '{"containers":["mesh-proxy"],"initContainers":["mesh-init"],"volumes":[],"version":"0.1.0"}',
+    json.dumps({"version": "0", "containers": ["mesh-proxy"], "digest": 5}),
+    json.dumps({"version": 1, "containers": ["mesh-proxy"]}),
+    json.dumps({"containers": ["mesh-proxy"], "initContainers": ["mesh-init"]}),
+    json.dumps({"version": "0", "initContainers": ["mesh-init"], "wasEmpty": ["spec"]}),
+    json.dumps({"version": "0", "initContainers": ["mesh-init"], "replaced": 1}),
+    json.dumps({"version": "0", "initContainers": "mesh-init"}),
+    json.dumps({"version": "0", "initContainers": ["mesh-init"], "pad": "x" * MAX_STATUS_CHARS}),
+    "{not json",
+    "[]",
+]
+
+
+@pytest.mark.parametrize("value", STATUS_VALUES)
+def test_decide_and_uninject_agree_on_what_a_status_annotation_is(value: str) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "annotations": {"sidecar.mesh.io/status": value}},
+        "spec": INJECTED,
+    }
+    try:
+        InjectionStatus.parse(value)
+    except StatusError:
+        valid = False
+    else:
+        valid = True
+    decision = decide(
+        pod["metadata"],
+        pod["spec"],
+        namespace=AssumedNamespace("demo", MappingProxyType(ENABLED)),
+        config=InjectorConfig(),
+    )
+    assert (decision.code == "already-injected") is valid
+    if valid:
+        assert uninject(pod).removed
+    else:
+        with pytest.raises(InjectionRefused, match="not removing anything"):
+            uninject(pod)
 
 
 def test_reasons_say_why() -> None:

@@ -710,27 +710,65 @@ def test_fetch_gives_up_after_its_timeout_while_the_api_server_still_hangs(
     api.trickle_gets = False
 
 
-def test_concurrent_fetches_of_one_namespace_share_one_request(
-    api: FakeKubeAPI, make_cache: CacheFactory
-) -> None:
-    cache = make_cache(fetch_timeout=PATIENCE)
-    assert cache.wait_ready(PATIENCE)
-    api.add("burst", {"sidecar-injection": "enabled"}, emit=False)
-    api.hold_get_replies.set()
+def fetch_in_threads(
+    cache: KubeNamespaceCache, name: str, count: int
+) -> tuple[list[threading.Thread], list[NamespaceInfo | None]]:
     results: list[NamespaceInfo | None] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(cache.fetch("burst"))) for _ in range(5)
-    ]
+    threads = [threading.Thread(target=lambda: results.append(cache.fetch(name))) for _ in range(count)]  # fmt: skip
     for thread in threads:
         thread.start()
-    eventually(lambda: api.held_gets == 1, what="the GET")
-    eventually(lambda: all(map(waiting_for_a_future, threads)), what="every fetch to wait")
+    return threads, results
+
+
+def release_when_waiting(
+    api: FakeKubeAPI, waiting: list[threading.Thread], others: list[threading.Thread]
+) -> None:
+    """Once every thread of ``waiting`` waits for its GET, let the server answer; join all."""
+    eventually(lambda: all(map(waiting_for_a_future, waiting)), what="every fetch to wait")
     api.release_gets()
-    for thread in threads:
+    for thread in [*others, *waiting]:
         thread.join(PATIENCE)
-    assert len(results) == 5
-    assert all(result is not None and result.name == "burst" for result in results)
-    assert api.requests["get"] == 1
+
+
+def test_fetches_never_take_the_answer_of_a_get_sent_before_they_were_called_and_share_one(
+    api: FakeKubeAPI, make_cache: CacheFactory
+) -> None:
+    """A namespace labelled while a GET is under way: callers after the label must see it."""
+    cache = make_cache(fetch_timeout=PATIENCE)
+    assert cache.wait_ready(PATIENCE)
+    api.add("late", {}, emit=False)
+    api.hold_get_replies.set()
+    first, first_results = fetch_in_threads(cache, "late", 1)
+    eventually(lambda: api.held_gets == 1, what="the first GET to have read the namespace")
+    # The label lands now; pods created from here on were admitted with it.
+    api.modify("late", {"sidecar-injection": "enabled"}, emit=False)
+    later, later_results = fetch_in_threads(cache, "late", 5)
+    release_when_waiting(api, later, first)
+    [before] = first_results
+    assert before is not None
+    assert dict(before.labels) == {}  # what the server had when that GET read it
+    assert len(later_results) == 5
+    for result in later_results:
+        assert result is not None
+        assert dict(result.labels) == {"sidecar-injection": "enabled"}
+    assert api.requests["get"] == 2  # the later callers shared one GET, sent after the first
+
+
+def test_a_fetch_that_waits_for_a_fetch_thread_is_shared_with_later_callers(
+    api: FakeKubeAPI, make_cache: CacheFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not sent yet (every fetch thread is busy), so joining it is safe.
+    monkeypatch.setattr(kube_namespaces, "FETCH_THREADS", 1)
+    cache = make_cache(fetch_timeout=PATIENCE)
+    assert cache.wait_ready(PATIENCE)
+    api.add("queued", {"sidecar-injection": "enabled"}, emit=False)
+    api.stall_gets.set()
+    busy, _ = fetch_in_threads(cache, "other", 1)
+    eventually(lambda: api.requests["get"] == 1, what="the only fetch thread to be busy")
+    threads, results = fetch_in_threads(cache, "queued", 4)
+    release_when_waiting(api, threads, busy)
+    assert [result.name if result else None for result in results] == ["queued"] * 4
+    assert api.requests["get"] == 2  # "other", then one for all four
 
 
 def test_fetches_of_too_many_namespaces_at_once_are_refused_not_queued(

@@ -188,6 +188,11 @@ def test_a_static_source_without_namespaces_knows_none() -> None:
             id="unquoted-label-value",
         ),
         pytest.param(
+            "kind: Namespace\napiVersion: v1\nmetadata: {name: a, labels: {1: b}}\n",
+            "line 3 column 30: a mapping key must be a string, not a number (1): quote it",
+            id="unquoted-label-key",
+        ),
+        pytest.param(
             "kind: Namespace\napiVersion: v1\nmetadata: {name: a, annotations: [x]}\n",
             "document 1: metadata.annotations: expected a map, got list",
             id="annotations-not-a-map",

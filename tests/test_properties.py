@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
@@ -12,7 +14,14 @@ from hypothesis import strategies as st
 
 from tests.support.validation import pod_spec, validate_pod_rules
 from webhook.config import InjectorConfig
-from webhook.engine import inject, uninject
+from webhook.engine import (
+    InjectionRefused,
+    InjectionResult,
+    InjectionStatus,
+    StatusError,
+    inject,
+    uninject,
+)
 from webhook.engine.workloads import locate_pod
 from webhook.preview import AssumedNamespace
 
@@ -53,6 +62,18 @@ mode_annotations = st.fixed_dictionaries(
     },
 )
 
+copied_status = (
+    st.sampled_from(
+        [
+            '{"version":"0.1.0","initContainers":["mesh-init","mesh-proxy"],"containers":[],'
+            '"volumes":[],"annotations":[],"digest":"sha256:00"}',
+            '{"version":"0.0.9","initContainers":["mesh-init"],"containers":["mesh-proxy"]}',
+            '{"version":"0","initContainers":["mesh-init"],"replaced":"{\\"version\\":\\"0\\"}"}',
+        ]
+    )
+    | text
+)
+
 
 @st.composite
 def pods(draw: st.DrawFn) -> dict[str, Any]:
@@ -72,6 +93,9 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
     elif shape == "maps":
         annotations = draw(st.dictionaries(annotation_key, text, max_size=4))
         annotations.update(draw(mode_annotations))
+        if draw(st.booleans()):
+            # Copied from an injected pod (its containers are not here), or any text.
+            annotations["sidecar.mesh.io/status"] = draw(copied_status)
         meta = {"labels": draw(st.dictionaries(dns_label, dns_label, max_size=3)),
                 "annotations": annotations}  # fmt: skip
     template: dict[str, Any] = {"spec": spec}
@@ -132,7 +156,8 @@ def test_uninject_is_the_exact_inverse_of_inject(obj: dict[str, Any]) -> None:
     result = uninject(injected)
     assert result.removed
     assert result.obj == before
-    assert uninject(before).obj is before, "nothing to remove: the very same object"
+    if "sidecar.mesh.io/status" not in (pod_meta(before).get("annotations") or {}):
+        assert uninject(before).obj is before, "nothing to remove: the very same object"
 
 
 user_container = st.builds(lambda n: {"name": f"later-{n}", "image": "debug:1"}, dns_label)
@@ -191,3 +216,85 @@ def test_the_input_is_never_modified_and_user_containers_are_untouched(
         ours = [c for c in new.get(field) or [] if c["name"] not in ("mesh-proxy", "mesh-init")]
         assert ours == (old.get(field) or []), field
     validate_pod_rules(new)
+
+
+# --- what any client may send: a status annotation, and spec lists of any shape -------------
+
+any_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=4),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(["name", "image", "x"]), children, max_size=2)
+    ),
+    max_leaves=6,
+)
+injected_names = st.sampled_from(["mesh-init", "mesh-proxy", "app"])
+spec_list = (
+    st.sampled_from([7, True, 1.5, {"name": "mesh-init"}, [7], [{"name": ["mesh-init"]}]])
+    | st.lists(st.fixed_dictionaries({"name": injected_names | any_json}), max_size=3)
+    | any_json
+)
+status_text = (
+    st.builds(
+        json.dumps,
+        st.fixed_dictionaries(
+            {"version": st.just("0")},
+            optional={
+                "containers": st.lists(injected_names, max_size=2),
+                "initContainers": st.lists(injected_names, max_size=2),
+                "replaced": text,
+                "wasNull": st.lists(st.sampled_from(["spec", "containers"]), max_size=1),
+            },
+        ),
+    )
+    | st.builds(json.dumps, any_json)
+    | text
+)
+
+
+@PROPERTY
+@given(
+    status_text,
+    st.dictionaries(st.sampled_from(["containers", "initContainers", "volumes"]), spec_list),
+)
+def test_a_status_annotation_on_any_spec_is_decided_then_injected_or_refused_in_one_line(
+    status: str, lists: dict[str, Any]
+) -> None:
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "annotations": {"sidecar.mesh.io/status": status}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}], **lists},
+    }
+    try:
+        InjectionStatus.parse(status)
+    except StatusError:
+        valid = False
+    else:
+        valid = True
+    results: list[InjectionResult] = []
+    refusal = refused(lambda: results.append(inject(obj, namespace=NAMESPACE, config=CONFIG)))
+    if refusal is not None:
+        assert "\n" not in refusal
+    elif results[0].decision.code == "already-injected":
+        # decide reads the annotation as uninject does: already injected only if it parses.
+        assert valid
+    else:
+        assert results[0].injected
+        inits = [c["name"] for c in pod_spec(results[0].obj)["initContainers"]]
+        assert inits[:2] == ["mesh-init", "mesh-proxy"]
+    refusal = refused(lambda: uninject(obj))
+    if valid:
+        assert refusal is None
+    else:
+        assert refusal is not None
+        assert "not removing anything" in refusal
+
+
+def refused(call: Callable[[], object]) -> str | None:
+    """The engine's refusal message, or None when ``call`` went through."""
+    try:
+        call()
+    except InjectionRefused as err:
+        return str(err)
+    return None

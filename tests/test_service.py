@@ -132,6 +132,45 @@ def test_a_refused_pod_is_an_answer_not_an_http_error(client: WebhookClient) -> 
     assert "proxy-memory-limit" in response["status"]["message"]
 
 
+# A status annotation (listing an init container) on pods whose lists are not lists.
+CLIENT_SHAPED = [
+    pytest.param({"initContainers": 7}, "spec.initContainers is not a list", id="initContainers: 7"),
+    pytest.param({"containers": 1}, "spec.containers is missing or empty", id="containers: 1"),
+    pytest.param({"initContainers": [{"name": [1]}]}, "spec.initContainers[0] has no name", id="a list as a name"),
+]  # fmt: skip
+
+
+def client_shaped(spec: dict[str, Any]) -> dict[str, Any]:
+    obj = pod(annotations={"sidecar.mesh.io/status": '{"version":"0","initContainers":["x"]}'})
+    obj["spec"].update(spec)
+    return obj
+
+
+@pytest.mark.parametrize(("spec", "message"), CLIENT_SHAPED)
+def test_a_client_shaped_pod_with_a_status_annotation_is_refused_with_400_by_mutate_and_preview(
+    client: WebhookClient, spec: dict[str, Any], message: str
+) -> None:
+    obj = client_shaped(spec)
+    response = mutate(client, review(obj))["response"]
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 400
+    assert response["status"]["message"] == f"Pod web: {message}"
+    previewed = preview(client, orjson.dumps(obj), "application/json", namespace="demo")
+    assert previewed.status_code == 400
+    assert previewed.json()["error"] == f"Pod web: {message}"
+
+
+def test_a_yaml_key_that_is_not_a_string_is_a_400_naming_where_it_is(
+    client: WebhookClient,
+) -> None:
+    body = "kind: Pod\napiVersion: v1\nmetadata: {name: web}\nspec:\n  nodeSelector: {1: 2}\n"
+    response = preview(client, body, "application/yaml", namespace="demo")
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        "request body: line 5 column 18: a mapping key must be a string, not a number (1): quote it"
+    )
+
+
 def test_an_update_is_allowed_without_a_patch(client: WebhookClient) -> None:
     response = mutate(client, review(operation="UPDATE"))["response"]
     assert response == {"uid": review()["request"]["uid"], "allowed": True}
@@ -540,8 +579,11 @@ def _review_variant(draw: st.DrawFn) -> bytes:
             st.lists(st.sampled_from(["metadata", "spec", "kind", "apiVersion"]), max_size=2)
         ):
             obj[key] = draw(json_values)
-        if isinstance(obj.get("spec"), dict) and draw(st.booleans()):
-            obj["spec"]["containers"] = draw(json_values)
+        if isinstance(obj.get("spec"), dict):
+            for key in draw(
+                st.lists(st.sampled_from(["containers", "initContainers"]), max_size=2)
+            ):
+                obj["spec"][key] = draw(spec_lists)
         if isinstance(obj.get("metadata"), dict) and draw(st.booleans()):
             obj["metadata"]["annotations"] = draw(
                 st.dictionaries(
@@ -560,7 +602,38 @@ def _review_variant(draw: st.DrawFn) -> bytes:
                     max_size=3,
                 )
             )
+            if draw(st.booleans()):
+                obj["metadata"]["annotations"] = {"sidecar.mesh.io/status": draw(status_texts)}
     return orjson.dumps(doc)
+
+
+# Status annotations the injector could have written, listing containers a
+# pod may or may not have (with containers that are not lists, they found a bug).
+status_texts = st.sampled_from(
+    [
+        '{"version":"0","initContainers":["mesh-init"]}',
+        '{"version":"0","containers":["mesh-proxy"],"initContainers":["mesh-init"]}',
+        '{"version":"0","containers":["a"],"replaced":"x"}',
+    ]
+)
+# What a client may send for spec.containers or spec.initContainers.
+spec_lists = (
+    st.sampled_from([7, True, 1.5, {"name": "mesh-init"}, [7], [{"name": ["mesh-init"]}]])
+    | json_values
+)
+# YAML maps may have keys of any scalar type; Kubernetes objects may not.
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-100, 100) | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(max_size=10) | st.integers(-5, 5) | st.booleans() | st.none(),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
 
 
 @st.composite
@@ -572,7 +645,7 @@ def bodies(draw: st.DrawFn) -> bytes:
         return orjson.dumps(draw(json_values))
     if kind == "review":
         return _review_variant(draw)
-    return yaml.safe_dump(draw(json_values)).encode()
+    return yaml.safe_dump(draw(yaml_values)).encode()
 
 
 # h11 (the client side) refuses header values with surrounding spaces.

@@ -429,11 +429,19 @@ def test_readyz_is_503_until_the_namespace_cache_has_listed(
             time.sleep(0.1)
 
 
+@pytest.mark.parametrize(
+    "labels",
+    [
+        pytest.param({}, id="unlabelled"),
+        # Switched from disabled to enabled, pods created at once.
+        pytest.param({"sidecar-injection": "disabled"}, id="disabled"),
+    ],
+)
 def test_a_label_the_watch_has_not_delivered_yet_is_read_before_the_pod_is_skipped(
-    tmp_path: Path, kube_api: FakeKubeAPI
+    tmp_path: Path, kube_api: FakeKubeAPI, labels: dict[str, str]
 ) -> None:
     """The apiserver called us because it saw the label; our cache has not seen it yet."""
-    kube_api.add("late", {})
+    kube_api.add("late", labels)
     config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
     with running_server(tmp_path, args=["--kubeconfig", str(config)]) as server:
         client = server.client()
@@ -450,6 +458,51 @@ def test_a_label_the_watch_has_not_delivered_yet_is_read_before_the_pod_is_skipp
         samples = server.metrics()
         recheck = 'sidecar_injector_namespace_fetches_total{reason="recheck",result="found"}'
         assert samples[recheck] == 2  # the skip before the label was rechecked too
+
+
+def pod_review(namespace: str, uid: str, *, spec: Any = None, **meta: Any) -> bytes:
+    doc = review(namespace, uid=uid)
+    doc["request"]["object"]["metadata"].update(meta)
+    doc["request"]["object"]["spec"].update(spec or {})
+    return orjson.dumps(doc)
+
+
+def test_with_the_api_server_gone_pods_no_label_could_mesh_are_admitted_and_others_refused(
+    tmp_path: Path, kube_api: FakeKubeAPI
+) -> None:
+    config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
+    status = '{"version":"0","initContainers":["mesh-init"]}'
+    label_free = {
+        "host-network": pod_review("new-team", "h", spec={"hostNetwork": True}),
+        "windows-pod": pod_review("new-team", "w", spec={"os": {"name": "windows"}}),
+        "mirror-pod": pod_review("new-team", "m", annotations={"kubernetes.io/config.mirror": "x"}),
+        "excluded-namespace": pod_review("kube-system", "k"),
+        "already-injected": pod_review(
+            "new-team",
+            "a",
+            spec={"initContainers": [{"name": "mesh-init", "image": "i"}]},
+            annotations={"sidecar.mesh.io/status": status},
+        ),
+        "pod-opted-out": pod_review("new-team", "o", labels={"sidecar.mesh.io/inject": "false"}),
+    }
+    with running_server(tmp_path, args=["--kubeconfig", str(config)]) as server:
+        client = server.client()
+        kube_api.stop()
+        for code, body in label_free.items():
+            answer = client.post("/mutate", body).json()["response"]
+            assert answer["allowed"] is True, (code, answer)
+            assert "patch" not in answer
+        refused = client.post("/mutate", pod_review("new-team", "plain")).json()["response"]
+        assert refused["allowed"] is False
+        assert refused["status"]["code"] == 503
+        samples = server.metrics()
+        for code in label_free:
+            assert samples[f'sidecar_injector_decisions_total{{code="{code}"}}'] == 1, code
+        assert samples['sidecar_injector_decisions_total{code="namespace-unavailable"}'] == 1
+        # Only the plain pod needed the namespace's labels.
+        fetched = "sidecar_injector_namespace_fetches_total"
+        assert samples[f'{fetched}{{reason="miss",result="unavailable"}}'] == 1
+        assert sum(v for k, v in samples.items() if k.startswith(fetched + "{")) == 1
 
 
 def test_with_the_api_server_gone_an_unknown_namespace_is_refused_until_it_is_back(

@@ -215,3 +215,36 @@ def test_uninject_never_modifies_its_input() -> None:
     result = uninject(obj)
     result.obj["metadata"]["name"] = "changed"
     assert obj == before
+
+
+# --- a status annotation the pod came with ------------------------------------------------
+
+COPIED = (
+    '{"containers":["mesh-proxy"],"initContainers":["mesh-init"],"volumes":[],"version":"0.1.0"}'
+)
+
+
+@pytest.mark.parametrize("copied", [COPIED, "{broken", ""])
+def test_a_copied_status_is_kept_in_the_new_one_and_put_back_by_uninject(copied: str) -> None:
+    original = pod(annotations={STATUS: copied, "team": "shop"})
+    once = injected(original)
+    assert status_of(once)["replaced"] == copied
+    assert status_of(once)["initContainers"] == ["mesh-init", "mesh-proxy"]
+    result = uninject(once)
+    assert {"op": "replace", "path": "/metadata/annotations/sidecar.mesh.io~1status", "value": copied} in result.patch  # fmt: skip
+    assert result.obj == original
+
+
+def test_the_usual_status_has_no_replaced_value() -> None:
+    assert "replaced" not in status_of(injected(pod()))
+    assert "replaced" not in status_of(injected(pod(annotations={"team": "shop"})))
+
+
+def test_a_copied_status_too_long_to_keep_refuses_the_pod_naming_it() -> None:
+    copied = orjson.dumps({"version": "0", "initContainers": ["mesh-init"], "pad": "x" * 16_200})
+    with pytest.raises(InjectionRefused) as caught:
+        injected(pod(annotations={STATUS: copied.decode()}))
+    assert str(caught.value) == (
+        "Pod web: metadata.annotations[sidecar.mesh.io/status] does not describe this pod, "
+        f"and at {len(copied)} characters it is too long to keep for uninject; remove it"
+    )

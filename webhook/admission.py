@@ -8,10 +8,14 @@ accident (``CONTRACT.md``, "Never unmeshed by accident"):
 
 * the namespace cannot be read (not cached, and the API server cannot say) ->
   refused with ``status.code`` 503, naming the namespace: fail closed, as
-  ``failurePolicy: Fail`` intends; the controllers retry;
-* the cache says "not opted in" -> the namespace is read once from the API
-  server and the pod decided again, so a label set just before the pod
-  (which the apiserver already saw, or it would not have called us) counts.
+  ``failurePolicy: Fail`` intends; the controllers retry. Only when its labels
+  matter: a pod that would not be injected whatever they say (host network,
+  Windows, mirror pod, excluded namespace, already injected, opted out) is
+  answered without them;
+* the cached labels skip the pod (not opted in, or ``disabled``) -> the
+  namespace is read once from the API server and the pod decided again, so a
+  label set just before the pod (which the apiserver already saw, or it
+  would not have called us) counts.
 
 Two error families, kept apart on purpose (as in kopf and controller-runtime):
 
@@ -26,17 +30,28 @@ Two error families, kept apart on purpose (as in kopf and controller-runtime):
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
 import orjson
 
+from webhook import constants
 from webhook.config import InjectorConfig
-from webhook.engine import InjectionRefused, NamespaceLike, Op, inject
+from webhook.engine import (
+    LABEL_FREE_SKIPS,
+    LABEL_SKIPS,
+    InjectionRefused,
+    NamespaceLike,
+    Op,
+    inject,
+)
 from webhook.manifests import json_value_bound
 from webhook.namespaces import NamespaceInfo, NamespaceUnavailable
+from webhook.values import (  # re-exported: webhook.app imports it from here for now
+    is_namespace_name as is_namespace_name,  # noqa: PLC0414
+)
+from webhook.values import shorten
 from webhook.wire import (
     API_VERSIONS,
     KIND,
@@ -54,9 +69,6 @@ CODE_NOT_CREATE: Final = "not-create"
 CODE_NOT_POD: Final = "not-a-pod"
 CODE_REFUSED: Final = "refused"
 CODE_NAMESPACE_UNAVAILABLE: Final = "namespace-unavailable"
-# The engine's code for "namespace not opted in": the one answer worth
-# checking against the API server before giving it (see ``admit``).
-CODE_NOT_ENABLED: Final = "not-enabled"
 
 # Kubernetes makes uids of 36 characters; 256 bytes leave room for any other
 # client while keeping what is echoed and logged small.
@@ -70,24 +82,12 @@ MAX_UID_BYTES: Final = 256
 # is of ``,``/``[``/``{`` bytes, so it errs on the side of counting more.
 MAX_JSON_VALUES: Final = 131_072
 
-# RFC 1123 label, which is what a namespace name must be (63 characters at most).
-_DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-
 # Pod names as logged: Kubernetes allows 253 characters.
 _MAX_LOGGED_NAME: Final = 253
-
-# Where the pod lives when neither the review nor the pod names a namespace
-# (only hand-written reviews; the apiserver always sets request.namespace).
-DEFAULT_NAMESPACE: Final = "default"
 
 
 class BadRequest(ValueError):
     """The request body is not a usable AdmissionReview; the message is one line for the client."""
-
-
-def is_namespace_name(name: str) -> bool:
-    """Whether ``name`` can be a namespace's name (an RFC 1123 label)."""
-    return _DNS_LABEL.fullmatch(name) is not None
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -251,8 +251,8 @@ class NamespaceLookup(Protocol):
     async def fetch(self, name: str, *, reason: str) -> NamespaceLike | None:
         """Read the namespace from its source; ``None`` if it does not exist.
 
-        ``reason`` is ``"miss"`` (not cached) or ``"recheck"`` (cached as not
-        opted in). Raises ``NamespaceUnavailable`` when the source cannot tell.
+        ``reason`` is ``"miss"`` (not cached) or ``"recheck"`` (cached with
+        labels that skip the pod). Raises ``NamespaceUnavailable`` when the source cannot tell.
         """
         ...
 
@@ -312,7 +312,7 @@ def _target_namespace(request: AdmissionRequest) -> str:
         return namespace
     meta = (request.get("object") or {}).get("metadata")
     own = meta.get("namespace") if isinstance(meta, dict) else None
-    return own if isinstance(own, str) and own else DEFAULT_NAMESPACE
+    return own if isinstance(own, str) and own else constants.DEFAULT_NAMESPACE
 
 
 def _pod_name(request: AdmissionRequest) -> str:
@@ -325,20 +325,16 @@ def _pod_name(request: AdmissionRequest) -> str:
             if isinstance(value, str) and value:
                 name = value
                 break
-    return _cut(name if isinstance(name, str) else "", _MAX_LOGGED_NAME)
-
-
-def _cut(text: str, limit: int) -> str:
-    """``text`` for a log line or message: what a client sends may be megabytes long."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    # What a client sends may be megabytes long.
+    return shorten(name if isinstance(name, str) else "", _MAX_LOGGED_NAME, quote=False)
 
 
 def _summary(request: AdmissionRequest, namespace: str) -> RequestSummary:
     return RequestSummary(
         uid=request["uid"],
-        namespace=_cut(namespace, 63),
+        namespace=shorten(namespace, 63, quote=False),
         name=_pod_name(request),
-        operation=_cut(str(request.get("operation") or ""), 16),
+        operation=shorten(str(request.get("operation") or ""), 16, quote=False),
         dry_run=bool(request.get("dryRun")),
     )
 
@@ -384,7 +380,8 @@ async def admit(
     request = doc["request"]
     api_version, uid = doc["apiVersion"], request["uid"]
     if request.get("operation") != "CREATE":
-        reason = f"operation {_cut(str(request.get('operation') or '(none)'), 16)} is not CREATE"
+        operation = str(request.get("operation") or "(none)")
+        reason = f"operation {shorten(operation, 16, quote=False)} is not CREATE"
         summary = _summary(request, str(request.get("namespace") or ""))
         return Reviewed(wrap(api_version, allowed(uid)), CODE_NOT_CREATE, reason, summary)
     if not _is_pod(request):
@@ -400,15 +397,22 @@ async def admit(
     known = namespaces.cached(name)
     if known is not None:
         reviewed = _review(doc, namespace=known, config=config)
-        if reviewed.code != CODE_NOT_ENABLED:
+        if reviewed.code not in LABEL_SKIPS:
             return reviewed
-    reason = "miss" if known is None else "recheck"
+        reason = "recheck"
+    else:
+        # Decided against no labels first: what no label could change needs
+        # no read, and so holds while the API server is unreachable.
+        reviewed = _review(doc, namespace=NamespaceInfo(name), config=config)
+        if reviewed.code in LABEL_FREE_SKIPS:
+            return reviewed
+        reason = "miss"
     # Only the body's bytes wait for the API server, not the parsed review:
     # parsed, a review takes several times its size, and the HTTP edge
     # budgets request memory by body bytes. Parsing again is cheap next to
     # the round trip, and this path is rare (a new namespace, a stale cache).
     summary = _summary(request, name)
-    del doc, request
+    del doc, request, reviewed
     try:
         fresh = await namespaces.fetch(name, reason=reason)
     except NamespaceUnavailable as err:

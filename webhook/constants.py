@@ -35,6 +35,10 @@ PROXY_PORTS: Final = (OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT, HEALTH_PORT, PROM
 
 DEFAULT_PROXY_UID: Final = 1337
 
+# Where an object without a namespace of its own goes (kubectl's default; for
+# /mutate only hand-written reviews lack request.namespace).
+DEFAULT_NAMESPACE: Final = "default"
+
 DEFAULT_EXCLUDED_NAMESPACES: Final = (
     "kube-system",
     "kube-public",

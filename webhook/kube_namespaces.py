@@ -41,14 +41,15 @@ costs time, never the process:
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
-import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -66,6 +67,7 @@ from webhook.namespace_types import (
     NamespaceSourceError,
     NamespaceUnavailable,
 )
+from webhook.values import is_namespace_name
 
 log = logging.getLogger("webhook.namespaces")
 
@@ -114,10 +116,6 @@ _READ_TIMEOUT_SECONDS = 90.0
 # [t, 1.8 t), capped below the read timeout, so replicas do not renew in step.
 _WATCH_TIMEOUT_SECONDS = 45.0
 
-# RFC 1123 labels: what a namespace name can be. Anything else cannot exist,
-# and must not be spliced into a URL path.
-_NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-
 
 # The watch's resourceVersion (or a list's continue token) is too old: list again.
 _Expired = kube.Expired
@@ -131,6 +129,28 @@ class _WatchError(kube.ResponseError):
 
 class _Stopping(Exception):
     """``stop()`` was called while a request was being opened."""
+
+
+@dataclass
+class _Fetches:
+    """One name's GET under way (or waiting for a fetch thread), and the one queued behind it."""
+
+    current: Future[NamespaceInfo | None]
+    queued: Future[NamespaceInfo | None] | None = None
+
+
+def _pass_on(
+    target: Future[NamespaceInfo | None], name: str, source: Future[NamespaceInfo | None]
+) -> None:
+    """Give the callers of a queued fetch the outcome of the GET sent for them."""
+    if source.cancelled():  # stop() cancelled it before a thread took it
+        target.set_exception(
+            NamespaceUnavailable(f"namespace {name}: the namespace source is stopped")
+        )
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
 
 
 class KubeNamespaceCache:
@@ -209,10 +229,11 @@ class KubeNamespaceCache:
         self._response: Any = None
         self._response_lock = threading.Lock()
         self._fetch_responses: set[Any] = set()
-        # One GET per name at a time: a Deployment scaled up in a brand-new
-        # namespace should not send one request per replica. Re-entrant: a
-        # future's done-callback may run in the thread that submitted it.
-        self._inflight: dict[str, Future[NamespaceInfo | None]] = {}
+        # Per name, the GET under way and the one queued behind it (see
+        # fetch): a Deployment scaled up in a brand-new namespace should not
+        # send one request per replica. Re-entrant: a future's done-callback
+        # may run in the thread that submitted it.
+        self._inflight: dict[str, _Fetches] = {}
         self._inflight_lock = threading.RLock()
         self._fetcher = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="namespace-fetch")
         # Done when stop() is called, so fetches waiting for a GET return at once.
@@ -265,29 +286,39 @@ class KubeNamespaceCache:
         Every other outcome raises ``NamespaceUnavailable`` with one line
         naming the namespace: connection refused, no answer in time, any other
         status (403, 429, 5xx), a garbled or oversized body, too many distinct
-        namespaces being fetched at once, a stopped source. Concurrent fetches
-        of one name share one GET. No retries (urllib3's are off too): the
-        caller decides, and the apiserver retries the pod.
+        namespaces being fetched at once, a stopped source. No retries
+        (urllib3's are off too): the caller decides, and the apiserver retries
+        the pod.
+
+        The answer is never older than the call. The caller is asking because
+        the apiserver sent a pod whose namespace (as the apiserver saw it)
+        may carry a label our cache lacks; a GET sent before this call may
+        have been answered from before that label. So concurrent fetches of
+        one name share a GET only if it has not been sent yet: a caller
+        arriving while one is under way waits for the next, queued behind it
+        and sent when it ends. Any number of callers cost at most two GETs
+        per name at a time, and each gets an answer read after it arrived.
         """
-        if not _NAMESPACE_NAME.fullmatch(name):
+        if not is_namespace_name(name):
             return None  # the API server could not hold such a namespace
         with self._inflight_lock:
-            future = self._inflight.get(name)
-            if future is None:
+            fetches = self._inflight.get(name)
+            if fetches is None:
                 if len(self._inflight) >= MAX_FETCHES_IN_FLIGHT:
                     raise NamespaceUnavailable(
                         f"namespace {name}: {len(self._inflight)} other namespaces are being"
                         " read from the API server already"
                     )
-                try:
-                    # The removal count from before the GET is sent (see _store_fetched).
-                    future = self._fetcher.submit(self._read, name, self._removals)
-                except RuntimeError:  # the pool is shut down
-                    raise NamespaceUnavailable(
-                        f"namespace {name}: the namespace source is stopped"
-                    ) from None
-                self._inflight[name] = future
-                future.add_done_callback(lambda done: self._forget(name, done))
+                future = self._submit(name)
+                self._inflight[name] = _Fetches(future)
+                # After the entry exists: a callback on a done future runs at once.
+                future.add_done_callback(functools.partial(self._fetched, name))
+            elif not fetches.current.running() and not fetches.current.done():
+                future = fetches.current  # still waiting for a fetch thread: not sent yet
+            else:
+                if fetches.queued is None:
+                    fetches.queued = Future()
+                future = fetches.queued
         either: list[Future[Any]] = [future, self._stopped]
         done, _ = wait(either, self._fetch_timeout, FIRST_COMPLETED)
         if future not in done:
@@ -721,10 +752,35 @@ class KubeNamespaceCache:
                 self._items[info.name] = info
                 self._bytes += cost
 
-    def _forget(self, name: str, done: Future[NamespaceInfo | None]) -> None:
+    def _submit(self, name: str) -> Future[NamespaceInfo | None]:
+        """Hand a GET of ``name`` to the fetch threads (under ``_inflight_lock``)."""
+        try:
+            # The removal count from before the GET is sent (see _store_fetched).
+            return self._fetcher.submit(self._read, name, self._removals)
+        except RuntimeError:  # the pool is shut down
+            raise NamespaceUnavailable(
+                f"namespace {name}: the namespace source is stopped"
+            ) from None
+
+    def _fetched(self, name: str, done: Future[NamespaceInfo | None]) -> None:
+        """A GET ended: send the one queued behind it, if any, else forget the name."""
         with self._inflight_lock:
-            if self._inflight.get(name) is done:
+            fetches = self._inflight.get(name)
+            if fetches is None or fetches.current is not done:
+                return
+            queued, fetches.queued = fetches.queued, None
+            if queued is None:
                 del self._inflight[name]
+                return
+            try:
+                current = self._submit(name)
+            except NamespaceUnavailable as err:
+                del self._inflight[name]
+                queued.set_exception(err)
+                return
+            fetches.current = current
+            current.add_done_callback(functools.partial(self._fetched, name))
+            current.add_done_callback(functools.partial(_pass_on, queued, name))
 
     # -- plumbing ---------------------------------------------------------------
 

@@ -21,12 +21,52 @@ from typing import Any, Final
 import orjson
 import yaml
 
+from webhook.values import shorten
+
 try:  # the C loader is ~10x faster; fall back where libyaml is missing
     _BaseLoader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
 except AttributeError:  # pragma: no cover
     _BaseLoader = yaml.SafeLoader
 
 Obj = dict[str, Any]
+
+_STR_TAG: Final = "tag:yaml.org,2002:str"
+# What YAML makes of an unquoted key that is not a string, for the message.
+_KEY_KINDS: Final = {
+    "tag:yaml.org,2002:int": "a number",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:bool": "a boolean",
+    "tag:yaml.org,2002:null": "null",
+    "tag:yaml.org,2002:timestamp": "a date",
+    "tag:yaml.org,2002:binary": "binary data",
+}
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """The safe loader, refusing mapping keys that are not strings.
+
+    YAML reads ``1:``, ``true:`` or ``2024-01-01:`` as a number, a boolean or
+    a date. Kubernetes has string keys only (the apiserver refuses others),
+    and neither the engine nor JSON output can take them: refused here, where
+    the line and column are still known, rather than failing far from the input.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        # After construction: merge keys (``<<``) are flattened away by then.
+        for key_node, _ in node.value:
+            if key_node.tag != _STR_TAG:
+                kind = _KEY_KINDS.get(key_node.tag, "a value of another type")
+                text = shorten(str(key_node.value), 40, quote=False)
+                shown = f"{kind} ({text})" if text else kind
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"a mapping key must be a string, not {shown}: quote it",
+                    key_node.start_mark,
+                )
+        return mapping
+
 
 # The event types that become a value (a scalar, or the start of a list or map).
 _VALUE_EVENTS: Final = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
@@ -112,7 +152,7 @@ def parse_documents(
             return doc if isinstance(doc, list) else [doc]
     _check_yaml(text, origin=origin, max_values=max_values)
     try:
-        docs = list(yaml.load_all(text, Loader=_BaseLoader))
+        docs = list(yaml.load_all(text, Loader=_Loader))
     except yaml.YAMLError as err:
         raise _yaml_error(origin, err) from None
     except RecursionError:

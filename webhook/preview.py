@@ -14,12 +14,11 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from webhook import constants
 from webhook.config import InjectorConfig
 from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike, Op, inject
 from webhook.engine.workloads import describe
 from webhook.render import as_list, to_json, to_yaml, unified_diff
-
-DEFAULT_NAMESPACE = "default"
 
 
 class Output(StrEnum):
@@ -73,7 +72,7 @@ def namespace_of(obj: dict[str, Any], assumed: str | None) -> str:
         raise InjectionRefused(
             f"{describe(obj)}: its namespace {own!r} does not match the requested {assumed!r}"
         )
-    return own or assumed or DEFAULT_NAMESPACE
+    return own or assumed or constants.DEFAULT_NAMESPACE
 
 
 def resolve_namespace(

@@ -45,17 +45,34 @@ MAX_SCALAR_CHARS: Final = 260
 SHOWN_CHARS: Final = 48
 
 _PORT = re.compile(r"[0-9]{1,5}")
+_NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _DOTTED_NUMBERS = re.compile(r"[0-9.]+")
 _IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
-def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
-    """``repr(text)``, cut to about ``limit`` characters with the full length noted."""
+def shorten(text: str, limit: int = SHOWN_CHARS, *, quote: bool = True) -> str:
+    """User text for a message or a log line, however long it is: the one place that cuts it.
+
+    Quoted (the default, for messages): ``repr(text)``, so blanks and control
+    characters show, cut to about ``limit`` characters with the full length
+    noted. Unquoted (log fields and reasons that have a fixed bound): the text
+    itself, at most ``limit`` characters, ending in ``...`` when cut.
+    """
+    if not quote:
+        return text if len(text) <= limit else text[: limit - 3] + "..."
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def is_namespace_name(name: str) -> bool:
+    """Whether ``name`` can be a namespace's name: an RFC 1123 label (63 characters at most).
+
+    Anything else cannot exist, and must never be spliced into an API URL.
+    """
+    return _NAMESPACE_NAME.fullmatch(name) is not None
 
 
 def check_text(raw: str) -> None:

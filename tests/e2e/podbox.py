@@ -66,7 +66,7 @@ CREATED_NAMES: list[str] = []
 # the kernel records a socket's owner at creation, which is what the
 # ``--uid-owner`` rule matches.
 _HELPER: Final = r"""
-import encodings.idna, os, socket, sys, urllib.error, urllib.request  # all before the UID drop
+import encodings.idna, os, signal, socket, sys, urllib.error, urllib.request  # all before the UID drop
 cmd, uid = sys.argv[1], int(sys.argv[2])
 if uid:
     os.setgroups([]); os.setgid(uid); os.setuid(uid)
@@ -98,6 +98,23 @@ elif cmd == "get-many":  # one new connection per request
     for _ in range(int(sys.argv[4])):
         with urllib.request.urlopen(sys.argv[3], timeout=5) as resp:
             print(resp.status, resp.read().decode().strip(), flush=True)
+elif cmd == "hold":  # GETs on one kept-alive connection: one now, one on SIGUSR1, then close
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    conn = socket.create_connection((sys.argv[3], int(sys.argv[4])), timeout=60)
+    reader = conn.makefile("rb")
+    def get():
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: mesh\r\n\r\n")
+        status, length = reader.readline().split()[1].decode(), 0
+        while line := reader.readline().strip():
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return f"{status} {reader.read(length).decode().strip()}"
+    print(get(), flush=True)
+    signal.sigwait({signal.SIGUSR1})
+    print(get(), flush=True)
+    conn.close()
+    print("closed", flush=True)
 """
 
 
@@ -304,6 +321,13 @@ class Box:
         status, _, body = result.stdout.partition("\n")
         return int(status), body
 
+    def hold_as_app(self, host: str, port: int, *, uid: int = APP_UID) -> subprocess.Popen[str]:
+        """An HTTP connection from the app, kept alive: a GET now, another on SIGUSR1, then closed.
+
+        Prints ``<status> <body>`` for each GET, then ``closed``.
+        """
+        return self.start(self._helper("hold", str(uid), host, str(port)))
+
     def get_many_as_app(self, url: str, count: int, *, uid: int = APP_UID) -> list[str]:
         """``count`` GETs as the app's UID, each on a new connection; ``"<status> <body>"`` each."""
         result = self.run(self._helper("get-many", str(uid), url, str(count)), timeout=15 + count)
@@ -416,6 +440,35 @@ class Box:
             env=env,
             log="envoy.log",
         )
+
+    def start_hook(self, pod: Mapping[str, Any], phase: str) -> subprocess.Popen[str]:
+        """Run mesh-proxy's lifecycle hook as the kubelet does: in the pod, as its user, with its env."""
+        proxy = next(
+            c
+            for c in [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]
+            if c["name"] == "mesh-proxy"
+        )
+        command = proxy["lifecycle"][phase]["exec"]["command"]
+        return self.start(
+            command,
+            uid=proxy["securityContext"]["runAsUser"],
+            env=self.container_environ(pod, proxy),
+        )
+
+    def wait_for_hook_polls(
+        self, hook: subprocess.Popen[str], count: int, *, timeout: float = 60
+    ) -> None:
+        """Until the admin listener answered ``count`` requests besides these reads, or ``hook`` ended.
+
+        A waiting preStop hook polls the admin stats; this is how a test knows
+        it has looked at the current state (rather than sleeping and hoping).
+        """
+        key = "http.admin.downstream_rq_total"
+        base = self.stats()[key]
+        deadline = time.monotonic() + timeout
+        ours = 0
+        while self.stats()[key] - base - (ours := ours + 1) < count and hook.poll() is None:
+            assert time.monotonic() < deadline, "the hook stopped polling"
 
     def wait_ready(self, *, timeout: float = 20) -> None:
         """Until /healthz/ready on the pod IP answers 200 (what the kubelet probes)."""

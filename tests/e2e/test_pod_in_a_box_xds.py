@@ -20,7 +20,11 @@ sources.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -83,7 +87,9 @@ TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.T
 RECONNECT_TIMEOUT = 90
 
 
-def inject_pod(tmp_path: Path, annotations: dict[str, str]) -> dict[str, Any]:
+def inject_pod(
+    tmp_path: Path, annotations: dict[str, str], *, config: str | None = None
+) -> dict[str, Any]:
     """The pod as ``sidecar-injector inject -o json`` returns it for an opted-in namespace."""
     pod = {
         "apiVersion": "v1",
@@ -96,9 +102,13 @@ def inject_pod(tmp_path: Path, annotations: dict[str, str]) -> dict[str, Any]:
     }
     manifest = tmp_path / "pod.yaml"
     manifest.write_text(yaml.safe_dump(pod))
+    options: list[str] = []
+    if config is not None:
+        (tmp_path / "config.yaml").write_text(config)
+        options = ["--config", str(tmp_path / "config.yaml")]
     result = subprocess.run(
         [str(CLI), "inject", "-f", str(manifest), "--namespace", NAMESPACE,
-         "--label", "sidecar-injection=enabled", "-o", "json"],
+         "--label", "sidecar-injection=enabled", "-o", "json", *options],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -295,6 +305,19 @@ class Mesh:
 @pytest.fixture
 def mesh(tmp_path: Path, xds_binary: Path) -> Iterator[Mesh]:
     """Snapshot 1 (all traffic to ``a``) is set before the proxy starts, as a control plane would."""
+    with meshed(tmp_path, xds_binary) as world:
+        yield world
+
+
+@contextlib.contextmanager
+def meshed(
+    tmp_path: Path,
+    xds_binary: Path,
+    annotations: dict[str, str] | None = None,
+    *,
+    config: str | None = None,
+) -> Iterator[Mesh]:
+    """A meshed pod with its control plane and endpoints (``mesh``, with pod annotations and config)."""
     endpoints: dict[str, HostHTTPServer] = {}
     with pod_box() as box:
         xds = XdsServer(xds_binary, f"{box.host_ip}:{XDS_PORT}", tmp_path / "xds.log")
@@ -302,7 +325,11 @@ def mesh(tmp_path: Path, xds_binary: Path) -> Iterator[Mesh]:
             for name, port in ENDPOINT_PORTS.items():
                 endpoints[name] = HostHTTPServer(box.host_ip, port, name)
             xds.start()
-            pod = inject_pod(tmp_path, {P + "xds-address": xds.xds_address})
+            pod = inject_pod(
+                tmp_path,
+                {P + "xds-address": xds.xds_address, **(annotations or {})},
+                config=config,
+            )
             world = Mesh(box, pod, xds, box.add_mesh_only_address(), endpoints)
             world.push("1", {"a": 100, "b": 0})
             box.run_init(pod, container(pod, "mesh-init"))
@@ -547,6 +574,53 @@ def test_bad_listeners_are_refused_and_the_last_good_config_keeps_serving(mesh: 
     listeners = _section(dump, "ListenersConfigDump")["dynamic_listeners"]
     assert [item["name"] for item in listeners] == ["shop"]
     assert mesh.calls(2) == {"a": 2}
+
+
+def test_classic_drain_waits_for_a_connection_an_xds_listener_holds_until_the_app_closes_it(
+    tmp_path: Path, xds_binary: Path
+) -> None:
+    # Classic mode: Envoy gets SIGTERM when the preStop hook returns, so the
+    # hook must see the connection the pushed listener holds. The redirect
+    # reaches 15001, which hands the connection to "shop" by its original
+    # destination: it is counted under "shop", not "outbound".
+    classic = {P + "native-sidecar": "false"}
+    with meshed(tmp_path, xds_binary, classic, config="proxy:\n  drainSeconds: 300\n") as mesh:
+        box = mesh.box
+        mesh.xds.wait_acked(NODE_ID, "1")
+        app = box.hold_as_app(mesh.vip, SERVICE_PORT)
+        assert next_line(app) == f"200 a {box.pod_ip}"
+        mesh.wait_stat("listener.shop.downstream_cx_active", lambda v: v == 1, timeout=30)
+        assert mesh.stat("listener.outbound.downstream_cx_active") == 0
+        # A scraper's kept-alive connection to the health listener must not hold the drain.
+        scrape = http.client.HTTPConnection(box.pod_ip, 15090, timeout=30)
+        scrape.request("GET", "/stats/prometheus")
+        assert scrape.getresponse().read()
+
+        hook = box.start_hook(mesh.pod, "preStop")
+        box.wait_for_hook_polls(hook, 3)
+        assert hook.poll() is None, "the hook must wait for the connection through 'shop'"
+        assert mesh.stat("listener.health.downstream_cx_active") == 1  # named, so left out
+        # The health listener keeps answering while the proxy drains (the last scrape works).
+        scrape.request("GET", "/stats/prometheus")
+        assert scrape.getresponse().status == 200
+        assert http_get(f"http://{box.pod_ip}:15021/healthz/ready")[0] == 200
+
+        app.send_signal(signal.SIGUSR1)  # the app makes its last request, then closes
+        assert next_line(app) == f"200 a {box.pod_ip}"
+        assert next_line(app) == "closed"
+        assert hook.wait(timeout=60) == 0, "the hook returns once the app's connection is closed"
+        scrape.close()
+        assert box.proxy is not None
+        box.proxy.send_signal(signal.SIGTERM)  # what the kubelet does next
+        assert box.proxy.wait(timeout=60) == 0
+
+
+def next_line(proc: subprocess.Popen[str], timeout: float = 60) -> str:
+    """The next line a process prints, waiting at most ``timeout``."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "no line before the deadline"
+    return proc.stdout.readline().strip()
 
 
 def test_pod_without_xds_address_is_a_plain_transparent_proxy(tmp_path: Path) -> None:

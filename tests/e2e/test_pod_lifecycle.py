@@ -233,34 +233,11 @@ def running_pod(
         yield box, pod, app
 
 
-def start_hook(box: Box, pod: dict[str, Any], phase: str) -> subprocess.Popen[str]:
-    """Run the proxy's lifecycle hook as the kubelet does: in the container, as its user, with its env."""
-    proxy = container(pod, "mesh-proxy")
-    command = proxy["lifecycle"][phase]["exec"]["command"]
-    return box.start(
-        command, uid=proxy["securityContext"]["runAsUser"], env=box.container_environ(pod, proxy)
-    )
-
-
 def wait_for_stat(box: Box, name: str, value: int) -> None:
     """Until one of Envoy's gauges reads ``value``."""
     deadline = time.monotonic() + DEADLINE
     while box.stats().get(name) != value:
         assert time.monotonic() < deadline, f"{name} never reached {value}"
-
-
-def wait_for_hook_polls(box: Box, count: int) -> None:
-    """Until the admin listener has answered ``count`` requests besides our own reads.
-
-    The waiting hook polls the admin stats; this is how a test knows it has
-    looked at the current state (rather than sleeping and hoping).
-    """
-    key = "http.admin.downstream_rq_total"
-    base = box.stats()[key]
-    deadline = time.monotonic() + DEADLINE
-    ours = 0
-    while box.stats()[key] - base - (ours := ours + 1) < count:
-        assert time.monotonic() < deadline, "the hook stopped polling"
 
 
 def stop_proxy(box: Box) -> int:
@@ -277,7 +254,7 @@ def test_classic_shutdown_keeps_a_long_lived_connection_until_the_app_closes_it(
         client = Client(box.pod_ip, APP_PORT)
         assert client.ask("echo before") == "before"
 
-        hook = start_hook(box, pod, "preStop")
+        hook = box.start_hook(pod, "preStop")
         # New connections are refused by the proxy itself: the app still listens.
         wait_until_refused(box.pod_ip, APP_PORT)
         assert listening(box, APP_PORT)
@@ -302,7 +279,7 @@ def test_classic_drain_time_bounds_the_wait_and_then_the_connection_ends(tmp_pat
     with running_pod(tmp_path, native=False, drain_seconds=1) as (box, pod, _app):
         client = Client(box.pod_ip, APP_PORT)
         assert client.ask("echo held") == "held"
-        hook = start_hook(box, pod, "preStop")
+        hook = box.start_hook(pod, "preStop")
         assert wait_exit(hook) == 1
         assert hook.stderr is not None
         assert "drain time (1s) is up with 1 connections open" in hook.stderr.read()
@@ -319,7 +296,7 @@ def test_classic_drain_lets_the_app_call_out_and_waits_for_those_calls_too(
         upstream = Upstream(box.host_ip, UPSTREAM_PORT)
         try:
             client = Client(box.pod_ip, APP_PORT)
-            hook = start_hook(box, pod, "preStop")
+            hook = box.start_hook(pod, "preStop")
             wait_until_refused(box.pod_ip, APP_PORT)
             # Finishing its last request, the app calls out: the outbound listener
             # still takes new connections (the upstream sees the pod IP: proxied).
@@ -328,7 +305,7 @@ def test_classic_drain_lets_the_app_call_out_and_waits_for_those_calls_too(
             assert client.ended()
             client.close()
             wait_for_stat(box, "listener.inbound.downstream_cx_active", 0)
-            wait_for_hook_polls(box, 3)  # it has looked, with no inbound connection left
+            box.wait_for_hook_polls(hook, 3)  # it has looked, with no inbound connection left
             assert hook.poll() is None, "the app's outbound connection is still open"
 
             # The app stops (like a Job that is done): its call closes with it.
@@ -349,7 +326,7 @@ def test_native_shutdown_refuses_new_connections_and_the_proxy_outlives_the_app(
         assert client.ask("echo before") == "before"
 
         # Termination starts: the sidecar's preStop and the app's SIGTERM together.
-        hook = start_hook(box, pod, "preStop")
+        hook = box.start_hook(pod, "preStop")
         app.send_signal(signal.SIGTERM)
         # The native hook only closes the inbound listener; it does not wait.
         assert wait_exit(hook) == 0
@@ -375,7 +352,7 @@ def test_native_job_app_exits_and_the_kubelet_sequence_finishes(tmp_path: Path) 
         assert client.ended()
         client.close()
         # All app containers are done: the kubelet runs the preStop, then SIGTERM.
-        assert wait_exit(start_hook(box, pod, "preStop")) == 0
+        assert wait_exit(box.start_hook(pod, "preStop")) == 0
         assert stop_proxy(box) == 0
 
 

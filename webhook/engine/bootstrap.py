@@ -33,8 +33,9 @@ What the proxy does without a control plane, and why each piece is there:
 * 15021 (``/healthz/ready``) and 15090 (``/stats/prometheus``), one HTTP
   listener (``health``) on both ports, forward to the admin endpoints
   ``/ready`` and ``/stats/prometheus`` on 127.0.0.1:15000, so readiness is
-  Envoy's own (503 while initialising or draining) and nothing else of the
-  admin API is exposed. They bind to the pod IP rather than
+  Envoy's own (503 until it is initialised) and nothing else of the admin
+  API is exposed. The preStop hook's listener drain leaves this listener
+  open and ready, so a stopping pod's last scrape works. They bind to the pod IP rather than
   0.0.0.0: with ``use_original_dst``, a connection to *any* host's port 15021 or
   15090 would otherwise be handed to these wildcard listeners instead of
   leaving the pod (Envoy looks up the original destination exactly, then the
@@ -129,6 +130,10 @@ def _admin_routes_listener(routes: dict[int, tuple[str, str]]) -> dict[str, Any]
     ports = list(routes)
     listener: dict[str, Any] = {
         "name": HEALTH_LISTENER,
+        # Named, so the classic preStop hook can leave its connections (kubelet
+        # probes, kept-alive scrapes) out of the ones it waits for; unnamed,
+        # its stats would go by the pod IP and port.
+        "stat_prefix": HEALTH_LISTENER,
         "address": _address("$(POD_IP)", ports[0]),
     }
     if ports[1:]:
@@ -186,8 +191,9 @@ def split_address(address: str) -> tuple[str, int]:
 def _xds_cluster(address: str) -> dict[str, Any]:
     """The cluster the ADS stream runs on: one long-lived gRPC call over HTTP/2.
 
-    * ``connect_timeout`` 5s: a control plane across the cluster network may
-      be slower to accept than the pod-local clusters' 1s allows.
+    * ``connect_timeout`` 5s, Envoy's default, written out so the bound
+      on reaching a control plane across the cluster network is stated here
+      (the passthrough clusters allow 10 s, the admin cluster the default).
     * Dead-peer detection by TCP keepalive (probe after 60 s idle, every 10 s,
       3 tries: a vanished control plane is noticed within about 90 s and the
       stream re-established, possibly on another replica). Not HTTP/2 PINGs:

@@ -12,17 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-import orjson
-
 from webhook import constants
 from webhook.config import InjectorConfig
+from webhook.engine.status import InjectionStatus, StatusError
+from webhook.values import shorten
 
 # Pod Security admission (built into the apiserver) reads these namespace labels.
 POD_SECURITY_ENFORCE: Final = "pod-security.kubernetes.io/enforce"
 POD_SECURITY_ENFORCE_VERSION: Final = "pod-security.kubernetes.io/enforce-version"
-# A status annotation is only read when it could be ours: the injector writes
-# a few hundred bytes; anything much larger is not worth parsing per admission.
-MAX_STATUS_CHARS: Final = 16 * 1024
 
 
 class NamespaceLike(Protocol):
@@ -34,6 +31,25 @@ class NamespaceLike(Protocol):
     def labels(self) -> Mapping[str, str]: ...
     @property
     def annotations(self) -> Mapping[str, str]: ...
+
+
+# Outcomes that do not depend on the namespace's labels or annotations (its
+# name can count: excluded-namespace): with any labels the pod would not be
+# injected either. Admission gives them without reading a namespace it has
+# not cached, so they hold even while the API server is unreachable.
+LABEL_FREE_SKIPS: Final = frozenset(
+    {
+        "host-network",
+        "windows-pod",
+        "mirror-pod",
+        "excluded-namespace",
+        "already-injected",
+        "pod-opted-out",
+    }
+)
+# Skips decided by the namespace's labels: a stale copy of them would leave a
+# pod unmeshed, so admission reads the namespace again before giving them.
+LABEL_SKIPS: Final = frozenset({"namespace-disabled", "not-enabled"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,33 +158,30 @@ def _status_holds(value: str, spec: Mapping[str, Any]) -> bool:
 
     Copied metadata (a pod built from another pod's YAML, a template edited
     by hand) can carry the annotation without the containers; such a pod is
-    injected again. Only the ``containers`` and ``initContainers`` lists are
-    read (the rest of the format is the status writer's); unparseable JSON, a
-    shape that is not ours, or a list naming nothing does not count.
+    injected again. The annotation is read by ``InjectionStatus.parse``, as
+    ``uninject`` reads it, so what one takes for a status the other does too;
+    one that does not parse, or lists no container, does not count. The spec
+    is the client's: its lists may be anything, and only string names count.
     """
-    if len(value) > MAX_STATUS_CHARS:
-        return False
     try:
-        status = orjson.loads(value)
-    except orjson.JSONDecodeError:
+        status = InjectionStatus.parse(value)
+    except StatusError:
         return False
-    if not isinstance(status, dict):
-        return False
-    listed = 0
-    for field in ("containers", "initContainers"):
-        names = status.get(field, [])
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            return False
-        present = {item.get("name") for item in spec.get(field) or () if isinstance(item, Mapping)}
-        if not present.issuperset(names):
-            return False
-        listed += len(names)
-    return listed > 0
+    listed = (("initContainers", status.init_containers), ("containers", status.containers))
+    return any(names for _, names in listed) and all(
+        _names(spec.get(field)).issuperset(names) for field, names in listed if names
+    )
 
 
-def _cut(text: str) -> str:
-    """Label values are at most 63 characters in a cluster; previews may assume longer ones."""
-    return text if len(text) <= 63 else text[:60] + "..."
+def _names(items: Any) -> set[str]:
+    """The string names in a spec list (of anything, or not a list at all)."""
+    if not isinstance(items, list):
+        return set()
+    return {
+        name
+        for item in items
+        if isinstance(item, Mapping) and isinstance(name := item.get("name"), str)
+    }
 
 
 def pod_security_refusal(namespace: NamespaceLike) -> str | None:
@@ -191,10 +204,10 @@ def pod_security_refusal(namespace: NamespaceLike) -> str | None:
         enforced = f"Pod Security level {level!r}"
     else:
         enforced = (
-            f"Pod Security level 'restricted' (its label value {_cut(level)!r} is not a level)"
+            f"Pod Security level 'restricted' (its label value {shorten(level, 63)} is not a level)"
         )
     if version is not None:
-        enforced += f" (version {_cut(version)!r})"
+        enforced += f" (version {shorten(version, 63)})"
     return (
         f"namespace {namespace.name} enforces {enforced}, which forbids the NET_ADMIN and "
         f"NET_RAW capabilities mesh-init needs to redirect the pod's traffic; label the "

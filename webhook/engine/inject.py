@@ -23,7 +23,7 @@ from webhook.engine.frozen import freeze
 from webhook.engine.iptables import mesh_init_container
 from webhook.engine.patch import Additions, Op, build_patch, prior_shapes
 from webhook.engine.proxy import mesh_proxy_container
-from webhook.engine.status import InjectionStatus, containers_digest
+from webhook.engine.status import MAX_STATUS_CHARS, InjectionStatus, containers_digest
 from webhook.engine.workloads import (
     ObjectError,
     PodLocation,
@@ -122,6 +122,14 @@ def inject(
 
     pod = _walk(obj, location.path)
     additions = _additions(pod, annotations=annotations, settings=settings, config=config)
+    if len(additions.annotations[constants.STATUS_ANNOTATION]) > MAX_STATUS_CHARS:
+        # Only a replaced value can make it this long; decide could not read it back.
+        prefix = f"{location.dotted}." if location.path else ""
+        raise InjectionRefused(
+            f"{describe(obj)}: {prefix}metadata.annotations[{constants.STATUS_ANNOTATION}] "
+            f"does not describe this pod, and at {len(annotations[constants.STATUS_ANNOTATION])} "
+            f"characters it is too long to keep for uninject; remove it"
+        )
     patch = build_patch(location.path, pod, additions)
     return InjectionResult(
         decision,
@@ -262,6 +270,9 @@ def _additions(
         digest=built.digest,
         was_null=tuple(was_null),
         was_empty=tuple(was_empty),
+        # A status the pod came with (copied, its containers missing: decide
+        # injects again) is overwritten by the add; kept so uninject restores it.
+        replaced=annotations.get(constants.STATUS_ANNOTATION),
     )
     return Additions(
         init_front=init_front,

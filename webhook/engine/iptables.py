@@ -43,7 +43,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from webhook import constants
-from webhook.config import InjectorConfig, Resources
+from webhook.config import InjectorConfig
+from webhook.engine.resources import container_resources
 from webhook.settings import ProxySettings
 from webhook.values import ALL, cidr_family
 
@@ -210,26 +211,6 @@ def render_script(settings: ProxySettings, *, proxy_uid: int, ipv6: bool = True)
             f"mesh-init script of {len(script.encode())} bytes exceeds {MAX_SCRIPT_BYTES}"
         )
     return script
-
-
-def container_resources(resources: Resources) -> dict[str, dict[str, str]]:
-    """Kubernetes ``resources`` from config values; unset values and empty maps are left out."""
-    requests = {
-        name: value
-        for name, value in (("cpu", resources.cpu_request), ("memory", resources.memory_request))
-        if value is not None
-    }
-    limits = {
-        name: value
-        for name, value in (("cpu", resources.cpu_limit), ("memory", resources.memory_limit))
-        if value is not None
-    }
-    out: dict[str, dict[str, str]] = {}
-    if limits:
-        out["limits"] = limits
-    if requests:
-        out["requests"] = requests
-    return out
 
 
 def mesh_init_container(settings: ProxySettings, config: InjectorConfig) -> dict[str, Any]:

@@ -25,8 +25,8 @@ from typing import Any, Final
 
 from webhook import constants
 from webhook.config import InjectorConfig, Resources
-from webhook.engine.bootstrap import INBOUND_STATS, OUTBOUND_STATS, render_bootstrap
-from webhook.engine.iptables import container_resources
+from webhook.engine.bootstrap import HEALTH_LISTENER, render_bootstrap
+from webhook.engine.resources import container_resources
 from webhook.settings import ProxySettings
 
 # Envoy starts one worker per CPU of the *node*, not of the pod's limit; a
@@ -49,8 +49,8 @@ CONCURRENCY: Final = 2
 # which would make a classic pod Ready up to a readiness period late.
 STARTUP_PERIOD_SECONDS: Final = 1
 STARTUP_FAILURE_THRESHOLD: Final = 60
-# Readiness after start-up only notices a proxy that stops being ready (it is
-# draining, or its health listener is gone), which needs no haste: the
+# Readiness after start-up only notices a proxy that stops being ready (Envoy
+# no longer live, or its health listener gone), which needs no haste: the
 # kubelet's defaults (every 10 s, 3 failures, 1 s timeout) are left to it.
 
 # The hold-application hook: poll the health listener with bash's /dev/tcp
@@ -82,7 +82,10 @@ _ADMIN: Final = (
 # ``graceful``: for a TCP passthrough Envoy's graceful drain only means
 # "keep accepting for --drain-time-s, then stop", the opposite of what a pod
 # on its way out wants. Connections already open are untouched. The health
-# and metrics listeners (no direction) close too, so the proxy reads unready.
+# listener (15021/15090, no direction) keeps answering, and /healthz/ready
+# stays 200 (a listener drain leaves Envoy live; tested in pod-in-a-box on
+# Envoy 1.40): probes go on passing, and Prometheus gets its last scrape.
+# Kubernetes takes a terminating pod out of Services whatever its readiness.
 _STOP_INBOUND: Final = "admin POST '/drain_listeners?inboundonly' >/dev/null\n"
 # The same request alone, for native mode (every byte is in every pod).
 _STOP_INBOUND_ONLY: Final = (
@@ -92,13 +95,20 @@ _STOP_INBOUND_ONLY: Final = (
 )
 # Then wait while the app still has connections through the proxy (either
 # direction), up to the drain time: the app got its SIGTERM at the same moment
-# and closes them as it finishes, or they all go when it exits. A message
-# (shown in the kubelet's FailedPreStopHook event) when time ran out.
+# and closes them as it finishes, or they all go when it exits. Every
+# listener's connections count: the static inbound and outbound ones, and
+# listeners pushed over xDS, to which 15001/15006 hand connections by their
+# original destination (they are counted there, not under the listener that
+# accepted them). Left out: the admin listener (this hook's own requests),
+# the health listener (probes and kept-alive scrapes, which would hold the
+# drain to its end) and the per-worker copies of each total. A message (shown
+# in the kubelet's FailedPreStopHook event) when time ran out.
 _WAIT_IDLE: Final = (
     "while [ $SECONDS -lt {seconds} ]; do\n"
     "  open=0\n"
     "  while read -r name value; do\n"
-    "    case $name in {inbound}:|{outbound}:) open=$((open + ${{value%$'\\r'}}));; esac\n"
+    "    case $name in listener.admin.*|listener.{health}.*|*.worker_[0-9]*|*.main_thread.*) ;;\n"
+    "      listener.*.downstream_cx_active:) open=$((open + ${{value%$'\\r'}}));; esac\n"
     "  done < <(admin GET /stats?filter=downstream_cx_active)\n"
     '  [ "$open" = 0 ] && exit 0\n'
     "  sleep 0.2\n"
@@ -132,11 +142,7 @@ def drain_command(*, native: bool, seconds: int) -> list[str]:
     if native or seconds == 0:
         return ["bash", "-c", _STOP_INBOUND_ONLY.format(port=constants.ADMIN_PORT)]
     script = _ADMIN.format(port=constants.ADMIN_PORT) + _STOP_INBOUND
-    script += _WAIT_IDLE.format(
-        seconds=seconds,
-        inbound=f"listener.{INBOUND_STATS}.downstream_cx_active",
-        outbound=f"listener.{OUTBOUND_STATS}.downstream_cx_active",
-    )
+    script += _WAIT_IDLE.format(seconds=seconds, health=HEALTH_LISTENER)
     return ["bash", "-c", script]
 
 

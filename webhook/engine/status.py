@@ -7,7 +7,10 @@ Written by ``inject``, read by ``decide`` (already injected?), ``uninject``
      "volumes":[],"annotations":["kubectl.kubernetes.io/default-container"],
      "digest":"sha256:..."}
 
-* ``initContainers``, ``containers``, ``volumes``: the names added to each list;
+* ``initContainers``, ``containers``, ``volumes``: the names added to each list.
+  ``volumes`` is always empty today (the proxy's bootstrap is inline, nothing
+  is mounted); it is part of the format so that a volume a later version adds
+  is recorded, and so taken out by ``uninject``, from the start;
 * ``annotations``: the annotations added besides this one (the default-container
   annotation only when the injector set it);
 * ``digest``: ``containers_digest`` of the injected containers, equal for every
@@ -18,7 +21,11 @@ Written by ``inject``, read by ``decide`` (already injected?), ``uninject``
   injector created is removed again by ``uninject`` once it is empty; these
   two say when it should become ``null`` or stay empty instead, which makes
   ``uninject(inject(x)) == x`` exact without recording anything for the
-  usual pod.
+  usual pod;
+* ``replaced`` (only when needed): the value this annotation had before
+  injection, when the pod came with one that was not its own (metadata copied
+  from an injected pod: the containers it lists are missing, so ``decide``
+  injects again and the ``add`` overwrites it). ``uninject`` puts it back.
 
 Annotations written by earlier builds lack ``annotations``, ``digest`` and the
 shape lists; they read as empty (nothing but the listed containers and
@@ -35,6 +42,10 @@ from typing import Any, Final
 import orjson
 
 MEMBERS: Final = frozenset({"initContainers", "containers", "volumes", "metadata", "annotations"})
+# The injector writes a few hundred bytes (more only with a ``replaced`` value,
+# and never over this: ``inject`` refuses instead). A longer annotation is not
+# one of ours, and is not worth parsing on every admission.
+MAX_STATUS_CHARS: Final = 16 * 1024
 
 
 class StatusError(ValueError):
@@ -68,6 +79,7 @@ class InjectionStatus:
     digest: str | None = None
     was_null: tuple[str, ...] = ()
     was_empty: tuple[str, ...] = ()
+    replaced: str | None = None
 
     def to_json(self) -> str:
         """Compact JSON, keys in the documented order, the shape lists only when needed."""
@@ -84,11 +96,19 @@ class InjectionStatus:
             value["wasNull"] = self.was_null
         if self.was_empty:
             value["wasEmpty"] = self.was_empty
+        if self.replaced is not None:
+            value["replaced"] = self.replaced
         return orjson.dumps(value).decode()
 
     @classmethod
     def parse(cls, text: str) -> InjectionStatus:
-        """Decode an annotation value; StatusError says what is wrong with it."""
+        """Decode an annotation value; StatusError says what is wrong with it.
+
+        The one reader of the format: ``decide`` and ``uninject`` agree on
+        what counts as a status annotation because both call this.
+        """
+        if len(text) > MAX_STATUS_CHARS:
+            raise StatusError(f"is longer than {MAX_STATUS_CHARS} characters")
         try:
             value = orjson.loads(text)
         except orjson.JSONDecodeError:
@@ -101,6 +121,9 @@ class InjectionStatus:
         digest = value.get("digest")
         if digest is not None and not isinstance(digest, str):
             raise StatusError("has a digest that is not a string")
+        replaced = value.get("replaced")
+        if replaced is not None and not isinstance(replaced, str):
+            raise StatusError("has a replaced value that is not a string")
         lists = {
             key: _names(value, key)
             for key in (
@@ -125,6 +148,7 @@ class InjectionStatus:
             digest=digest,
             was_null=lists["wasNull"],
             was_empty=lists["wasEmpty"],
+            replaced=replaced,
         )
 
 

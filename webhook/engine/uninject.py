@@ -7,7 +7,8 @@ added after injection stay, in their order. An object without the annotation
 comes back unchanged, even if it has a container called ``mesh-proxy``: only
 the annotation says the injector put it there. Members the injector created
 (a missing ``initContainers`` list, a missing ``annotations`` map) are
-removed again once empty, and ``wasNull``/``wasEmpty`` restore the rest, so
+removed again once empty, ``wasNull``/``wasEmpty`` restore the rest, and
+a status annotation the pod came with (``replaced``) is put back, so
 ``uninject(inject(x)) == x``.
 
 Like ``inject`` it produces a JSON Patch (here with ``remove`` and
@@ -122,10 +123,11 @@ def _remove_items(
     if not isinstance(items, list):
         items = []
     wanted = set(names)
+    # The client's list: items and names may be of any type; only string names match.
     doomed = [
         index
         for index, item in enumerate(items)
-        if isinstance(item, dict) and item.get("name") in wanted
+        if isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"] in wanted
     ]
     missing = wanted - {items[index]["name"] for index in doomed}
     if missing:
@@ -146,15 +148,28 @@ def _remove_annotations(
     status: InjectionStatus,
     location: PodLocation,
 ) -> list[Op]:
-    """Ops removing the status annotation and the ones it lists (and maps that empty)."""
-    keys = [constants.STATUS_ANNOTATION] + [
+    """Ops removing the status annotation and the ones it lists (and maps that empty).
+
+    A status the pod had before injection (``replaced``) gets its old value back
+    instead of being removed, so the map never empties then.
+    """
+    keys = [
         key
         for key in status.annotations
         if key in annotations and key != constants.STATUS_ANNOTATION
     ]
     meta_path = pointer((*location.path, "metadata"))
+    ops: list[Op] = []
+    if status.replaced is None:
+        keys.insert(0, constants.STATUS_ANNOTATION)
+    else:
+        path = f"{meta_path}/annotations/{escape(constants.STATUS_ANNOTATION)}"
+        ops.append({"op": "replace", "path": path, "value": status.replaced})
     if len(keys) < len(annotations):
-        return [{"op": "remove", "path": f"{meta_path}/annotations/{escape(key)}"} for key in keys]
+        ops.extend(
+            {"op": "remove", "path": f"{meta_path}/annotations/{escape(key)}"} for key in keys
+        )
+        return ops
     # The annotations map empties.
     if "annotations" in status.was_null or "annotations" in status.was_empty:
         return [_restore("annotations", f"{meta_path}/annotations", status, empty={})]
