@@ -54,6 +54,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import workload
+from bench.service import cpu_seconds
 from tests.e2e.cluster import ControlPlane, ControlPlaneError, build_binaries, cached_bin_dir
 from tests.e2e.webhook_install import (
     NAMESPACE,
@@ -71,7 +72,6 @@ MESHED_NS: Final = "bench-meshed"
 HISTOGRAM: Final = "apiserver_admission_webhook_admission_duration_seconds"
 WEBHOOKS: Final = ("namespace.sidecar.mesh.io", "object.sidecar.mesh.io")
 PROCESSES: Final = ("kube-apiserver", "etcd", "webhook", "client")
-CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 
 
 class ClusterBenchError(RuntimeError):
@@ -100,12 +100,6 @@ def unavailable_reason() -> str | None:
 
 
 # --- processes ------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads) from ``/proc/PID/stat``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 @dataclass

@@ -267,7 +267,16 @@ def _engine(outcome: Outcome) -> list[str]:
     return [*lines, ""]
 
 
-SERVICE_HEADER = ("server", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "requests", "non-2xx / errors")
+SERVICE_HEADER = (
+    "server",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "CPU us/request",
+    "requests",
+    "non-2xx / errors",
+)
 
 
 def _service_rows(
@@ -280,6 +289,7 @@ def _service_rows(
             _ms(medians[key]["p50_us"]),
             _ms(medians[key]["p99_us"]),
             _ms(medians[key]["p999_us"]),
+            f"{medians[key]['cpu_us_per_request']:.0f}",
             f"{medians[key]['requests']:,.0f}",
             f"{medians[key]['non2xx']:.0f} / {medians[key]['errors']:.0f}",
         ]
@@ -317,6 +327,13 @@ def _service(outcome: Outcome, before: str | None) -> list[str]:
         "",
         "Throughput against the FastAPI echo (median of per-round ratios): "
         + ", ".join(f"{names[key.split(':')[0]]} {value:.2f}" for key, value in ratios.items())
+        + ". The same from CPU time per request (the echo's over each server's, from"
+        " `/proc/PID/stat`; unlike throughput it does not depend on how much of its core a"
+        " server got, so it holds on a shared machine): "
+        + ", ".join(
+            f"{names[key.split(':')[0]]} {value:.2f}"
+            for key, value in compare["cpu_ratios"].items()
+        )
         + ".",
         "",
         "## 1,500-env-var pod through the service",

@@ -42,6 +42,7 @@ LOAD_CPU = "1"
 # The soak's wrk run may not take longer than this, whatever the rate.
 SOAK_MAX_SECONDS = 600
 TOOLS = {"wrk": "wrk", "taskset": "util-linux"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(RuntimeError):
@@ -64,6 +65,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads, from ``/proc/PID/stat``.
+
+    Unlike throughput, CPU per request does not depend on how much of its
+    core a server got, so it compares servers fairly on a shared machine.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def rss_kib(pid: int) -> int:
@@ -143,6 +154,15 @@ class Server:
         """VmRSS of the server (KiB)."""
         assert self.process is not None
         return rss_kib(self.process.pid)
+
+    def measure(self, body_file: Path, *, connections: int, seconds: int) -> dict[str, Any]:
+        """One wrk run against this server, with the server's CPU time per request."""
+        assert self.process is not None
+        before = cpu_seconds(self.process.pid)
+        result = wrk(self.url, body_file, connections=connections, seconds=seconds)
+        spent = cpu_seconds(self.process.pid) - before
+        result["cpu_us_per_request"] = spent * 1e6 / max(result["requests"], 1)
+        return result
 
     def stop(self) -> None:
         """SIGTERM to the server's process group, SIGKILL if it lingers."""
@@ -227,7 +247,7 @@ class Plan:
 
 def medians(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Median of each figure over rounds; sums for the counts."""
-    keys = ("rps", "p50_us", "p99_us", "p999_us")
+    keys = ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request")
     summary = {key: float(statistics.median(run[key] for run in runs)) for key in keys}
     for key in ("non2xx", "errors", "requests"):
         summary[key] = float(sum(run[key] for run in runs))
@@ -256,15 +276,17 @@ def alternate(
             if plan.warmup_seconds:
                 wrk(server.url, body_file, connections=connections, seconds=plan.warmup_seconds)
             runs[server.name].append(
-                wrk(server.url, body_file, connections=connections, seconds=plan.seconds)
+                server.measure(body_file, connections=connections, seconds=plan.seconds)
             )
     return runs
 
 
-def ratio(runs: dict[str, list[dict[str, Any]]], top: str, bottom: str) -> float:
-    """Median of the per-round throughput ratios (the point of alternating)."""
+def ratio(
+    runs: dict[str, list[dict[str, Any]]], top: str, bottom: str, *, key: str = "rps"
+) -> float:
+    """Median of the per-round ratios of ``key`` (the point of alternating)."""
     pairs = zip(runs[top], runs[bottom], strict=True)
-    return float(statistics.median(a["rps"] / b["rps"] for a, b in pairs))
+    return float(statistics.median(a[key] / b[key] for a, b in pairs))
 
 
 def _soak(server: Server, body_file: Path, plan: Plan, *, rate: float) -> dict[str, Any]:
@@ -360,6 +382,12 @@ def run(work: Path, plan: Plan, *, before_cli: Path | None = None) -> dict[str, 
             "runs": runs,
             "medians": {name: medians(found) for name, found in runs.items()},
             "ratios": {f"{name}:echo": ratio(runs, name, "echo") for name in (*webhooks, "raw")},
+            # The echo's CPU per request over each server's: the throughput
+            # ratio without the noise of a shared machine.
+            "cpu_ratios": {
+                f"{name}:echo": ratio(runs, "echo", name, key="cpu_us_per_request")
+                for name in (*webhooks, "raw")
+            },
         }
         big_runs: dict[str, list[dict[str, Any]]] = {"c1": [], "c8": []}
         mutate.check(big)
@@ -368,7 +396,7 @@ def run(work: Path, plan: Plan, *, before_cli: Path | None = None) -> dict[str, 
                 if plan.warmup_seconds:
                     wrk(mutate.url, big_file, connections=conns, seconds=plan.warmup_seconds)
                 big_runs[key].append(
-                    wrk(mutate.url, big_file, connections=conns, seconds=plan.seconds)
+                    mutate.measure(big_file, connections=conns, seconds=plan.seconds)
                 )
         results["big_pod"] = {key: medians(found) for key, found in big_runs.items()}
         rate = results["compare"]["medians"]["mutate"]["rps"]
