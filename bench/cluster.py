@@ -256,7 +256,8 @@ def histogram_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
     """Calls, mean and interpolated p50 (ms) between two scrapes of :meth:`Api.histogram`."""
     count = after["count"] - before["count"]
     if count <= 0:
-        return {"calls": 0.0, "mean_ms": float("nan"), "p50_ms": float("nan"), "le_5ms": 0.0}
+        nan = float("nan")
+        return {"calls": 0.0, "mean_ms": nan, "p50_ms": nan, "first_ms": nan, "in_first": 0.0}
     mean = (after["sum"] - before["sum"]) / count * 1000
     bounds = sorted(after["buckets"])
     cumulative = [after["buckets"][b] - before["buckets"].get(b, 0.0) for b in bounds]
@@ -270,10 +271,13 @@ def histogram_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
             )
             break
         lower, below = bound, upto
-    under_5ms = next(
-        (upto for bound, upto in zip(bounds, cumulative, strict=True) if bound >= 0.005), 0.0
-    )
-    return {"calls": count, "mean_ms": mean, "p50_ms": p50, "le_5ms": under_5ms / count}
+    return {
+        "calls": count,
+        "mean_ms": mean,
+        "p50_ms": p50,
+        "first_ms": bounds[0] * 1000,  # the finest the histogram can tell
+        "in_first": cumulative[0] / count,
+    }
 
 
 # --- the load ---------------------------------------------------------------------------
@@ -550,7 +554,8 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
             ),
             "webhook_mean_ms": statistics.median(c["mean_ms"] for c in calls) if calls else None,
             "webhook_p50_ms": statistics.median(c["p50_ms"] for c in calls) if calls else None,
-            "webhook_le_5ms": statistics.median(c["le_5ms"] for c in calls) if calls else None,
+            "webhook_in_first": statistics.median(c["in_first"] for c in calls) if calls else None,
+            "webhook_first_ms": calls[0]["first_ms"] if calls else None,
         }
     for key in keys:
         case, _, variant = key.partition(":")
