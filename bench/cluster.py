@@ -71,11 +71,14 @@ PLAIN_NS: Final = "bench-plain"
 MESHED_NS: Final = "bench-meshed"
 HISTOGRAM: Final = "apiserver_admission_webhook_admission_duration_seconds"
 WEBHOOKS: Final = ("namespace.sidecar.mesh.io", "object.sidecar.mesh.io")
-PROCESSES: Final = ("kube-apiserver", "etcd", "webhook", "client")
 
 
 class ClusterBenchError(RuntimeError):
     """Something in the run went wrong (not a reason to skip: a failure)."""
+
+
+class ClusterUnavailable(Exception):
+    """The control plane could not be built or started; the message is the reason."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,12 +509,16 @@ class _Session:
 def run(work: Path, plan: Plan, *, variants: Sequence[Variant]) -> dict[str, Any]:
     """Start the control plane, install, measure; returns plain data for the report.
 
-    Raises :class:`ControlPlaneError` when the control plane cannot be built
-    or started (the caller reports the section as skipped with that reason).
+    Raises :class:`ClusterUnavailable` when the control plane cannot be built
+    or started (the caller reports the section as skipped with that reason);
+    anything going wrong after that is a failure.
     """
     work.mkdir(parents=True, exist_ok=True)
-    bin_dir = build_binaries()
-    with ControlPlane(bin_dir=bin_dir) as control_plane, contextlib.ExitStack() as stack:
+    try:
+        control_plane = ControlPlane(bin_dir=build_binaries()).start()
+    except ControlPlaneError as err:
+        raise ClusterUnavailable(str(err).splitlines()[0]) from err
+    with control_plane, contextlib.ExitStack() as stack:
         session = _Session(control_plane, work, plan)
         session.install(variants, stack)
         cases = session.cases()
@@ -574,6 +581,3 @@ def variants_for(before_cli: Path | None, before_config: Path | None) -> list[Va
     if before_cli is not None and before_config is not None:
         found.append(Variant("before", before_cli, before_config))
     return found
-
-
-__all__ = ["ControlPlaneError", "Plan", "run", "unavailable_reason", "variants_for"]

@@ -66,7 +66,7 @@ def _attempt(name: str, skip: str | None, work: Callable[[], dict[str, Any]]) ->
     print(f"{name} ...", flush=True)
     try:
         return Outcome(data=work())
-    except (cluster.ControlPlaneError, node.NodeUnavailable) as err:
+    except (cluster.ClusterUnavailable, node.NodeUnavailable) as err:
         reason = str(err).splitlines()[0]
         print(f"{name}: skipped: {reason}", flush=True)
         return Outcome(skipped=reason)

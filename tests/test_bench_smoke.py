@@ -130,3 +130,16 @@ def test_the_node_section_is_skipped_when_the_node_cannot_start(
         monkeypatch.setattr(module, name, lambda: {})
     section = _report_of_node_section(tmp_path)
     assert "Skipped in this run: another node is running on this machine (pid 1)." in section
+
+
+def test_the_end_to_end_section_is_skipped_when_the_control_plane_cannot_be_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_build() -> Path:
+        raise tests.e2e.cluster.ControlPlaneError("build_control_plane.sh failed with exit code 2")
+
+    monkeypatch.setattr(cluster, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(cluster, "build_binaries", no_build)
+    assert run.main(["--quick", "--only", "cluster", "--out", str(tmp_path)]) == 0
+    section = _section((tmp_path / "BENCHMARKS.md").read_text(), "## Pod creation end to end")
+    assert "Skipped in this run: build_control_plane.sh failed with exit code 2." in section
