@@ -36,6 +36,7 @@ import base64
 import contextlib
 import http.client
 import os
+import random
 import shutil
 import signal
 import ssl
@@ -400,6 +401,23 @@ def measure(
 
 # --- the run ----------------------------------------------------------------------------
 
+# Before a burst: until kube-apiserver and etcd together use less than this
+# share of one core over SETTLE_WINDOW (deleting the last case's pods leaves
+# them busy for a while), at most SETTLE_MAX seconds.
+SETTLE_SHARE: Final = 0.15
+SETTLE_WINDOW: Final = 0.5
+SETTLE_MAX: Final = 20.0
+
+
+def _settle(processes: dict[str, int]) -> None:
+    pids = [processes["kube-apiserver"], processes["etcd"]]
+    deadline = time.monotonic() + SETTLE_MAX
+    while time.monotonic() < deadline:
+        before = sum(cpu_seconds(pid) for pid in pids)
+        time.sleep(SETTLE_WINDOW)
+        if sum(cpu_seconds(pid) for pid in pids) - before < SETTLE_SHARE * SETTLE_WINDOW:
+            return
+
 
 @dataclass(frozen=True, slots=True)
 class Variant:
@@ -486,6 +504,7 @@ class _Session:
                     _switch(self.control_plane, self.api, self.webhooks[variant], self.port_name)
                     self.routed = variant
                     self.api.empty(MESHED_NS)
+        _settle(processes)
         scraped = self.api.histogram()
         result = measure(self.api, namespace=namespace, pod=pod, plan=self.plan, pods=processes)
         result["webhook_calls"] = histogram_delta(scraped, self.api.histogram())
@@ -524,10 +543,13 @@ def run(work: Path, plan: Plan, *, variants: Sequence[Variant]) -> dict[str, Any
         cases = session.cases()
         rounds: list[dict[str, Any]] = []
         for index in range(plan.rounds + 1):  # round 0 warms up, unrecorded
-            shift = index % len(cases)
+            # A new order every round (seeded, so runs repeat): no case always
+            # comes first, or always follows the same one.
+            order = list(cases)
+            random.Random(index).shuffle(order)
             found = {
                 case if variant is None else f"{case}:{variant}": session.case(case, variant)
-                for case, variant in cases[shift:] + cases[:shift]
+                for case, variant in order
             }
             if index:
                 rounds.append(found)

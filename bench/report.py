@@ -393,8 +393,9 @@ def _cluster(outcome: Outcome, before: str | None) -> list[str]:
         "host with the install's config and a namespace watch, reached by the apiserver through",
         f"the install's Service. {plan['clients']} clients (one kept-alive TLS connection each)"
         f" create {plan['pods']} one-container pods per case; cases alternated in {plan['rounds']}"
-        " rounds (the order rotating, after one unrecorded warm-up round), all pods deleted",
-        "between cases; medians of the rounds. Nothing is pinned: the webhook shares the cores",
+        " rounds (a new order each round, after one unrecorded warm-up round), all pods",
+        "deleted between cases and each burst started once kube-apiserver and etcd are idle",
+        "again; medians of the rounds. Nothing is pinned: the webhook shares the cores",
         "with the apiserver and etcd, as in a small cluster. CPU from `/proc/PID/stat`",
         "(utime + stime, 10 ms ticks) around each burst; `client` is the load generator itself.",
         "The webhook latency is kube-apiserver's own",
