@@ -3,9 +3,6 @@
 * ``raw``: a bare ASGI app that drains the body and returns one constant
   AdmissionReview response: what uvicorn + TLS + HTTP/1.1 cost with no
   framework and no work at all.
-* ``raw --response-bytes N``: the same, padded to the size of /mutate's
-  answer (the inline Envoy bootstrap makes it ~14 KB), to tell the cost of
-  sending that many bytes from the cost of computing them.
 * ``echo``: the least a FastAPI admission endpoint can do: read the body,
   parse the review with orjson, echo the uid in an ``allowed`` response.
 
@@ -36,13 +33,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-def constant_response(size: int = 0) -> bytes:
-    """An allowed AdmissionReview response; with ``size``, padded with a dummy patch to
-    about that many bytes, so a raw server can send what /mutate sends without the work."""
-    response: dict[str, Any] = {"uid": "6c3c2b8e-3f0e-4c1a-9f57-2d8f1b1e9a00", "allowed": True}
-    if size:
-        response["patchType"] = "JSONPatch"
-        response["patch"] = "A" * max(size - 200, 0)
+def constant_response() -> bytes:
+    """An allowed AdmissionReview response."""
+    response = {"uid": "6c3c2b8e-3f0e-4c1a-9f57-2d8f1b1e9a00", "allowed": True}
     return orjson.dumps(
         {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
     )
@@ -118,14 +111,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command line: which baseline, where, with which certificate directory."""
     parser = argparse.ArgumentParser(prog="python -m bench.baselines")
     parser.add_argument("which", choices=("raw", "echo"))
-    parser.add_argument(
-        "--response-bytes", type=int, default=0, help="raw: pad the response to about this size"
-    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cert-dir", type=Path, required=True)
     args = parser.parse_args(argv)
-    app = raw_app(constant_response(args.response_bytes)) if args.which == "raw" else echo_app()
+    app = raw_app(constant_response()) if args.which == "raw" else echo_app()
     serve(app, host=args.host, port=args.port, cert_dir=args.cert_dir)
 
 

@@ -1,10 +1,11 @@
-"""The HTTPS service under load: ``/mutate`` against the baselines, workers, soak, big pod.
+"""The HTTPS service under wrk: ``/mutate`` against two baselines, a big pod, a soak.
 
 Servers run pinned to core 0 (``taskset -c 0``), the load generator (wrk, one
-thread, keep-alive connections) to core 1, so they do not share a core; only
-the two-worker run gives the server both cores and so competes with wrk, as
-the report says. Every wrk run is bounded by a duration and, for the soak, a
-response count; everything listens on 127.0.0.1 only.
+thread, keep-alive connections) to core 1, so they do not share a core. Every
+wrk run is bounded by a duration and, for the soak, a response count;
+everything listens on 127.0.0.1 only. With a "before" tree (``bench.before``)
+its ``serve`` joins the alternation, so old and new are measured in the same
+rounds against the same baselines.
 """
 
 from __future__ import annotations
@@ -40,16 +41,12 @@ SERVER_CPUS = "0"
 LOAD_CPU = "1"
 # The soak's wrk run may not take longer than this, whatever the rate.
 SOAK_MAX_SECONDS = 600
+TOOLS = {"wrk": "wrk", "taskset": "util-linux"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(RuntimeError):
     """A server would not start or answer correctly, or wrk failed: no figures then."""
-
-
-def make_certs(out: Path) -> Path:
-    """CA + serving cert (SAN 127.0.0.1) in ``out``, made by the project's own ``certs``."""
-    write_certs(out)
-    return out
 
 
 def write_namespaces(path: Path) -> Path:
@@ -70,24 +67,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (uvicorn's workers), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, ()))
-    return found
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads, from ``/proc/PID/stat``.
+
+    Unlike throughput, CPU per request does not depend on how much of its
+    core a server got, so it compares servers fairly on a shared machine.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def rss_kib(pid: int) -> int:
@@ -103,15 +90,15 @@ def rss_kib(pid: int) -> int:
 
 @dataclass
 class Server:
-    """One server process (and its workers), pinned with taskset, logging to a file."""
+    """One server process, pinned with taskset, logging to a file."""
 
     name: str
     argv: list[str]
-    cpus: str
     ca: Path
     port: int
     log: Path
     expect_patch: bool
+    cpus: str = SERVER_CPUS
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -121,6 +108,7 @@ class Server:
     def start(self, body: bytes, *, timeout: float = 60.0) -> None:
         """Start, then wait until a real admission request gets a correct answer."""
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("KUBECONFIG", None)  # a developer's would switch serve to their cluster
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 ["taskset", "-c", self.cpus, *self.argv],
@@ -128,7 +116,7 @@ class Server:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own group: stopping it reaches the workers
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         last: Exception | None = None
@@ -162,48 +150,68 @@ class Server:
         if self.expect_patch and b"mesh-proxy" not in base64.b64decode(answer.get("patch", "")):
             raise BenchError(f"{self.name}: no injection patch in {answer}")
 
-    def rss(self) -> dict[int, int]:
-        """VmRSS (KiB) of every process of this server."""
+    def rss(self) -> int:
+        """VmRSS of the server (KiB)."""
         assert self.process is not None
-        return {pid: rss_kib(pid) for pid in process_tree(self.process.pid)}
+        return rss_kib(self.process.pid)
+
+    def measure(self, body_file: Path, *, connections: int, seconds: int) -> dict[str, Any]:
+        """One wrk run against this server, with the server's CPU time per request."""
+        assert self.process is not None
+        before = cpu_seconds(self.process.pid)
+        result = wrk(self.url, body_file, connections=connections, seconds=seconds)
+        spent = cpu_seconds(self.process.pid) - before
+        result["cpu_us_per_request"] = spent * 1e6 / max(result["requests"], 1)
+        return result
 
     def stop(self) -> None:
-        """SIGTERM to the server's own process group, SIGKILL if it lingers."""
+        """SIGTERM to the server's process group, SIGKILL if it lingers."""
         if self.process is None or self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=15)
+            self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=5)
 
 
-def webhook_argv(*, port: int, certs: Path, namespaces: Path, workers: int) -> list[str]:
-    """``sidecar-injector serve`` as a user runs it (through this interpreter)."""
-    argv = [sys.executable, "-m", "webhook", "serve", "--host", HOST, "--port", str(port)]
-    argv += ["--cert-dir", str(certs), "--namespaces-file", str(namespaces)]
-    if workers > 1:
-        argv += ["--workers", str(workers)]
-    return argv
+def webhook_argv(cli: Sequence[str], *, port: int, certs: Path, namespaces: Path) -> list[str]:
+    """``sidecar-injector serve`` as a user runs it."""
+    return [
+        *cli,
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--cert-dir",
+        str(certs),
+        "--namespaces-file",
+        str(namespaces),
+    ]
 
 
-def baseline_argv(which: str, *, port: int, certs: Path, response_bytes: int = 0) -> list[str]:
+def baseline_argv(which: str, *, port: int, certs: Path) -> list[str]:
     """One of ``bench.baselines``' apps, served like the webhook."""
-    argv = [sys.executable, "-m", "bench.baselines", which]
-    argv += ["--response-bytes", str(response_bytes)]
-    return [*argv, "--host", HOST, "--port", str(port), "--cert-dir", str(certs)]
+    return [
+        sys.executable,
+        "-m",
+        "bench.baselines",
+        which,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--cert-dir",
+        str(certs),
+    ]
 
 
 def wrk(
-    url: str,
-    body_file: Path,
-    *,
-    connections: int,
-    seconds: int,
-    limit: int = 0,
+    url: str, body_file: Path, *, connections: int, seconds: int, limit: int = 0
 ) -> dict[str, Any]:
     """One wrk run from core 1; the figures ``post.lua`` prints, as a dict."""
     argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
@@ -221,7 +229,6 @@ def wrk(
             result["errors"] = sum(
                 result[key] for key in ("connect_errors", "read_errors", "write_errors", "timeouts")
             )
-            result["connections"] = connections
             return result
     raise BenchError(f"wrk failed ({done.returncode}): {done.stdout[-1500:]} {done.stderr[-1500:]}")
 
@@ -238,12 +245,12 @@ class Plan:
     connections: int = 8
 
 
-def _medians(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
-    keys = ("rps", "p50_us", "p90_us", "p99_us", "p999_us", "mean_us")
+def medians(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Median of each figure over rounds; sums for the counts."""
+    keys = ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request")
     summary = {key: float(statistics.median(run[key] for run in runs)) for key in keys}
-    summary["non2xx"] = float(sum(run["non2xx"] for run in runs))
-    summary["errors"] = float(sum(run["errors"] for run in runs))
-    summary["requests"] = float(sum(run["requests"] for run in runs))
+    for key in ("non2xx", "errors", "requests"):
+        summary[key] = float(sum(run[key] for run in runs))
     return summary
 
 
@@ -269,40 +276,32 @@ def alternate(
             if plan.warmup_seconds:
                 wrk(server.url, body_file, connections=connections, seconds=plan.warmup_seconds)
             runs[server.name].append(
-                wrk(server.url, body_file, connections=connections, seconds=plan.seconds)
+                server.measure(body_file, connections=connections, seconds=plan.seconds)
             )
     return runs
 
 
-def _ratio_medians(
-    runs: dict[str, list[dict[str, Any]]], pairs: Sequence[tuple[str, str]]
-) -> dict[str, float]:
-    """Per-round throughput ratios, then their median (the point of alternating)."""
-    out = {}
-    for top, bottom in pairs:
-        ratios = [a["rps"] / b["rps"] for a, b in zip(runs[top], runs[bottom], strict=True)]
-        out[f"{top}:{bottom}"] = float(statistics.median(ratios))
-    return out
+def ratio(
+    runs: dict[str, list[dict[str, Any]]], top: str, bottom: str, *, key: str = "rps"
+) -> float:
+    """Median of the per-round ratios of ``key`` (the point of alternating)."""
+    pairs = zip(runs[top], runs[bottom], strict=True)
+    return float(statistics.median(a[key] / b[key] for a, b in pairs))
 
 
 def _soak(server: Server, body_file: Path, plan: Plan, *, rate: float) -> dict[str, Any]:
-    """Exactly ``plan.soak_requests`` /mutate requests on 8 held connections; RSS around it.
+    """Exactly ``plan.soak_requests`` requests on held connections; RSS sampled every second.
 
     wrk has no request-count option: ``post.lua`` stops sending at the count,
-    but wrk still waits out its ``-d``. So ``-d`` is sized from the rate the
-    comparison measured, with slack, and the idle tail is the price of an
-    exact count over one set of connections (a new set per chunk would
-    measure connection churn instead, which ``_churn`` does on purpose).
+    and ``-d`` is sized from the measured rate with slack.
     """
     wrk(server.url, body_file, connections=plan.connections, seconds=max(plan.warmup_seconds, 1))
-    before = server.rss()
-    samples: list[tuple[float, int]] = []
+    samples: list[int] = []
     stop = threading.Event()
-    start = time.monotonic()
 
     def sample() -> None:
         while not stop.wait(1.0):
-            samples.append((time.monotonic() - start, sum(server.rss().values())))
+            samples.append(server.rss())
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -318,28 +317,20 @@ def _soak(server: Server, body_file: Path, plan: Plan, *, rate: float) -> dict[s
     finally:
         stop.set()
         sampler.join()
-    after = server.rss()
-    return {
-        "run": result,
-        "seconds": seconds,
-        "rss_before_kib": before,
-        "rss_after_kib": after,
-        "rss_samples": samples,
-        "limit": plan.soak_requests,
-    }
+    end = server.rss()
+    # From the first sample (a second in, connections open) to the end: what
+    # follows requests, not what the warm-up's closed connections still hold.
+    growth = end - (samples[0] if samples else end)
+    return {"run": result, "seconds": seconds, "rss_end_kib": end, "growth_kib": growth}
 
 
-def _churn(server: Server, body_file: Path, plan: Plan, *, runs: int) -> dict[str, Any]:
-    """RSS after each of ``runs`` one-second wrk runs, each on a fresh set of connections.
-
-    Separates memory that follows connections (opened and closed by the
-    client) from memory that follows requests (the soak).
-    """
-    rss = [sum(server.rss().values())]
-    for _ in range(runs):
+def _churn(server: Server, body_file: Path, plan: Plan) -> dict[str, Any]:
+    """RSS after each of ``plan.churn_runs`` one-second wrk runs, each on fresh connections."""
+    rss = [server.rss()]
+    for _ in range(plan.churn_runs):
         wrk(server.url, body_file, connections=plan.connections, seconds=1)
-        rss.append(sum(server.rss().values()))
-    closed = runs * plan.connections
+        rss.append(server.rss())
+    closed = plan.churn_runs * plan.connections
     return {
         "rss_kib": rss,
         "connections": closed,
@@ -347,89 +338,57 @@ def _churn(server: Server, body_file: Path, plan: Plan, *, runs: int) -> dict[st
     }
 
 
-def _mutate_response_bytes(
-    body: bytes, *, log: Path, ca: Path, port: int, certs: Path, namespaces: Path
-) -> int:
-    """The size of /mutate's answer to ``body``, asked of a short-lived webhook."""
-    probe = Server(
-        "sizing",
-        webhook_argv(port=port, certs=certs, namespaces=namespaces, workers=1),
-        SERVER_CPUS,
-        ca,
-        port,
-        log,
-        expect_patch=True,
-    )
-    with running([probe], body):
-        context = ssl.create_default_context(cafile=str(ca))
-        conn = http.client.HTTPSConnection(HOST, port, context=context, timeout=10)
-        try:
-            conn.request("POST", "/mutate", body, {"Content-Type": "application/json"})
-            return len(conn.getresponse().read())
-        finally:
-            conn.close()
-
-
-def run(work: Path, plan: Plan) -> dict[str, Any]:
+def run(work: Path, plan: Plan, *, before_cli: Path | None = None) -> dict[str, Any]:
     """Every service scenario; servers live in ``work`` (certs, logs, bodies)."""
     work.mkdir(parents=True, exist_ok=True)
-    certs = make_certs(work / "certs")
+    certs = work / "certs"
+    write_certs(certs)
     namespaces = write_namespaces(work / "namespaces.json")
-    typical = workload.review(workload.pod())
-    big = workload.review(workload.pod(env_vars=1500))
+    typical, big = workload.review(workload.pod()), workload.review(workload.pod(env_vars=1500))
     typical_file, big_file = work / "typical.json", work / "env1500.json"
     typical_file.write_bytes(typical)
     big_file.write_bytes(big)
     ca = certs / "ca.crt"
 
-    def server(name: str, argv: list[str], port: int, cpus: str = SERVER_CPUS) -> Server:
-        return Server(name, argv, cpus, ca, port, work / f"{name}.log", name.startswith("mutate"))
+    def server(name: str, argv: list[str], port: int) -> Server:
+        return Server(name, argv, ca, port, work / f"{name}.log", name.startswith("mutate"))
 
-    ports = [free_port() for _ in range(5)]
-    mutate = server(
-        "mutate",
-        webhook_argv(port=ports[0], certs=certs, namespaces=namespaces, workers=1),
-        ports[0],
-    )
-    echo = server("echo", baseline_argv("echo", port=ports[1], certs=certs), ports[1])
-    raw = server("raw", baseline_argv("raw", port=ports[2], certs=certs), ports[2])
-    sized = _mutate_response_bytes(
-        typical, log=work / "sizing.log", ca=ca, port=ports[4], certs=certs, namespaces=namespaces
-    )
-    raw_big = server(
-        "raw-sized",
-        baseline_argv("raw", port=ports[4], certs=certs, response_bytes=sized),
-        ports[4],
-    )
-    two = server(
-        "mutate-2-workers",
-        webhook_argv(port=ports[3], certs=certs, namespaces=namespaces, workers=2),
-        ports[3],
-        cpus="0,1",
-    )
-    results: dict[str, Any] = {}
-    results["plan"] = {
-        "seconds": plan.seconds,
-        "warmup_seconds": plan.warmup_seconds,
-        "rounds": plan.rounds,
-        "soak_requests": plan.soak_requests,
-        "connections": plan.connections,
-    }
-    results["body_bytes"] = {"typical": len(typical), "env1500": len(big)}
-    results["response_bytes"] = sized
-    with running([mutate, echo, raw, raw_big], typical):
-        runs = alternate(
-            [mutate, echo, raw, raw_big], typical_file, plan, connections=plan.connections
+    webhooks = {"mutate": [sys.executable, "-m", "webhook"]}
+    if before_cli is not None:
+        webhooks["mutate-before"] = [str(before_cli)]
+    servers = []
+    for name, cli in webhooks.items():
+        port = free_port()
+        servers.append(
+            server(name, webhook_argv(cli, port=port, certs=certs, namespaces=namespaces), port)
         )
+    for which in ("echo", "raw"):
+        port = free_port()
+        servers.append(server(which, baseline_argv(which, port=port, certs=certs), port))
+    mutate = servers[0]
+    results: dict[str, Any] = {
+        "plan": {
+            "seconds": plan.seconds,
+            "warmup_seconds": plan.warmup_seconds,
+            "rounds": plan.rounds,
+            "soak_requests": plan.soak_requests,
+            "connections": plan.connections,
+        },
+        "body_bytes": {"typical": len(typical), "env1500": len(big)},
+    }
+    with running(servers, typical):
+        runs = alternate(servers, typical_file, plan, connections=plan.connections)
         results["compare"] = {
             "runs": runs,
-            "medians": {name: _medians(found) for name, found in runs.items()},
-            "ratios": _ratio_medians(
-                runs,
-                [("mutate", "echo"), ("echo", "raw"), ("mutate", "raw"), ("raw-sized", "raw")],
-            ),
+            "medians": {name: medians(found) for name, found in runs.items()},
+            "ratios": {f"{name}:echo": ratio(runs, name, "echo") for name in (*webhooks, "raw")},
+            # The echo's CPU per request over each server's: the throughput
+            # ratio without the noise of a shared machine.
+            "cpu_ratios": {
+                f"{name}:echo": ratio(runs, "echo", name, key="cpu_us_per_request")
+                for name in (*webhooks, "raw")
+            },
         }
-
         big_runs: dict[str, list[dict[str, Any]]] = {"c1": [], "c8": []}
         mutate.check(big)
         for _ in range(plan.rounds):
@@ -437,31 +396,10 @@ def run(work: Path, plan: Plan) -> dict[str, Any]:
                 if plan.warmup_seconds:
                     wrk(mutate.url, big_file, connections=conns, seconds=plan.warmup_seconds)
                 big_runs[key].append(
-                    wrk(mutate.url, big_file, connections=conns, seconds=plan.seconds)
+                    mutate.measure(big_file, connections=conns, seconds=plan.seconds)
                 )
-        results["big_pod"] = {
-            "runs": big_runs,
-            "medians": {key: _medians(found) for key, found in big_runs.items()},
-        }
-
-        results["soak"] = _soak(
-            mutate, typical_file, plan, rate=results["compare"]["medians"]["mutate"]["rps"]
-        )
-        results["churn"] = _churn(mutate, typical_file, plan, runs=plan.churn_runs)
-
-        workers: dict[str, Any] = {"supported": True}
-        try:
-            two.start(typical)
-        except BenchError as err:
-            workers = {"supported": False, "error": str(err)[-500:]}
-        else:
-            try:
-                found = alternate([mutate, two], typical_file, plan, connections=plan.connections)
-            finally:
-                workers["rss_kib"] = two.rss()
-                two.stop()
-            workers["runs"] = found
-            workers["medians"] = {name: _medians(items) for name, items in found.items()}
-            workers["ratios"] = _ratio_medians(found, [("mutate-2-workers", "mutate")])
-        results["workers"] = workers
+        results["big_pod"] = {key: medians(found) for key, found in big_runs.items()}
+        rate = results["compare"]["medians"]["mutate"]["rps"]
+        results["soak"] = _soak(mutate, typical_file, plan, rate=rate)
+        results["churn"] = _churn(mutate, typical_file, plan)
     return results

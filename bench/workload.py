@@ -109,6 +109,26 @@ def pod(
     }
 
 
+def one_container_pod(*, name_prefix: str = "web-") -> dict[str, Any]:
+    """The smallest realistic pod: the "default injected Pod" of the size goal, and what the
+    end-to-end section creates (no owner, so no controller touches it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": name_prefix, "labels": {"app": "web"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "registry.example.com/team/app:1.0.0",
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                }
+            ]
+        },
+    }
+
+
 def review(obj: dict[str, Any], *, uid: str = "6c3c2b8e-3f0e-4c1a-9f57-2d8f1b1e9a00") -> bytes:
     """The AdmissionReview kube-apiserver sends for creating ``obj`` (v1), as bytes."""
     return orjson.dumps(

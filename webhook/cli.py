@@ -130,6 +130,13 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a request's headers, then its body, must each arrive within this (default 10)",
     )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="after SIGTERM, keep answering this long, each response with Connection: close, "
+        "before shutting down (default 5; 0: no drain)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     certs = commands.add_parser("certs", help="make a CA and a serving certificate")

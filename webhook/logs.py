@@ -21,11 +21,24 @@ ADMISSION_LOGGER: Final = "webhook.admission"
 class JsonFormatter(logging.Formatter):
     """``{"time", "level", "logger", "message", "pid", ...fields}`` on one line."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (whole second, its ISO text): formatting the date once a second
+        # rather than once a line (a line per admission). One tuple, replaced
+        # whole, so threads logging at once never see a torn pair.
+        self._second: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as a JSON line (exceptions as a one-string ``exception`` field)."""
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (
+                second,
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)),
+            )
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": f"{cached[1]}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

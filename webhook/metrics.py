@@ -146,14 +146,27 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Children by label values, looked up once: ``labels()`` validates and
+        # locks on every call, which cost as much as the rest of recording an
+        # admission. The label sets are small and fixed by the code.
+        self._observed: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._decided: dict[str, Counter] = {}
+
     def observe(self, endpoint: str, outcome: str, seconds: float) -> None:
         """Count one request and its latency."""
-        self.requests.labels(endpoint, outcome).inc()
-        self.duration.labels(endpoint).observe(seconds)
+        children = self._observed.get((endpoint, outcome))
+        if children is None:
+            children = (self.requests.labels(endpoint, outcome), self.duration.labels(endpoint))
+            self._observed[(endpoint, outcome)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def decision(self, code: str) -> None:
         """Count one admission decision."""
-        self.decisions.labels(code).inc()
+        child = self._decided.get(code)
+        if child is None:
+            child = self._decided[code] = self.decisions.labels(code)
+        child.inc()
 
     def read_timeout(self, phase: str) -> None:
         """Count a connection dropped for missing its read deadline (``headers``/``body``)."""

@@ -26,10 +26,15 @@ Process-wide settings belong here, not in the app factory: logging, the fd
 limit and TLS buffer size that bound what connections cost, and freezing
 the start-up heap for the garbage collector.
 
-Shutdown. On SIGTERM uvicorn stops accepting, closes idle keep-alive
-connections, lets in-flight requests finish (at most
-:data:`GRACEFUL_SHUTDOWN_SECONDS`), runs the lifespan shutdown (stopping the
-namespace watch) and we exit 0, which is what a Deployment rollout expects.
+Shutdown. On the first SIGTERM the server first *drains*
+(:class:`DrainingServer`): for up to :data:`DRAIN_SECONDS` it goes on
+answering, every response with ``Connection: close``, so that kube-apiserver
+drops each kept-alive connection after its next review instead of racing a
+close. Then uvicorn's own graceful shutdown: stop accepting, close idle
+connections, let in-flight requests finish (at most
+:data:`GRACEFUL_SHUTDOWN_SECONDS`), run the lifespan shutdown (stopping the
+namespace watch), and we exit 0, which is what a Deployment rollout expects.
+A second SIGTERM, or SIGINT (Ctrl-C), skips what is left of the drain.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import math
 import resource
 import signal
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +76,35 @@ log = logging.getLogger(__name__)
 KEEP_ALIVE_SECONDS: Final = 120
 
 # Above the apiserver's default webhook timeout (10 s), so a request that can
-# still succeed is allowed to, and below Kubernetes' default
-# terminationGracePeriodSeconds (30 s), so we exit before the kubelet SIGKILLs.
+# still succeed is allowed to. Together with the preStop sleep and the drain
+# it must fit in the pod's terminationGracePeriodSeconds (see DRAIN_SECONDS).
 GRACEFUL_SHUTDOWN_SECONDS: Final = 15
+
+# How long serve goes on answering after SIGTERM, each response with
+# ``Connection: close``, before the graceful shutdown above.
+#
+# Why at all: the kubelet sends SIGTERM after the preStop sleep, when this pod
+# is out of the Service's endpoints and new connections go to other replicas.
+# But kube-apiserver keeps sending reviews on the connections it already holds
+# to this pod (endpoint removal does not touch them), and its Go client does
+# not retry a POST that raced the server's close of an idle connection
+# ("http: server closed idle connection", "EOF"). uvicorn closes idle
+# connections at once on SIGTERM: under `kubectl rollout restart` with pods
+# being created, about 1 creation in 500 failed. A response carrying
+# ``Connection: close`` makes the client drop that connection after reading it,
+# with nothing left to race.
+#
+# How long: Go's client takes the most recently used idle connection for each
+# request, so every connection the apiserver is using gets its next review
+# within a few milliseconds under load; a connection that stays idle for the
+# whole drain is the least recently used one, the last it would pick. Seconds
+# are ample; the drain ends early once no connection is left open.
+#
+# Budget: manifests/base/deployment.yaml's terminationGracePeriodSeconds (30)
+# covers preStop (5) + DRAIN_SECONDS (5) + GRACEFUL_SHUTDOWN_SECONDS (15) +
+# the namespace watch stopping and the exit (tests/test_service_drain.py
+# checks the sum).
+DRAIN_SECONDS: Final = 5.0
 
 # Headers, then the body, each within this long: the apiserver's longest
 # webhook timeout is 30 s and its default 10 s; it sends a review in one go,
@@ -105,6 +137,7 @@ class ServeSettings:
     kubeconfig: Path | None = None
     log_level: str = "info"
     read_timeout: float = READ_TIMEOUT_SECONDS
+    drain_seconds: float = DRAIN_SECONDS
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeSettings:
@@ -112,6 +145,10 @@ class ServeSettings:
         read_timeout = READ_TIMEOUT_SECONDS if args.read_timeout is None else args.read_timeout
         if not (math.isfinite(read_timeout) and read_timeout > 0):
             raise ServeError("--read-timeout must be a positive number of seconds")
+        drain = getattr(args, "drain_seconds", None)
+        drain_seconds = DRAIN_SECONDS if drain is None else drain
+        if not (math.isfinite(drain_seconds) and drain_seconds >= 0):
+            raise ServeError("--drain-seconds must be a number of seconds, 0 or more")
         return cls(
             host=args.host,
             port=args.port,
@@ -121,6 +158,7 @@ class ServeSettings:
             kubeconfig=args.kubeconfig,
             log_level=args.log_level,
             read_timeout=read_timeout,
+            drain_seconds=drain_seconds,
         )
 
 
@@ -174,6 +212,17 @@ class DeadlineH11Protocol(H11Protocol):
         """No deadline outlives its connection."""
         self._disarm()
         super().connection_lost(exc)
+
+    def close_after_response(self) -> None:
+        """Answer the request being read (if its response has not started) with
+        ``Connection: close``; later requests get it from the server's default headers."""
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and not cycle.response_started
+            and CONNECTION_CLOSE not in cycle.default_headers
+        ):
+            cycle.default_headers = [*cycle.default_headers, CONNECTION_CLOSE]
 
     def _follow(self, *, idle_means_waiting: bool) -> None:
         state = self.conn.their_state
@@ -236,6 +285,70 @@ def deadline_protocol(
     return Protocol
 
 
+# --- draining on SIGTERM ----------------------------------------------------------------
+
+CONNECTION_CLOSE: Final = (b"connection", b"close")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, draining kept-alive connections on the first SIGTERM (see
+    :data:`DRAIN_SECONDS` for why).
+
+    The drain keeps the listener open (a connection routed here late is still
+    served) and adds ``Connection: close`` to every response through uvicorn's
+    default headers, which h11 then honours by closing after the response. It
+    ends when no connection is left open, or after ``drain_seconds``; then
+    uvicorn's graceful shutdown runs as usual. Everything happens on the event
+    loop, in uvicorn's once-every-100-ms tick: the signal handler only notes
+    the request.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, drain_seconds: float = DRAIN_SECONDS) -> None:
+        super().__init__(config)
+        self.drain_seconds = drain_seconds
+        self._drain_requested = False
+        self._drain_started: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """The first SIGTERM asks for a drain; any other signal stops as uvicorn does."""
+        if sig == signal.SIGTERM and not self._drain_requested and self.drain_seconds > 0:
+            self._drain_requested = True
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's tick, plus starting, keeping up and ending the drain."""
+        if await super().on_tick(counter):
+            return True
+        if not self._drain_requested:
+            return False
+        # Every tick: uvicorn rebuilds the default headers every second (for Date).
+        headers = self.server_state.default_headers
+        if CONNECTION_CLOSE not in headers:
+            self.server_state.default_headers = [*headers, CONNECTION_CLOSE]
+        now = time.monotonic()
+        if self._drain_started is None:
+            self._drain_started = now
+            # Requests already being read took the headers of their start.
+            for connection in self.server_state.connections:
+                if isinstance(connection, DeadlineH11Protocol):
+                    connection.close_after_response()
+            log.info(
+                "draining: answering with Connection: close for up to %g s (%d connections open)",
+                self.drain_seconds,
+                len(self.server_state.connections),
+            )
+        open_connections = len(self.server_state.connections)
+        elapsed = now - self._drain_started
+        if open_connections == 0:
+            log.info("drained: no connection left open after %.1f s", elapsed)
+            return True
+        if elapsed >= self.drain_seconds:
+            log.info("drain time over with %d connections still open", open_connections)
+            return True
+        return False
+
+
 # --- building the server ------------------------------------------------------------------
 
 
@@ -287,7 +400,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_server(settings: ServeSettings) -> tuple[uvicorn.Server, socket.socket]:
+def build_server(settings: ServeSettings) -> tuple[DrainingServer, socket.socket]:
     """The uvicorn server and its bound socket; raises :class:`ServeError` for bad settings."""
     tls = _load_tls(settings)
     metrics = Metrics()
@@ -311,7 +424,7 @@ def build_server(settings: ServeSettings) -> tuple[uvicorn.Server, socket.socket
         lifespan="on",
         loop="webhook.server:new_event_loop",
     )
-    return uvicorn.Server(config), sock
+    return DrainingServer(config, drain_seconds=settings.drain_seconds), sock
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -1,0 +1,92 @@
+"""``POST /mutate`` bypasses FastAPI's layers, yet answers as a FastAPI route would.
+
+The fast path (``webhook.app._WebhookApp``) is an optimisation: nothing a
+client sees may depend on it. In-process, so both paths can be compared on
+the same app: ``/mutate`` (taken before FastAPI) and ``/mutate/`` (reached
+through FastAPI's router) must give byte-identical answers, other methods the
+405 any FastAPI route gives, and the app must stay a FastAPI app.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from webhook.app import create_app
+from webhook.config import InjectorConfig
+from webhook.namespaces import NamespaceInfo, StaticNamespaces
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    source = StaticNamespaces({"demo": NamespaceInfo("demo", {"sidecar-injection": "enabled"})})
+    return TestClient(create_app(config=InjectorConfig(), namespaces=source))
+
+
+def _review(uid: str = "u-1") -> bytes:
+    return orjson.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "namespace": "demo",
+                "operation": "CREATE",
+                "object": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": "web"},
+                    "spec": {"containers": [{"name": "app", "image": "nginx"}]},
+                },
+            },
+        }
+    )
+
+
+def test_the_app_is_still_a_fastapi_app(client: TestClient) -> None:
+    assert isinstance(client.app, FastAPI)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (_review(), "application/json"),
+        (_review(), "application/json; charset=utf-8"),
+        (b"{not json", "application/json"),
+        (b"", "application/json"),
+        (_review(), "text/plain"),
+        (_review(), "application/json; charset=latin-1"),
+    ],
+    ids=["injected", "charset", "bad-json", "empty", "not-json", "bad-charset"],
+)
+def test_the_fast_path_answers_exactly_as_the_fastapi_route(
+    client: TestClient, body: bytes, content_type: str
+) -> None:
+    fast = client.post("/mutate", content=body, headers={"Content-Type": content_type})
+    routed = client.post("/mutate/", content=body, headers={"Content-Type": content_type})
+    assert fast.status_code == routed.status_code
+    assert fast.content == routed.content
+    assert dict(fast.headers) == dict(routed.headers)
+
+
+def test_an_injected_answer_is_a_json_review_with_its_length(client: TestClient) -> None:
+    answer = client.post(
+        "/mutate", content=_review("u-9"), headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/json"
+    assert int(answer.headers["content-length"]) == len(answer.content)
+    response = answer.json()["response"]
+    assert response["uid"] == "u-9"
+    assert response["patchType"] == "JSONPatch"
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_other_methods_get_fastapis_405(client: TestClient, method: str) -> None:
+    answer = client.request(method, "/mutate")
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "POST"
+    assert answer.json() == {"detail": "Method Not Allowed"}
