@@ -145,6 +145,32 @@ def test_labels_override_the_namespaces_file(tmp_path: Path) -> None:
             b"kind: Pod\napiVersion: v1\nmetadata: {name: web}\nspec:\n  nodeSelector: {1: 2}\n",
             "<stdin>: line 5 column 18: a mapping key must be a string, not a number (1): quote it",
         ),
+        (
+            ["-f", "-", *ENABLE, "-o", "json"],
+            b"kind: Pod\napiVersion: v1\nmetadata: {name: web}\nspec:\n  priority: 1"
+            + b"0" * 30
+            + b"\n",
+            "<stdin>: line 5 column 13: number 1000000000000000000000000000000 is out of range",
+        ),
+        (
+            ["-f", "-", *ENABLE, "-o", "json"],
+            b"kind: Pod\napiVersion: v1\nmetadata: {name: web}\nspec:\n  priority: "
+            + b"9" * 5000
+            + b"\n",
+            "<stdin>: line 5 column 13: number 999",
+        ),
+        (
+            ["-f", "-", *ENABLE, "-o", "json"],
+            b"kind: Pod\napiVersion: v1\nmetadata: {name: web}\n"
+            b"spec: {containers: [{name: a, image: b}]}\nx: !!binary aGk=\n",
+            "the output cannot be written as JSON",
+        ),
+        (
+            ["-f", "-", *ENABLE, "-o", "json"],
+            b"kind: Pod\napiVersion: v1\nmetadata: {name: web}\n"
+            b"spec: {containers: [{name: a, image: b}]}\nx: " + b"[" * 300 + b"]" * 300 + b"\n",
+            "input is nested too deeply",
+        ),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_exit_1_and_nothing_on_stdout(
@@ -159,10 +185,20 @@ def test_bad_input_is_one_line_on_stderr_exit_1_and_nothing_on_stdout(
     assert "Traceback" not in err
 
 
-def test_usage_errors_exit_2() -> None:
-    result = run("inject", "-o", "xml", "-f", "-")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["inject", "-o", "xml", "-f", "-"], b"invalid choice"),
+        (["serve", "--port", "70000"], b"argument --port: 70000 is not a port: 1 to 65535"),
+        (["serve", "--port", "0"], b"argument --port: 0 is not a port"),
+        (["serve", "--port", "https"], b"argument --port: 'https' is not a port number"),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], message: bytes) -> None:
+    result = run(*args)
     assert result.returncode == 2
-    assert b"invalid choice" in result.stderr
+    assert message in result.stderr
+    assert b"Traceback" not in result.stderr
     assert result.stdout == b""
 
 

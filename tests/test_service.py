@@ -501,6 +501,30 @@ def test_preview_gives_the_same_patch_as_mutate(client: WebhookClient) -> None:
             "nested too deeply",
             id="1000-deep JSON in a pod",
         ),
+        pytest.param(
+            POD_YAML + "x: " + "[" * 300 + "]" * 300 + "\n",
+            None,
+            {"namespace": "demo", "output": "json"},
+            400,
+            "nested too deeply",
+            id="YAML too deep for JSON output",
+        ),
+        pytest.param(
+            POD_YAML + "x: 1" + "0" * 30 + "\n",
+            None,
+            {"namespace": "demo", "output": "json"},
+            400,
+            "is out of range (Kubernetes numbers are 64-bit)",
+            id="number over 64 bits",
+        ),
+        pytest.param(
+            POD_YAML + "x: !!binary aGk=\n",
+            None,
+            {"namespace": "demo", "output": "json"},
+            400,
+            "the output cannot be written as JSON",
+            id="binary in JSON output",
+        ),
     ],
 )
 def test_preview_errors_are_400_or_415_with_a_message(

@@ -647,9 +647,10 @@ def _preview_router(service: _Service) -> APIRouter:
                 text, warnings = await run_preview(body, query)
             except (_HTTPError, BadRequest, ManifestError, InjectionRefused, _Aborted) as err:
                 return _observe_failure(service, "preview", err, start).response()
-            except (RecursionError, orjson.JSONEncodeError):
+            except RecursionError:
                 # Deep documents that parsed (YAML, or JSON up to orjson's 1024
-                # levels) can still be too deep for the engine or the renderers.
+                # levels) can still be too deep for the engine or the renderers
+                # (render.to_json turns orjson's depth limit into this too).
                 return _observe_failure(
                     service, "preview", BadRequest("request body is nested too deeply"), start
                 ).response()
@@ -725,11 +726,7 @@ def create_app(
     limits = limits if limits is not None else Limits()
     budget = BodyBudget(limits)
     metrics.body_bytes.set_function(lambda: budget.in_use)
-    # s3 adds freshness() to every NamespaceSource; until that lands, sources
-    # without it simply export no freshness series.
-    freshness = getattr(namespaces, "freshness", None)
-    if freshness is not None:
-        metrics.watch_freshness(freshness)
+    metrics.watch_freshness(namespaces.freshness)
     if tls is not None:
         metrics.certificate_expiry(lambda: _timestamp(tls.not_after))
     service = _Service(

@@ -103,7 +103,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the admission webhook over HTTPS")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=constants.DEFAULT_HTTPS_PORT)
+    serve.add_argument("--port", type=_port, default=constants.DEFAULT_HTTPS_PORT)
     serve.add_argument(
         "--cert-dir",
         type=Path,
@@ -215,6 +215,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: 1 to 65535")
     return value
 
 

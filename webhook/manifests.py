@@ -68,6 +68,29 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
         return mapping
 
 
+# Kubernetes numbers are 64-bit; JSON output (orjson) takes -2**63 .. 2**64-1.
+# A longer numeral is refused before it is converted: Python's int() of a
+# digit string grows quadratically (and refuses past 4,300 digits anyway).
+_INT_RANGE: Final = range(-(1 << 63), 1 << 64)
+_MAX_INT_TEXT: Final = 100  # 64 binary digits with underscores and a sign fit
+
+
+def _construct_bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = shorten(str(node.value), 40, quote=False)
+    if len(node.value) <= _MAX_INT_TEXT:
+        value: int = yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+        if value in _INT_RANGE:
+            return value
+    raise yaml.constructor.ConstructorError(
+        None,
+        None,
+        f"number {text} is out of range (Kubernetes numbers are 64-bit)",
+        node.start_mark,
+    )
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_bounded_int)
+
 # The event types that become a value (a scalar, or the start of a list or map).
 _VALUE_EVENTS: Final = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
 

@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 import yaml
 
+from webhook.manifests import ManifestError
+
 try:
     _BaseDumper: type[yaml.SafeDumper] = yaml.CSafeDumper  # type: ignore[assignment]
 except AttributeError:  # pragma: no cover
@@ -42,8 +44,18 @@ def to_yaml(objects: Sequence[Any]) -> str:
 
 
 def to_json(value: Any) -> str:
-    """Indented JSON with a trailing newline, keys in input order."""
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n"
+    """Indented JSON with a trailing newline, keys in input order.
+
+    Raises ``RecursionError`` past orjson's nesting limit (as the engine and
+    the YAML writer do on deep input) and ``ManifestError`` for a value JSON
+    has no form for (YAML's ``!!binary`` or ``!!set``).
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n"
+    except orjson.JSONEncodeError as err:
+        if "recursion" in str(err).lower():
+            raise RecursionError(str(err)) from None
+        raise ManifestError(f"the output cannot be written as JSON: {err}") from None
 
 
 def as_list(objects: Sequence[dict[str, Any]]) -> Any:
