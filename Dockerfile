@@ -12,13 +12,14 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 # README.md is the package's long description; pyproject.toml needs it to build.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY webhook ./webhook
 # A real wheel (not an editable install), runtime dependencies only: no test
-# or dev extras reach the image. pip byte-compiles as it installs, which
+# or dev extras reach the image, and each dependency at the version the tests
+# passed with (constraints.txt). pip byte-compiles as it installs, which
 # matters because the root filesystem is read-only at run time.
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install /wheels/*.whl \
+ && /opt/venv/bin/pip install --constraint constraints.txt /wheels/*.whl \
  && /opt/venv/bin/pip uninstall --yes pip
 
 FROM python:3.11-slim

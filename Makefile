@@ -8,11 +8,25 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Dependencies at the versions in constraints.txt (what the tests last passed with).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --constraint constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# Re-pin: a fresh virtualenv with the newest versions pyproject.toml allows,
+# frozen into constraints.txt. Review the diff and run make test before committing.
+.PHONY: constraints
+constraints:
+	rm -rf build/constraints-venv
+	$(PYTHON) -m venv build/constraints-venv
+	build/constraints-venv/bin/pip install --quiet --upgrade pip
+	build/constraints-venv/bin/pip install --quiet '.[dev]'
+	{ sed -n '1,3p' constraints.txt; build/constraints-venv/bin/pip freeze --exclude-editable \
+		| grep -v '^sidecar-injector'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf build/constraints-venv
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -26,7 +26,8 @@ import pytest
 import yaml
 from cryptography import x509
 
-from webhook.config import parse_config
+from webhook import __version__
+from webhook.config import InitConfig, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -299,7 +300,11 @@ def test_the_config_map_is_mounted_where_serve_reads_its_config_and_parses(
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
     text = config_map["data"][config_path.name]
     config = parse_config(text, origin="manifests/base/injector-config.yaml")
-    assert config.init.image == "ghcr.io/sidecar-injector/mesh-init:0.1.0"
+    # The install runs the images of this version: a release bumps
+    # webhook.__version__ and these tags together (the one other place).
+    assert config.init.image == f"ghcr.io/sidecar-injector/mesh-init:{__version__}"
+    assert config.init.image == InitConfig().image
+    assert _container(base)["image"] == f"ghcr.io/sidecar-injector/webhook:{__version__}"
     assert config.proxy.version == "v1.40.0"
 
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from webhook import constants
+from webhook import __version__, constants
 from webhook.quantity import QuantityError, check_quantity
 from webhook.values import LOG_LEVELS, check_address, parse_image_tag
 
@@ -93,7 +93,8 @@ class ProxyConfig(_Model):
 class InitConfig(_Model):
     """The iptables init container."""
 
-    image: str = "ghcr.io/sidecar-injector/mesh-init:0.1.0"
+    # The image released with this version of the injector.
+    image: str = f"ghcr.io/sidecar-injector/mesh-init:{__version__}"
     resources: Resources = Resources(
         cpu_request="10m", cpu_limit=None, memory_request="16Mi", memory_limit="64Mi"
     )

@@ -14,7 +14,13 @@ from tests.e2e.images import REPO, ImageSpec, context_files, input_hash, product
 
 def test_webhook_context_is_what_dockerignore_allows() -> None:
     files = {f.as_posix() for f in context_files(REPO)}
-    assert {"pyproject.toml", "README.md", "webhook/__init__.py", "webhook/cli.py"} <= files
+    assert {
+        "pyproject.toml",
+        "README.md",
+        "constraints.txt",
+        "webhook/__init__.py",
+        "webhook/cli.py",
+    } <= files
     assert "webhook/engine/inject.py" in files
     # Never the virtualenv, private keys, tests or git.
     assert not {f for f in files if f.split("/")[0] in {".venv", "certs", "tests", ".git"}}
