@@ -514,9 +514,9 @@ class _Session:
             raise ClusterBenchError(
                 f"{case} {variant}: {result['injected']} of {pods} stored pods carry mesh-proxy"
             )
-        # A meshed pod may be reviewed twice: with reinvocationPolicy IfNeeded
-        # the apiserver calls again when a later plugin changed the pod (the
-        # ServiceAccount plugin mounts its token into the injected containers).
+        # Every meshed pod is reviewed at least once (once with the install's
+        # reinvocationPolicy Never; twice under IfNeeded, the ServiceAccount
+        # plugin's token mount bringing it back); no other pod at all.
         calls = result["webhook_calls"]["calls"]
         if (calls < pods) if case == "meshed" else calls:
             raise ClusterBenchError(

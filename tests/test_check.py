@@ -30,6 +30,7 @@ from webhook.check import (
     Result,
     _config_volume,
     _endpoints,
+    check_cluster,
     probe_pod,
     render_json,
     render_text,
@@ -635,3 +636,17 @@ def test_hints_follow_the_install_flavour(api: MisbehavingAPI, tmp_path: Path) -
     )
     assert "cmctl renew -n mesh-system" in checker._renew_hint(ca=False)
     assert "trust both" in checker._renew_hint(ca=True)
+
+
+def test_an_unreadable_kubeconfig_fails_the_api_check_with_a_hint_about_that_file(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("not: a kubeconfig\n")
+    results, host = check_cluster(kubeconfig=str(broken), options=Options())
+    first, *rest = results
+    assert (first.name, first.status) == ("kubernetes-api", "fail")
+    assert str(broken) in first.message
+    assert "kubectl --kubeconfig FILE" in first.hint
+    assert {result.status for result in rest} == {"skip"}
+    assert host == "(not configured)"

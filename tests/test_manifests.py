@@ -458,13 +458,13 @@ def test_both_webhooks_only_match_pod_creation(base: list[Object]) -> None:
         ]
 
 
-def test_both_webhooks_fail_closed_quickly_and_may_be_reinvoked(base: list[Object]) -> None:
+def test_both_webhooks_fail_closed_quickly_and_are_called_once_per_pod(base: list[Object]) -> None:
     for hook in _webhooks(base).values():
         assert hook["failurePolicy"] == "Fail"
         assert hook["timeoutSeconds"] <= 10
         assert hook["sideEffects"] == "None"
         assert hook["matchPolicy"] == "Equivalent"
-        assert hook["reinvocationPolicy"] == "IfNeeded"
+        assert hook["reinvocationPolicy"] == "Never"
         assert hook["admissionReviewVersions"] == ["v1", "v1beta1"]
 
 

@@ -120,11 +120,25 @@ def test_an_annotation_of_an_earlier_build_still_parses() -> None:
         ('{"version":"1","containers":[1]}', "containers that is not a list"),
         ('{"version":"1","digest":5}', "digest that is not a string"),
         ('{"version":"1","wasNull":["spec"]}', "unknown members in wasNull"),
+        ('{"version":"1","annotations":["a","a"]}', "names an item twice in annotations"),
+        ('{"version":"1","containers":["p","p"]}', "names an item twice in containers"),
     ],
 )
 def test_a_malformed_status_is_a_status_error(text: str, problem: str) -> None:
     with pytest.raises(StatusError, match=problem):
         InjectionStatus.parse(text)
+
+
+@pytest.mark.parametrize("others", [{"b": "2"}, {"b": "2", "c": "3"}])
+def test_a_status_naming_an_annotation_twice_is_refused_and_nothing_removed(
+    others: dict[str, str],
+) -> None:
+    # Counted naively, ["a","a"] against {status, a, b} looks like "every
+    # annotation is ours" and would drop the user's b with the whole map.
+    status = '{"version":"1","initContainers":[],"containers":[],"annotations":["a","a"]}'
+    given = pod(annotations={STATUS: status, "a": "1", **others})
+    with pytest.raises(InjectionRefused, match="names an item twice in annotations"):
+        uninject(given)
 
 
 # --- uninject ----------------------------------------------------------------------------

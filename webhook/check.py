@@ -1489,7 +1489,12 @@ def check_cluster(
     try:
         configuration = kube.load_configuration(kubeconfig)
     except kube.ConfigurationError as err:
-        results = [_result("kubernetes-api", "fail", str(err), "pass --kubeconfig FILE")]
+        hint = (
+            "pass --kubeconfig FILE (or set KUBECONFIG)"
+            if kubeconfig is None
+            else "check the file: kubectl --kubeconfig FILE cluster-info reads it the same way"
+        )
+        results = [_result("kubernetes-api", "fail", str(err), hint)]
         results += [_result(n, "skip", "no API server") for n in CHECK_NAMES[1:]]
         return results, "(not configured)"
     in_cluster = kubeconfig is None and running_in_cluster()

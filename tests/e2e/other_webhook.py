@@ -1,10 +1,10 @@
 """A second mutating webhook for the e2e tests: it adds a container of its own.
 
 Real clusters run several mutating webhooks (policy engines, log agents,
-other injectors). When one of them runs after us, the apiserver reinvokes
-ours (``reinvocationPolicy: IfNeeded``) so that we see the final pod; the
-contract says that second call must not inject again. This server is the
-"other" webhook: HTTPS with a certificate for its own Service name, an
+other injectors). One that runs after us sees our containers and adds its
+own; ours is not called again (``reinvocationPolicy: Never``), and the pod
+must still carry exactly one injection and the other webhook's container.
+This server is the "other" webhook: HTTPS with a certificate for its own Service name, an
 ``add`` of one container, and a log of the calls it got.
 """
 
@@ -91,8 +91,9 @@ class ContainerAddingWebhook:
         """Its MutatingWebhookConfiguration, limited to pods in ``namespace``.
 
         Named so that it sorts after ``sidecar-injector``: the apiserver runs
-        mutating webhooks in name order, so this one mutates after ours and
-        ours is the one that must be reinvoked.
+        mutating webhooks in name order, so this one mutates after ours (and
+        is itself reinvoked after the apiserver's own plugins, as such
+        webhooks usually are).
         """
         return {
             "apiVersion": "admissionregistration.k8s.io/v1",

@@ -156,4 +156,8 @@ def _names(value: dict[str, Any], key: str) -> tuple[str, ...]:
     items = value.get(key, [])
     if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
         raise StatusError(f"has a {key} that is not a list of names")
+    # The injector never writes a name twice; uninject counts on that (a
+    # duplicate would make it remove a whole map, or one key twice).
+    if len(set(items)) != len(items):
+        raise StatusError(f"names an item twice in {key}")
     return tuple(items)
