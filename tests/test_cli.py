@@ -160,6 +160,13 @@ def test_labels_override_the_namespaces_file(tmp_path: Path) -> None:
             "<stdin>: line 5 column 13: number 999",
         ),
         (
+            ["-f", "-", *ENABLE, "-o", "yaml"],
+            b'{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web"},"spec":{"priority":'
+            + b"1" * 30
+            + b',"containers":[{"name":"a","image":"b"}]}}',
+            "<stdin>: number 111111111111111111111111111111 is out of range",
+        ),
+        (
             ["-f", "-", *ENABLE, "-o", "json"],
             b"kind: Pod\napiVersion: v1\nmetadata: {name: web}\n"
             b"spec: {containers: [{name: a, image: b}]}\nx: !!binary aGk=\n",
@@ -192,6 +199,11 @@ def test_bad_input_is_one_line_on_stderr_exit_1_and_nothing_on_stdout(
         (["serve", "--port", "70000"], b"argument --port: 70000 is not a port: 1 to 65535"),
         (["serve", "--port", "0"], b"argument --port: 0 is not a port"),
         (["serve", "--port", "https"], b"argument --port: 'https' is not a port number"),
+        (["certs", "--days", "99999999"], b"argument --days: must be 1 to 36500 days"),
+        (["certs", "--days", "0"], b"argument --days: must be 1 to 36500 days"),
+        (["inject", "-n", "Demo", "-f", "-"], b"'Demo' is not a valid namespace name"),
+        (["inject", "-n", "demo\n", "-f", "-"], b"'demo\\n' is not a valid namespace name"),
+        (["check", "-n", "a" * 64], b"is not a valid namespace name"),
     ],
 )
 def test_usage_errors_exit_2(args: list[str], message: bytes) -> None:
@@ -299,3 +311,18 @@ def test_inject_refuses_yaml_aliases_too() -> None:
     assert result.returncode == 1
     assert result.stdout == b""
     assert b"YAML anchors and aliases are not accepted" in result.stderr
+
+
+def test_json_numbers_come_back_as_written_up_to_64_bits() -> None:
+    # orjson reads an integer past 64 bits as a float; those are refused (see
+    # above), and everything up to 2**64-1, or digits inside strings, is kept.
+    body = (
+        b'{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web","annotations":'
+        b'{"x":"123456789012345678901234"}},"spec":{"priority":18446744073709551615,'
+        b'"containers":[{"name":"a","image":"b"}]}}'
+    )
+    result = run("inject", "-f", "-", "-o", "json", stdin=body)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["spec"]["priority"] == 18446744073709551615
+    assert out["metadata"]["annotations"]["x"] == "123456789012345678901234"

@@ -18,6 +18,7 @@ from webhook.config import ConfigError, load_config
 from webhook.engine import InjectionRefused, NamespaceLike
 from webhook.manifests import ManifestError, load_objects
 from webhook.preview import Assumptions, Output, inject_all, parse_pairs, render
+from webhook.values import NAMESPACE_NAME_RULE, is_namespace_name, shorten
 
 PROG = "sidecar-injector"
 EXIT_ERROR = 1
@@ -48,7 +49,9 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="manifest file (JSON or YAML, multi-document, Lists); '-' reads stdin; repeatable",
     )
-    inject.add_argument("-n", "--namespace", help="namespace of objects that name none")
+    inject.add_argument(
+        "-n", "--namespace", type=_namespace, help="namespace of objects that name none"
+    )
     inject.add_argument(
         "--label",
         action="append",
@@ -150,7 +153,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"its namespace (default {constants.SERVICE_NAMESPACE}; with --renew, the"
         " current one)",
     )
-    certs.add_argument("--days", type=int, default=365)
+    certs.add_argument("--days", type=_days, default=365, help="validity (1 to 36500, default 365)")
     certs.add_argument(
         "--renew",
         action="store_true",
@@ -174,6 +177,7 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "-n",
         "--namespace",
+        type=_namespace,
         help="only this namespace for the dry-run pod, PodSecurity and outdated sidecars",
     )
     check.add_argument("-o", "--output", choices=["text", "json"], default="text")
@@ -226,6 +230,29 @@ def _port(text: str) -> int:
     if not 0 < value < 65536:
         raise argparse.ArgumentTypeError(f"{value} is not a port: 1 to 65535")
     return value
+
+
+# A century: far past any sane certificate, and far inside what X.509 dates
+# (and Python's datetime) can hold.
+MAX_CERT_DAYS = 36_500
+
+
+def _days(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
+    if not 1 <= value <= MAX_CERT_DAYS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_CERT_DAYS} days")
+    return value
+
+
+def _namespace(text: str) -> str:
+    if not is_namespace_name(text):
+        raise argparse.ArgumentTypeError(
+            f"{shorten(text, 80)} is not a valid namespace name ({NAMESPACE_NAME_RULE})"
+        )
+    return text
 
 
 def _timeout(text: str) -> float:
@@ -325,8 +352,6 @@ def _run_uninject(args: argparse.Namespace) -> int:
 def _run_certs(args: argparse.Namespace) -> int:
     from webhook.certs import CertError, renew_certs, write_certs
 
-    if args.days < 1:
-        return _fail("--days must be at least 1")
     try:
         if args.renew:
             renewed = renew_certs(

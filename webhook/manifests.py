@@ -16,6 +16,8 @@ its composer would mean the pure-Python loader, ~10x slower and bigger).
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Final
 
 import orjson
@@ -90,6 +92,24 @@ def _construct_bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> in
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_bounded_int)
+
+# orjson reads an integer past 64 bits as a float, which the output would then
+# print rounded (1.2345678901234568e+29): a run of 20 or more digits sends
+# the text through the standard parser, which can tell integers apart.
+_LONG_NUMERAL: Final = re.compile(r"\d{20}")
+
+
+def _json_with_bounded_ints(text: str, *, origin: str) -> Any:
+    def bounded(numeral: str) -> int:
+        value = int(numeral) if len(numeral) <= _MAX_INT_TEXT else None
+        if value is None or value not in _INT_RANGE:
+            shown = shorten(numeral, 40, quote=False)
+            raise ManifestError(
+                f"{origin}: number {shown} is out of range (Kubernetes numbers are 64-bit)"
+            )
+        return value
+
+    return json.loads(text, parse_int=bounded)
 
 # The event types that become a value (a scalar, or the start of a list or map).
 _VALUE_EVENTS: Final = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
@@ -172,6 +192,8 @@ def parse_documents(
                 raise ManifestError(f"{origin}: invalid JSON: {err}") from None
             # ``{a: 1}`` is YAML flow style; let the YAML parser have it.
         else:
+            if _LONG_NUMERAL.search(text):
+                doc = _json_with_bounded_ints(text, origin=origin)
             return doc if isinstance(doc, list) else [doc]
     _check_yaml(text, origin=origin, max_values=max_values)
     try:

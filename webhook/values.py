@@ -75,6 +75,10 @@ def is_namespace_name(name: str) -> bool:
     return _NAMESPACE_NAME.fullmatch(name) is not None
 
 
+# What is_namespace_name accepts, for messages.
+NAMESPACE_NAME_RULE = "lower-case letters, digits and '-', at most 63 characters"
+
+
 def check_text(raw: str) -> None:
     """Printable ASCII only: no control characters (newline, tab, NUL, DEL), no Unicode."""
     if raw.isascii() and raw.isprintable():
