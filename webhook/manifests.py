@@ -111,6 +111,7 @@ def _json_with_bounded_ints(text: str, *, origin: str) -> Any:
 
     return json.loads(text, parse_int=bounded)
 
+
 # The event types that become a value (a scalar, or the start of a list or map).
 _VALUE_EVENTS: Final = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
 
