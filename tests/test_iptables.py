@@ -10,6 +10,7 @@ network namespace. Pod-in-a-box (tests/e2e) runs them for real.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -222,8 +223,21 @@ def test_the_init_container_shape() -> None:
     }
 
 
-def fake_tools(tmp_path: Path, *, fail: str = "", probe_rc: int = 0) -> dict[str, str]:
-    """A PATH whose iptables tools record their input (and ``fail`` exits 1)."""
+# What legacy ip6tables prints when the kernel has no ip6table_nat module.
+NO_NAT_TABLE = (
+    "ip6tables v1.8.9 (legacy): can't initialize ip6tables table `nat':"
+    " Table does not exist (do you need to insmod?)"
+)
+
+
+def fake_tools(
+    tmp_path: Path, *, fail: str = "", probe_rc: int = 0, probe_says: str = NO_NAT_TABLE
+) -> dict[str, str]:
+    """A PATH whose iptables tools record their input (and ``fail`` exits 1).
+
+    ``ip6tables`` (the probe) exits ``probe_rc``, printing ``probe_says`` on
+    stderr when that is not 0.
+    """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save"):
@@ -231,7 +245,8 @@ def fake_tools(tmp_path: Path, *, fail: str = "", probe_rc: int = 0) -> dict[str
         if tool == fail:
             body = f'cat > /dev/null; echo "{tool}: line 3 failed" >&2; exit 1\n'
         (bin_dir / tool).write_text(f"#!/bin/sh\n{body}")
-    (bin_dir / "ip6tables").write_text(f"#!/bin/sh\nexit {probe_rc}\n")
+    says = f"echo {shlex.quote(probe_says)} >&2\n" if probe_rc else ""
+    (bin_dir / "ip6tables").write_text(f"#!/bin/sh\n{says}exit {probe_rc}\n")
     for path in bin_dir.iterdir():
         path.chmod(0o755)
     return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
@@ -280,6 +295,23 @@ def test_the_script_skips_ipv6_where_the_kernel_has_no_ipv6_nat(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert SKIPPED_IPV6 in result.stdout.splitlines()
     assert (tmp_path / "iptables-restore.in").exists()
+    assert not (tmp_path / "ip6tables-restore.in").exists()
+
+
+@pytest.mark.skipif(not IPV6_KERNEL, reason="this kernel has no IPv6")
+@pytest.mark.parametrize(
+    "says",
+    [
+        "ip6tables v1.8.9 (legacy): can't initialize ip6tables table `nat': Permission denied",
+        "sh: ip6tables: not found",
+    ],
+)
+def test_any_other_failure_of_the_ipv6_probe_fails_the_container(tmp_path: Path, says: str) -> None:
+    script = render_script(settings_for(), proxy_uid=1337)
+    result = run_script(script, fake_tools(tmp_path, probe_rc=1, probe_says=says))
+    assert result.returncode == 1
+    assert f"mesh-init: {says}" in result.stderr
+    assert SKIPPED_IPV6 not in result.stdout
     assert not (tmp_path / "ip6tables-restore.in").exists()
 
 

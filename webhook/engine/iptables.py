@@ -199,8 +199,16 @@ def render_script(settings: ProxySettings, *, proxy_uid: int, ipv6: bool = True)
         "iptables-save -t nat\n"
     )
     if ipv6:
+        # Skipped only for a kernel without IPv6 (no /proc/net/if_inet6) or
+        # without its nat table (what ip6tables says when the table module is
+        # absent); any other failure of the probe stops the container, since
+        # skipping would let the pod's IPv6 traffic bypass the proxy.
         script += (
-            "if [ -e /proc/net/if_inet6 ] && ip6tables -t nat -S >/dev/null 2>&1; then\n"
+            "if [ ! -e /proc/net/if_inet6 ]; then v6=\n"
+            "elif p=$(ip6tables -t nat -S 2>&1); then v6=1\n"
+            "else case $p in *'does not exist'*) v6=;;"
+            ' *) echo "mesh-init: $p" >&2; exit 1;; esac; fi\n'
+            'if [ "$v6" ]; then\n'
             f"{_call(settings, 6)} | ip6tables-restore --noflush\n"
             "ip6tables-save -t nat\n"
             f"else echo '{SKIPPED_IPV6}'; fi\n"
