@@ -211,6 +211,23 @@ def test_config_file_errors_name_the_key(text: str, message: str) -> None:
         parse_config(text, origin="config.yaml")
 
 
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('init:\n  image: "mesh-init\\nx"\n', "init.image"),
+        ('proxy:\n  version: "v1\\r"\n', "proxy.version"),
+        ('excludedNamespaces: ["a\\tb"]\n', "excludedNamespaces"),
+    ],
+)
+def test_config_strings_with_control_characters_are_refused(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text, origin="config.yaml")
+    message = str(refused.value)
+    assert message.startswith(f"config.yaml: {key}:"), message
+    assert "contains a control character" in message
+    assert "\n" not in message and "\r" not in message and "\t" not in message
+
+
 def test_an_empty_config_file_means_the_defaults() -> None:
     assert parse_config("") == InjectorConfig()
 

@@ -33,6 +33,18 @@ class _Model(BaseModel):
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _printable(cls, value: object) -> object:
+        # Every string here ends up in a pod spec, a log line or a command
+        # line; a control character (a newline in an image name) is a typo
+        # at best and a header or log injection at worst.
+        texts = value if isinstance(value, tuple | list) else (value,)
+        for text in texts:
+            if isinstance(text, str) and any(c < " " or c == "\x7f" for c in text):
+                raise ValueError(f"{text!r} contains a control character")
+        return value
+
 
 class Resources(_Model):
     """Proxy container resources; ``None`` leaves that field unset in the pod."""
