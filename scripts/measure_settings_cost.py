@@ -27,7 +27,7 @@ from webhook.engine import InjectionRefused, inject
 from webhook.engine import inject as inject_module
 from webhook.engine.iptables import mesh_init_container
 from webhook.engine.proxy import mesh_proxy_container
-from webhook.preview import AssumedNamespace
+from webhook.namespaces import NamespaceInfo
 from webhook.settings import SETTINGS_CACHE, SettingsError, resolve_settings
 from webhook.values import MAX_CIDRS, MAX_PORTS
 
@@ -108,7 +108,7 @@ def main() -> None:
         "metadata": {"name": "web", "annotations": annotations},
         "spec": {"containers": [{"name": "web", "image": "nginx"}]},
     }
-    namespace = AssumedNamespace("demo", MappingProxyType({"sidecar-injection": "enabled"}))
+    namespace = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "enabled"}))
     default_init = mesh_init_container(resolve({}), config)
     worst_init = mesh_init_container(settings, config)
     huge = ",".join(["10.0.0.0/8"] * 264_000)  # 2.9 MB, as in issue 10

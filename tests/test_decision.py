@@ -23,7 +23,7 @@ from webhook.engine import (
     uninject,
 )
 from webhook.engine.status import MAX_STATUS_CHARS
-from webhook.preview import AssumedNamespace
+from webhook.namespaces import NamespaceInfo
 
 ENABLED = {"sidecar-injection": "enabled"}
 DISABLED = {"sidecar-injection": "disabled"}
@@ -125,7 +125,7 @@ def test_decision_matrix(
     decision = decide(
         {"labels": labels, "annotations": annotations},
         {"containers": [{"name": "app"}], **spec},
-        namespace=AssumedNamespace(namespace, MappingProxyType(ns_labels)),
+        namespace=NamespaceInfo(namespace, MappingProxyType(ns_labels)),
         config=InjectorConfig(),
     )
     assert (decision.code, decision.inject) == (code, inject)
@@ -137,7 +137,7 @@ def test_decision_matrix(
         relabelled = decide(
             {"labels": labels, "annotations": annotations},
             {"containers": [{"name": "app"}], **spec},
-            namespace=AssumedNamespace(namespace, MappingProxyType(other)),
+            namespace=NamespaceInfo(namespace, MappingProxyType(other)),
             config=InjectorConfig(),
         )
         if code in LABEL_FREE_SKIPS or relabelled.code in LABEL_FREE_SKIPS:
@@ -166,7 +166,7 @@ def test_a_status_annotation_on_a_client_shaped_pod_is_decided_and_refused_clean
         "metadata": {"name": "web", "annotations": NATIVE_STATUS},
         "spec": {"containers": [{"name": "app", "image": "nginx"}], **spec},
     }
-    namespace = AssumedNamespace("demo", MappingProxyType(ENABLED))
+    namespace = NamespaceInfo("demo", MappingProxyType(ENABLED))
     assert decide(pod["metadata"], pod["spec"], namespace=namespace, config=InjectorConfig()) == (
         decide({}, {}, namespace=namespace, config=InjectorConfig())
     ), "the listed containers are not there: not already injected"
@@ -207,7 +207,7 @@ def test_decide_and_uninject_agree_on_what_a_status_annotation_is(value: str) ->
     decision = decide(
         pod["metadata"],
         pod["spec"],
-        namespace=AssumedNamespace("demo", MappingProxyType(ENABLED)),
+        namespace=NamespaceInfo("demo", MappingProxyType(ENABLED)),
         config=InjectorConfig(),
     )
     assert (decision.code == "already-injected") is valid
@@ -223,7 +223,7 @@ def test_reasons_say_why() -> None:
         return decide(
             {"labels": labels, "annotations": annotations},
             {"containers": [{"name": "app"}], **spec},
-            namespace=AssumedNamespace("demo", MappingProxyType(ENABLED)),
+            namespace=NamespaceInfo("demo", MappingProxyType(ENABLED)),
             config=InjectorConfig(),
         ).reason
 
@@ -240,11 +240,11 @@ def test_reasons_say_why() -> None:
 def test_the_excluded_namespaces_come_from_the_config() -> None:
     config = InjectorConfig(excluded_namespaces=("platform",))
     decision = decide(
-        {}, {}, namespace=AssumedNamespace("platform", MappingProxyType(ENABLED)), config=config
+        {}, {}, namespace=NamespaceInfo("platform", MappingProxyType(ENABLED)), config=config
     )
     assert decision.code == "excluded-namespace"
     decision = decide(
-        {}, {}, namespace=AssumedNamespace("kube-system", MappingProxyType(ENABLED)), config=config
+        {}, {}, namespace=NamespaceInfo("kube-system", MappingProxyType(ENABLED)), config=config
     )
     assert decision.code == "namespace-enabled"
 
@@ -278,7 +278,7 @@ ENFORCE_VERSION = "pod-security.kubernetes.io/enforce-version"
 def inject_into(labels: dict[str, str], pod: dict[str, Any] = POD) -> Any:
     return inject(
         pod,
-        namespace=AssumedNamespace("shop", MappingProxyType(labels)),
+        namespace=NamespaceInfo("shop", MappingProxyType(labels)),
         config=InjectorConfig(),
     )
 
@@ -352,7 +352,7 @@ def test_a_status_annotation_without_its_containers_is_rewritten_by_an_add() -> 
     # And now it counts: a second pass is a no-op.
     again = inject(
         result.obj,
-        namespace=AssumedNamespace("shop", MappingProxyType(ENABLED)),
+        namespace=NamespaceInfo("shop", MappingProxyType(ENABLED)),
         config=InjectorConfig(),
     )
     assert again.decision.code == "already-injected"

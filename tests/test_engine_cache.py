@@ -15,7 +15,7 @@ from webhook.engine import InjectionRefused, inject
 from webhook.engine.inject import CACHE
 from webhook.engine.inject import _build as build_entry
 from webhook.engine.inject import _built as built_for
-from webhook.preview import AssumedNamespace
+from webhook.namespaces import NamespaceInfo
 from webhook.settings import resolve_settings
 
 POD: dict[str, Any] = {
@@ -33,8 +33,8 @@ def proxy_of(obj: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def namespace(**labels: str) -> AssumedNamespace:
-    return AssumedNamespace("demo", MappingProxyType({"sidecar-injection": "enabled", **labels}))
+def namespace(**labels: str) -> NamespaceInfo:
+    return NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "enabled", **labels}))
 
 
 def test_different_configs_give_different_containers() -> None:
@@ -112,7 +112,7 @@ def test_the_object_is_private_to_its_result_and_copies_are_plain() -> None:
     assert value[0]["name"] == "mesh-init"
 
 
-def settings_for(index: int) -> AssumedNamespace:
+def settings_for(index: int) -> NamespaceInfo:
     """A namespace whose settings differ from every other index's (one cache entry each)."""
     return namespace(**{"sidecar.mesh.io/exclude-outbound-ports": str(1000 + index)})
 

@@ -41,8 +41,8 @@ from webhook.namespaces import (
     NamespaceUnavailable,
     StaticNamespaces,
     lookup,
-    namespace_source_from_args,
 )
+from webhook.server import namespace_source_from_args
 
 FAST: dict[str, float] = {
     "watch_timeout_seconds": 30,
@@ -1025,7 +1025,7 @@ def test_choosing_a_file_or_no_source_does_not_import_the_kubernetes_client(
 ) -> None:
     script = (
         "import sys\n"
-        "from webhook.namespaces import namespace_source_from_args\n"
+        "from webhook.server import namespace_source_from_args\n"
         "namespace_source_from_args(namespaces_file=None, kubeconfig=None, in_cluster=False)\n"
         "assert 'kubernetes' not in sys.modules, 'kubernetes was imported'\n"
     )
@@ -1035,22 +1035,31 @@ def test_choosing_a_file_or_no_source_does_not_import_the_kubernetes_client(
     )
 
 
-def test_the_watch_backed_cache_and_the_source_chooser_import_each_other_one_way() -> None:
+def test_the_sources_and_the_chooser_in_serve_import_each_other_one_way() -> None:
     root = Path(__file__).parent.parent / "webhook"
 
-    def imported(module: str) -> set[str]:
+    def imported(module: str, *, top_level_only: bool = False) -> set[str]:
         tree = ast.parse((root / f"{module}.py").read_text())
+        nodes = tree.body if top_level_only else list(ast.walk(tree))
         found: set[str] = set()
-        for node in ast.walk(tree):
+        for node in nodes:
             if isinstance(node, ast.ImportFrom) and node.module:
                 found.add(node.module)
             elif isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
         return found
 
+    # The two kinds of source share only namespace_types, which imports neither.
     assert "webhook.namespaces" not in imported("kube_namespaces")
+    assert "webhook.kube_namespaces" not in imported("namespaces")
     assert not {m for m in imported("namespace_types") if m.startswith("webhook")}
     assert "webhook.namespace_types" in imported("namespaces")
+    # serve chooses; no source imports it, and it imports the watch-backed
+    # cache (and with it the kubernetes client) only once it has chosen it.
+    for module in ("namespaces", "namespace_types", "kube_namespaces"):
+        assert "webhook.server" not in imported(module)
+    assert "webhook.kube_namespaces" in imported("server")
+    assert "webhook.kube_namespaces" not in imported("server", top_level_only=True)
     # Only the watch-backed cache talks to the kubernetes client.
     for module in ("namespaces", "namespace_types"):
         assert not {m for m in imported(module) if m.split(".")[0] == "kubernetes"}

@@ -23,10 +23,10 @@ from webhook.engine import (
     uninject,
 )
 from webhook.engine.workloads import locate_pod
-from webhook.preview import AssumedNamespace
+from webhook.namespaces import NamespaceInfo
 
 CONFIG = InjectorConfig()
-NAMESPACE = AssumedNamespace("demo", MappingProxyType({"sidecar-injection": "enabled"}))
+NAMESPACE = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "enabled"}))
 
 dns_label = st.from_regex(r"[a-z]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True).filter(
     lambda name: name not in ("mesh-proxy", "mesh-init")

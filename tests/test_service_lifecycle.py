@@ -29,10 +29,9 @@ from tests.support.server import (
     make_certs,
     running_server,
 )
-from tests.support.tls_client import SERVICE_HOSTNAME, connect, peer_fingerprint
+from tests.support.tls_client import SERVICE_HOSTNAME, connect, file_fingerprint, peer_fingerprint
 from webhook.certs import write_certs
 from webhook.server import ServeSettings, build_server
-from webhook.tls import fingerprint
 
 
 def review(namespace: str, *, uid: str = "u-1", containers: int = 1) -> dict[str, Any]:
@@ -269,11 +268,11 @@ def wait_for_fingerprint(server: Server, expected: str, deadline: float = 5.0) -
 
 def test_renewing_the_certificate_by_rename_under_load_fails_no_request(tmp_path: Path) -> None:
     with running_server(tmp_path) as server, Load(server) as load:
-        old = fingerprint((server.cert_dir / "tls.crt").read_bytes())
+        old = file_fingerprint(server.cert_dir / "tls.crt")
         for _ in range(3):
             load.progress()
             write_certs(server.cert_dir)  # same CA, new leaf; files replaced by rename
-            new = fingerprint((server.cert_dir / "tls.crt").read_bytes())
+            new = file_fingerprint(server.cert_dir / "tls.crt")
             assert new != old
             wait_for_fingerprint(server, new)
             old = new
@@ -322,9 +321,8 @@ def test_a_secret_volume_swap_under_load_fails_no_request(tmp_path: Path) -> Non
     with running_server(tmp_path / "run", cert_dir=volume.root) as server, Load(server) as load:
         for _ in range(3):
             load.progress()
-            files = leaf_files(ca_dir, tmp_path / "scratch")
-            volume.publish(files)
-            wait_for_fingerprint(server, fingerprint(files["tls.crt"]))
+            volume.publish(leaf_files(ca_dir, tmp_path / "scratch"))
+            wait_for_fingerprint(server, file_fingerprint(volume.root / "tls.crt"))
         load.progress()
     assert load.failures == []
     assert load.count > 20

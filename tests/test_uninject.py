@@ -19,12 +19,12 @@ from webhook.engine import (
     inject,
     uninject,
 )
-from webhook.preview import AssumedNamespace
+from webhook.namespaces import NamespaceInfo
 
 STATUS = "sidecar.mesh.io/status"
 DEFAULT = "kubectl.kubernetes.io/default-container"
 CONFIG = InjectorConfig()
-NAMESPACE = AssumedNamespace("demo", MappingProxyType({"sidecar-injection": "enabled"}))
+NAMESPACE = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "enabled"}))
 
 
 def pod(**meta: Any) -> dict[str, Any]:

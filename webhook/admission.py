@@ -285,11 +285,6 @@ class Reviewed:
         return self.review["response"]
 
 
-def _is_pod_create(request: AdmissionRequest) -> bool:
-    """Whether the engine has anything to say: a CREATE of a Pod (not of a subresource)."""
-    return request.get("operation") == "CREATE" and _is_pod(request)
-
-
 def _is_pod(request: AdmissionRequest) -> bool:
     if request.get("subResource"):
         return False  # pods/binding, pods/eviction, pods/ephemeralcontainers...

@@ -53,6 +53,7 @@ from webhook.manifests import ManifestError, load_objects, objects_of
 from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.metrics import Metrics
 from webhook.namespaces import NamespaceSource, NamespaceUnavailable
+from webhook.namespaces import lookup as lookup_blocking
 from webhook.preview import Assumptions, Output, inject_all, parse_pairs, render
 from webhook.wire import API_VERSIONS, KIND
 
@@ -336,11 +337,8 @@ class _Service:
         """
         if not is_namespace_name(name):
             raise BadRequest(f"{_shown(name)} is not a valid namespace name")
-        found = self.namespaces.cached(name)
-        if found is not None:
-            return found
         try:
-            return self.namespaces.fetch(name)
+            return lookup_blocking(self.namespaces, name)
         except NamespaceUnavailable as err:
             warnings.append(
                 f"namespace {name} could not be read ({err}); treated as having no labels"

@@ -1,11 +1,12 @@
 """What every namespace source hands out, and how it fails.
 
 A module of its own so that dependencies point one way: ``webhook.namespaces``
-(the fixed and file sources, and for now the choice of a source) and
-``webhook.kube_namespaces`` (the watch-backed cache) both import this and
-never each other at module level. Import these names from
-``webhook.namespaces``, which re-exports them; only ``kube_namespaces`` takes
-them from here. Nothing here imports ``kubernetes`` or another source.
+(the fixed and file sources) and ``webhook.kube_namespaces`` (the
+watch-backed cache) both import this and never each other; ``serve``
+(``webhook.server``) chooses among them. ``webhook.namespaces`` re-exports
+these names; code that needs neither the fixed nor the file sources (the
+watch-backed cache, ``check``) may take them from here. Nothing here imports
+``kubernetes`` or another source.
 """
 
 from __future__ import annotations

@@ -13,17 +13,18 @@ Three sources share that interface:
 - ``FileNamespaces``: Namespace objects from a file, e.g. ``kubectl get ns -o yaml``;
 - ``webhook.kube_namespaces.KubeNamespaceCache``: a list+watch cache of the cluster.
 
-This module does not import ``kubernetes``; ``namespace_source_from_args``
-imports the watch-backed cache only when it chooses it, so the offline CLI and
-the engine never pay for (or depend on) the client. The types all sources
-share (``NamespaceInfo``, ``NamespaceSource``, ``Freshness``, the errors,
-``lookup``) live in ``webhook.namespace_types`` and are re-exported here, so
-the watch-backed cache depends on them without depending on this module.
+Choosing one is ``serve``'s business
+(``webhook.server.namespace_source_from_args``), which imports the
+watch-backed cache only when it chooses it. This module does not import
+``kubernetes``, so the offline CLI and the engine never pay for (or depend on)
+the client. The types all sources share (``NamespaceInfo``,
+``NamespaceSource``, ``Freshness``, the errors, ``lookup``) live in
+``webhook.namespace_types`` and are re-exported here, so the watch-backed
+cache depends on them without depending on this module.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -37,7 +38,6 @@ from webhook.namespace_types import (
     NamespaceSourceError,
     NamespaceUnavailable,
     lookup,
-    running_in_cluster,
 )
 
 __all__ = [
@@ -51,9 +51,7 @@ __all__ = [
     "StaticNamespaces",
     "load_namespaces_file",
     "lookup",
-    "namespace_source_from_args",
     "parse_namespaces",
-    "running_in_cluster",
 ]
 
 
@@ -192,39 +190,3 @@ def _kind_of(value: Any) -> str:
     if isinstance(value, str):
         return "a string"
     return "null" if value is None else type(value).__name__
-
-
-def namespace_source_from_args(
-    *,
-    namespaces_file: Path | None,
-    kubeconfig: Path | None,
-    in_cluster: bool | None = None,
-) -> NamespaceSource:
-    """Choose the namespace source for ``serve``; the result is not started yet.
-
-    In order:
-
-    1. ``--namespaces-file``: the file, even in a cluster. A user who passes a
-       file means it (e.g. to try settings against a live cluster without
-       labelling its namespaces).
-    2. In a cluster (``in_cluster``; detected from the service account when
-       ``None``), with ``--kubeconfig``, or with ``$KUBECONFIG`` set: a
-       watch-backed cache of the cluster's Namespaces (no API call per
-       admission). ``~/.kube/config`` alone does not count: a local ``serve``
-       should not quietly start watching whatever cluster it points at.
-    3. Otherwise no source: unknown namespaces have no labels or annotations.
-
-    Raises ``NamespaceSourceError`` (``NamespacesFileError`` for the file)
-    with a one-line message when the chosen source cannot be set up.
-    """
-    if namespaces_file is not None:
-        return FileNamespaces(namespaces_file)
-    if in_cluster is None:
-        in_cluster = running_in_cluster()
-    if in_cluster or kubeconfig is not None or os.environ.get("KUBECONFIG"):
-        # Imported here so that choosing a file or no source never imports the
-        # kubernetes client (slow to import, and not needed offline).
-        from webhook.kube_namespaces import KubeNamespaceCache  # noqa: PLC0415
-
-        return KubeNamespaceCache.from_environment(kubeconfig, in_cluster=in_cluster)
-    return StaticNamespaces()

@@ -18,6 +18,7 @@ from webhook import constants
 from webhook.config import InjectorConfig
 from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike, Op, inject
 from webhook.engine.workloads import describe
+from webhook.namespaces import NamespaceInfo
 from webhook.render import as_list, to_json, to_yaml, unified_diff
 
 
@@ -28,15 +29,6 @@ class Output(StrEnum):
     YAML = "yaml"
     PATCH = "patch"
     DIFF = "diff"
-
-
-@dataclass(frozen=True, slots=True)
-class AssumedNamespace:
-    """A namespace as the engine sees it, built from a source plus user overrides."""
-
-    name: str
-    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +69,14 @@ def namespace_of(obj: dict[str, Any], assumed: str | None) -> str:
 
 def resolve_namespace(
     name: str, *, lookup: NamespaceLookup, assumptions: Assumptions
-) -> AssumedNamespace:
+) -> NamespaceInfo:
     """The source's view of ``name`` with the assumed labels/annotations laid over it."""
     known = lookup(name)
     labels = dict(known.labels) if known is not None else {}
     annotations = dict(known.annotations) if known is not None else {}
     labels.update(assumptions.labels)
     annotations.update(assumptions.annotations)
-    return AssumedNamespace(name, MappingProxyType(labels), MappingProxyType(annotations))
+    return NamespaceInfo(name, MappingProxyType(labels), MappingProxyType(annotations))
 
 
 def inject_all(
@@ -95,7 +87,7 @@ def inject_all(
     config: InjectorConfig,
 ) -> list[InjectionResult]:
     """Inject every object; the first refusal raises (so nothing is half-printed)."""
-    cache: dict[str, AssumedNamespace] = {}
+    cache: dict[str, NamespaceInfo] = {}
     results = []
     for obj in objects:
         name = namespace_of(obj, assumptions.namespace)

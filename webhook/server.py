@@ -47,6 +47,7 @@ import errno
 import gc
 import logging
 import math
+import os
 import resource
 import signal
 import socket
@@ -65,6 +66,7 @@ from webhook import logs, namespaces
 from webhook.app import App, create_app
 from webhook.config import ConfigError, load_config
 from webhook.metrics import Metrics
+from webhook.namespace_types import running_in_cluster
 from webhook.tls import ReloadingTLS, TLSError, uvicorn_config_with_tls
 
 log = logging.getLogger(__name__)
@@ -362,9 +364,45 @@ def _load_tls(settings: ServeSettings) -> ReloadingTLS:
         ) from None
 
 
+def namespace_source_from_args(
+    *,
+    namespaces_file: Path | None,
+    kubeconfig: Path | None,
+    in_cluster: bool | None = None,
+) -> namespaces.NamespaceSource:
+    """Choose the namespace source for ``serve``; the result is not started yet.
+
+    In order:
+
+    1. ``--namespaces-file``: the file, even in a cluster. A user who passes a
+       file means it (e.g. to try settings against a live cluster without
+       labelling its namespaces).
+    2. In a cluster (``in_cluster``; detected from the service account when
+       ``None``), with ``--kubeconfig``, or with ``$KUBECONFIG`` set: a
+       watch-backed cache of the cluster's Namespaces (no API call per
+       admission). ``~/.kube/config`` alone does not count: a local ``serve``
+       should not quietly start watching whatever cluster it points at.
+    3. Otherwise no source: unknown namespaces have no labels or annotations.
+
+    Raises ``namespaces.NamespaceSourceError`` (``NamespacesFileError`` for the file)
+    with a one-line message when the chosen source cannot be set up.
+    """
+    if namespaces_file is not None:
+        return namespaces.FileNamespaces(namespaces_file)
+    if in_cluster is None:
+        in_cluster = running_in_cluster()
+    if in_cluster or kubeconfig is not None or os.environ.get("KUBECONFIG"):
+        # Imported here so that choosing a file or no source never imports the
+        # kubernetes client (slow to import, and not needed offline).
+        from webhook.kube_namespaces import KubeNamespaceCache  # noqa: PLC0415
+
+        return KubeNamespaceCache.from_environment(kubeconfig, in_cluster=in_cluster)
+    return namespaces.StaticNamespaces()
+
+
 def _namespace_source(settings: ServeSettings) -> namespaces.NamespaceSource:
     try:
-        source = namespaces.namespace_source_from_args(
+        source = namespace_source_from_args(
             namespaces_file=settings.namespaces_file, kubeconfig=settings.kubeconfig
         )
     except namespaces.NamespaceSourceError as err:

@@ -29,7 +29,6 @@ import datetime
 import hashlib
 import logging
 import os
-import re
 import ssl
 import tempfile
 import threading
@@ -40,6 +39,8 @@ from typing import Any, Final
 
 import uvicorn
 from cryptography import x509
+
+from webhook.served_cert import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,6 @@ TLS12_CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20"
 # kernels), so a same-size rewrite inside one tick looks unchanged. While a
 # change is that recent the content itself is compared (the "racy git" rule).
 _RACY_NS: Final = 2_000_000_000
-
-_PEM_CERT: Final = re.compile(
-    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
-)
 
 _FileStamp = tuple[int, int, int, int, int]
 
@@ -90,18 +87,6 @@ def harden(context: ssl.SSLContext) -> ssl.SSLContext:
 
 def _server_context() -> ssl.SSLContext:
     return harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
-
-
-def fingerprint(cert_pem: bytes) -> str:
-    """SHA-256 of the first certificate in ``cert_pem`` (DER), as lowercase hex.
-
-    The same value as ``hashlib.sha256(sslsock.getpeercert(True))``, so tests
-    and logs can tell which certificate a server presented.
-    """
-    found = _PEM_CERT.search(cert_pem)
-    if found is None:
-        raise ValueError("no PEM certificate found")
-    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(found.group().decode("ascii"))).hexdigest()
 
 
 @contextlib.contextmanager
@@ -157,12 +142,10 @@ class ReloadingTLS:
         self._failed_digest: bytes | None = None
         self._warned: str | None = None
         self._inner: ssl.SSLContext | None = None
-        self._fingerprint: str | None = None
         # notAfter of the served certificate, for /metrics, /readyz and the
         # expiry warning (webhook/expiry.py).
         self.not_after: datetime.datetime | None = None
         self.last_error: str | None = None
-        self.reloads = 0
 
         self._context = _server_context()
         self._context.sni_callback = self._on_client_hello
@@ -179,11 +162,6 @@ class ReloadingTLS:
     def loaded(self) -> bool:
         """Whether a certificate is being served (for ``/readyz``)."""
         return self._inner is not None
-
-    @property
-    def fingerprint(self) -> str | None:
-        """SHA-256 (hex) of the certificate new handshakes present, if any."""
-        return self._fingerprint
 
     def maybe_reload(self, *, force: bool = False) -> bool:
         """Load the pair if the files changed since the last look; True if a new pair is served.
@@ -224,28 +202,33 @@ class ReloadingTLS:
         if digest in (self._loaded_digest, self._failed_digest):
             return False
         try:
-            inner, print_ = self._build(cert_pem, key_pem)
+            inner, cert = self._build(cert_pem, key_pem)
         except (ssl.SSLError, ValueError, TLSError, OSError) as err:
             reason = getattr(err, "reason", None) or str(err)
             self._fail(f"{self.cert_path}, {self.key_path}: {reason}")
             self._failed_digest = digest
             return False
-        self._inner, self._fingerprint = inner, print_
-        self.not_after = x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+        self._inner = inner
+        self.not_after = cert.not_valid_after_utc
         self._loaded_digest = digest
         self.last_error = self._warned = None
-        self.reloads += 1
-        log.info("serving certificate %s from %s", print_, self.cert_path)
+        log.info("serving certificate %s from %s", fingerprint(cert), self.cert_path)
         return True
 
-    def _build(self, cert_pem: bytes, key_pem: bytes) -> tuple[ssl.SSLContext, str]:
-        print_ = fingerprint(cert_pem)
+    def _build(self, cert_pem: bytes, key_pem: bytes) -> tuple[ssl.SSLContext, x509.Certificate]:
+        # The first certificate of the chain is the one served. Parsed before
+        # OpenSSL sees the files, whose complaint about a file without one is
+        # only "PEM lib".
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError:
+            raise ValueError("no PEM certificate found") from None
         context = _server_context()
         # load_cert_chain also checks that the key belongs to the certificate,
         # which catches a pair caught between its two file replacements.
         with _private_file(cert_pem) as cert_file, _private_file(key_pem) as key_file:
             context.load_cert_chain(cert_file, key_file, password=_refuse_password)
-        return context, print_
+        return context, cert
 
     def _fail(self, message: str) -> None:
         self.last_error = message

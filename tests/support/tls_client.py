@@ -14,6 +14,10 @@ import socket
 import ssl
 from pathlib import Path
 
+from cryptography import x509
+
+from webhook import served_cert
+
 SERVICE_HOSTNAME = "sidecar-injector.mesh-system.svc"
 
 
@@ -60,10 +64,15 @@ def connect(
 
 
 def peer_fingerprint(sock: ssl.SSLSocket) -> str:
-    """SHA-256 (hex) of the certificate the server presented; matches ``webhook.tls.fingerprint``."""
+    """SHA-256 (hex) of the certificate the server presented; see :func:`file_fingerprint`."""
     der = sock.getpeercert(binary_form=True)
     assert der is not None
     return hashlib.sha256(der).hexdigest()
+
+
+def file_fingerprint(cert_file: Path) -> str:
+    """The :func:`peer_fingerprint` a server shows once it serves ``cert_file`` (its first cert)."""
+    return served_cert.fingerprint(x509.load_pem_x509_certificate(cert_file.read_bytes()))
 
 
 def https_get(
