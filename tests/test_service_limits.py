@@ -27,6 +27,8 @@ import pytest
 
 from tests.support.server import Server, WebhookClient, running_server
 from tests.support.tls_client import SERVICE_HOSTNAME, connect
+from webhook.app import BodyBudget, Limits
+from webhook.server import MAX_OPEN_FILES
 
 MEMORY_BOUND_MIB = 400
 READ_TIMEOUT = 2.0
@@ -203,6 +205,77 @@ def test_70_stalled_7mb_uploads_and_20_stalled_heads_stay_under_400_mib_and_othe
         assert timeouts['sidecar_injector_read_timeouts_total{phase="body"}'] == outcomes["aborted"]
         srv.wait_for_metric("sidecar_injector_request_body_bytes_held", lambda held: held == 0)
         assert "Traceback" not in srv.log()
+
+
+def test_100_clients_announcing_1_mib_and_sending_nothing_block_no_admission(
+    tmp_path: Path,
+) -> None:
+    """Announced bytes are not reserved: headers alone hold nothing of the body budget.
+
+    Before, each announced Content-Length was reserved at once, and bodies up
+    to 1 MiB could use the whole 96 MiB: 100 such heads made every real
+    review a 503 until the body deadline dropped them, again and again.
+    """
+    with (
+        running_server(tmp_path, namespaces_yaml=NAMESPACES) as srv,
+        contextlib.ExitStack() as stack,
+    ):
+        client = srv.client()
+        socks = [
+            stack.enter_context(connect(srv.port, srv.ca_file, timeout=EVENTUALLY))
+            for _ in range(100)
+        ]
+        for sock in socks:
+            sock.sendall(head("/mutate", 1024 * 1024))
+        for number in range(5):
+            assert_admits(client, f"while-heads-{number}")
+        # A review over the large-body threshold is not blocked either.
+        big = review("while-heads-big")
+        big["request"]["object"]["metadata"]["annotations"] = {"note": "x" * 200_000}
+        response = client.post("/mutate", orjson.dumps(big))
+        assert response.status_code == 200, response.text[:300]
+        assert "patch" in response.json()["response"]
+        # They were still waiting for their bodies all along: none has timed out yet,
+        # and all 100 do later (the server had their heads).
+        body_timeouts = 'sidecar_injector_read_timeouts_total{phase="body"}'
+        assert srv.metrics().get(body_timeouts, 0) == 0
+        assert srv.metrics()["sidecar_injector_request_body_bytes_held"] == 0
+        srv.wait_for_metric(body_timeouts, lambda count: count == 100, timeout=EVENTUALLY)
+        assert {how_it_ended(sock) for sock in socks} == {"closed by the server"}
+        srv.wait_for_metric(
+            'sidecar_injector_requests_total{endpoint="mutate",outcome="aborted"}',
+            lambda count: count == 100,
+        )
+        assert requests_by_outcome(srv, "mutate") == Counter(ok=6, aborted=100)
+        assert srv.memory().peak_mib < MEMORY_BOUND_MIB
+
+
+def test_the_reserve_for_small_bodies_cannot_be_used_up_by_any_number_of_connections() -> None:
+    """The budget's arithmetic (webhook.app.Limits): small bodies always fit.
+
+    Every connection may hold one small body, the large ones together at most
+    their share; all of that fits the budget, so a review of up to 64 KiB is
+    never refused for memory. Checked on the budget itself at the edge: the
+    large share full, every other connection holding a small body to the byte.
+    """
+    limits = Limits()
+    assert (
+        limits.large_budget_bytes + MAX_OPEN_FILES * limits.large_body_bytes
+        <= limits.body_budget_bytes
+    )
+    budget = BodyBudget(limits)
+    with contextlib.ExitStack() as stack:
+        large = stack.enter_context(budget.reservation())
+        large.announce(7 * 1024 * 1024)
+        large.grow_to(limits.large_budget_bytes)  # as far as large bodies may go
+        with pytest.raises(Exception, match="retry shortly"):
+            stack.enter_context(budget.reservation()).grow_to(limits.large_body_bytes + 1)
+        for _ in range(MAX_OPEN_FILES):
+            small = stack.enter_context(budget.reservation())
+            small.announce(limits.large_body_bytes)
+            small.grow_to(limits.large_body_bytes)
+        assert budget.in_use <= limits.body_budget_bytes
+    assert budget.in_use == 0
 
 
 def test_a_flood_of_connections_that_never_handshake_stays_bounded_and_then_clears(

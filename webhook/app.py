@@ -62,7 +62,8 @@ App = FastAPI
 log = logging.getLogger(__name__)
 admission_log = logging.getLogger(logs.ADMISSION_LOGGER)
 
-MiB: Final = 1024 * 1024
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
 
 JSON: Final = "application/json"
 YAML_TYPES: Final = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
@@ -88,17 +89,24 @@ class Limits:
     # ``oldObject``) plus the envelope, JSON-escaped: 2 x 3 MiB + 1 MiB of
     # slack bounds every legitimate review.
     max_body_bytes: int = 7 * MiB
-    # Bodies held at once, across all requests. A body's bytes are reserved
-    # when its Content-Length arrives (as they stream in, for chunked ones),
-    # so a client announcing 7 MB costs its reservation until it is served or
-    # dropped, and the last request past the budget is refused at once (503)
-    # rather than buffered.
+    # Bodies held at once, across all requests. Bytes are counted as they
+    # arrive, not when a Content-Length announces them: a client that sends
+    # headers and then nothing holds nothing. What does not fit is refused at
+    # once (503) rather than buffered or queued.
     body_budget_bytes: int = 96 * MiB
-    # Bodies over ``large_body_bytes`` together may only use this much of the
-    # budget: the rest stays for ordinary reviews (a pod is a few KiB), so a
-    # flood of huge uploads cannot starve the admissions behind it.
-    large_body_bytes: int = 1 * MiB
-    large_budget_bytes: int = 64 * MiB
+    # Bodies over ``large_body_bytes`` (announced or received so far) may only
+    # grow while all bodies together hold at most ``large_budget_bytes``. The
+    # rest is a reserve that only small bodies reach, and it cannot be used
+    # up: a connection carries one request at a time and the server has at
+    # most ``webhook.server.MAX_OPEN_FILES`` (1,024) connections, so small
+    # bodies hold at most 1,024 x 64 KiB = 64 MiB, and 32 MiB of large ones
+    # + 64 MiB <= 96 MiB. A review of up to 64 KiB (every ordinary pod: a
+    # few KiB) is therefore never refused for memory, whatever other clients
+    # do; bigger ones share 32 MiB (four 7 MiB bodies at once), which a
+    # client with 32 MiB to upload every read deadline can keep full.
+    # tests/test_service_limits.py holds these numbers to that inequality.
+    large_body_bytes: int = 64 * KiB
+    large_budget_bytes: int = 32 * MiB
     # (A review may hold ``webhook.admission.MAX_JSON_VALUES`` values.)
     # Values in a preview body (JSON or YAML; for YAML every scalar, list and
     # map counts, keys included). PyYAML builds ~10-50 us per value and the
@@ -235,24 +243,39 @@ class BodyBudget:
 
 
 class _Reservation:
-    """One request's share of a :class:`BodyBudget`."""
+    """One request's share of a :class:`BodyBudget`: the bytes of its body received so far."""
 
     def __init__(self, budget: BodyBudget) -> None:
         self._budget = budget
         self.size = 0
+        # Announced or grown over Limits.large_body_bytes: held to the large budget.
+        self.large = False
+
+    def _ceiling(self) -> int:
+        limits = self._budget.limits
+        return limits.large_budget_bytes if self.large else limits.body_budget_bytes
+
+    def announce(self, declared: int) -> None:
+        """Classify by the announced length, and refuse at once what could not fit now.
+
+        Nothing is reserved: an honest client that cannot be served is told
+        before it sends its body, and one that sends nothing costs nothing.
+        """
+        budget = self._budget
+        if declared > budget.limits.large_body_bytes:
+            self.large = True
+        if budget.in_use + declared > self._ceiling():
+            raise _busy("too much request data is being received right now; retry shortly")
 
     def grow_to(self, size: int) -> None:
         """Hold ``size`` bytes in all, or raise the 503 that tells the client to come back."""
         extra = size - self.size
         if extra <= 0:
             return
-        budget, limits = self._budget, self._budget.limits
-        ceiling = (
-            limits.body_budget_bytes
-            if size <= limits.large_body_bytes
-            else limits.large_budget_bytes
-        )
-        if budget.in_use + extra > ceiling:
+        budget = self._budget
+        if size > budget.limits.large_body_bytes:
+            self.large = True
+        if budget.in_use + extra > self._ceiling():
             raise _busy("too much request data is being received right now; retry shortly")
         budget.in_use += extra
         self.size = size
@@ -264,16 +287,17 @@ async def _read_body(
     """The whole body, within ``limit`` (413) and the memory budget (503).
 
     Read from the ASGI ``receive`` (what Starlette's ``Request.stream`` does).
-    ``declared`` (Content-Length) is checked and reserved first, so an honest
-    client is answered before it sends anything; the count while reading
-    catches chunked bodies (reserved as they arrive) and clients that lie.
-    The body stays a ``bytearray``: orjson and the YAML path take it without
-    a copy.
+    ``declared`` (Content-Length) is checked first, so an honest client is
+    answered before it sends anything; bytes are reserved as they arrive, so
+    a client that announces a body and stalls holds only what it sent (and
+    only until the body deadline). The count while reading catches chunked
+    bodies and clients that lie. The body stays a ``bytearray``: orjson and
+    the YAML path take it without a copy.
     """
     if declared is not None and declared.isdigit():
         if int(declared) > limit:
             raise _too_large(limit)
-        held.grow_to(int(declared))
+        held.announce(int(declared))
     body = bytearray()
     while True:
         message = await receive()
