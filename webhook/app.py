@@ -33,10 +33,10 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -53,11 +53,13 @@ from webhook.manifests import ManifestError, load_objects, objects_of
 from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.metrics import Metrics
 from webhook.namespaces import NamespaceSource, NamespaceUnavailable
-from webhook.preview import Assumptions, Output, inject_all, parse_pairs, render
+from webhook.preview import Assumptions, Output, inject_all, parse_pairs, render_bytes
 from webhook.wire import API_VERSIONS, KIND
 
 # The app's type for other modules, so that this stays the only fastapi import.
 App = FastAPI
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 admission_log = logging.getLogger(logs.ADMISSION_LOGGER)
@@ -114,6 +116,27 @@ class Limits:
     # bound takes ~4 s on a busy 2-core machine (~1.5 s idle); 4x more would
     # miss the 15 s promise. 32768 values are a few hundred KiB of manifests.
     max_preview_values: int = 32_768
+    # Objects in a preview body. The input is bounded by the two caps above,
+    # the output by this one: each injected pod gains a sidecar, ~6 KiB of
+    # YAML, shown twice in the JSON view (patch and object), ~18 KiB a pod
+    # (~37 KiB with the longest settings allowed). 3,638 minimal pods (340 KB,
+    # well under the value cap) made a 67 MB answer and took the process to
+    # 479 MiB; 100 make at most ~4 MiB, in under a second for the slowest
+    # outputs (yaml, diff) on a busy 2-core machine.
+    # Bulk injection is the CLI's job (``inject -f``), not the webhook's.
+    max_preview_objects: int = 100
+    # Reviews over this many bytes are decoded, injected and encoded in a
+    # worker thread, so that the interpreter's switch interval hands the
+    # event loop its turn every few milliseconds: the engine walks every
+    # annotation and container in Python, and a 2 MB review with 65,000
+    # annotations took 130-180 ms, all of it holding up other admissions.
+    # Smaller ones (every ordinary pod) stay on the loop, where they take
+    # ~0.2 ms and a thread hop would cost more than it saves. (orjson's
+    # parse holds the interpreter lock either way: 10-35 ms for 7 MiB.)
+    thread_body_bytes: int = 64 * KiB
+    # How many such reviews are worked on at once: one, as on the loop, so
+    # that at most one big review is held parsed at a time.
+    review_threads: int = 1
     # Previews run in a worker thread; one at a time bounds their memory and
     # CPU, and a preview waits at most this long for its turn before it is
     # answered 503, so that every preview is answered within 15 s.
@@ -350,7 +373,12 @@ class _Service:
     budget: BodyBudget
     lookup: _Lookup
     preview_slots: anyio.Semaphore
+    review_threads: anyio.CapacityLimiter
     started: bool = False
+
+    async def in_thread(self, func: Callable[[], T], /) -> T:
+        """An ``admission.Runner``: ``func`` in a worker thread, one review at a time."""
+        return await anyio.to_thread.run_sync(func, limiter=self.review_threads)
 
     def namespace_blocking(self, name: str, warnings: list[str]) -> NamespaceLike | None:
         """A lookup for ``/preview`` (already in a worker thread): a warning when unavailable.
@@ -465,8 +493,12 @@ class _Mutate:
                     )
                 _check_charset(charset)
                 body = await _read_body(receive, declared, held, service.limits.max_body_bytes)
+                big = len(body) > service.limits.thread_body_bytes
                 reviewed = await admission.admit(
-                    body, namespaces=service.lookup, config=service.config
+                    body,
+                    namespaces=service.lookup,
+                    config=service.config,
+                    run=service.in_thread if big else admission.inline,
                 )
             except (_HTTPError, BadRequest, _Aborted) as err:
                 return _observe_failure(service, "mutate", err, start)
@@ -499,7 +531,7 @@ class _Mutate:
                 }
             },
         )
-        return _json_answer(reviewed.review)
+        return _Answer(200, reviewed.body)
 
 
 class _WebhookApp(FastAPI):
@@ -590,17 +622,26 @@ _MEDIA_TYPES: Final = {
 }
 
 
-def _preview(service: _Service, body: bytearray, query: _PreviewQuery) -> tuple[str, list[str]]:
-    """Parse, inject and render; runs in a worker thread (YAML parsing can take a while)."""
-    max_values = service.limits.max_preview_values
+def _preview(service: _Service, body: bytearray, query: _PreviewQuery) -> tuple[bytes, list[str]]:
+    """Parse, inject and render; runs in a worker thread (YAML parsing can take a while).
+
+    The answer is made here, as the bytes to send: the event loop only hands
+    them to the connection, never encodes or copies them.
+    """
+    limits = service.limits
     if query.json_declared:
         # JSON declared: no YAML fallback, and JSON's own error messages.
-        doc = admission.parse_json(body, max_values=max_values)
+        doc = admission.parse_json(body, max_values=limits.max_preview_values)
         objects = objects_of(doc if isinstance(doc, list) else [doc], origin="request body")
     else:
-        objects = load_objects(body, origin="request body", max_values=max_values)
+        objects = load_objects(body, origin="request body", max_values=limits.max_preview_values)
     if not objects:
         raise BadRequest("request body holds no objects")
+    if len(objects) > limits.max_preview_objects:
+        raise BadRequest(
+            f"request body holds {len(objects)} objects; a preview takes at most "
+            f"{limits.max_preview_objects} (inject more with: sidecar-injector inject -f FILE)"
+        )
     objects, namespace = _unwrap_review(objects, query.namespace)
     warnings: list[str] = []
 
@@ -615,8 +656,7 @@ def _preview(service: _Service, body: bytearray, query: _PreviewQuery) -> tuple[
         # Namespace warnings belong to every object that lives there; in the
         # JSON view they join each summary's own warnings.
         results = [_with_warnings(result, warnings) for result in results]
-    text = render(results, objects, query.output, summaries=True)
-    return text, warnings
+    return render_bytes(results, objects, query.output, summaries=True), warnings
 
 
 def _with_warnings(result: InjectionResult, warnings: Sequence[str]) -> InjectionResult:
@@ -632,10 +672,10 @@ def _warning_header(text: str) -> str:
 def _preview_router(service: _Service) -> APIRouter:
     router = APIRouter()
 
-    async def run_preview(body: bytearray, query: _PreviewQuery) -> tuple[str, list[str]]:
+    async def run_preview(body: bytearray, query: _PreviewQuery) -> tuple[bytes, list[str]]:
         # One preview at a time (Limits.previews_at_once); a preview that
         # cannot start soon is turned away rather than left to queue. Only
-        # the wait is timed: a started preview is bounded by the value cap.
+        # the wait is timed: a started preview is bounded by the value and object caps.
         acquired = False
         with anyio.move_on_after(service.limits.preview_wait_seconds):
             await service.preview_slots.acquire()
@@ -668,7 +708,7 @@ def _preview_router(service: _Service) -> APIRouter:
                     held,
                     service.limits.max_body_bytes,
                 )
-                text, warnings = await run_preview(body, query)
+                answer, warnings = await run_preview(body, query)
             except (_HTTPError, BadRequest, ManifestError, InjectionRefused, _Aborted) as err:
                 return _observe_failure(service, "preview", err, start).response()
             except RecursionError:
@@ -683,7 +723,7 @@ def _preview_router(service: _Service) -> APIRouter:
                 service.metrics.observe("preview", "error", time.perf_counter() - start)
                 return _json_response({"error": "internal error"}, 500)
         service.metrics.observe("preview", "ok", time.perf_counter() - start)
-        response = Response(text.encode(), media_type=_MEDIA_TYPES[query.output])
+        response = Response(answer, media_type=_MEDIA_TYPES[query.output])
         for warning in warnings:
             response.headers.append("Warning", _warning_header(warning))
         return response
@@ -762,6 +802,7 @@ def create_app(
         budget=budget,
         lookup=_Lookup(namespaces, metrics),
         preview_slots=anyio.Semaphore(limits.previews_at_once),
+        review_threads=anyio.CapacityLimiter(limits.review_threads),
     )
 
     @asynccontextmanager
