@@ -23,8 +23,9 @@ How many body bytes may be held at once is the app's budget
 (``webhook.app.Limits``).
 
 Process-wide settings belong here, not in the app factory: logging, the fd
-limit and TLS buffer size that bound what connections cost, and freezing
-the start-up heap for the garbage collector.
+limit and TLS buffer size that bound what connections cost, freezing
+the start-up heap for the garbage collector, and the interpreter's switch
+interval (how soon the event loop gets its turn back from a worker thread).
 
 Shutdown. On the first SIGTERM the server first *drains*
 (:class:`DrainingServer`): for up to :data:`DRAIN_SECONDS` it goes on
@@ -50,6 +51,7 @@ import math
 import resource
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +121,9 @@ READ_TIMEOUT_SECONDS: Final = 10.0
 # most ~75 MiB. The apiservers of a cluster hold a few dozen connections.
 TLS_READ_BUFFER_BYTES: Final = 32 * 1024
 MAX_OPEN_FILES: Final = 1024
+
+# How long a thread holding the interpreter lock keeps it while another waits.
+SWITCH_INTERVAL_SECONDS: Final = 0.001
 
 
 class ServeError(Exception):
@@ -488,6 +493,13 @@ def serve(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     log.info("froze %d start-up objects for the garbage collector", gc.get_freeze_count())
+    # Previews and big reviews run in worker threads (webhook.app) so that
+    # the event loop keeps its turns; the loop waits for the interpreter lock
+    # at most this long each time it wakes up, and it wakes up several times
+    # per request. 1 ms instead of the default 5 ms took the loop's median lag
+    # during a 2 MB review from ~5 ms to ~1.3 ms; threads only pay for it
+    # when they contend, a few microseconds per switch.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     log.info("serving https://%s:%d", settings.host, sock.getsockname()[1])
     try:
         server.run(sockets=[sock])
