@@ -121,7 +121,7 @@ class Limits:
     # YAML, shown twice in the JSON view (patch and object), ~18 KiB a pod
     # (~37 KiB with the longest settings allowed). 3,638 minimal pods (340 KB,
     # well under the value cap) made a 67 MB answer and took the process to
-    # 479 MiB; 100 make at most ~4 MiB, in under a second for the slowest
+    # 479-495 MiB; 100 make at most ~4 MiB, in under a second for the slowest
     # outputs (yaml, diff) on a busy 2-core machine.
     # Bulk injection is the CLI's job (``inject -f``), not the webhook's.
     max_preview_objects: int = 100
@@ -132,7 +132,7 @@ class Limits:
     # annotations took 130-180 ms, all of it holding up other admissions.
     # Smaller ones (every ordinary pod) stay on the loop, where they take
     # ~0.2 ms and a thread hop would cost more than it saves. (orjson's
-    # parse holds the interpreter lock either way: 10-35 ms for 7 MiB.)
+    # parse holds the interpreter lock either way: 15-45 ms for 2-7 MiB.)
     thread_body_bytes: int = 64 * KiB
     # How many such reviews are worked on at once: one, as on the loop, so
     # that at most one big review is held parsed at a time.
