@@ -154,10 +154,10 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(tmp_path: Path) 
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             )
             sock.sendall(head.encode() + body[: len(body) // 2])
-        # In flight means read by the app: all eight bodies are reserved.
+        # In flight means read by the app: the halves sent of all eight are held.
         server.wait_for_metric(
             "sidecar_injector_request_body_bytes_held",
-            lambda held: held == sum(len(body) for body in bodies),
+            lambda held: held == sum(len(body) // 2 for body in bodies),
         )
         server.proc.send_signal(signal.SIGTERM)
         server.wait_for_log("Waiting for connections to close")

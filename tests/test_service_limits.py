@@ -27,6 +27,8 @@ import pytest
 
 from tests.support.server import Server, WebhookClient, running_server
 from tests.support.tls_client import SERVICE_HOSTNAME, connect
+from webhook.app import BodyBudget, Limits
+from webhook.server import MAX_OPEN_FILES
 
 MEMORY_BOUND_MIB = 400
 READ_TIMEOUT = 2.0
@@ -203,6 +205,77 @@ def test_70_stalled_7mb_uploads_and_20_stalled_heads_stay_under_400_mib_and_othe
         assert timeouts['sidecar_injector_read_timeouts_total{phase="body"}'] == outcomes["aborted"]
         srv.wait_for_metric("sidecar_injector_request_body_bytes_held", lambda held: held == 0)
         assert "Traceback" not in srv.log()
+
+
+def test_100_clients_announcing_1_mib_and_sending_nothing_block_no_admission(
+    tmp_path: Path,
+) -> None:
+    """Announced bytes are not reserved: headers alone hold nothing of the body budget.
+
+    Before, each announced Content-Length was reserved at once, and bodies up
+    to 1 MiB could use the whole 96 MiB: 100 such heads made every real
+    review a 503 until the body deadline dropped them, again and again.
+    """
+    with (
+        running_server(tmp_path, namespaces_yaml=NAMESPACES) as srv,
+        contextlib.ExitStack() as stack,
+    ):
+        client = srv.client()
+        socks = [
+            stack.enter_context(connect(srv.port, srv.ca_file, timeout=EVENTUALLY))
+            for _ in range(100)
+        ]
+        for sock in socks:
+            sock.sendall(head("/mutate", 1024 * 1024))
+        for number in range(5):
+            assert_admits(client, f"while-heads-{number}")
+        # A review over the large-body threshold is not blocked either.
+        big = review("while-heads-big")
+        big["request"]["object"]["metadata"]["annotations"] = {"note": "x" * 200_000}
+        response = client.post("/mutate", orjson.dumps(big))
+        assert response.status_code == 200, response.text[:300]
+        assert "patch" in response.json()["response"]
+        # They were still waiting for their bodies all along: none has timed out yet,
+        # and all 100 do later (the server had their heads).
+        body_timeouts = 'sidecar_injector_read_timeouts_total{phase="body"}'
+        assert srv.metrics().get(body_timeouts, 0) == 0
+        assert srv.metrics()["sidecar_injector_request_body_bytes_held"] == 0
+        srv.wait_for_metric(body_timeouts, lambda count: count == 100, timeout=EVENTUALLY)
+        assert {how_it_ended(sock) for sock in socks} == {"closed by the server"}
+        srv.wait_for_metric(
+            'sidecar_injector_requests_total{endpoint="mutate",outcome="aborted"}',
+            lambda count: count == 100,
+        )
+        assert requests_by_outcome(srv, "mutate") == Counter(ok=6, aborted=100)
+        assert srv.memory().peak_mib < MEMORY_BOUND_MIB
+
+
+def test_the_reserve_for_small_bodies_cannot_be_used_up_by_any_number_of_connections() -> None:
+    """The budget's arithmetic (webhook.app.Limits): small bodies always fit.
+
+    Every connection may hold one small body, the large ones together at most
+    their share; all of that fits the budget, so a review of up to 64 KiB is
+    never refused for memory. Checked on the budget itself at the edge: the
+    large share full, every other connection holding a small body to the byte.
+    """
+    limits = Limits()
+    assert (
+        limits.large_budget_bytes + MAX_OPEN_FILES * limits.large_body_bytes
+        <= limits.body_budget_bytes
+    )
+    budget = BodyBudget(limits)
+    with contextlib.ExitStack() as stack:
+        large = stack.enter_context(budget.reservation())
+        large.announce(7 * 1024 * 1024)
+        large.grow_to(limits.large_budget_bytes)  # as far as large bodies may go
+        with pytest.raises(Exception, match="retry shortly"):
+            stack.enter_context(budget.reservation()).grow_to(limits.large_body_bytes + 1)
+        for _ in range(MAX_OPEN_FILES):
+            small = stack.enter_context(budget.reservation())
+            small.announce(limits.large_body_bytes)
+            small.grow_to(limits.large_body_bytes)
+        assert budget.in_use <= limits.body_budget_bytes
+    assert budget.in_use == 0
 
 
 def test_a_flood_of_connections_that_never_handshake_stays_bounded_and_then_clears(
@@ -448,3 +521,72 @@ def test_previews_at_the_value_bound_run_one_at_a_time_and_every_one_is_answered
     assert statuses[200] >= 1
     assert server.memory().peak_mib < MEMORY_BOUND_MIB
     assert_admits(client, "after-previews")
+
+
+def many_pods(count: int) -> bytes:
+    """A List of ``count`` minimal pods: the most output per byte of input a preview can get."""
+    items = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"p{i}"},
+            "spec": {"containers": [{"name": "a"}]},
+        }
+        for i in range(count)
+    ]
+    return orjson.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+# The longest settings a namespace may carry (webhook.values: 128 items per
+# list), so that every pod's init container and settings are as long as they get.
+LONGEST_SETTINGS = {
+    "sidecar.mesh.io/exclude-outbound-ports": ",".join(str(p) for p in range(10_000, 10_128)),
+    "sidecar.mesh.io/exclude-inbound-ports": ",".join(str(p) for p in range(20_000, 20_128)),
+    "sidecar.mesh.io/exclude-outbound-cidrs": ",".join(f"2001:db8:{i:x}::/48" for i in range(128)),
+    "sidecar.mesh.io/include-outbound-cidrs": ",".join(f"10.{i}.0.0/16" for i in range(128)),
+}
+MAX_PREVIEW_OBJECTS = Limits().max_preview_objects
+
+
+@pytest.mark.parametrize("output", ["json", "yaml", "patch", "diff"])
+def test_a_preview_of_as_many_pods_as_allowed_with_the_longest_settings_stays_a_few_mib(
+    server: Server, client: WebhookClient, output: str
+) -> None:
+    """Issue 10: 3,638 minimal pods (340 KB) made a 67 MB answer and a 479 MiB process.
+
+    The input was within its caps, the output was not: each pod gains a
+    sidecar. The cap on objects bounds the answer to a few MiB.
+    """
+    annotations = [f"{key}={value}" for key, value in LONGEST_SETTINGS.items()]
+    response = client.post(
+        "/preview",
+        many_pods(MAX_PREVIEW_OBJECTS),
+        params={"namespace": "demo", "output": output, "annotation": annotations},
+    )
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.content) < 5 * 1024 * 1024
+    if output == "json":
+        summaries = response.json()
+        assert len(summaries) == MAX_PREVIEW_OBJECTS
+        assert all(summary["injected"] for summary in summaries)
+    elif output == "patch":
+        patches = response.json()
+        assert len(patches) == MAX_PREVIEW_OBJECTS
+        assert all(item["patch"] for item in patches)
+    else:
+        assert response.text.count("name: mesh-proxy") == MAX_PREVIEW_OBJECTS
+    assert server.memory().peak_mib < MEMORY_BOUND_MIB
+    assert_admits(client, f"after-{output}-preview")
+
+
+def test_a_preview_of_one_object_more_than_allowed_is_a_400_naming_the_limit_and_the_cli(
+    client: WebhookClient,
+) -> None:
+    response = client.post(
+        "/preview", many_pods(MAX_PREVIEW_OBJECTS + 1), params={"namespace": "demo"}
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": f"request body holds {MAX_PREVIEW_OBJECTS + 1} objects; a preview takes "
+        f"at most {MAX_PREVIEW_OBJECTS} (inject more with: sidecar-injector inject -f FILE)"
+    }

@@ -30,9 +30,9 @@ Two error families, kept apart on purpose (as in kopf and controller-runtime):
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import orjson
 
@@ -44,8 +44,10 @@ from webhook.engine import (
     InjectionRefused,
     NamespaceLike,
     Op,
+    decide,
     inject,
 )
+from webhook.engine.workloads import ObjectError, locate_pod, pod_parts
 from webhook.manifests import json_value_bound
 from webhook.namespaces import NamespaceInfo, NamespaceUnavailable
 from webhook.values import (  # re-exported: webhook.app imports it from here for now
@@ -278,11 +280,52 @@ class Reviewed:
     code: str
     reason: str
     request: RequestSummary
+    # The review as the JSON bytes to send, made where the review was made
+    # (in a worker thread for a big review, see :func:`admit`).
+    body: bytes
 
     @property
     def response(self) -> AdmissionResponse:
         """The ``response`` part of the review."""
         return self.review["response"]
+
+
+def _reviewed(
+    review: AdmissionReviewResponse, code: str, reason: str, request: RequestSummary
+) -> Reviewed:
+    return Reviewed(review, code, reason, request, orjson.dumps(review))
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsNamespace:
+    """A review that can only be answered once its namespace is read from the API server.
+
+    Holds no part of the parsed review: parsed, a review takes several times
+    its size, and the HTTP edge budgets request memory by body bytes; the
+    body is decoded again after the read (a rare path: a new namespace, a
+    stale cache).
+    """
+
+    name: str
+    # "miss" (not cached) or "recheck" (cached with labels that skip the pod).
+    reason: str
+    api_version: ApiVersion
+    uid: str
+    summary: RequestSummary
+
+
+T = TypeVar("T")
+
+
+class Runner(Protocol):
+    """How :func:`admit` runs its CPU-bound steps: inline, or in a worker thread."""
+
+    def __call__(self, func: Callable[[], T], /) -> Awaitable[T]: ...
+
+
+async def inline(func: Callable[[], T], /) -> T:
+    """The :class:`Runner` that runs on the caller's event loop (small reviews)."""
+    return func()
 
 
 def _is_pod(request: AdmissionRequest) -> bool:
@@ -351,7 +394,7 @@ def _review(
         result = inject(obj, namespace=namespace, config=config)
     except InjectionRefused as err:
         message = str(err)
-        return Reviewed(wrap(api_version, denied(uid, message)), CODE_REFUSED, message, summary)
+        return _reviewed(wrap(api_version, denied(uid, message)), CODE_REFUSED, message, summary)
     except RecursionError:
         # orjson allows 1024 levels; the engine's copies may recurse less deep.
         raise BadRequest("request.object is nested too deeply") from None
@@ -360,18 +403,39 @@ def _review(
         if result.patch
         else allowed(uid, warnings=result.warnings)
     )
-    return Reviewed(
+    return _reviewed(
         wrap(api_version, answer), result.decision.code, result.decision.reason, summary
     )
 
 
-async def admit(
-    body: bytes | bytearray, *, namespaces: NamespaceLookup, config: InjectorConfig
-) -> Reviewed:
-    """Answer one AdmissionReview body; raise :class:`BadRequest` for a bad envelope.
+def _label_free_skip(obj: dict[str, Any], name: str, config: InjectorConfig) -> bool:
+    """Whether the engine would skip this pod whatever its namespace's labels say.
 
-    ``dryRun`` needs nothing special: the injector has no side effects, so a
-    dry run gets exactly the same answer.
+    Only the decision, without settings or a sidecar: a pod that may need
+    the namespace's labels is injected once, after they are read, not twice.
+    A pod the engine cannot read is not a skip (it is refused after the read,
+    as it is with the namespace cached).
+    """
+    try:
+        location = locate_pod(obj)
+        if location is None:
+            return False
+        meta, spec = pod_parts(obj, location)
+    except ObjectError:
+        return False
+    decision = decide(meta, spec, namespace=NamespaceInfo(name), config=config)
+    return decision.code in LABEL_FREE_SKIPS
+
+
+def review_cached(
+    body: bytes | bytearray,
+    *,
+    cached: Callable[[str], NamespaceLike | None],
+    config: InjectorConfig,
+) -> Reviewed | NeedsNamespace:
+    """Answer from the body and the namespace cache, or say which namespace must be read.
+
+    Raises :class:`BadRequest` for a bad envelope.
     """
     doc = decode(body)
     request = doc["request"]
@@ -380,10 +444,10 @@ async def admit(
         operation = str(request.get("operation") or "(none)")
         reason = f"operation {shorten(operation, 16, quote=False)} is not CREATE"
         summary = _summary(request, str(request.get("namespace") or ""))
-        return Reviewed(wrap(api_version, allowed(uid)), CODE_NOT_CREATE, reason, summary)
+        return _reviewed(wrap(api_version, allowed(uid)), CODE_NOT_CREATE, reason, summary)
     if not _is_pod(request):
         summary = _summary(request, str(request.get("namespace") or ""))
-        return Reviewed(
+        return _reviewed(
             wrap(api_version, allowed(uid)), CODE_NOT_POD, "object is not a Pod", summary
         )
     name = _target_namespace(request)
@@ -391,35 +455,69 @@ async def admit(
         # The apiserver only sends real names; this one would end up in an API URL.
         raise BadRequest("the pod's namespace is not a valid namespace name")
 
-    known = namespaces.cached(name)
+    known = cached(name)
     if known is not None:
         reviewed = _review(doc, namespace=known, config=config)
         if reviewed.code not in LABEL_SKIPS:
             return reviewed
         reason = "recheck"
     else:
-        # Decided against no labels first: what no label could change needs
-        # no read, and so holds while the API server is unreachable.
-        reviewed = _review(doc, namespace=NamespaceInfo(name), config=config)
-        if reviewed.code in LABEL_FREE_SKIPS:
-            return reviewed
+        # What no label could change needs no read, and so holds while the
+        # API server is unreachable. (No object: _review says so at once.)
+        obj = request.get("object")
+        if obj is None or _label_free_skip(obj, name, config):
+            return _review(doc, namespace=NamespaceInfo(name), config=config)
         reason = "miss"
-    # Only the body's bytes wait for the API server, not the parsed review:
-    # parsed, a review takes several times its size, and the HTTP edge
-    # budgets request memory by body bytes. Parsing again is cheap next to
-    # the round trip, and this path is rare (a new namespace, a stale cache).
-    summary = _summary(request, name)
-    del doc, request, reviewed
-    try:
-        fresh = await namespaces.fetch(name, reason=reason)
-    except NamespaceUnavailable as err:
-        message = (
-            f"namespace {name} could not be read to decide on sidecar injection ({err}); "
-            "refusing the pod rather than admitting it without its proxy, retry shortly"
-        )
-        answer = denied(uid, message, code=503, reason="ServiceUnavailable")
-        return Reviewed(wrap(api_version, answer), CODE_NAMESPACE_UNAVAILABLE, message, summary)
+    return NeedsNamespace(name, reason, api_version, uid, _summary(request, name))
+
+
+def review_fetched(
+    body: bytes | bytearray,
+    pending: NeedsNamespace,
+    fresh: NamespaceLike | None,
+    *,
+    config: InjectorConfig,
+) -> Reviewed:
+    """Answer with the namespace as the API server has it (``None``: it does not exist)."""
     # A namespace the API server does not know has no labels; the apiserver
     # will refuse the pod itself.
-    namespace = fresh if fresh is not None else NamespaceInfo(name)
+    namespace = fresh if fresh is not None else NamespaceInfo(pending.name)
     return _review(decode(body), namespace=namespace, config=config)
+
+
+def unavailable(pending: NeedsNamespace, err: NamespaceUnavailable) -> Reviewed:
+    """Refuse (503 in the review) a pod whose namespace could not be read: fail closed."""
+    message = (
+        f"namespace {pending.name} could not be read to decide on sidecar injection ({err}); "
+        "refusing the pod rather than admitting it without its proxy, retry shortly"
+    )
+    answer = denied(pending.uid, message, code=503, reason="ServiceUnavailable")
+    return _reviewed(
+        wrap(pending.api_version, answer), CODE_NAMESPACE_UNAVAILABLE, message, pending.summary
+    )
+
+
+async def admit(
+    body: bytes | bytearray,
+    *,
+    namespaces: NamespaceLookup,
+    config: InjectorConfig,
+    run: Runner = inline,
+) -> Reviewed:
+    """Answer one AdmissionReview body; raise :class:`BadRequest` for a bad envelope.
+
+    ``run`` runs the CPU-bound steps (decoding, the engine, encoding the
+    answer): the HTTP edge passes a worker thread for big bodies, so that
+    the event loop keeps its turns while they run. The namespace read, when
+    one is needed, is awaited between them. ``dryRun`` needs nothing
+    special: the injector has no side effects, so a dry run gets exactly the
+    same answer.
+    """
+    first = await run(lambda: review_cached(body, cached=namespaces.cached, config=config))
+    if isinstance(first, Reviewed):
+        return first
+    try:
+        fresh = await namespaces.fetch(first.name, reason=first.reason)
+    except NamespaceUnavailable as err:
+        return unavailable(first, err)
+    return await run(lambda: review_fetched(body, first, fresh, config=config))

@@ -33,10 +33,10 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -54,16 +54,19 @@ from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.metrics import Metrics
 from webhook.namespaces import NamespaceSource, NamespaceUnavailable
 from webhook.namespaces import lookup as lookup_blocking
-from webhook.preview import Assumptions, Output, inject_all, parse_pairs, render
+from webhook.preview import Assumptions, Output, inject_all, parse_pairs, render_bytes
 from webhook.wire import API_VERSIONS, KIND
 
 # The app's type for other modules, so that this stays the only fastapi import.
 App = FastAPI
 
+T = TypeVar("T")
+
 log = logging.getLogger(__name__)
 admission_log = logging.getLogger(logs.ADMISSION_LOGGER)
 
-MiB: Final = 1024 * 1024
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
 
 JSON: Final = "application/json"
 YAML_TYPES: Final = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
@@ -89,17 +92,24 @@ class Limits:
     # ``oldObject``) plus the envelope, JSON-escaped: 2 x 3 MiB + 1 MiB of
     # slack bounds every legitimate review.
     max_body_bytes: int = 7 * MiB
-    # Bodies held at once, across all requests. A body's bytes are reserved
-    # when its Content-Length arrives (as they stream in, for chunked ones),
-    # so a client announcing 7 MB costs its reservation until it is served or
-    # dropped, and the last request past the budget is refused at once (503)
-    # rather than buffered.
+    # Bodies held at once, across all requests. Bytes are counted as they
+    # arrive, not when a Content-Length announces them: a client that sends
+    # headers and then nothing holds nothing. What does not fit is refused at
+    # once (503) rather than buffered or queued.
     body_budget_bytes: int = 96 * MiB
-    # Bodies over ``large_body_bytes`` together may only use this much of the
-    # budget: the rest stays for ordinary reviews (a pod is a few KiB), so a
-    # flood of huge uploads cannot starve the admissions behind it.
-    large_body_bytes: int = 1 * MiB
-    large_budget_bytes: int = 64 * MiB
+    # Bodies over ``large_body_bytes`` (announced or received so far) may only
+    # grow while all bodies together hold at most ``large_budget_bytes``. The
+    # rest is a reserve that only small bodies reach, and it cannot be used
+    # up: a connection carries one request at a time and the server has at
+    # most ``webhook.server.MAX_OPEN_FILES`` (1,024) connections, so small
+    # bodies hold at most 1,024 x 64 KiB = 64 MiB, and 32 MiB of large ones
+    # + 64 MiB <= 96 MiB. A review of up to 64 KiB (every ordinary pod: a
+    # few KiB) is therefore never refused for memory, whatever other clients
+    # do; bigger ones share 32 MiB (four 7 MiB bodies at once), which a
+    # client with 32 MiB to upload every read deadline can keep full.
+    # tests/test_service_limits.py holds these numbers to that inequality.
+    large_body_bytes: int = 64 * KiB
+    large_budget_bytes: int = 32 * MiB
     # (A review may hold ``webhook.admission.MAX_JSON_VALUES`` values.)
     # Values in a preview body (JSON or YAML; for YAML every scalar, list and
     # map counts, keys included). PyYAML builds ~10-50 us per value and the
@@ -107,6 +117,27 @@ class Limits:
     # bound takes ~4 s on a busy 2-core machine (~1.5 s idle); 4x more would
     # miss the 15 s promise. 32768 values are a few hundred KiB of manifests.
     max_preview_values: int = 32_768
+    # Objects in a preview body. The input is bounded by the two caps above,
+    # the output by this one: each injected pod gains a sidecar, ~6 KiB of
+    # YAML, shown twice in the JSON view (patch and object), ~18 KiB a pod
+    # (~37 KiB with the longest settings allowed). 3,638 minimal pods (340 KB,
+    # well under the value cap) made a 67 MB answer and took the process to
+    # 479-495 MiB; 100 make at most ~4 MiB, in under a second for the slowest
+    # outputs (yaml, diff) on a busy 2-core machine.
+    # Bulk injection is the CLI's job (``inject -f``), not the webhook's.
+    max_preview_objects: int = 100
+    # Reviews over this many bytes are decoded, injected and encoded in a
+    # worker thread, so that the interpreter's switch interval hands the
+    # event loop its turn every few milliseconds: the engine walks every
+    # annotation and container in Python, and a 2 MB review with 65,000
+    # annotations took 130-180 ms, all of it holding up other admissions.
+    # Smaller ones (every ordinary pod) stay on the loop, where they take
+    # ~0.2 ms and a thread hop would cost more than it saves. (orjson's
+    # parse holds the interpreter lock either way: 15-45 ms for 2-7 MiB.)
+    thread_body_bytes: int = 64 * KiB
+    # How many such reviews are worked on at once: one, as on the loop, so
+    # that at most one big review is held parsed at a time.
+    review_threads: int = 1
     # Previews run in a worker thread; one at a time bounds their memory and
     # CPU, and a preview waits at most this long for its turn before it is
     # answered 503, so that every preview is answered within 15 s.
@@ -236,24 +267,39 @@ class BodyBudget:
 
 
 class _Reservation:
-    """One request's share of a :class:`BodyBudget`."""
+    """One request's share of a :class:`BodyBudget`: the bytes of its body received so far."""
 
     def __init__(self, budget: BodyBudget) -> None:
         self._budget = budget
         self.size = 0
+        # Announced or grown over Limits.large_body_bytes: held to the large budget.
+        self.large = False
+
+    def _ceiling(self) -> int:
+        limits = self._budget.limits
+        return limits.large_budget_bytes if self.large else limits.body_budget_bytes
+
+    def announce(self, declared: int) -> None:
+        """Classify by the announced length, and refuse at once what could not fit now.
+
+        Nothing is reserved: an honest client that cannot be served is told
+        before it sends its body, and one that sends nothing costs nothing.
+        """
+        budget = self._budget
+        if declared > budget.limits.large_body_bytes:
+            self.large = True
+        if budget.in_use + declared > self._ceiling():
+            raise _busy("too much request data is being received right now; retry shortly")
 
     def grow_to(self, size: int) -> None:
         """Hold ``size`` bytes in all, or raise the 503 that tells the client to come back."""
         extra = size - self.size
         if extra <= 0:
             return
-        budget, limits = self._budget, self._budget.limits
-        ceiling = (
-            limits.body_budget_bytes
-            if size <= limits.large_body_bytes
-            else limits.large_budget_bytes
-        )
-        if budget.in_use + extra > ceiling:
+        budget = self._budget
+        if size > budget.limits.large_body_bytes:
+            self.large = True
+        if budget.in_use + extra > self._ceiling():
             raise _busy("too much request data is being received right now; retry shortly")
         budget.in_use += extra
         self.size = size
@@ -265,16 +311,17 @@ async def _read_body(
     """The whole body, within ``limit`` (413) and the memory budget (503).
 
     Read from the ASGI ``receive`` (what Starlette's ``Request.stream`` does).
-    ``declared`` (Content-Length) is checked and reserved first, so an honest
-    client is answered before it sends anything; the count while reading
-    catches chunked bodies (reserved as they arrive) and clients that lie.
-    The body stays a ``bytearray``: orjson and the YAML path take it without
-    a copy.
+    ``declared`` (Content-Length) is checked first, so an honest client is
+    answered before it sends anything; bytes are reserved as they arrive, so
+    a client that announces a body and stalls holds only what it sent (and
+    only until the body deadline). The count while reading catches chunked
+    bodies and clients that lie. The body stays a ``bytearray``: orjson and
+    the YAML path take it without a copy.
     """
     if declared is not None and declared.isdigit():
         if int(declared) > limit:
             raise _too_large(limit)
-        held.grow_to(int(declared))
+        held.announce(int(declared))
     body = bytearray()
     while True:
         message = await receive()
@@ -327,7 +374,12 @@ class _Service:
     budget: BodyBudget
     lookup: _Lookup
     preview_slots: anyio.Semaphore
+    review_threads: anyio.CapacityLimiter
     started: bool = False
+
+    async def in_thread(self, func: Callable[[], T], /) -> T:
+        """An ``admission.Runner``: ``func`` in a worker thread, one review at a time."""
+        return await anyio.to_thread.run_sync(func, limiter=self.review_threads)
 
     def namespace_blocking(self, name: str, warnings: list[str]) -> NamespaceLike | None:
         """A lookup for ``/preview`` (already in a worker thread): a warning when unavailable.
@@ -439,8 +491,12 @@ class _Mutate:
                     )
                 _check_charset(charset)
                 body = await _read_body(receive, declared, held, service.limits.max_body_bytes)
+                big = len(body) > service.limits.thread_body_bytes
                 reviewed = await admission.admit(
-                    body, namespaces=service.lookup, config=service.config
+                    body,
+                    namespaces=service.lookup,
+                    config=service.config,
+                    run=service.in_thread if big else admission.inline,
                 )
             except (_HTTPError, BadRequest, _Aborted) as err:
                 return _observe_failure(service, "mutate", err, start)
@@ -473,7 +529,7 @@ class _Mutate:
                 }
             },
         )
-        return _json_answer(reviewed.review)
+        return _Answer(200, reviewed.body)
 
 
 class _WebhookApp(FastAPI):
@@ -564,17 +620,26 @@ _MEDIA_TYPES: Final = {
 }
 
 
-def _preview(service: _Service, body: bytearray, query: _PreviewQuery) -> tuple[str, list[str]]:
-    """Parse, inject and render; runs in a worker thread (YAML parsing can take a while)."""
-    max_values = service.limits.max_preview_values
+def _preview(service: _Service, body: bytearray, query: _PreviewQuery) -> tuple[bytes, list[str]]:
+    """Parse, inject and render; runs in a worker thread (YAML parsing can take a while).
+
+    The answer is made here, as the bytes to send: the event loop only hands
+    them to the connection, never encodes or copies them.
+    """
+    limits = service.limits
     if query.json_declared:
         # JSON declared: no YAML fallback, and JSON's own error messages.
-        doc = admission.parse_json(body, max_values=max_values)
+        doc = admission.parse_json(body, max_values=limits.max_preview_values)
         objects = objects_of(doc if isinstance(doc, list) else [doc], origin="request body")
     else:
-        objects = load_objects(body, origin="request body", max_values=max_values)
+        objects = load_objects(body, origin="request body", max_values=limits.max_preview_values)
     if not objects:
         raise BadRequest("request body holds no objects")
+    if len(objects) > limits.max_preview_objects:
+        raise BadRequest(
+            f"request body holds {len(objects)} objects; a preview takes at most "
+            f"{limits.max_preview_objects} (inject more with: sidecar-injector inject -f FILE)"
+        )
     objects, namespace = _unwrap_review(objects, query.namespace)
     warnings: list[str] = []
 
@@ -589,8 +654,7 @@ def _preview(service: _Service, body: bytearray, query: _PreviewQuery) -> tuple[
         # Namespace warnings belong to every object that lives there; in the
         # JSON view they join each summary's own warnings.
         results = [_with_warnings(result, warnings) for result in results]
-    text = render(results, objects, query.output, summaries=True)
-    return text, warnings
+    return render_bytes(results, objects, query.output, summaries=True), warnings
 
 
 def _with_warnings(result: InjectionResult, warnings: Sequence[str]) -> InjectionResult:
@@ -606,10 +670,10 @@ def _warning_header(text: str) -> str:
 def _preview_router(service: _Service) -> APIRouter:
     router = APIRouter()
 
-    async def run_preview(body: bytearray, query: _PreviewQuery) -> tuple[str, list[str]]:
+    async def run_preview(body: bytearray, query: _PreviewQuery) -> tuple[bytes, list[str]]:
         # One preview at a time (Limits.previews_at_once); a preview that
         # cannot start soon is turned away rather than left to queue. Only
-        # the wait is timed: a started preview is bounded by the value cap.
+        # the wait is timed: a started preview is bounded by the value and object caps.
         acquired = False
         with anyio.move_on_after(service.limits.preview_wait_seconds):
             await service.preview_slots.acquire()
@@ -642,13 +706,13 @@ def _preview_router(service: _Service) -> APIRouter:
                     held,
                     service.limits.max_body_bytes,
                 )
-                text, warnings = await run_preview(body, query)
+                answer, warnings = await run_preview(body, query)
             except (_HTTPError, BadRequest, ManifestError, InjectionRefused, _Aborted) as err:
                 return _observe_failure(service, "preview", err, start).response()
             except RecursionError:
                 # Deep documents that parsed (YAML, or JSON up to orjson's 1024
                 # levels) can still be too deep for the engine or the renderers
-                # (render.to_json turns orjson's depth limit into this too).
+                # (render.to_json_bytes turns orjson's depth limit into this too).
                 return _observe_failure(
                     service, "preview", BadRequest("request body is nested too deeply"), start
                 ).response()
@@ -657,7 +721,7 @@ def _preview_router(service: _Service) -> APIRouter:
                 service.metrics.observe("preview", "error", time.perf_counter() - start)
                 return _json_response({"error": "internal error"}, 500)
         service.metrics.observe("preview", "ok", time.perf_counter() - start)
-        response = Response(text.encode(), media_type=_MEDIA_TYPES[query.output])
+        response = Response(answer, media_type=_MEDIA_TYPES[query.output])
         for warning in warnings:
             response.headers.append("Warning", _warning_header(warning))
         return response
@@ -736,6 +800,7 @@ def create_app(
         budget=budget,
         lookup=_Lookup(namespaces, metrics),
         preview_slots=anyio.Semaphore(limits.previews_at_once),
+        review_threads=anyio.CapacityLimiter(limits.review_threads),
     )
 
     @asynccontextmanager

@@ -19,7 +19,7 @@ from webhook.config import InjectorConfig
 from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike, Op, inject
 from webhook.engine.workloads import describe
 from webhook.namespaces import NamespaceInfo
-from webhook.render import as_list, to_json, to_yaml, unified_diff
+from webhook.render import as_list, to_json_bytes, to_yaml, unified_diff
 
 
 class Output(StrEnum):
@@ -141,17 +141,45 @@ def render(
 
     ``after`` names the right-hand side of a diff ("injected", "uninjected").
     """
+    rendered = _render(results, originals, output, summaries=summaries, after=after)
+    return rendered.decode() if isinstance(rendered, bytes) else rendered
+
+
+def render_bytes(
+    results: Sequence[Outcome],
+    originals: Sequence[dict[str, Any]],
+    output: Output,
+    *,
+    summaries: bool = False,
+) -> bytes:
+    """:func:`render` as UTF-8 bytes, made once: ``/preview`` sends them as they are.
+
+    JSON comes out of orjson as bytes; YAML and diffs are text, encoded once.
+    """
+    rendered = _render(results, originals, output, summaries=summaries, after="injected")
+    return rendered if isinstance(rendered, bytes) else rendered.encode()
+
+
+def _render(
+    results: Sequence[Outcome],
+    originals: Sequence[dict[str, Any]],
+    output: Output,
+    *,
+    summaries: bool,
+    after: str,
+) -> str | bytes:
+    """JSON outputs as bytes (orjson's own form), YAML and diffs as text."""
     if output is Output.YAML:
         return to_yaml([result.obj for result in results])
     if output is Output.JSON:
         if summaries:
             views = [summary(result) for result in results if isinstance(result, InjectionResult)]
-            return to_json(views[0] if len(views) == 1 else views)
-        return to_json(as_list([result.obj for result in results]))
+            return to_json_bytes(views[0] if len(views) == 1 else views)
+        return to_json_bytes(as_list([result.obj for result in results]))
     if output is Output.PATCH:
         if len(results) == 1:
-            return to_json(list(results[0].patch))
-        return to_json(
+            return to_json_bytes(list(results[0].patch))
+        return to_json_bytes(
             [
                 {"object": describe(obj), "patch": list(result.patch)}
                 for obj, result in zip(originals, results, strict=True)

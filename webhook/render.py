@@ -44,14 +44,19 @@ def to_yaml(objects: Sequence[Any]) -> str:
 
 
 def to_json(value: Any) -> str:
-    """Indented JSON with a trailing newline, keys in input order.
+    """Indented JSON with a trailing newline, keys in input order (see :func:`to_json_bytes`)."""
+    return to_json_bytes(value).decode()
+
+
+def to_json_bytes(value: Any) -> bytes:
+    """:func:`to_json` as UTF-8 bytes, made once (what ``/preview`` sends as is).
 
     Raises ``RecursionError`` past orjson's nesting limit (as the engine and
     the YAML writer do on deep input) and ``ManifestError`` for a value JSON
     has no form for (YAML's ``!!binary`` or ``!!set``).
     """
     try:
-        return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n"
+        return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     except orjson.JSONEncodeError as err:
         if "recursion" in str(err).lower():
             raise RecursionError(str(err)) from None
