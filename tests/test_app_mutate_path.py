@@ -2,9 +2,10 @@
 
 The fast path (``webhook.app._WebhookApp``) is an optimisation: nothing a
 client sees may depend on it. In-process, so both paths can be compared on
-the same app: ``/mutate`` (taken before FastAPI) and ``/mutate/`` (reached
-through FastAPI's router) must give byte-identical answers, other methods the
-405 any FastAPI route gives, and the app must stay a FastAPI app.
+the same app: ``/mutate`` taken before FastAPI, and ``/mutate`` sent through
+FastAPI's own middleware and router (the app called as a plain FastAPI app),
+must give byte-identical answers; other methods get the 405 any FastAPI route
+gives, ``/mutate/`` the router's redirect, and the app stays a FastAPI app.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.types import Receive, Scope, Send
 
 from webhook.app import create_app
 from webhook.config import InjectorConfig
@@ -23,6 +25,22 @@ from webhook.namespaces import NamespaceInfo, StaticNamespaces
 def client() -> TestClient:
     source = StaticNamespaces({"demo": NamespaceInfo("demo", {"sidecar-injection": "enabled"})})
     return TestClient(create_app(config=InjectorConfig(), namespaces=source))
+
+
+class _ThroughFastAPI:
+    """The same app, called as FastAPI would be: middleware, router, then the route."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await FastAPI.__call__(self.app, scope, receive, send)
+
+
+@pytest.fixture(scope="module")
+def routed(client: TestClient) -> TestClient:
+    assert isinstance(client.app, FastAPI)
+    return TestClient(_ThroughFastAPI(client.app))
 
 
 def _review(uid: str = "u-1") -> bytes:
@@ -63,13 +81,19 @@ def test_the_app_is_still_a_fastapi_app(client: TestClient) -> None:
     ids=["injected", "charset", "bad-json", "empty", "not-json", "bad-charset"],
 )
 def test_the_fast_path_answers_exactly_as_the_fastapi_route(
-    client: TestClient, body: bytes, content_type: str
+    client: TestClient, routed: TestClient, body: bytes, content_type: str
 ) -> None:
     fast = client.post("/mutate", content=body, headers={"Content-Type": content_type})
-    routed = client.post("/mutate/", content=body, headers={"Content-Type": content_type})
-    assert fast.status_code == routed.status_code
-    assert fast.content == routed.content
-    assert dict(fast.headers) == dict(routed.headers)
+    slow = routed.post("/mutate", content=body, headers={"Content-Type": content_type})
+    assert fast.status_code == slow.status_code
+    assert fast.content == slow.content
+    assert dict(fast.headers) == dict(slow.headers)
+
+
+def test_a_trailing_slash_is_redirected_to_the_endpoint(client: TestClient) -> None:
+    answer = client.post("/mutate/", content=_review(), follow_redirects=False)
+    assert answer.status_code == 307
+    assert answer.headers["location"].endswith("/mutate")
 
 
 def test_an_injected_answer_is_a_json_review_with_its_length(client: TestClient) -> None:

@@ -167,6 +167,12 @@ def test_labels_override_the_namespaces_file(tmp_path: Path) -> None:
             "<stdin>: number 111111111111111111111111111111 is out of range",
         ),
         (
+            ["-f", "-", *ENABLE, "-o", "yaml"],
+            b'{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web"},"spec":{"priority":'
+            b'-9223372036854775809,"containers":[{"name":"a","image":"b"}]}}',
+            "<stdin>: number -9223372036854775809 is out of range",
+        ),
+        (
             ["-f", "-", *ENABLE, "-o", "json"],
             b"kind: Pod\napiVersion: v1\nmetadata: {name: web}\n"
             b"spec: {containers: [{name: a, image: b}]}\nx: !!binary aGk=\n",

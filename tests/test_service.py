@@ -518,6 +518,16 @@ def test_preview_gives_the_same_patch_as_mutate(client: WebhookClient) -> None:
             id="number over 64 bits",
         ),
         pytest.param(
+            b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"d"},"spec":{"priority":'
+            + b"1" * 30
+            + b',"containers":[{"name":"a","image":"i"}]}}',
+            "application/json",
+            {"namespace": "demo"},
+            400,
+            "number 111111111111111111111111111111 is out of range",
+            id="number over 64 bits, JSON declared",
+        ),
+        pytest.param(
             POD_YAML + "x: !!binary aGk=\n",
             None,
             {"namespace": "demo", "output": "json"},

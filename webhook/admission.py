@@ -50,10 +50,7 @@ from webhook.engine import (
 from webhook.engine.workloads import ObjectError, locate_pod, pod_parts
 from webhook.manifests import json_value_bound
 from webhook.namespaces import NamespaceInfo, NamespaceUnavailable
-from webhook.values import (  # re-exported: webhook.app imports it from here for now
-    is_namespace_name as is_namespace_name,  # noqa: PLC0414
-)
-from webhook.values import shorten
+from webhook.values import is_namespace_name, shorten
 from webhook.wire import (
     API_VERSIONS,
     KIND,

@@ -46,15 +46,16 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from webhook import admission, expiry, logs
-from webhook.admission import BadRequest, is_namespace_name
+from webhook.admission import BadRequest
 from webhook.config import InjectorConfig
 from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike
-from webhook.manifests import ManifestError, load_objects, objects_of
+from webhook.manifests import ManifestError, exact_json, load_objects, objects_of
 from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from webhook.metrics import Metrics
 from webhook.namespaces import NamespaceSource, NamespaceUnavailable
 from webhook.namespaces import lookup as lookup_blocking
 from webhook.preview import Assumptions, Output, inject_all, parse_pairs, render_bytes
+from webhook.values import NAMESPACE_NAME_RULE, is_namespace_name, shorten
 from webhook.wire import API_VERSIONS, KIND
 
 # The app's type for other modules, so that this stays the only fastapi import.
@@ -143,6 +144,14 @@ class Limits:
     # answered 503, so that every preview is answered within 15 s.
     previews_at_once: int = 1
     preview_wait_seconds: float = 5.0
+    # A preview reads the namespaces it names that are not cached, one after
+    # another (each read up to 2 s, the source's fetch timeout). Once this
+    # much time has gone into reads, the rest are taken from the cache or
+    # treated as unlabelled with a warning: a hundred objects in a hundred
+    # namespaces while the API server hangs would otherwise take minutes.
+    # 5 s wait + 3 s (+ the read under way, 2 s) + the slowest rendering
+    # (3.7 s) stays within 15 s.
+    preview_lookup_seconds: float = 3.0
 
 
 class TLSState(Protocol):
@@ -381,14 +390,27 @@ class _Service:
         """An ``admission.Runner``: ``func`` in a worker thread, one review at a time."""
         return await anyio.to_thread.run_sync(func, limiter=self.review_threads)
 
-    def namespace_blocking(self, name: str, warnings: list[str]) -> NamespaceLike | None:
+    def namespace_blocking(
+        self, name: str, warnings: list[str], *, read: bool = True
+    ) -> NamespaceLike | None:
         """A lookup for ``/preview`` (already in a worker thread): a warning when unavailable.
 
         A preview changes nothing, so it may go on with an unlabelled
-        namespace; ``/mutate`` refuses instead (``admission.admit``).
+        namespace; ``/mutate`` refuses instead (``admission.admit``). With
+        ``read`` false only the cache is consulted (the preview's time for
+        reads is spent).
         """
         if not is_namespace_name(name):
             raise BadRequest(f"{_shown(name)} is not a valid namespace name")
+        if not read:
+            found = self.namespaces.cached(name)
+            if found is None:
+                warnings.append(
+                    f"namespace {name} was not read (this preview's"
+                    f" {self.limits.preview_lookup_seconds:g} s for namespace reads are spent);"
+                    " treated as having no labels"
+                )
+            return found
         try:
             return lookup_blocking(self.namespaces, name)
         except NamespaceUnavailable as err:
@@ -396,10 +418,6 @@ class _Service:
                 f"namespace {name} could not be read ({err}); treated as having no labels"
             )
             return None
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _shown(value: str) -> str:
@@ -433,7 +451,7 @@ def _observe_failure(service: _Service, endpoint: str, err: Exception, start: fl
                 "status": http.status,
                 # The client gets the whole message; the log keeps its start
                 # (a refusal may quote an object name megabytes long).
-                "error": _cut(str(http), 1000),
+                "error": shorten(str(http), 1000, quote=False),
                 "duration_ms": _ms(start),
             }
         },
@@ -464,8 +482,8 @@ class _Mutate:
     """``POST /mutate`` as a bare ASGI endpoint (see the module docstring).
 
     ``?timeout=`` from the apiserver is accepted and ignored. A class rather
-    than a function so that Starlette's router, which also routes to it
-    (``POST /mutate/``), takes it for an ASGI app rather than a request handler.
+    than a function so that the ``Route`` registered with it (see
+    :func:`create_app`) takes it for an ASGI app rather than a request handler.
     """
 
     def __init__(self, service: _Service) -> None:
@@ -523,7 +541,9 @@ class _Mutate:
                     "allowed": response["allowed"],
                     "patched": "patch" in response,
                     "code": reviewed.code,
-                    "reason": reviewed.reason,
+                    # A refusal names the pod, whose name the apiserver has
+                    # not validated yet when it calls us.
+                    "reason": shorten(reviewed.reason, 1000, quote=False),
                     "warnings": len(response.get("warnings", ())),
                     "duration_ms": _ms(start),
                 }
@@ -580,8 +600,7 @@ def _preview_query(request: Request, *, json_declared: bool) -> _PreviewQuery:
     namespace = params.get("namespace") or None
     if namespace is not None and not is_namespace_name(namespace):
         raise BadRequest(
-            f"namespace {_shown(namespace)} is not a valid namespace name "
-            "(lower-case letters, digits and '-', at most 63 characters)"
+            f"namespace {_shown(namespace)} is not a valid namespace name ({NAMESPACE_NAME_RULE})"
         )
     try:
         labels = parse_pairs(params.getlist("label"), what="label")
@@ -629,7 +648,11 @@ def _preview(service: _Service, body: bytearray, query: _PreviewQuery) -> tuple[
     limits = service.limits
     if query.json_declared:
         # JSON declared: no YAML fallback, and JSON's own error messages.
-        doc = admission.parse_json(body, max_values=limits.max_preview_values)
+        doc = exact_json(
+            body,
+            admission.parse_json(body, max_values=limits.max_preview_values),
+            origin="request body",
+        )
         objects = objects_of(doc if isinstance(doc, list) else [doc], origin="request body")
     else:
         objects = load_objects(body, origin="request body", max_values=limits.max_preview_values)
@@ -642,9 +665,10 @@ def _preview(service: _Service, body: bytearray, query: _PreviewQuery) -> tuple[
         )
     objects, namespace = _unwrap_review(objects, query.namespace)
     warnings: list[str] = []
+    reads_end = time.monotonic() + limits.preview_lookup_seconds
 
     def lookup(name: str) -> NamespaceLike | None:
-        return service.namespace_blocking(name, warnings)
+        return service.namespace_blocking(name, warnings, read=time.monotonic() < reads_end)
 
     assumptions = Assumptions(
         namespace=namespace, labels=query.labels, annotations=query.annotations
@@ -829,8 +853,9 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
-    # Reached only for what _WebhookApp does not take itself: other methods
-    # (405, as for any route) and ``/mutate/``.
+    # Never called for POST /mutate (_WebhookApp takes it first): the route
+    # makes the router answer other methods with 405, and redirect
+    # ``/mutate/`` to ``/mutate`` (307), as it does for every route.
     app.router.routes.append(Route("/mutate", mutate, methods=["POST"]))
     for router in (_preview_router(service), _ops_router(service)):
         app.include_router(router)

@@ -93,13 +93,24 @@ def _construct_bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> in
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_bounded_int)
 
-# orjson reads an integer past 64 bits as a float, which the output would then
-# print rounded (1.2345678901234568e+29): a run of 20 or more digits sends
-# the text through the standard parser, which can tell integers apart.
-_LONG_NUMERAL: Final = re.compile(r"\d{20}")
+# orjson reads an integer outside 64 bits as a float, which the output would
+# then print rounded (1.2345678901234568e+29). Such an integer has at least 19
+# digits (-9223372036854775809), so a run of 19 sends the text through the
+# standard parser, which tells integers apart (a long digit run in a string
+# costs that second parse too, and nothing else).
+_LONG_NUMERAL: Final = re.compile(rb"\d{19}")
 
 
-def _json_with_bounded_ints(text: str, *, origin: str) -> Any:
+def exact_json(data: bytes | bytearray | str, doc: Any, *, origin: str) -> Any:
+    """``doc`` (orjson's parse of ``data``), or ``data`` parsed again if it may hold a big integer.
+
+    Raises ``ManifestError`` naming the number when an integer is outside
+    -2**63 .. 2**64-1.
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    if not _LONG_NUMERAL.search(raw):
+        return doc
+
     def bounded(numeral: str) -> int:
         value = int(numeral) if len(numeral) <= _MAX_INT_TEXT else None
         if value is None or value not in _INT_RANGE:
@@ -109,7 +120,7 @@ def _json_with_bounded_ints(text: str, *, origin: str) -> Any:
             )
         return value
 
-    return json.loads(text, parse_int=bounded)
+    return json.loads(raw, parse_int=bounded)
 
 
 # The event types that become a value (a scalar, or the start of a list or map).
@@ -193,8 +204,7 @@ def parse_documents(
                 raise ManifestError(f"{origin}: invalid JSON: {err}") from None
             # ``{a: 1}`` is YAML flow style; let the YAML parser have it.
         else:
-            if _LONG_NUMERAL.search(text):
-                doc = _json_with_bounded_ints(text, origin=origin)
+            doc = exact_json(data, doc, origin=origin)
             return doc if isinstance(doc, list) else [doc]
     _check_yaml(text, origin=origin, max_values=max_values)
     try:
