@@ -20,7 +20,7 @@ from tests.support.kubelet import EXAMPLE_POD_FIELDS, container_env, expand_vars
 from tests.support.kubelet import envoy_validate as run_envoy_validate
 from webhook import constants
 from webhook.config import InjectorConfig, ProxyConfig
-from webhook.engine.bootstrap import _flow as flow_yaml
+from webhook.engine.bootstrap import _flow_document as flow_yaml
 from webhook.engine.bootstrap import bootstrap_config, render_bootstrap
 from webhook.engine.iptables import mesh_init_container
 from webhook.engine.proxy import drain_command, mesh_proxy_container, wait_ready_command
@@ -245,6 +245,9 @@ def test_the_compact_bootstrap_reads_back_as_the_config_it_renders(
     text = render_bootstrap(settings, CONFIG)
     assert "\n" not in text
     assert yaml.safe_load(text) == bootstrap_config(settings, CONFIG)
+    # The TCP proxy's type URL, in four filter chains, is written once.
+    assert text.count("tcp_proxy.v3.TcpProxy") == 1
+    assert text.count("*t0") == 3
 
 
 # What can reach the bootstrap: printable ASCII (settings are validated so), 64-bit
@@ -256,6 +259,8 @@ SCALARS = (
     | st.integers(min_value=-(2**63), max_value=2**63 - 1)
     | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
     | st.sampled_from(TRICKY)
+    # Long enough to be anchored and aliased when repeated (plain and quoted).
+    | st.sampled_from(["type.googleapis.com/" + "x" * 20, "$(POD_IP) " + "y" * 30])
 )
 
 

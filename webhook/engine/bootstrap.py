@@ -56,6 +56,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import orjson
@@ -333,7 +335,7 @@ def render_bootstrap(settings: ProxySettings, config: InjectorConfig) -> str:
     config is 2.9 KB as compact JSON, 3.2 KB inside the pod's JSON, and 2.7 KB
     both ways as this. Previews show the same text the pod gets.
     """
-    return _flow(bootstrap_config(settings, config))
+    return _flow_document(bootstrap_config(settings, config))
 
 
 # A string is written plain (unquoted) only when it is a name, a dotted name
@@ -350,12 +352,56 @@ _WORDS: Final = frozenset(
 )
 
 
-def _flow(value: Any) -> str:
+# A string value this long that occurs more than once (the TCP proxy's type
+# URL, in all four transparent filter chains) is written once with an anchor
+# (``&t0``) and then as an alias (``*t0``): ~200 bytes of every pod. Envoy's
+# YAML reader resolves aliases like any YAML reader; keys are never aliased.
+_ALIASED_MIN_CHARS: Final = 32
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string value (not key) in JSON-like data, in document order."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def _flow_document(value: Any) -> str:
+    """:func:`_flow`, with long repeated string values anchored once and aliased after."""
+    counts = Counter(text for text in _strings(value) if len(text) >= _ALIASED_MIN_CHARS)
+    aliases = {
+        text: f"t{index}" for index, text in enumerate(t for t, n in counts.items() if n > 1)
+    }
+    return _flow(value, aliases, set())
+
+
+def _flow(value: Any, aliases: Mapping[str, str], anchored: set[str]) -> str:
     """Compact flow-style YAML for JSON-like data of printable ASCII (all a bootstrap holds)."""
     if isinstance(value, dict):
-        return "{" + ",".join(f"{_flow(key)}: {_flow(item)}" for key, item in value.items()) + "}"
+        return (
+            "{"
+            + ",".join(
+                f"{_scalar(key)}: {_flow(item, aliases, anchored)}" for key, item in value.items()
+            )
+            + "}"
+        )
     if isinstance(value, list):
-        return "[" + ",".join(_flow(item) for item in value) + "]"
+        return "[" + ",".join(_flow(item, aliases, anchored) for item in value) + "]"
+    if isinstance(value, str) and value in aliases:
+        name = aliases[value]
+        if value in anchored:
+            return f"*{name}"
+        anchored.add(value)
+        return f"&{name} {_scalar(value)}"
+    return _scalar(value)
+
+
+def _scalar(value: Any) -> str:
     if isinstance(value, str) and _PLAIN.fullmatch(value) and value.lower() not in _WORDS:
         return value
     return orjson.dumps(value).decode()
