@@ -35,6 +35,7 @@ lint: install
 	$(BIN)/ruff check webhook tests scripts bench
 	$(BIN)/ruff format --check webhook tests scripts bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 fmt: install
 	$(BIN)/ruff format webhook tests scripts bench

@@ -6,7 +6,7 @@
 * ``echo``: the least a FastAPI admission endpoint can do: read the body,
   parse the review with orjson, echo the uid in an ``allowed`` response.
 
-Both are served by uvicorn with the project's TLS context (``webhook.tls``)
+Both are served by uvicorn with the project's TLS context (``webhook.service.tls``)
 and the same certificate and uvicorn settings as ``sidecar-injector serve``,
 so the ratios isolate what the webhook's own code costs.
 
@@ -24,8 +24,8 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
-from webhook.server import KEEP_ALIVE_SECONDS
-from webhook.tls import ReloadingTLS, uvicorn_config_with_tls
+from webhook.service.server import KEEP_ALIVE_SECONDS
+from webhook.service.tls import ReloadingTLS, uvicorn_config_with_tls
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -100,7 +100,7 @@ def echo_app() -> FastAPI:
 
 
 def serve(app: Any, *, host: str, port: int, cert_dir: Path) -> None:
-    """Serve ``app`` over HTTPS the way the webhook is served (``webhook.tls``)."""
+    """Serve ``app`` over HTTPS the way the webhook is served (``webhook.service.tls``)."""
     config = uvicorn_config_with_tls(
         app, host=host, port=port, tls=ReloadingTLS(cert_dir), **UVICORN_SETTINGS
     )

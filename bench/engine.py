@@ -26,9 +26,9 @@ import jsonpatch
 import orjson
 
 from bench import workload
-from webhook.config import InjectorConfig
+from webhook.cluster.namespaces_file import NamespaceInfo
 from webhook.engine import inject
-from webhook.namespaces import NamespaceInfo
+from webhook.engine.config import InjectorConfig
 
 NAMESPACE = NamespaceInfo(workload.NAMESPACE, workload.NAMESPACE_LABELS)
 

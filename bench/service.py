@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from bench import workload
-from webhook.certs import write_certs
+from webhook.pki.certs import write_certs
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "post.lua"

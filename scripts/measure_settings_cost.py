@@ -22,14 +22,14 @@ from typing import Any
 
 import orjson
 
-from webhook.config import InjectorConfig
+from webhook.cluster.namespaces_file import NamespaceInfo
 from webhook.engine import InjectionRefused, inject
 from webhook.engine import inject as inject_module
+from webhook.engine.config import InjectorConfig
 from webhook.engine.iptables import mesh_init_container
 from webhook.engine.proxy import mesh_proxy_container
-from webhook.namespaces import NamespaceInfo
-from webhook.settings import SETTINGS_CACHE, SettingsError, resolve_settings
-from webhook.values import MAX_CIDRS, MAX_PORTS
+from webhook.engine.settings import SETTINGS_CACHE, SettingsError, resolve_settings
+from webhook.engine.values import MAX_CIDRS, MAX_PORTS
 
 P = "sidecar.mesh.io/"
 

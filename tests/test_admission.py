@@ -1,4 +1,4 @@
-"""webhook.admission without any server: envelope checks, answers, and the patch they carry.
+"""webhook.service.admission without any server: envelope checks, answers, and the patch they carry.
 
 ``admit`` is async (it may read a namespace from the API server); these tests
 drive it with ``asyncio.run`` and an in-memory lookup that records what was
@@ -20,11 +20,11 @@ import orjson
 import pytest
 
 from tests.support.validation import validate_injected
-from webhook import admission
-from webhook.admission import BadRequest
-from webhook.config import InjectorConfig
+from webhook.cluster.namespaces_file import NamespaceInfo, NamespaceUnavailable
 from webhook.engine import NamespaceLike
-from webhook.namespaces import NamespaceInfo, NamespaceUnavailable
+from webhook.engine.config import InjectorConfig
+from webhook.service import admission
+from webhook.service.admission import BadRequest
 
 CONFIG = InjectorConfig()
 ENABLED = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "enabled"}))
@@ -495,7 +495,7 @@ def test_admission_is_framework_free_and_only_the_app_imports_fastapi() -> None:
     from pathlib import Path
 
     code = (
-        "import sys, webhook.admission, webhook.wire\n"
+        "import sys, webhook.service.admission, webhook.contract.wire\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'fastapi', 'starlette', 'uvicorn'}))"
     )
     loaded = subprocess.run(
@@ -515,7 +515,7 @@ def test_admission_is_framework_free_and_only_the_app_imports_fastapi() -> None:
             )
             if any(name.split(".")[0] == "fastapi" for name in names):
                 importers.add(path.relative_to(package).as_posix())
-    assert importers == {"app.py"}
+    assert importers == {"app.py"}  # within webhook/service; the other layers: pyproject contracts
 
 
 def test_what_a_log_line_says_about_a_request_stays_short_whatever_it_carries() -> None:

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from fastapi.testclient import TestClient
 
 from tests.support.server import parse_metrics
-from webhook.app import create_app
-from webhook.config import InjectorConfig
-from webhook.namespaces import NamespaceInfo, StaticNamespaces
+from webhook.cluster.namespaces_file import NamespaceInfo, StaticNamespaces
+from webhook.engine.config import InjectorConfig
+from webhook.service.app import create_app
 
 
 def test_an_app_leaves_the_garbage_collector_alone() -> None:

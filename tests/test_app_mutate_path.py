@@ -1,6 +1,6 @@
 """``POST /mutate`` bypasses FastAPI's layers, yet answers as a FastAPI route would.
 
-The fast path (``webhook.app._WebhookApp``) is an optimisation: nothing a
+The fast path (``webhook.service.app._WebhookApp``) is an optimisation: nothing a
 client sees may depend on it. In-process, so both paths can be compared on
 the same app: ``/mutate`` taken before FastAPI, and ``/mutate`` sent through
 FastAPI's own middleware and router (the app called as a plain FastAPI app),
@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
-from webhook.app import create_app
-from webhook.config import InjectorConfig
-from webhook.namespaces import NamespaceInfo, StaticNamespaces
+from webhook.cluster.namespaces_file import NamespaceInfo, StaticNamespaces
+from webhook.engine.config import InjectorConfig
+from webhook.service.app import create_app
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ from cryptography import x509
 
 from tests.support.server import CLI, Server, running_server
 from tests.support.tls_client import SERVICE_HOSTNAME, https_get
-from webhook import certs, expiry
+from webhook.pki import certs
+from webhook.service import expiry
 
 EXPIRY_GAUGE = "sidecar_injector_certificate_expiry_timestamp_seconds"
 T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)

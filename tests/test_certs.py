@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from webhook.certs import CertError, make_ca, make_serving_cert, service_names, write_certs
+from webhook.pki.certs import CertError, make_ca, make_serving_cert, service_names, write_certs
 
 CONTRACT_DNS = [
     "sidecar-injector",

@@ -8,7 +8,7 @@ from pathlib import Path
 from cryptography import x509
 
 from tests.support.server import CLI
-from webhook import certs
+from webhook.pki import certs
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

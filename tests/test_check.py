@@ -19,8 +19,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from webhook import __version__, kube
-from webhook.check import (
+from webhook import __version__
+from webhook.cluster import kube
+from webhook.contract.namespaces import NamespaceInfo
+from webhook.engine.config import InjectorConfig
+from webhook.ops.check import (
     PAGE_LIMIT,
     Checker,
     Cluster,
@@ -36,9 +39,7 @@ from webhook.check import (
     render_text,
     selector_matches,
 )
-from webhook.config import InjectorConfig
-from webhook.namespace_types import NamespaceInfo
-from webhook.outdated import (
+from webhook.ops.outdated import (
     Expected,
     Recorded,
     StatusUnreadable,

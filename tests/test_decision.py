@@ -11,7 +11,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from webhook.config import InjectorConfig
+from webhook.cluster.namespaces_file import NamespaceInfo
 from webhook.engine import (
     LABEL_FREE_SKIPS,
     LABEL_SKIPS,
@@ -22,8 +22,8 @@ from webhook.engine import (
     inject,
     uninject,
 )
+from webhook.engine.config import InjectorConfig
 from webhook.engine.status import MAX_STATUS_CHARS
-from webhook.namespaces import NamespaceInfo
 
 ENABLED = {"sidecar-injection": "enabled"}
 DISABLED = {"sidecar-injection": "disabled"}
@@ -252,7 +252,7 @@ def test_the_excluded_namespaces_come_from_the_config() -> None:
 def test_the_engine_imports_neither_fastapi_nor_kubernetes() -> None:
     # A fresh interpreter: the test process itself has imported everything.
     probe = (
-        "import sys, webhook.engine, webhook.preview, webhook.cli\n"
+        "import sys, webhook.engine, webhook.manifests.preview, webhook.cli.main\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'fastapi', 'starlette', 'kubernetes', 'uvicorn'})\n"
         "print(','.join(bad))\n"

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from webhook.config import InjectorConfig, ProxyConfig
+from webhook.cluster.namespaces_file import NamespaceInfo
 from webhook.engine import InjectionRefused, inject
+from webhook.engine.config import InjectorConfig, ProxyConfig
 from webhook.engine.inject import CACHE
 from webhook.engine.inject import _build as build_entry
 from webhook.engine.inject import _built as built_for
-from webhook.namespaces import NamespaceInfo
-from webhook.settings import resolve_settings
+from webhook.engine.settings import resolve_settings
 
 POD: dict[str, Any] = {
     "apiVersion": "v1",

@@ -21,10 +21,10 @@ import yaml
 
 from tests.support.kubelet import EXAMPLE_POD_FIELDS, envoy_validate
 from tests.support.validation import pod_spec, validate_injected
-from webhook.cli import main
+from webhook.cli.main import main
 from webhook.engine import uninject
 from webhook.engine.workloads import WORKLOADS
-from webhook.manifests import load_objects
+from webhook.manifests.documents import load_objects
 
 GOLDEN = Path(__file__).parent / "golden"
 INPUTS = GOLDEN / "inputs"

@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 import pytest
 
-from webhook import constants
-from webhook.config import InjectorConfig
+from webhook.contract import constants
 from webhook.engine import iptables
+from webhook.engine.config import InjectorConfig
 from webhook.engine.iptables import (
     MAX_SCRIPT_BYTES,
     SKIPPED_IPV6,
@@ -29,8 +29,8 @@ from webhook.engine.iptables import (
     render_rules,
     render_script,
 )
-from webhook.settings import ProxySettings, resolve_settings
-from webhook.values import MAX_CIDRS, MAX_PORTS
+from webhook.engine.settings import ProxySettings, resolve_settings
+from webhook.engine.values import MAX_CIDRS, MAX_PORTS
 
 P = constants.PREFIX
 CONFIG = InjectorConfig()

@@ -23,11 +23,11 @@ from tests.support.kubelet import (
     expanded_command,
     find_envoy,
 )
-from webhook import constants
-from webhook.config import InjectorConfig
+from webhook.contract import constants
 from webhook.engine.bootstrap import bootstrap_config
+from webhook.engine.config import InjectorConfig
 from webhook.engine.proxy import mesh_proxy_container
-from webhook.settings import ProxySettings, resolve_settings
+from webhook.engine.settings import ProxySettings, resolve_settings
 
 IPV6_OFF = InjectorConfig(ipv6=False)
 IPV6_ONLY_POD = {**EXAMPLE_POD_FIELDS, "status.podIP": "fd00:10:20::30"}

@@ -31,9 +31,9 @@ import pytest
 from kubernetes import client
 
 from tests.support.fake_kube_api import CannedReply, FakeKubeAPI
-from webhook import kube_namespaces
-from webhook.kube_namespaces import KubeNamespaceCache
-from webhook.namespaces import (
+from webhook.cluster import namespace_cache as kube_namespaces
+from webhook.cluster.namespace_cache import KubeNamespaceCache
+from webhook.cluster.namespaces_file import (
     FileNamespaces,
     Freshness,
     NamespaceInfo,
@@ -42,7 +42,7 @@ from webhook.namespaces import (
     StaticNamespaces,
     lookup,
 )
-from webhook.server import namespace_source_from_args
+from webhook.service.server import namespace_source_from_args
 
 FAST: dict[str, float] = {
     "watch_timeout_seconds": 30,
@@ -1025,7 +1025,7 @@ def test_choosing_a_file_or_no_source_does_not_import_the_kubernetes_client(
 ) -> None:
     script = (
         "import sys\n"
-        "from webhook.server import namespace_source_from_args\n"
+        "from webhook.service.server import namespace_source_from_args\n"
         "namespace_source_from_args(namespaces_file=None, kubeconfig=None, in_cluster=False)\n"
         "assert 'kubernetes' not in sys.modules, 'kubernetes was imported'\n"
     )
@@ -1050,16 +1050,16 @@ def test_the_sources_and_the_chooser_in_serve_import_each_other_one_way() -> Non
         return found
 
     # The two kinds of source share only namespace_types, which imports neither.
-    assert "webhook.namespaces" not in imported("kube_namespaces")
-    assert "webhook.kube_namespaces" not in imported("namespaces")
-    assert not {m for m in imported("namespace_types") if m.startswith("webhook")}
-    assert "webhook.namespace_types" in imported("namespaces")
+    assert "webhook.cluster.namespaces_file" not in imported("cluster/namespace_cache")
+    assert "webhook.cluster.namespace_cache" not in imported("cluster/namespaces_file")
+    assert not {m for m in imported("contract/namespaces") if m.startswith("webhook")}
+    assert "webhook.contract.namespaces" in imported("cluster/namespaces_file")
     # serve chooses; no source imports it, and it imports the watch-backed
     # cache (and with it the kubernetes client) only once it has chosen it.
-    for module in ("namespaces", "namespace_types", "kube_namespaces"):
-        assert "webhook.server" not in imported(module)
-    assert "webhook.kube_namespaces" in imported("server")
-    assert "webhook.kube_namespaces" not in imported("server", top_level_only=True)
+    for module in ("cluster/namespaces_file", "contract/namespaces", "cluster/namespace_cache"):
+        assert "webhook.service.server" not in imported(module)
+    assert "webhook.cluster.namespace_cache" in imported("service/server")
+    assert "webhook.cluster.namespace_cache" not in imported("service/server", top_level_only=True)
     # Only the watch-backed cache talks to the kubernetes client.
-    for module in ("namespaces", "namespace_types"):
+    for module in ("cluster/namespaces_file", "contract/namespaces"):
         assert not {m for m in imported(module) if m.split(".")[0] == "kubernetes"}

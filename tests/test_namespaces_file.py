@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from webhook.namespaces import (
+from webhook.cluster.namespaces_file import (
     FileNamespaces,
     NamespaceInfo,
     NamespacesFileError,

@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 from fastapi.testclient import TestClient
 
-from webhook.app import Limits, create_app
-from webhook.config import InjectorConfig
-from webhook.namespaces import NamespaceInfo, StaticNamespaces
+from webhook.cluster.namespaces_file import NamespaceInfo, StaticNamespaces
+from webhook.engine.config import InjectorConfig
+from webhook.service.app import Limits, create_app
 
 ENABLED = MappingProxyType({"sidecar-injection": "enabled"})
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.validation import pod_spec, validate_pod_rules
-from webhook.config import InjectorConfig
+from webhook.cluster.namespaces_file import NamespaceInfo
 from webhook.engine import (
     InjectionRefused,
     InjectionResult,
@@ -22,8 +22,8 @@ from webhook.engine import (
     inject,
     uninject,
 )
+from webhook.engine.config import InjectorConfig
 from webhook.engine.workloads import locate_pod
-from webhook.namespaces import NamespaceInfo
 
 CONFIG = InjectorConfig()
 NAMESPACE = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "enabled"}))

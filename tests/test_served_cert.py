@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from webhook import certs, served_cert
+from webhook.pki import certs, served_cert
 
 NAME = "sidecar-injector.mesh-system.svc"
 DNS, IPS = certs.service_names()

@@ -1,4 +1,4 @@
-"""SIGTERM drains kept-alive connections before the server stops (``webhook.server``).
+"""SIGTERM drains kept-alive connections before the server stops (``webhook.service.server``).
 
 kube-apiserver keeps connections to a replica after it leaves the Service's
 endpoints, and its Go client does not retry a POST that raced the server
@@ -23,7 +23,7 @@ import yaml
 
 from tests.support.server import Server, running_server
 from tests.support.tls_client import SERVICE_HOSTNAME, connect
-from webhook.server import DRAIN_SECONDS, GRACEFUL_SHUTDOWN_SECONDS
+from webhook.service.server import DRAIN_SECONDS, GRACEFUL_SHUTDOWN_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACES = (

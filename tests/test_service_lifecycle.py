@@ -30,8 +30,8 @@ from tests.support.server import (
     running_server,
 )
 from tests.support.tls_client import SERVICE_HOSTNAME, connect, file_fingerprint, peer_fingerprint
-from webhook.certs import write_certs
-from webhook.server import ServeSettings, build_server
+from webhook.pki.certs import write_certs
+from webhook.service.server import ServeSettings, build_server
 
 
 def review(namespace: str, *, uid: str = "u-1", containers: int = 1) -> dict[str, Any]:

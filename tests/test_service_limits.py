@@ -27,8 +27,8 @@ import pytest
 
 from tests.support.server import Server, WebhookClient, running_server
 from tests.support.tls_client import SERVICE_HOSTNAME, connect
-from webhook.app import BodyBudget, Limits
-from webhook.server import MAX_OPEN_FILES
+from webhook.service.app import BodyBudget, Limits
+from webhook.service.server import MAX_OPEN_FILES
 
 MEMORY_BOUND_MIB = 400
 READ_TIMEOUT = 2.0
@@ -251,7 +251,7 @@ def test_100_clients_announcing_1_mib_and_sending_nothing_block_no_admission(
 
 
 def test_the_reserve_for_small_bodies_cannot_be_used_up_by_any_number_of_connections() -> None:
-    """The budget's arithmetic (webhook.app.Limits): small bodies always fit.
+    """The budget's arithmetic (webhook.service.app.Limits): small bodies always fit.
 
     Every connection may hold one small body, the large ones together at most
     their share; all of that fits the budget, so a review of up to 64 KiB is
@@ -537,7 +537,7 @@ def many_pods(count: int) -> bytes:
     return orjson.dumps({"apiVersion": "v1", "kind": "List", "items": items})
 
 
-# The longest settings a namespace may carry (webhook.values: 128 items per
+# The longest settings a namespace may carry (webhook.engine.values: 128 items per
 # list), so that every pod's init container and settings are as long as they get.
 LONGEST_SETTINGS = {
     "sidecar.mesh.io/exclude-outbound-ports": ",".join(str(p) for p in range(10_000, 10_128)),

@@ -19,10 +19,10 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from webhook import admission
-from webhook.app import Limits, create_app
-from webhook.config import InjectorConfig
-from webhook.namespaces import NamespaceInfo, StaticNamespaces
+from webhook.cluster.namespaces_file import NamespaceInfo, StaticNamespaces
+from webhook.engine.config import InjectorConfig
+from webhook.service import admission
+from webhook.service.app import Limits, create_app
 
 # The module, not the function the package exports under the same name.
 inject_module = importlib.import_module("webhook.engine.inject")

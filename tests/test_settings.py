@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
-from webhook.bounded_cache import BoundedCache
-from webhook.config import ConfigError, InjectorConfig, parse_config
-from webhook.quantity import QuantityError, parse_quantity
-from webhook.settings import (
+from webhook.engine.bounded_cache import BoundedCache
+from webhook.engine.config import ConfigError, InjectorConfig, parse_config
+from webhook.engine.quantity import QuantityError, parse_quantity
+from webhook.engine.settings import (
     MAX_UNKNOWN_KEY_WARNINGS,
     SETTING_KEYS,
     SETTINGS_CACHE,
@@ -19,7 +19,7 @@ from webhook.settings import (
     Source,
     resolve_settings,
 )
-from webhook.values import (
+from webhook.engine.values import (
     MAX_CIDR_LIST_CHARS,
     MAX_CIDRS,
     MAX_PORT_LIST_CHARS,

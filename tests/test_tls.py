@@ -32,9 +32,9 @@ from tests.support.tls_client import (
     https_get,
     peer_fingerprint,
 )
-from webhook import served_cert
-from webhook.certs import KeyPair, make_ca, make_serving_cert, service_names, write_certs
-from webhook.tls import ReloadingTLS, TLSError, uvicorn_config_with_tls
+from webhook.pki import served_cert
+from webhook.pki.certs import KeyPair, make_ca, make_serving_cert, service_names, write_certs
+from webhook.service.tls import ReloadingTLS, TLSError, uvicorn_config_with_tls
 
 # --- certificates and how they land on disk -----------------------------------------------
 

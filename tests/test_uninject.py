@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from webhook import __version__
-from webhook.config import InjectorConfig, ProxyConfig
+from webhook.cluster.namespaces_file import NamespaceInfo
 from webhook.engine import (
     InjectionRefused,
     InjectionStatus,
@@ -19,7 +19,7 @@ from webhook.engine import (
     inject,
     uninject,
 )
-from webhook.namespaces import NamespaceInfo
+from webhook.engine.config import InjectorConfig, ProxyConfig
 
 STATUS = "sidecar.mesh.io/status"
 DEFAULT = "kubectl.kubernetes.io/default-container"

@@ -1,9 +1,9 @@
 """sidecar-injector: a mutating admission webhook that adds an Envoy sidecar to pods.
 
-The package is layered so dependencies point one way: ``constants`` and ``wire``
--> ``config`` and ``settings`` -> ``engine`` (pure) -> ``admission`` -> ``app``
-(the only FastAPI importer) -> ``cli``. Edges (namespace sources, certificates,
-TLS) are used only by the app and the CLI.
+The package is a stack of layers, each a sub-package, dependencies pointing
+down only (pyproject.toml's import contracts keep it so; ARCHITECTURE.md walks
+through them): ``cli`` > ``ops`` | ``service`` > ``cluster`` | ``pki`` >
+``manifests`` > ``engine`` > ``contract``.
 """
 
 __version__ = "0.1.0"

@@ -41,8 +41,9 @@ from tests.e2e.webhook_install import (
     wait_until_injecting,
 )
 from tests.support.server import CLI, running_server
-from webhook import certs, cli
-from webhook.constants import STATUS_ANNOTATION
+from webhook.cli.main import main as cli
+from webhook.contract.constants import STATUS_ANNOTATION
+from webhook.pki import certs
 
 pytestmark = pytest.mark.cluster
 

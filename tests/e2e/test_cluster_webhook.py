@@ -912,9 +912,9 @@ def _engine_refuses_pod_security_restricted() -> bool:
     The refusal is s1a's (issue 11); until that branch is merged the test
     below is an expected failure, and strict: it must start passing then.
     """
-    from webhook.config import InjectorConfig
+    from webhook.cluster.namespaces_file import NamespaceInfo
     from webhook.engine import InjectionRefused, inject
-    from webhook.namespaces import NamespaceInfo
+    from webhook.engine.config import InjectorConfig
 
     namespace = NamespaceInfo(
         "psa", {**ENABLED, "pod-security.kubernetes.io/enforce": "restricted"}

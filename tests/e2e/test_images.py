@@ -19,7 +19,7 @@ def test_webhook_context_is_what_dockerignore_allows() -> None:
         "README.md",
         "constraints.txt",
         "webhook/__init__.py",
-        "webhook/cli.py",
+        "webhook/cli/main.py",
     } <= files
     assert "webhook/engine/inject.py" in files
     # Never the virtualenv, private keys, tests or git.

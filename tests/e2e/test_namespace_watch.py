@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.e2e.cluster import ControlPlane
-from webhook import kube_namespaces
-from webhook.kube_namespaces import KubeNamespaceCache
+from webhook.cluster import namespace_cache as kube_namespaces
+from webhook.cluster.namespace_cache import KubeNamespaceCache
 
 pytestmark = pytest.mark.cluster
 

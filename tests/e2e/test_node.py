@@ -58,9 +58,9 @@ from tests.e2e.node_install import (
 )
 from tests.e2e.webhook_install import INIT, NAMESPACE, PROXY, is_injected
 from tests.support.server import CLI
-from webhook import certs
-from webhook.constants import STATUS_ANNOTATION
+from webhook.contract.constants import STATUS_ANNOTATION
 from webhook.engine.bootstrap import INBOUND_STATS, OUTBOUND_PASSTHROUGH, OUTBOUND_STATS
+from webhook.pki import certs
 
 pytestmark = [pytest.mark.node]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from webhook import served_cert
+from webhook.pki import served_cert
 
 SERVICE_HOSTNAME = "sidecar-injector.mesh-system.svc"
 

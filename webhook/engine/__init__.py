@@ -1,8 +1,7 @@
-"""The pure injection engine: object + namespace + config -> decision, patch, result; and back.
+"""The pure engine: object + namespace + config -> decision, patch, result; and back."""
 
-Imports neither fastapi nor kubernetes (a test keeps it so); everything that
-talks to the outside world lives around it, not in it.
-"""
+# Standard library only (pyproject's import contracts): everything that talks
+# to the outside world lives around the engine, not in it.
 
 from webhook.engine.decision import (
     LABEL_FREE_SKIPS,

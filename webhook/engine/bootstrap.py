@@ -62,9 +62,9 @@ from typing import Any, Final
 
 import orjson
 
-from webhook import constants
-from webhook.config import InjectorConfig
-from webhook.settings import ProxySettings
+from webhook.contract import constants
+from webhook.engine.config import InjectorConfig
+from webhook.engine.settings import ProxySettings
 
 ADMIN_CLUSTER: Final = "admin"
 INBOUND_PASSTHROUGH: Final = "inbound_passthrough"

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from webhook import constants
-from webhook.config import InjectorConfig
+from webhook.contract import constants
+from webhook.engine.config import InjectorConfig
 from webhook.engine.status import InjectionStatus, StatusError
-from webhook.values import shorten
+from webhook.engine.values import shorten
 
 # Pod Security admission (built into the apiserver) reads these namespace labels.
 POD_SECURITY_ENFORCE: Final = "pod-security.kubernetes.io/enforce"

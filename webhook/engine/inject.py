@@ -15,15 +15,18 @@ from typing import Any, Final
 import jsonpatch
 import orjson
 
-from webhook import __version__, constants
-from webhook.bounded_cache import BoundedCache
-from webhook.config import InjectorConfig
+from webhook import __version__
+from webhook.contract import constants
+from webhook.engine.bounded_cache import BoundedCache
+from webhook.engine.config import InjectorConfig
 from webhook.engine.decision import Decision, NamespaceLike, decide, pod_security_refusal
 from webhook.engine.frozen import freeze
 from webhook.engine.iptables import mesh_init_container
 from webhook.engine.patch import Additions, Op, build_patch, prior_shapes
 from webhook.engine.proxy import mesh_proxy_container
+from webhook.engine.settings import ProxySettings, SettingsError, resolve_settings
 from webhook.engine.status import MAX_STATUS_CHARS, InjectionStatus, containers_digest
+from webhook.engine.values import shorten
 from webhook.engine.workloads import (
     ObjectError,
     PodLocation,
@@ -32,8 +35,6 @@ from webhook.engine.workloads import (
     locate_pod,
     pod_parts,
 )
-from webhook.settings import ProxySettings, SettingsError, resolve_settings
-from webhook.values import shorten
 
 PASS_THROUGH = Decision(False, "not-a-workload", "kind has no pod template")
 
@@ -177,7 +178,7 @@ class Built:
 # The cache holds one entry per distinct combination of settings in use
 # (usually a handful); pod annotations can make more, and long port and CIDR
 # lists make an entry larger (they go into the rules), so it is bounded in
-# entries and in bytes, like the settings cache (webhook/bounded_cache.py).
+# entries and in bytes, like the settings cache (webhook/engine/bounded_cache.py).
 # An entry is charged its JSON length plus ENTRY_OVERHEAD: measured with
 # tracemalloc (tests/test_engine_cache.py), the dicts, lists and small strings
 # of the two containers keep ~6 KB alive beyond the JSON text.

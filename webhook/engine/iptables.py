@@ -42,11 +42,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from webhook import constants
-from webhook.config import InjectorConfig
+from webhook.contract import constants
+from webhook.engine.config import InjectorConfig
 from webhook.engine.resources import container_resources
-from webhook.settings import ProxySettings
-from webhook.values import ALL, cidr_family
+from webhook.engine.settings import ProxySettings
+from webhook.engine.values import ALL, cidr_family
 
 # Chain names are ours alone, so the rules never touch chains another tool owns.
 INBOUND_CHAIN: Final = "MESH_INBOUND"

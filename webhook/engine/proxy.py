@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from webhook import constants
-from webhook.config import InjectorConfig, Resources
+from webhook.contract import constants
 from webhook.engine.bootstrap import HEALTH_LISTENER, render_bootstrap
+from webhook.engine.config import InjectorConfig, Resources
 from webhook.engine.resources import container_resources
-from webhook.settings import ProxySettings
+from webhook.engine.settings import ProxySettings
 
 # Envoy starts one worker per CPU of the *node*, not of the pod's limit; a
 # sidecar needs few, and each costs memory.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webhook.config import Resources
+from webhook.engine.config import Resources
 
 
 def container_resources(resources: Resources) -> dict[str, dict[str, str]]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from webhook import constants
+from webhook.contract import constants
 from webhook.engine.inject import InjectionRefused, patched_object
 from webhook.engine.patch import Op, escape, pointer
 from webhook.engine.status import InjectionStatus, StatusError

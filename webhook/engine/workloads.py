@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from webhook import constants
+from webhook.contract import constants
 
 _TEMPLATE: Final = ("spec", "template")
 _CRONJOB_TEMPLATE: Final = ("spec", "jobTemplate", "spec", "template")

@@ -11,15 +11,15 @@ Three sources share that interface:
 
 - ``StaticNamespaces``: a fixed set (or none: every namespace is unlabelled);
 - ``FileNamespaces``: Namespace objects from a file, e.g. ``kubectl get ns -o yaml``;
-- ``webhook.kube_namespaces.KubeNamespaceCache``: a list+watch cache of the cluster.
+- ``webhook.cluster.namespace_cache.KubeNamespaceCache``: a list+watch cache of the cluster.
 
 Choosing one is ``serve``'s business
-(``webhook.server.namespace_source_from_args``), which imports the
+(``webhook.service.server.namespace_source_from_args``), which imports the
 watch-backed cache only when it chooses it. This module does not import
 ``kubernetes``, so the offline CLI and the engine never pay for (or depend on)
 the client. The types all sources share (``NamespaceInfo``,
 ``NamespaceSource``, ``Freshness``, the errors, ``lookup``) live in
-``webhook.namespace_types`` and are re-exported here, so the watch-backed
+``webhook.contract.namespaces`` and are re-exported here, so the watch-backed
 cache depends on them without depending on this module.
 """
 
@@ -30,8 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from webhook.manifests import ManifestError, is_list, parse_documents
-from webhook.namespace_types import (
+from webhook.contract.namespaces import (
     Freshness,
     NamespaceInfo,
     NamespaceSource,
@@ -39,6 +38,7 @@ from webhook.namespace_types import (
     NamespaceUnavailable,
     lookup,
 )
+from webhook.manifests.documents import ManifestError, is_list, parse_documents
 
 __all__ = [
     "FileNamespaces",

@@ -15,7 +15,7 @@ rather than what the manifests say:
   webhook's port;
 - ``ca-bundle``: every webhook's ``caBundle`` verifies the certificate each
   ready endpoint actually serves, for ``<service>.<namespace>.svc``
-  (``webhook.served_cert``);
+  (``webhook.pki.served_cert``);
 - ``certificate-expiry``: days until the served certificates (and the
   bundle's CAs) expire: a warning under 30, a failure once expired;
 - ``replicas``: ready endpoints for ``failurePolicy: Fail``: a warning at 1,
@@ -29,7 +29,7 @@ rather than what the manifests say:
   is stored) in each opted-in namespace comes back injected;
 - ``outdated-sidecars``: pods whose status annotation records another
   injector version or other containers than would be injected now
-  (``webhook.outdated``), grouped by workload with the command to restart it.
+  (``webhook.ops.outdated``), grouped by workload with the command to restart it.
 
 How the endpoints are reached: each ready endpoint address is dialled
 directly (what the API server does); that works in the cluster and from a
@@ -63,10 +63,13 @@ from urllib.parse import quote
 import orjson
 from cryptography import x509
 
-from webhook import __version__, constants, kube, served_cert
-from webhook.config import ConfigError, InjectorConfig, parse_config
-from webhook.namespace_types import NamespaceInfo, running_in_cluster
-from webhook.outdated import (
+from webhook import __version__
+from webhook.cluster import kube
+from webhook.cluster.environment import running_in_cluster
+from webhook.contract import constants
+from webhook.contract.namespaces import NamespaceInfo
+from webhook.engine.config import ConfigError, InjectorConfig, parse_config
+from webhook.ops.outdated import (
     Expected,
     Report,
     StatusUnreadable,
@@ -75,6 +78,7 @@ from webhook.outdated import (
     recorded,
     staleness,
 )
+from webhook.pki import served_cert
 
 Status = Literal["pass", "warn", "fail", "skip"]
 Connect = Literal["auto", "direct", "port-forward"]

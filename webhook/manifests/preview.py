@@ -14,12 +14,12 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from webhook import constants
-from webhook.config import InjectorConfig
+from webhook.contract.namespaces import NamespaceInfo
+from webhook.contract import constants
 from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike, Op, inject
+from webhook.engine.config import InjectorConfig
 from webhook.engine.workloads import describe
-from webhook.namespaces import NamespaceInfo
-from webhook.render import as_list, to_json_bytes, to_yaml, unified_diff
+from webhook.manifests.render import as_list, to_json_bytes, to_yaml, unified_diff
 
 
 class Output(StrEnum):

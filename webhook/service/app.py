@@ -2,7 +2,7 @@
 
 The only module that imports FastAPI. It reads raw bodies itself (with a cap
 and a process-wide memory budget), checks content types, and hands bytes to
-``webhook.admission.admit`` / plain dicts to ``webhook.preview``. FastAPI
+``webhook.service.admission.admit`` / plain dicts to ``webhook.manifests.preview``. FastAPI
 never sees a model of the review: validating a pod with pydantic would cost
 more than injecting it and would answer 422 where Kubernetes clients expect 400.
 
@@ -17,7 +17,7 @@ Status codes (docs/service.md documents them for users):
 * 500 -- only for bugs in this program (tests show no input reaches it)
 
 Time bounds on reading a request (headers, body) are the server's
-(``webhook.server``): a request that misses them ends as a disconnect, which
+(``webhook.service.server``): a request that misses them ends as a disconnect, which
 is counted here as ``aborted``.
 
 ``POST /mutate`` is the one hot path (every pod creation in a meshed
@@ -45,25 +45,25 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from webhook import admission, expiry, logs
-from webhook.admission import BadRequest
-from webhook.config import InjectorConfig
+from webhook.cluster.namespaces_file import NamespaceSource, NamespaceUnavailable
+from webhook.cluster.namespaces_file import lookup as lookup_blocking
+from webhook.contract.wire import API_VERSIONS, KIND
 from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike
-from webhook.manifests import ManifestError, exact_json, load_objects, objects_of
-from webhook.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from webhook.metrics import Metrics
-from webhook.namespaces import NamespaceSource, NamespaceUnavailable
-from webhook.namespaces import lookup as lookup_blocking
-from webhook.preview import Assumptions, Output, inject_all, parse_pairs, render_bytes
-from webhook.values import NAMESPACE_NAME_RULE, is_namespace_name, shorten
-from webhook.wire import API_VERSIONS, KIND
+from webhook.engine.config import InjectorConfig
+from webhook.engine.values import NAMESPACE_NAME_RULE, is_namespace_name, shorten
+from webhook.manifests.documents import ManifestError, exact_json, load_objects, objects_of
+from webhook.manifests.preview import Assumptions, Output, inject_all, parse_pairs, render_bytes
+from webhook.service import admission, expiry, logs
+from webhook.service.admission import BadRequest
+from webhook.service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from webhook.service.metrics import Metrics
 
 # The app's type for other modules, so that this stays the only fastapi import.
 App = FastAPI
 
 T = TypeVar("T")
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("webhook.app")
 admission_log = logging.getLogger(logs.ADMISSION_LOGGER)
 
 KiB: Final = 1024
@@ -102,7 +102,7 @@ class Limits:
     # grow while all bodies together hold at most ``large_budget_bytes``. The
     # rest is a reserve that only small bodies reach, and it cannot be used
     # up: a connection carries one request at a time and the server has at
-    # most ``webhook.server.MAX_OPEN_FILES`` (1,024) connections, so small
+    # most ``webhook.service.server.MAX_OPEN_FILES`` (1,024) connections, so small
     # bodies hold at most 1,024 x 64 KiB = 64 MiB, and 32 MiB of large ones
     # + 64 MiB <= 96 MiB. A review of up to 64 KiB (every ordinary pod: a
     # few KiB) is therefore never refused for memory, whatever other clients
@@ -111,7 +111,7 @@ class Limits:
     # tests/test_service_limits.py holds these numbers to that inequality.
     large_body_bytes: int = 64 * KiB
     large_budget_bytes: int = 32 * MiB
-    # (A review may hold ``webhook.admission.MAX_JSON_VALUES`` values.)
+    # (A review may hold ``webhook.service.admission.MAX_JSON_VALUES`` values.)
     # Values in a preview body (JSON or YAML; for YAML every scalar, list and
     # map counts, keys included). PyYAML builds ~10-50 us per value and the
     # yaml/diff renderers cost about as much again, so a preview at this
@@ -155,7 +155,7 @@ class Limits:
 
 
 class TLSState(Protocol):
-    """What ``/readyz`` needs of ``webhook.tls.ReloadingTLS``."""
+    """What ``/readyz`` needs of ``webhook.service.tls.ReloadingTLS``."""
 
     @property
     def loaded(self) -> bool: ...
@@ -175,7 +175,7 @@ class _HTTPError(Exception):
 
 
 class _Aborted(Exception):
-    """The connection ended before the whole request arrived (see ``webhook.server``)."""
+    """The connection ended before the whole request arrived (see ``webhook.service.server``)."""
 
     def __init__(self, received: int) -> None:
         super().__init__(f"connection closed after {received} bytes of the body")

@@ -36,22 +36,9 @@ from typing import Any, Final, Protocol, TypeVar, cast
 
 import orjson
 
-from webhook import constants
-from webhook.config import InjectorConfig
-from webhook.engine import (
-    LABEL_FREE_SKIPS,
-    LABEL_SKIPS,
-    InjectionRefused,
-    NamespaceLike,
-    Op,
-    decide,
-    inject,
-)
-from webhook.engine.workloads import ObjectError, locate_pod, pod_parts
-from webhook.manifests import json_value_bound
-from webhook.namespaces import NamespaceInfo, NamespaceUnavailable
-from webhook.values import is_namespace_name, shorten
-from webhook.wire import (
+from webhook.cluster.namespaces_file import NamespaceInfo, NamespaceUnavailable
+from webhook.contract import constants
+from webhook.contract.wire import (
     API_VERSIONS,
     KIND,
     AdmissionRequest,
@@ -61,6 +48,19 @@ from webhook.wire import (
     ApiVersion,
     StatusReason,
 )
+from webhook.engine import (
+    LABEL_FREE_SKIPS,
+    LABEL_SKIPS,
+    InjectionRefused,
+    NamespaceLike,
+    Op,
+    decide,
+    inject,
+)
+from webhook.engine.config import InjectorConfig
+from webhook.engine.values import is_namespace_name, shorten
+from webhook.engine.workloads import ObjectError, locate_pod, pod_parts
+from webhook.manifests.documents import json_value_bound
 
 # Decision codes for reviews the engine never sees; they join the engine's
 # codes as metric labels and in logs.
@@ -241,7 +241,7 @@ def wrap(api_version: ApiVersion, response: AdmissionResponse) -> AdmissionRevie
 class NamespaceLookup(Protocol):
     """Where :func:`admit` finds namespaces: memory first, the source itself when needed.
 
-    The HTTP edge adapts a ``webhook.namespaces.NamespaceSource`` to this
+    The HTTP edge adapts a ``webhook.cluster.namespaces_file.NamespaceSource`` to this
     (running the blocking ``fetch`` in a worker thread, counting lookups).
     """
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from webhook.values import shorten
+from webhook.engine.values import shorten
 
 _QUANTITY = re.compile(
     r"(?P<sign>[+-]?)(?P<int>[0-9]*)(?:\.(?P<frac>[0-9]*))?"

@@ -1,8 +1,8 @@
 """The project's one door to the Kubernetes API: the only module that imports ``kubernetes``.
 
 Two parts of the product talk to an API server: the namespace cache of
-``serve`` (``webhook.kube_namespaces``) and ``sidecar-injector check``
-(``webhook.check``). Both get their plumbing here, so there is one place that
+``serve`` (``webhook.cluster.namespace_cache``) and ``sidecar-injector check``
+(``webhook.ops.check``). Both get their plumbing here, so there is one place that
 configures the client and one set of bounds on what a server may send.
 
 The ``kubernetes`` package supplies the configuration (kubeconfig or service
@@ -35,7 +35,7 @@ from kubernetes import client as kube_client
 from kubernetes import config as _kube_config
 
 from webhook import __version__
-from webhook.namespace_types import running_in_cluster
+from webhook.cluster.environment import running_in_cluster
 
 # The config loaders carry partial annotations that mypy --strict rejects.
 kube_config: Any = _kube_config

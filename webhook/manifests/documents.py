@@ -23,7 +23,7 @@ from typing import Any, Final
 import orjson
 import yaml
 
-from webhook.values import shorten
+from webhook.engine.values import shorten
 
 try:  # the C loader is ~10x faster; fall back where libyaml is missing
     _BaseLoader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]

@@ -1,9 +1,9 @@
 """What every namespace source hands out, and how it fails.
 
-A module of its own so that dependencies point one way: ``webhook.namespaces``
-(the fixed and file sources) and ``webhook.kube_namespaces`` (the
+A module of its own so that dependencies point one way: ``webhook.cluster.namespaces_file``
+(the fixed and file sources) and ``webhook.cluster.namespace_cache`` (the
 watch-backed cache) both import this and never each other; ``serve``
-(``webhook.server``) chooses among them. ``webhook.namespaces`` re-exports
+(``webhook.service.server``) chooses among them. ``webhook.cluster.namespaces_file`` re-exports
 these names; code that needs neither the fixed nor the file sources (the
 watch-backed cache, ``check``) may take them from here. Nothing here imports
 ``kubernetes`` or another source.
@@ -11,10 +11,8 @@ watch-backed cache, ``check``) may take them from here. Nothing here imports
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,8 +20,6 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 # What ``kubernetes.config.load_incluster_config`` needs; checked here so that
 # deciding on a source does not import the client.
-_IN_CLUSTER_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
-_IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
 class NamespaceSourceError(Exception):
@@ -155,8 +151,3 @@ def lookup(source: NamespaceSource, name: str) -> NamespaceInfo | None:
     """
     found = source.cached(name)
     return found if found is not None else source.fetch(name)
-
-
-def running_in_cluster() -> bool:
-    """Whether this process runs in a pod with a service account (what in-cluster config needs)."""
-    return all(os.environ.get(name) for name in _IN_CLUSTER_ENV) and _IN_CLUSTER_TOKEN.is_file()

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from webhook import __version__, constants
-from webhook.config import ConfigError, load_config
+from webhook import __version__
+from webhook.contract import constants
 from webhook.engine import InjectionRefused, NamespaceLike
-from webhook.manifests import ManifestError, load_objects
-from webhook.preview import Assumptions, Output, inject_all, parse_pairs, render
-from webhook.values import NAMESPACE_NAME_RULE, is_namespace_name, shorten
+from webhook.engine.config import ConfigError, load_config
+from webhook.engine.values import NAMESPACE_NAME_RULE, is_namespace_name, shorten
+from webhook.manifests.documents import ManifestError, load_objects
+from webhook.manifests.preview import Assumptions, Output, inject_all, parse_pairs, render
 
 PROG = "sidecar-injector"
 EXIT_ERROR = 1
@@ -289,7 +290,7 @@ def _read_inputs(names: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def _run_inject(args: argparse.Namespace) -> int:
-    from webhook.namespaces import NamespacesFileError, load_namespaces_file
+    from webhook.cluster.namespaces_file import NamespacesFileError, load_namespaces_file
 
     try:
         config = load_config(args.config)
@@ -350,7 +351,7 @@ def _run_uninject(args: argparse.Namespace) -> int:
 
 
 def _run_certs(args: argparse.Namespace) -> int:
-    from webhook.certs import CertError, renew_certs, write_certs
+    from webhook.pki.certs import CertError, renew_certs, write_certs
 
     try:
         if args.renew:
@@ -374,7 +375,7 @@ def _run_certs(args: argparse.Namespace) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from webhook.check import Options, check_cluster, render_json, render_text, summary
+    from webhook.ops.check import Options, check_cluster, render_json, render_text, summary
 
     options = Options(
         namespace=args.namespace,
@@ -391,7 +392,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from webhook.server import ServeError, serve
+    from webhook.service.server import ServeError, serve
 
     try:
         return serve(args)

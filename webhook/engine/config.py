@@ -15,9 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from webhook import __version__, constants
-from webhook.quantity import QuantityError, check_quantity
-from webhook.values import LOG_LEVELS, check_address, parse_image_tag
+from webhook import __version__
+from webhook.contract import constants
+from webhook.engine.quantity import QuantityError, check_quantity
+from webhook.engine.values import LOG_LEVELS, check_address, parse_image_tag
 
 LogLevel = Literal["trace", "debug", "info", "warning", "error", "critical", "off"]
 if set(get_args(LogLevel)) != set(LOG_LEVELS):  # pragma: no cover - keeps the two in step

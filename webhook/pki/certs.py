@@ -9,7 +9,7 @@ make certificates without touching disk) and written out only by
 
 Re-running :func:`write_certs` on the same directory keeps the CA and renews
 only the leaf: the ``caBundle`` already registered with the cluster stays
-valid, and the server picks up the new leaf by hot reload (``webhook.tls``).
+valid, and the server picks up the new leaf by hot reload (``webhook.service.tls``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from webhook import constants
+from webhook.contract import constants
 
 CA_CERT: Final = "ca.crt"
 CA_KEY: Final = "ca.key"

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import yaml
 
-from webhook.manifests import ManifestError
+from webhook.manifests.documents import ManifestError
 
 try:
     _BaseDumper: type[yaml.SafeDumper] = yaml.CSafeDumper  # type: ignore[assignment]

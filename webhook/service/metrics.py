@@ -37,7 +37,7 @@ CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
 
 class Freshness(Protocol):
-    """How current the namespace source is (``webhook.namespaces.Freshness`` fits)."""
+    """How current the namespace source is (``webhook.cluster.namespaces_file.Freshness`` fits)."""
 
     @property
     def age_seconds(self) -> float: ...

@@ -40,9 +40,9 @@ from typing import Any, Final
 import uvicorn
 from cryptography import x509
 
-from webhook.served_cert import fingerprint
+from webhook.pki.served_cert import fingerprint
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("webhook.tls")
 
 # TLS 1.2 suites: forward-secret key exchange (ECDHE) with an AEAD cipher only.
 # No RSA key transport, no CBC (Lucky13/padding oracles), no SHA-1 MACs.
@@ -143,7 +143,7 @@ class ReloadingTLS:
         self._warned: str | None = None
         self._inner: ssl.SSLContext | None = None
         # notAfter of the served certificate, for /metrics, /readyz and the
-        # expiry warning (webhook/expiry.py).
+        # expiry warning (webhook/service/expiry.py).
         self.not_after: datetime.datetime | None = None
         self.last_error: str | None = None
 

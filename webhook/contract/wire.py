@@ -3,7 +3,7 @@
 Typed with ``TypedDict`` rather than models: the body is decoded once by
 orjson into plain dicts and the engine works on plain dicts, so a model layer
 would only copy (and could drop unknown fields of the pod). These types let
-mypy check that ``webhook.admission`` reads and writes the fields Kubernetes
+mypy check that ``webhook.service.admission`` reads and writes the fields Kubernetes
 defines (``k8s.io/api/admission/v1``), under their wire names. ``v1beta1`` has
 the same shape; only ``apiVersion`` differs, and the response must echo it.
 """
@@ -84,7 +84,7 @@ class AdmissionResponse(TypedDict):
 
 
 class AdmissionReviewRequest(TypedDict):
-    """An incoming review, after :func:`webhook.admission.decode` checked its envelope."""
+    """An incoming review, after :func:`webhook.service.admission.decode` checked its envelope."""
 
     apiVersion: ApiVersion
     kind: Literal["AdmissionReview"]

@@ -20,7 +20,7 @@ being ready (or of the request's first byte on a kept-alive connection), and
 its body within ``read_timeout`` of its headers. A deadline that passes
 closes the connection; the app then sees a disconnect (outcome ``aborted``).
 How many body bytes may be held at once is the app's budget
-(``webhook.app.Limits``).
+(``webhook.service.app.Limits``).
 
 Process-wide settings belong here, not in the app factory: logging, the fd
 limit and TLS buffer size that bound what connections cost, freezing
@@ -64,14 +64,15 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from webhook import logs, namespaces
-from webhook.app import App, create_app
-from webhook.config import ConfigError, load_config
-from webhook.metrics import Metrics
-from webhook.namespace_types import running_in_cluster
-from webhook.tls import ReloadingTLS, TLSError, uvicorn_config_with_tls
+from webhook.cluster import namespaces_file as namespaces
+from webhook.cluster.environment import running_in_cluster
+from webhook.engine.config import ConfigError, load_config
+from webhook.service import logs
+from webhook.service.app import App, create_app
+from webhook.service.metrics import Metrics
+from webhook.service.tls import ReloadingTLS, TLSError, uvicorn_config_with_tls
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("webhook.server")
 
 # kube-apiserver's webhook client (Go net/http via client-go) keeps idle
 # connections for 90 s. If the server closed them first, a request racing
@@ -402,7 +403,7 @@ def namespace_source_from_args(
     if in_cluster or kubeconfig is not None or os.environ.get("KUBECONFIG"):
         # Imported here so that choosing a file or no source never imports the
         # kubernetes client (slow to import, and not needed offline).
-        from webhook.kube_namespaces import KubeNamespaceCache  # noqa: PLC0415
+        from webhook.cluster.namespace_cache import KubeNamespaceCache  # noqa: PLC0415
 
         return KubeNamespaceCache.from_environment(kubeconfig, in_cluster=in_cluster)
     return namespaces.StaticNamespaces()
@@ -468,7 +469,7 @@ def build_server(settings: ServeSettings) -> tuple[DrainingServer, socket.socket
         proxy_headers=False,  # nobody sits in front of a webhook
         server_header=False,
         lifespan="on",
-        loop="webhook.server:new_event_loop",
+        loop="webhook.service.server:new_event_loop",
     )
     return DrainingServer(config, drain_seconds=settings.drain_seconds), sock
 
@@ -543,7 +544,7 @@ def serve(args: argparse.Namespace) -> int:
     # ~20 ms. What requests leave behind is acyclic (parsed JSON and YAML),
     # freed by reference counting; the young generations still collect cycles.
     gc.set_threshold(*GC_THRESHOLDS)
-    # Previews and big reviews run in worker threads (webhook.app) so that
+    # Previews and big reviews run in worker threads (webhook.service.app) so that
     # the event loop keeps its turns; the loop waits for the interpreter lock
     # at most this long each time it wakes up, and it wakes up several times
     # per request. 1 ms instead of the default 5 ms took the loop's median lag

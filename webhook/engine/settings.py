@@ -17,11 +17,11 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
-from webhook import constants
-from webhook.bounded_cache import BoundedCache
-from webhook.config import InjectorConfig
-from webhook.quantity import QuantityError, check_quantity, parse_quantity
-from webhook.values import (
+from webhook.contract import constants
+from webhook.engine.bounded_cache import BoundedCache
+from webhook.engine.config import InjectorConfig
+from webhook.engine.quantity import QuantityError, check_quantity, parse_quantity
+from webhook.engine.values import (
     ALL,
     MAX_CIDR_LIST_CHARS,
     MAX_PORT_LIST_CHARS,

@@ -1,4 +1,4 @@
-"""A watch-backed cache of the cluster's Namespaces, over ``webhook.kube``.
+"""A watch-backed cache of the cluster's Namespaces, over ``webhook.cluster.kube``.
 
 Admission must not make an API call per request, so one daemon thread keeps a
 copy of every Namespace's labels and annotations, as client-go's reflector
@@ -12,7 +12,7 @@ that refused pods whenever the API server blinked would turn an API server
 hiccup into an outage. ``fetch`` answers for a namespace the watch has not
 delivered yet, within a fixed time, and says so when it cannot.
 
-``webhook.kube`` (the one module that imports ``kubernetes``) supplies the
+``webhook.cluster.kube`` (the one module that imports ``kubernetes``) supplies the
 configuration, the connection pool and the bounded reading of bodies and
 events; objects stay plain dicts, never the client's models (they drop and
 rename fields).
@@ -58,16 +58,17 @@ from urllib.parse import quote
 import orjson
 import urllib3
 
-from webhook import constants, kube
+from webhook.cluster import kube
+from webhook.contract import constants
 
-# Not webhook.namespaces: that module chooses (and so imports) this one.
-from webhook.namespace_types import (
+# Not webhook.cluster.namespaces_file: that module chooses (and so imports) this one.
+from webhook.contract.namespaces import (
     Freshness,
     NamespaceInfo,
     NamespaceSourceError,
     NamespaceUnavailable,
 )
-from webhook.values import is_namespace_name
+from webhook.engine.values import is_namespace_name
 
 log = logging.getLogger("webhook.namespaces")
 
@@ -960,7 +961,7 @@ def _estimated_bytes(info: NamespaceInfo) -> int:
     return size
 
 
-# The plumbing lives in webhook.kube; these names keep this module's code short.
+# The plumbing lives in webhook.cluster.kube; these names keep this module's code short.
 _read_body = kube.read_body
 _check_encoding = kube.check_encoding
 _is_not_found = kube.is_not_found

@@ -16,7 +16,7 @@ workload that owns them (pod -> ReplicaSet -> Deployment, Job -> CronJob,
 StatefulSet, DaemonSet), with the command that replaces them.
 
 Pure: the pods, namespaces and owners come in as plain dicts and callables;
-``webhook.check`` does the reading.
+``webhook.ops.check`` does the reading.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
-from webhook import constants
-from webhook.config import InjectorConfig
+from webhook.contract import constants
+from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine import InjectionRefused, InjectionStatus, NamespaceLike, StatusError, inject
-from webhook.namespace_types import NamespaceInfo
+from webhook.engine.config import InjectorConfig
 
 # PodSecurity labels decide refusals, not what is injected: the pod-security
 # check reports them; here they would only hide the digest.

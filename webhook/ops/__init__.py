@@ -1,0 +1,1 @@
+"""Operating a live install: health checks and outdated sidecars."""

@@ -1,0 +1,1 @@
+"""Certificates: issuing the CA and serving certificate, and reading what an endpoint serves."""

@@ -1,0 +1,1 @@
+"""The admission service: AdmissionReview handling, the HTTP app, the server process, TLS."""
