@@ -278,6 +278,10 @@ def _dynamic_resources() -> dict[str, Any]:
 
 def bootstrap_config(settings: ProxySettings, config: InjectorConfig) -> dict[str, Any]:
     """The bootstrap as a plain dict (``render_bootstrap`` serialises it)."""
+    return _bootstrap_config(settings.xds_address, config)
+
+
+def _bootstrap_config(xds_address: str | None, config: InjectorConfig) -> dict[str, Any]:
     clusters = [
         _passthrough_cluster(OUTBOUND_PASSTHROUGH),
         _passthrough_cluster(INBOUND_PASSTHROUGH),
@@ -320,8 +324,8 @@ def bootstrap_config(settings: ProxySettings, config: InjectorConfig) -> dict[st
             "clusters": clusters,
         },
     }
-    if settings.xds_address is not None:
-        clusters.append(_xds_cluster(settings.xds_address))
+    if xds_address is not None:
+        clusters.append(_xds_cluster(xds_address))
         bootstrap["dynamic_resources"] = _dynamic_resources()
     return bootstrap
 
@@ -335,7 +339,12 @@ def render_bootstrap(settings: ProxySettings, config: InjectorConfig) -> str:
     config is 2.9 KB as compact JSON, 3.2 KB inside the pod's JSON, and 2.7 KB
     both ways as this. Previews show the same text the pod gets.
     """
-    return _flow_document(bootstrap_config(settings, config))
+    return render_bootstrap_for(settings.xds_address, config)
+
+
+def render_bootstrap_for(xds_address: str | None, config: InjectorConfig) -> str:
+    """``render_bootstrap`` for the one setting it reads."""
+    return _flow_document(_bootstrap_config(xds_address, config))
 
 
 # A string is written plain (unquoted) only when it is a name, a dotted name

@@ -86,6 +86,16 @@ class If(Expr):
 
 
 @dataclass(frozen=True, slots=True)
+class Opaque(Expr):
+    """A value computed by Python from the settings it ``reads``, not yet written as an
+    expression. The engine calls ``compute``; the policy mode cannot, so it pins those
+    settings to the config's values (pods that set them are refused there)."""
+
+    compute: Callable[[Mapping[str, Any]], Any]
+    reads: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Present:
     """A dict entry that exists only when ``cond`` holds (a template node, not an Expr)."""
 
@@ -272,6 +282,8 @@ def evaluate(expr: Expr, settings: Mapping[str, Any], local: Mapping[str, Any] =
         return tuple(out)
     if isinstance(expr, Call):
         return OPS[expr.op](*(evaluate(arg, settings, local) for arg in expr.args))
+    if isinstance(expr, Opaque):
+        return expr.compute(settings)
     raise TypeError(f"not an expression: {expr!r}")
 
 
@@ -300,6 +312,8 @@ def settings_of(template: Any) -> set[str]:
     def walk(node: Any) -> None:
         if isinstance(node, Setting):
             found.add(node.name)
+        elif isinstance(node, Opaque):
+            found.update(node.reads)
         elif isinstance(node, Call):
             for arg in node.args:
                 walk(arg)

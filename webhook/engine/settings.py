@@ -96,6 +96,16 @@ class ProxySettings:
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
+_FIELDS: Final = tuple(
+    f.name for f in dataclasses.fields(ProxySettings) if f.name not in ("provenance", "warnings")
+)
+
+
+def settings_env(settings: ProxySettings) -> dict[str, Any]:
+    """The settings as ``expr`` reads them: field name -> value."""
+    return {name: getattr(settings, name) for name in _FIELDS}
+
+
 _Parser = Callable[[str, str], Any]  # (raw value, list separator) -> parsed value
 
 
