@@ -172,6 +172,47 @@ _KEYS: Final[dict[str, _Key]] = {
 }
 
 SETTING_KEYS: Final = tuple(constants.PREFIX + name for name in _KEYS)
+
+# The value type of each setting, by name: what ``webhook.policy`` needs to
+# judge and parse the same values in CEL (it has a rendering per kind, and
+# refuses to render a policy for a kind it lacks). A ``?`` kind is optional:
+# an empty value unsets it; a ``*`` kind may be ``*`` for "all".
+KINDS: Final[dict[str, str]] = {
+    "proxy-version": "image-tag",
+    "proxy-cpu-request": "quantity?",
+    "proxy-cpu-limit": "quantity?",
+    "proxy-memory-request": "quantity?",
+    "proxy-memory-limit": "quantity?",
+    "log-level": "log-level",
+    "include-inbound-ports": "ports*",
+    "exclude-inbound-ports": "ports",
+    "exclude-outbound-ports": "ports",
+    "include-outbound-cidrs": "cidrs*",
+    "exclude-outbound-cidrs": "cidrs",
+    "native-sidecar": "bool",
+    "hold-application": "bool",
+    "xds-address": "address?",
+}
+if set(KINDS) != set(_KEYS):  # pragma: no cover - keeps the two tables in step
+    raise RuntimeError(f"settings.KINDS and _KEYS differ: {set(KINDS) ^ set(_KEYS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    """One setting as the outside sees it: key name, ``ProxySettings`` field, value kind,
+    whether a namespace label may set it, and its length limit."""
+
+    name: str
+    field: str
+    kind: str
+    label_ok: bool
+    max_chars: int
+
+
+SETTING_SPECS: Final = tuple(
+    SettingSpec(name, spec.field, KINDS[name], spec.label_ok, spec.max_chars)
+    for name, spec in _KEYS.items()
+)
 # Keys under the prefix that are not settings but are still ours.
 _OTHER_KEYS: Final = frozenset({constants.INJECT_KEY, constants.STATUS_ANNOTATION})
 

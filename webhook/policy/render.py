@@ -1,0 +1,354 @@
+"""The policy-mode objects: MutatingAdmissionPolicy + binding, ValidatingAdmissionPolicy + binding.
+
+Generated from the injector config and the engine's definitions:
+
+* the containers are the engine's templates (``mesh_init_template``,
+  ``mesh_proxy_template``) compiled to CEL (``webhook.policy.cel``): what the
+  config fixes is a literal, what a pod's settings change is computed;
+* settings resolution comes from the engine's tables (``webhook.policy.settings``);
+* the status annotation is the engine's ``InjectionStatus.to_json`` for each
+  layout, with the ``replaced`` value escaped as orjson escapes it;
+* the JSON Patch follows ``patch.build_patch``: whole lists and maps where the
+  pod has none, otherwise items inserted in front or appended;
+* the decision is the contract's ladder (``decision.decide``), written in CEL
+  here and held to the engine by the equivalence tests on a real API server.
+
+Both policies compute the same variables; the mutating one injects only when
+the validating one will not refuse, so that a pod the policy refuses is never
+first refused by PodSecurity for capabilities it only asked for through us.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Final
+
+import orjson
+
+from webhook import __version__
+from webhook.contract import constants
+from webhook.engine.config import InjectorConfig
+from webhook.engine.decision import POD_SECURITY_ENFORCE, POD_SECURITY_ENFORCE_VERSION
+from webhook.engine.iptables import mesh_init_template
+from webhook.engine.patch import escape
+from webhook.engine.proxy import mesh_proxy_template
+from webhook.engine.settings import resolve_settings
+from webhook.engine.status import MAX_STATUS_CHARS, InjectionStatus
+from webhook.policy.cel import Compiler, literal, string
+from webhook.policy.settings import resolution
+
+API_VERSION: Final = "admissionregistration.k8s.io/v1"
+NAME: Final = "sidecar-injector"
+V: Final = "variables."
+_DIGEST_PLACEHOLDER: Final = "sha256:POLICY-DIGEST"
+_POD_RULES: Final = {
+    "resourceRules": [
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["pods"],
+        }
+    ]
+}
+
+
+def _get(mapping: str, key: str) -> str:
+    return f"{V}{mapping}[?{string(key)}].orValue('')"
+
+
+def _base_variables(config: InjectorConfig) -> list[tuple[str, str]]:
+    """The pod's and namespace's maps, and the decision ladder (``decision.decide``)."""
+    inject = constants.INJECT_KEY
+    names = literal(sorted(constants.INJECTED_NAMES))
+    label = _get("nsLabels", constants.NAMESPACE_INJECTION_LABEL)
+    return [
+        ("podAnnotations", "object.metadata.?annotations.orValue({})"),
+        ("podLabels", "object.metadata.?labels.orValue({})"),
+        ("nsLabels", "namespaceObject.metadata.?labels.orValue({})"),
+        ("nsAnnotations", "namespaceObject.metadata.?annotations.orValue({})"),
+        (
+            "containerNames",
+            "object.spec.?initContainers.orValue([]).map(c, c.name)"
+            " + object.spec.containers.map(c, c.name)",
+        ),
+        (
+            "podChoice",
+            f"{_get('podLabels', inject)} in ['true', 'false'] ? {_get('podLabels', inject)} "
+            f": {_get('podAnnotations', inject)}",
+        ),
+        (
+            "decision",
+            "object.spec.?hostNetwork.orValue(false) ? 'host-network' : "
+            "object.spec.?os.?name.orValue('') == 'windows' ? 'windows-pod' : "
+            f"{string(constants.MIRROR_POD_ANNOTATION)} in {V}podAnnotations ? 'mirror-pod' : "
+            f"namespaceObject.metadata.name in {literal(list(config.excluded_namespaces))} "
+            "? 'excluded-namespace' : "
+            f"{string(constants.STATUS_ANNOTATION)} in {V}podAnnotations && "
+            f"{names}.all(n, n in {V}containerNames) ? 'already-injected' : "
+            f"{label} == {string(constants.DISABLED)} ? 'namespace-disabled' : "
+            f"{V}podChoice == 'false' ? 'pod-opted-out' : "
+            f"{V}podChoice == 'true' ? 'pod-opted-in' : "
+            f"{label} == {string(constants.ENABLED)} ? 'namespace-enabled' : 'not-enabled'",
+        ),
+        ("injecting", f"{V}decision in ['pod-opted-in', 'namespace-enabled']"),
+    ]
+
+
+def _pod_security() -> str:
+    """CEL for ``decision.pod_security_refusal``: '' or the refusal."""
+    level = _get("nsLabels", POD_SECURITY_ENFORCE)
+    version = f"{V}nsLabels[?{string(POD_SECURITY_ENFORCE_VERSION)}]"
+    enforced = (
+        f"({level} in ['baseline', 'restricted'] ? \"Pod Security level '\" + {level} + \"'\" : "
+        f"\"Pod Security level 'restricted' (its label value \" + strings.quote({level}) "
+        "+ ' is not a level)')"
+        f" + ({version}.hasValue() ? ' (version ' + strings.quote({version}.value()) + ')' : '')"
+    )
+    return (
+        f"{level} == '' || {level} == 'privileged' ? '' : "
+        f"'namespace ' + namespaceObject.metadata.name + ' enforces ' + {enforced} + "
+        "', which forbids the NET_ADMIN and NET_RAW capabilities mesh-init needs to redirect "
+        f"the pod\\'s traffic; label the namespace {POD_SECURITY_ENFORCE}=privileged to mesh "
+        f"it, or opt the pod out with {constants.INJECT_KEY}=false'"
+    )
+
+
+def _reserved() -> str:
+    """CEL for ``workloads.check_injectable``'s reserved names: '' or the refusal."""
+    names = literal(sorted(constants.INJECTED_NAMES))
+    parts = []
+    for field in ("containers", "initContainers"):
+        items = (
+            "object.spec.containers"
+            if field == "containers"
+            else ("object.spec.?initContainers.orValue([])")
+        )
+        parts.append(
+            f"{items}.transformList(i, c, c.name in {names}, 'spec.{field}[' + string(i) + "
+            "'] is named ' + strings.quote(c.name) + ', which the injector reserves; rename it, "
+            f"or add the {constants.STATUS_ANNOTATION} annotation if it was injected already')"
+        )
+    return "(" + " + ".join(parts) + ").first().orValue('')"
+
+
+def _json_string(text: str) -> str:
+    """CEL turning a string into its JSON text exactly as orjson writes it (status.py)."""
+    out = text
+    for char in ["\\", '"', *(chr(code) for code in range(0x20))]:
+        escaped = orjson.dumps(char).decode()[1:-1]
+        if escaped != char:
+            out = f"{out}.replace({string(char)}, {string(escaped)})"
+    return f"'\"' + {out} + '\"'"
+
+
+def _status(config_digest: str) -> str:
+    """CEL for the status annotation: ``InjectionStatus.to_json`` per layout."""
+
+    def prefix(native: bool, default_added: bool) -> str:
+        status = InjectionStatus(
+            version=__version__,
+            init_containers=(constants.INIT_CONTAINER, constants.PROXY_CONTAINER)
+            if native
+            else (constants.INIT_CONTAINER,),
+            containers=() if native else (constants.PROXY_CONTAINER,),
+            annotations=(constants.DEFAULT_CONTAINER_ANNOTATION,) if default_added else (),
+            digest=config_digest,
+        )
+        text = status.to_json()
+        probe = InjectionStatus(**{**_fields(status), "replaced": 'a"\\\x01'}).to_json()
+        if probe != text[:-1] + ',"replaced":' + orjson.dumps('a"\\\x01').decode() + "}":
+            raise RuntimeError("the status annotation no longer ends with its replaced value")
+        return string(text[:-1])
+
+    added = f"!({string(constants.DEFAULT_CONTAINER_ANNOTATION)} in {V}podAnnotations)"
+    old = f"{V}podAnnotations[{string(constants.STATUS_ANNOTATION)}]"
+    layouts = (
+        f"({V}s_native_sidecar ? ({added} ? {prefix(True, True)} : {prefix(True, False)}) "
+        f": ({added} ? {prefix(False, True)} : {prefix(False, False)}))"
+    )
+    replaced = (
+        f"({string(constants.STATUS_ANNOTATION)} in {V}podAnnotations ? "
+        f"',\"replaced\":' + {_json_string(old)} : '')"
+    )
+    return f"{layouts} + {replaced} + '}}'"
+
+
+def _fields(status: InjectionStatus) -> dict[str, Any]:
+    return {name: getattr(status, name) for name in status.__slots__}
+
+
+def _patch() -> str:
+    """CEL for ``patch.build_patch`` with the layout ``inject._additions`` chooses."""
+    native, hold = f"{V}s_native_sidecar", f"{V}s_hold_application"
+    init, proxy = f"{V}initContainer", f"{V}proxyContainer"
+
+    def op(path: str, value: str) -> str:
+        return f"JSONPatch{{op: 'add', path: {string(path)}, value: {value}}}"
+
+    has_init = "has(object.spec.initContainers)"
+    init_ops = (
+        f"({native} ? ({has_init} ? [{op('/spec/initContainers/0', init)}, "
+        f"{op('/spec/initContainers/1', proxy)}] "
+        f": [{op('/spec/initContainers', f'[{init}, {proxy}]')}]) "
+        f": ({has_init} ? [{op('/spec/initContainers/-', init)}] "
+        f": [{op('/spec/initContainers', f'[{init}]')}]))"
+    )
+    container_ops = (
+        f"({native} ? [] : {hold} ? [{op('/spec/containers/0', proxy)}] "
+        f": [{op('/spec/containers/-', proxy)}])"
+    )
+    status_key, default_key = constants.STATUS_ANNOTATION, constants.DEFAULT_CONTAINER_ANNOTATION
+    added = f"!({string(default_key)} in {V}podAnnotations)"
+    first = "object.spec.containers[0].name"
+    whole = (
+        f"{{{string(status_key)}: string({V}status), ?{string(default_key)}: "
+        f"({added} ? optional.of(string({first})) : optional.none())}}"
+    )
+    annotation_ops = (
+        "(has(object.metadata.annotations) ? "
+        f"[{op('/metadata/annotations/' + escape(status_key), V + 'status')}] + "
+        f"({added} ? [{op('/metadata/annotations/' + escape(default_key), first)}] : []) : "
+        f"[{op('/metadata/annotations', whole)}])"
+    )
+    return f"{init_ops} + {container_ops} + {annotation_ops}"
+
+
+def _variables(config: InjectorConfig) -> tuple[list[tuple[str, str]], str]:
+    """Every variable both policies use, and a digest of the whole for the status."""
+    defaults = resolve_settings(
+        config, namespace_labels={}, namespace_annotations={}, pod_annotations={}
+    )
+    settings = resolution(defaults)
+    compiler = Compiler(
+        setting=lambda name: f"{V}s_{name}",
+        all_of=lambda name: f"{V}s_{name}_all",
+        pinned=settings.pinned,
+    )
+    init = compiler.template(mesh_init_template(config))
+    proxy = compiler.template(mesh_proxy_template(config))
+    variables = [
+        *_base_variables(config),
+        *settings.variables,
+        ("settingsError", settings.error),
+        *compiler.hoisted,
+        ("initContainer", init),
+        ("proxyContainer", proxy),
+        ("status", _status(_DIGEST_PLACEHOLDER)),
+        (
+            "refusal",
+            f"!{V}injecting ? '' : [{_pod_security()}, {_reserved()}, string({V}settingsError), "
+            f"size({V}status) > {MAX_STATUS_CHARS} ? "
+            f"'metadata.annotations[{constants.STATUS_ANNOTATION}] does not describe this pod, "
+            f"and at ' + string(size({V}podAnnotations[{string(constants.STATUS_ANNOTATION)}])) "
+            "+ ' characters it is too long to keep for uninject; remove it' : '']"
+            ".filter(m, m != '').first().orValue('')",
+        ),
+    ]
+    digest = "sha256:" + hashlib.sha256(orjson.dumps(variables)).hexdigest()
+    return [(n, e.replace(_DIGEST_PLACEHOLDER, digest)) for n, e in variables], digest
+
+
+def _match_conditions() -> list[dict[str, str]]:
+    """Skips the pod alone decides, evaluated before anything else (no namespace here)."""
+    inject = constants.INJECT_KEY
+    labels, annotations = "object.metadata.?labels", "object.metadata.?annotations"
+    choice = (
+        f"({labels}[?{string(inject)}].orValue('') in ['true', 'false'] ? "
+        f"{labels}[?{string(inject)}].orValue('') : {annotations}[?{string(inject)}].orValue(''))"
+    )
+    return [
+        {"name": "not-host-network", "expression": "!object.spec.?hostNetwork.orValue(false)"},
+        {"name": "not-windows", "expression": "object.spec.?os.?name.orValue('') != 'windows'"},
+        {
+            "name": "not-mirror",
+            "expression": f"!({string(constants.MIRROR_POD_ANNOTATION)} in "
+            f"{annotations}.orValue({{}}))",
+        },
+        {"name": "not-opted-out", "expression": f"{choice} != 'false'"},
+    ]
+
+
+def _namespace_selector(config: InjectorConfig) -> dict[str, Any]:
+    return {
+        "matchExpressions": [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": list(config.excluded_namespaces),
+            },
+            {
+                "key": constants.NAMESPACE_INJECTION_LABEL,
+                "operator": "NotIn",
+                "values": [constants.DISABLED],
+            },
+        ]
+    }
+
+
+def render_policy(config: InjectorConfig, *, revision: str | None = None) -> list[dict[str, Any]]:
+    """The four objects of policy mode for this config (and revision)."""
+    name = NAME if revision in (None, "default") else f"{NAME}-{revision}"
+    variables, digest = _variables(config)
+    declared = [{"name": n, "expression": e} for n, e in variables]
+    labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/version": __version__}
+    meta = {
+        "name": name,
+        "labels": labels,
+        "annotations": {constants.PREFIX + "policy-digest": digest},
+    }
+    mutating = {
+        "apiVersion": API_VERSION,
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": meta,
+        "spec": {
+            "matchConstraints": _POD_RULES,
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "Never",
+            "matchConditions": _match_conditions(),
+            "variables": declared,
+            "mutations": [
+                {
+                    "patchType": "JSONPatch",
+                    "jsonPatch": {
+                        "expression": f"{V}injecting && {V}refusal == '' ? {_patch()} : []"
+                    },
+                }
+            ],
+        },
+    }
+    validating = {
+        "apiVersion": API_VERSION,
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": meta,
+        "spec": {
+            "matchConstraints": _POD_RULES,
+            "failurePolicy": "Fail",
+            "matchConditions": _match_conditions(),
+            "variables": declared,
+            "validations": [
+                {"expression": f"{V}refusal == ''", "messageExpression": f"{V}refusal"}
+            ],
+        },
+    }
+    selector = _namespace_selector(config)
+    return [
+        mutating,
+        {
+            "apiVersion": API_VERSION,
+            "kind": "MutatingAdmissionPolicyBinding",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"policyName": name, "matchResources": {"namespaceSelector": selector}},
+        },
+        validating,
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": selector},
+            },
+        },
+    ]
