@@ -252,7 +252,7 @@ def test_the_excluded_namespaces_come_from_the_config() -> None:
 def test_the_engine_imports_neither_fastapi_nor_kubernetes() -> None:
     # A fresh interpreter: the test process itself has imported everything.
     probe = (
-        "import sys, webhook.engine, webhook.manifests.preview, webhook.cli.main\n"
+        "import sys, webhook.engine, webhook.manifests.preview, webhook.cli.commands\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'fastapi', 'starlette', 'kubernetes', 'uvicorn'})\n"
         "print(','.join(bad))\n"

@@ -21,7 +21,7 @@ import yaml
 
 from tests.support.kubelet import EXAMPLE_POD_FIELDS, envoy_validate
 from tests.support.validation import pod_spec, validate_injected
-from webhook.cli.main import main
+from webhook.cli.commands import main
 from webhook.engine import uninject
 from webhook.engine.workloads import WORKLOADS
 from webhook.manifests.documents import load_objects

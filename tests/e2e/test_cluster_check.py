@@ -41,7 +41,7 @@ from tests.e2e.webhook_install import (
     wait_until_injecting,
 )
 from tests.support.server import CLI, running_server
-from webhook.cli.main import main as cli
+from webhook.cli import commands as cli
 from webhook.contract.constants import STATUS_ANNOTATION
 from webhook.pki import certs
 
