@@ -27,7 +27,8 @@ import yaml
 from cryptography import x509
 
 from webhook import __version__
-from webhook.engine.config import InitConfig, parse_config
+from webhook.engine.config import InitConfig
+from webhook.manifests.config_file import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"

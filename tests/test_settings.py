@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from webhook.engine.bounded_cache import BoundedCache
-from webhook.engine.config import ConfigError, InjectorConfig, parse_config
+from webhook.engine.config import InjectorConfig
 from webhook.engine.quantity import QuantityError, parse_quantity
 from webhook.engine.settings import (
     MAX_UNKNOWN_KEY_WARNINGS,
@@ -27,6 +27,7 @@ from webhook.engine.values import (
     MAX_SCALAR_CHARS,
     parse_cidr,
 )
+from webhook.manifests.config_file import ConfigError, parse_config
 
 P = "sidecar.mesh.io/"
 
