@@ -68,3 +68,63 @@ def test_errors_name_the_config_class_as_before() -> None:
         parse_config("proxy: null\n", origin="c")
     with pytest.raises(ConfigError, match=r"^c: proxy\.resources: .*instance of Resources$"):
         parse_config("proxy:\n  resources: 5\n", origin="c")
+
+
+# --- the file format: errors name the key, hostile values are refused ------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("proxy: [", "is not valid YAML"),
+        ("- a", "must be a mapping"),
+        ("proxy:\n  uid: 0\n", "proxy.uid"),
+        ("proxy:\n  image: envoy:v1\n", "proxy.image"),
+        ("proxy:\n  resources:\n    cpuRequest: lots\n", "proxy.resources.cpuRequest"),
+        ("proxy:\n  logLevel: loud\n", "proxy.logLevel"),
+        ("proxy:\n  xdsAddress: nope\n", "proxy.xdsAddress"),
+        ("unknownKey: 1\n", "unknownKey"),
+    ],
+)
+def test_config_file_errors_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        parse_config(text, origin="config.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('init:\n  image: "mesh-init\\nx"\n', "init.image"),
+        ('proxy:\n  version: "v1\\r"\n', "proxy.version"),
+        ('excludedNamespaces: ["a\\tb"]\n', "excludedNamespaces"),
+    ],
+)
+def test_config_strings_with_control_characters_are_refused(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text, origin="config.yaml")
+    message = str(refused.value)
+    assert message.startswith(f"config.yaml: {key}:"), message
+    assert "contains a control character" in message
+    assert not {"\n", "\r", "\t"} & set(message)
+
+
+def test_an_empty_config_file_means_the_defaults() -> None:
+    assert parse_config("") == InjectorConfig()
+
+
+def test_the_config_file_checks_the_xds_address_as_strictly() -> None:
+    with pytest.raises(ConfigError, match=r"proxy\.xdsAddress"):
+        parse_config('proxy:\n  xdsAddress: "xds.svc:\\uff11\\uff10"\n')
+
+
+def test_config_file_quantities_of_any_magnitude_are_judged() -> None:
+    with pytest.raises(ConfigError, match=r"proxy\.resources\.cpuRequest.*too large"):
+        parse_config('proxy:\n  resources:\n    cpuRequest: "1e1000000"\n')
+    with pytest.raises(ConfigError, match=r"proxy\.resources\.cpuLimit"):
+        parse_config("proxy:\n  resources:\n    cpuLimit: 1.0e+1000000\n")  # YAML: inf
+
+
+def test_the_config_files_proxy_version_is_an_image_tag() -> None:
+    with pytest.raises(ConfigError, match=r"proxy\.version"):
+        parse_config('proxy:\n  version: "v1.40.0\\n"\n')
+    assert parse_config("proxy:\n  version: v1.41.0\n").proxy.version == "v1.41.0"
