@@ -16,8 +16,8 @@ from typing import Any, NoReturn
 from webhook import __version__
 from webhook.contract import constants
 from webhook.engine import InjectionRefused, NamespaceLike
-from webhook.engine.config import ConfigError, load_config
 from webhook.engine.values import NAMESPACE_NAME_RULE, is_namespace_name, shorten
+from webhook.manifests.config_file import ConfigError, load_config
 from webhook.manifests.documents import ManifestError, load_objects
 from webhook.manifests.preview import Assumptions, Output, inject_all, parse_pairs, render
 

@@ -68,7 +68,8 @@ from webhook.cluster import kube
 from webhook.cluster.environment import running_in_cluster
 from webhook.contract import constants
 from webhook.contract.namespaces import NamespaceInfo
-from webhook.engine.config import ConfigError, InjectorConfig, parse_config
+from webhook.engine.config import InjectorConfig
+from webhook.manifests.config_file import ConfigError, parse_config
 from webhook.ops.outdated import (
     Expected,
     Report,

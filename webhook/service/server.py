@@ -66,7 +66,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from webhook.cluster import namespaces_file as namespaces
 from webhook.cluster.environment import running_in_cluster
-from webhook.engine.config import ConfigError, load_config
+from webhook.manifests.config_file import ConfigError, load_config
 from webhook.service import logs
 from webhook.service.app import App, create_app
 from webhook.service.metrics import Metrics
