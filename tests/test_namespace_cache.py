@@ -32,6 +32,7 @@ import pytest
 from kubernetes import client
 
 from tests.support.fake_kube_api import CannedReply, FakeKubeAPI
+from tests.support.threads import PATIENCE, eventually, waiting_for_a_future
 from webhook.cluster import namespace_cache as kube_namespaces
 from webhook.cluster.namespace_cache import KubeNamespaceCache, NamespaceCacheOptions, store
 from webhook.cluster.namespaces_file import (
@@ -53,8 +54,6 @@ FAST = NamespaceCacheOptions(
     backoff_initial=0.02,
     backoff_max=0.1,
 )
-# Far longer than anything here should take, short enough to fail a hang.
-PATIENCE = 10.0
 
 CacheFactory = Callable[..., KubeNamespaceCache]
 
@@ -70,16 +69,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def eventually(
-    check: Callable[[], bool], *, timeout: float = PATIENCE, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def labels_of(cache: KubeNamespaceCache, name: str) -> dict[str, str] | None:
@@ -107,19 +96,6 @@ def failures(caplog: pytest.LogCaptureFixture) -> int:
 
 def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in cache_log(caplog) if r.levelno >= logging.WARNING]
-
-
-def waiting_for_a_future(thread: threading.Thread) -> bool:
-    """Whether ``thread`` is blocked waiting for a future (a fetch waiting for its GET)."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name in ("wait", "result") and code.co_filename.endswith(
-            str(Path("concurrent", "futures", "_base.py"))
-        ):
-            return True
-        frame = frame.f_back
-    return False
 
 
 def flap(
