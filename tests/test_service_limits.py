@@ -27,7 +27,8 @@ import pytest
 
 from tests.support.server import Server, WebhookClient, running_server
 from tests.support.tls_client import SERVICE_HOSTNAME, connect
-from webhook.service.app import BodyBudget, Limits
+from webhook.service.body import BodyBudget
+from webhook.service.limits import Limits
 from webhook.service.server import MAX_OPEN_FILES
 
 MEMORY_BOUND_MIB = 400
@@ -251,7 +252,7 @@ def test_100_clients_announcing_1_mib_and_sending_nothing_block_no_admission(
 
 
 def test_the_reserve_for_small_bodies_cannot_be_used_up_by_any_number_of_connections() -> None:
-    """The budget's arithmetic (webhook.service.app.Limits): small bodies always fit.
+    """The budget's arithmetic (webhook.service.limits.Limits): small bodies always fit.
 
     Every connection may hold one small body, the large ones together at most
     their share; all of that fits the budget, so a review of up to 64 KiB is

@@ -20,7 +20,7 @@ being ready (or of the request's first byte on a kept-alive connection), and
 its body within ``read_timeout`` of its headers. A deadline that passes
 closes the connection; the app then sees a disconnect (outcome ``aborted``).
 How many body bytes may be held at once is the app's budget
-(``webhook.service.app.Limits``).
+(``webhook.service.limits.Limits``).
 
 Process-wide settings belong here, not in the app factory: logging, the fd
 limit and TLS buffer size that bound what connections cost, freezing
@@ -544,12 +544,13 @@ def serve(args: argparse.Namespace) -> int:
     # ~20 ms. What requests leave behind is acyclic (parsed JSON and YAML),
     # freed by reference counting; the young generations still collect cycles.
     gc.set_threshold(*GC_THRESHOLDS)
-    # Previews and big reviews run in worker threads (webhook.service.app) so that
-    # the event loop keeps its turns; the loop waits for the interpreter lock
-    # at most this long each time it wakes up, and it wakes up several times
-    # per request. 1 ms instead of the default 5 ms took the loop's median lag
-    # during a 2 MB review from ~5 ms to ~1.3 ms; threads only pay for it
-    # when they contend, a few microseconds per switch.
+    # Previews and big reviews run in worker threads (webhook.service.preview_route,
+    # webhook.service.mutate) so that the event loop keeps its turns; the loop
+    # waits for the interpreter lock at most this long each time it wakes up,
+    # and it wakes up several times per request. 1 ms instead of the default
+    # 5 ms took the loop's median lag during a 2 MB review from ~5 ms to
+    # ~1.3 ms; threads only pay for it when they contend, a few microseconds
+    # per switch.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     log.info("serving https://%s:%d", settings.host, sock.getsockname()[1])
     try:
