@@ -591,3 +591,17 @@ def test_a_preview_of_one_object_more_than_allowed_is_a_400_naming_the_limit_and
         "error": f"request body holds {MAX_PREVIEW_OBJECTS + 1} objects; a preview takes "
         f"at most {MAX_PREVIEW_OBJECTS} (inject more with: sidecar-injector inject -f FILE)"
     }
+
+
+def test_the_deadline_protocols_pin_note_names_the_versions_pyproject_pins() -> None:
+    """The read deadlines subclass uvicorn's internals; whoever moves the pin reads the note."""
+    import tomllib
+
+    from webhook.service import h11_deadlines
+
+    root = Path(__file__).resolve().parent.parent
+    pins = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    note = " ".join((h11_deadlines.__doc__ or "").split())
+    for package in ("uvicorn", "h11"):
+        (pin,) = [p for p in pins if p.startswith(f"{package}>=")]
+        assert f"{package} to ``{pin.removeprefix(package)}``" in note
