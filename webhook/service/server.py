@@ -27,7 +27,8 @@ answering, every response with ``Connection: close``, so that kube-apiserver
 drops each kept-alive connection after its next review instead of racing a
 close. Then uvicorn's own graceful shutdown: stop accepting, close idle
 connections, let in-flight requests finish (at most
-:data:`GRACEFUL_SHUTDOWN_SECONDS`), run the lifespan shutdown (stopping the
+``--graceful-shutdown-seconds``, :data:`GRACEFUL_SHUTDOWN_SECONDS` by
+default), run the lifespan shutdown (stopping the
 namespace watch), and we exit 0, which is what a Deployment rollout expects.
 A second SIGTERM, or SIGINT (Ctrl-C), skips what is left of the drain.
 """
@@ -77,10 +78,17 @@ log = logging.getLogger("webhook.server")
 # Staying open longer than the client means the client always closes first.
 KEEP_ALIVE_SECONDS: Final = 120
 
-# Above the apiserver's default webhook timeout (10 s), so a request that can
-# still succeed is allowed to. Together with the preStop sleep and the drain
-# it must fit in the pod's terminationGracePeriodSeconds (see DRAIN_SECONDS).
+# How long requests in flight may go on after the drain (``--graceful-shutdown-seconds``)
+# before they are cut off. Above the apiserver's default webhook timeout
+# (10 s), so a request that can still succeed is allowed to. Together with
+# the preStop sleep and the drain it must fit in the pod's
+# terminationGracePeriodSeconds (see DRAIN_SECONDS).
 GRACEFUL_SHUTDOWN_SECONDS: Final = 15
+# The most the flag accepts, ten times the longest any client waits (the
+# apiserver's longest webhook timeout, 30 s; a preview is answered within
+# 15 s): a longer wait would serve nobody and only keep a stopping process
+# around.
+MAX_GRACEFUL_SHUTDOWN_SECONDS: Final = 300
 
 # How long serve goes on answering after SIGTERM, each response with
 # ``Connection: close``, before the graceful shutdown above.
@@ -141,6 +149,7 @@ class ServeSettings:
     log_level: str = "info"
     read_timeout: float = READ_TIMEOUT_SECONDS
     drain_seconds: float = DRAIN_SECONDS
+    graceful_shutdown_seconds: float = GRACEFUL_SHUTDOWN_SECONDS
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeSettings:
@@ -152,6 +161,14 @@ class ServeSettings:
         drain_seconds = DRAIN_SECONDS if drain is None else drain
         if not (math.isfinite(drain_seconds) and drain_seconds >= 0):
             raise ServeError("--drain-seconds must be a number of seconds, 0 or more")
+        graceful = getattr(args, "graceful_shutdown_seconds", None)
+        graceful_seconds = GRACEFUL_SHUTDOWN_SECONDS if graceful is None else graceful
+        # (NaN compares false, so the range check refuses it too.)
+        if not 0 <= graceful_seconds <= MAX_GRACEFUL_SHUTDOWN_SECONDS:
+            raise ServeError(
+                "--graceful-shutdown-seconds must be a number of seconds from 0 to "
+                f"{MAX_GRACEFUL_SHUTDOWN_SECONDS}"
+            )
         return cls(
             host=args.host,
             port=args.port,
@@ -162,6 +179,7 @@ class ServeSettings:
             log_level=args.log_level,
             read_timeout=read_timeout,
             drain_seconds=drain_seconds,
+            graceful_shutdown_seconds=graceful_seconds,
         )
 
 
@@ -332,7 +350,7 @@ def build_server(settings: ServeSettings) -> tuple[DrainingServer, socket.socket
         # lines would double the log volume. ``--log-level debug`` adds them.
         access_log=settings.log_level == "debug",
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         proxy_headers=False,  # nobody sits in front of a webhook
         server_header=False,
         lifespan="on",
