@@ -25,6 +25,8 @@ class SourceLookup:
     Every read of the source leaves through :meth:`read`, whoever asks: a
     bound on reads per client, or waiting for the watch to deliver a
     namespace it does not know yet instead of reading it, belongs there.
+    (The client would reach it the way a preview's budget does, through a
+    per-request view like :class:`BudgetedReads`.)
     """
 
     def __init__(self, source: NamespaceSource, metrics: Metrics) -> None:
