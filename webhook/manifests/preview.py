@@ -14,8 +14,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from webhook.contract.namespaces import NamespaceInfo
 from webhook.contract import constants
+from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike, Op, inject
 from webhook.engine.config import InjectorConfig
 from webhook.engine.workloads import describe
