@@ -48,7 +48,8 @@ class HTTPError(Exception):
 
 
 class Aborted(Exception):
-    """The connection ended before the whole request arrived (see ``webhook.service.server``)."""
+    """The connection ended before the whole request arrived (a read deadline passed, see
+    ``webhook.service.h11_deadlines``, or the client hung up)."""
 
     def __init__(self, received: int) -> None:
         super().__init__(f"connection closed after {received} bytes of the body")

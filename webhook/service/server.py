@@ -28,8 +28,8 @@ drops each kept-alive connection after its next review instead of racing a
 close. Then uvicorn's own graceful shutdown: stop accepting, close idle
 connections, let in-flight requests finish (at most
 ``--graceful-shutdown-seconds``, :data:`GRACEFUL_SHUTDOWN_SECONDS` by
-default), run the lifespan shutdown (stopping the
-namespace watch), and we exit 0, which is what a Deployment rollout expects.
+default), run the lifespan shutdown (stopping the namespace watch), and we
+exit 0, which is what a Deployment rollout expects.
 A second SIGTERM, or SIGINT (Ctrl-C), skips what is left of the drain.
 """
 
@@ -78,11 +78,11 @@ log = logging.getLogger("webhook.server")
 # Staying open longer than the client means the client always closes first.
 KEEP_ALIVE_SECONDS: Final = 120
 
-# How long requests in flight may go on after the drain (``--graceful-shutdown-seconds``)
-# before they are cut off. Above the apiserver's default webhook timeout
-# (10 s), so a request that can still succeed is allowed to. Together with
-# the preStop sleep and the drain it must fit in the pod's
-# terminationGracePeriodSeconds (see DRAIN_SECONDS).
+# How long requests in flight may go on after the drain before they are cut
+# off (the default of ``--graceful-shutdown-seconds``). Above the apiserver's
+# default webhook timeout (10 s), so a request that can still succeed is
+# allowed to. Together with the preStop sleep and the drain it must fit in
+# the pod's terminationGracePeriodSeconds (see DRAIN_SECONDS).
 GRACEFUL_SHUTDOWN_SECONDS: Final = 15
 # The most the flag accepts, ten times the longest any client waits (the
 # apiserver's longest webhook timeout, 30 s; a preview is answered within
