@@ -141,6 +141,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="after SIGTERM, keep answering this long, each response with Connection: close, "
         "before shutting down (default 5; 0: no drain)",
     )
+    serve.add_argument(
+        "--graceful-shutdown-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="after the drain, let requests in flight finish for up to this long, then cut "
+        "them off (default 15; 0: do not wait; at most 300)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     certs = commands.add_parser("certs", help="make a CA and a serving certificate")
