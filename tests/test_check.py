@@ -21,24 +21,28 @@ import pytest
 
 from webhook import __version__
 from webhook.cluster import kube
+from webhook.cluster.reader import PAGE_LIMIT
 from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine.config import InjectorConfig
 from webhook.ops.check import (
-    PAGE_LIMIT,
-    Checker,
+    CHECKS,
     Cluster,
     ClusterError,
+    Context,
     Endpoint,
     Options,
     Result,
-    _config_volume,
-    _endpoints,
     check_cluster,
     probe_pod,
     render_json,
     render_text,
+    run,
     selector_matches,
 )
+from webhook.ops.check.context import ServiceRef, WebhookConfiguration
+from webhook.ops.check.discover_install import config_volume, endpoints_on
+from webhook.ops.check.install_checks import bundle_hint, renew_hint
+from webhook.ops.check.namespace_checks import outdated_sidecars
 from webhook.ops.outdated import (
     Expected,
     Recorded,
@@ -139,7 +143,7 @@ def test_ready_endpoints_are_read_from_every_slice_on_the_webhooks_port() -> Non
         {"ports": [{"name": "other", "port": 1}], "endpoints": [{"addresses": ["10.9.9.9"]}]},
         {"ports": [{"name": "https", "port": 8443}], "endpoints": [{"addresses": ["10.0.0.1"]}]},
     ]
-    ready, unready = _endpoints(slices, "https")
+    ready, unready = endpoints_on(slices, "https")
     assert ready == [Endpoint("10.0.0.1", 8443, None), Endpoint("10.0.0.3", 8443, "injector-c")]
     assert unready == [Endpoint("10.0.0.2", 8443, "injector-b")]
     assert str(Endpoint("fd00::1", 8443, "p")) == "[fd00::1]:8443 (pod p)"
@@ -170,11 +174,11 @@ def test_the_config_is_found_where_the_deployment_mounts_what_it_passes_as_confi
         {"name": "config", "configMap": {"name": "injector-config-abc"}},
     ]
     path = "/etc/sidecar-injector/config/config.yaml"
-    assert _config_volume(_deployment([f"--config={path}"], mounts, volumes)) == (
+    assert config_volume(_deployment([f"--config={path}"], mounts, volumes)) == (
         "injector-config-abc",
         "config.yaml",
     )
-    assert _config_volume(_deployment(["--config", path], mounts, volumes)) == (
+    assert config_volume(_deployment(["--config", path], mounts, volumes)) == (
         "injector-config-abc",
         "config.yaml",
     )
@@ -185,9 +189,9 @@ def test_the_config_is_found_where_the_deployment_mounts_what_it_passes_as_confi
             "configMap": {"name": "c", "items": [{"key": "k", "path": "config.yaml"}]},
         }
     ]
-    assert _config_volume(_deployment([f"--config={path}"], mounts, renamed)) == ("c", "k")
-    assert _config_volume(_deployment([], mounts, volumes)) is None
-    assert _config_volume(_deployment(["--config=/elsewhere/c.yaml"], mounts, volumes)) is None
+    assert config_volume(_deployment([f"--config={path}"], mounts, renamed)) == ("c", "k")
+    assert config_volume(_deployment([], mounts, volumes)) is None
+    assert config_volume(_deployment(["--config=/elsewhere/c.yaml"], mounts, volumes)) is None
 
 
 def test_the_dry_run_pod_passes_pod_security_restricted_on_its_own() -> None:
@@ -532,8 +536,9 @@ def test_the_pod_scan_stops_at_its_time_budget_and_says_so(
         send_json(handler, 200, page)
 
     api.routes.append(("/api/v1/pods", endless))
-    checker = Checker(cluster_for(api, tmp_path, timeout=0.5), Options(timeout=0.5))
-    result = checker.outdated_sidecars()
+    (result,) = run(
+        cluster_for(api, tmp_path, timeout=0.5), Options(timeout=0.5), [outdated_sidecars]
+    )
     assert result.status == "warn"
     assert result.data["complete"] is False
     assert any("scan incomplete: stopped after 2s" in d for d in result.details)
@@ -550,7 +555,7 @@ def test_a_forbidden_pod_list_is_a_warning_not_a_crash(api: MisbehavingAPI, tmp_
         )
 
     api.routes.append(("/api/v1/pods", forbidden))
-    result = Checker(cluster_for(api, tmp_path), Options()).outdated_sidecars()
+    (result,) = run(cluster_for(api, tmp_path), Options(), [outdated_sidecars])
     assert result.status == "warn"
     assert "cannot list pods: HTTP 403: pods is forbidden" in result.message
 
@@ -617,7 +622,7 @@ def test_an_object_shaped_unlike_the_api_servers_fails_its_check_and_the_run_goe
         ("/version", version),
         ("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/", configuration),
     ]
-    results = Checker(cluster_for(api, tmp_path), Options()).run()
+    results = run(cluster_for(api, tmp_path), Options(), CHECKS)
     by_name = {r.name: r for r in results}
     assert by_name["kubernetes-api"].status == "pass"
     broken = by_name["webhook-configuration"]
@@ -626,17 +631,21 @@ def test_an_object_shaped_unlike_the_api_servers_fails_its_check_and_the_run_goe
     assert len(results) == 11  # every check still reported
 
 
-def test_hints_follow_the_install_flavour(api: MisbehavingAPI, tmp_path: Path) -> None:
-    checker = Checker(cluster_for(api, tmp_path), Options())
-    checker.facts.service_namespace = "mesh-system"
-    assert "make manifests && make deploy" in checker._bundle_hint()
-    assert "certs --renew" in checker._renew_hint(ca=False)
-    checker.facts.cert_manager = "mesh-system/sidecar-injector-serving"
-    assert "cainjector fills caBundle from mesh-system/sidecar-injector-serving" in (
-        checker._bundle_hint()
+def test_hints_follow_the_install_flavour() -> None:
+    service = ServiceRef("mesh-system", "sidecar-injector")
+    static = Context(webhook=WebhookConfiguration(exists=True, service=service))
+    assert "make manifests && make deploy" in bundle_hint(static)
+    assert "certs --renew" in renew_hint(static, ca=False)
+    managed = Context(
+        webhook=WebhookConfiguration(
+            exists=True, service=service, cert_manager="mesh-system/sidecar-injector-serving"
+        )
     )
-    assert "cmctl renew -n mesh-system" in checker._renew_hint(ca=False)
-    assert "trust both" in checker._renew_hint(ca=True)
+    assert "cainjector fills caBundle from mesh-system/sidecar-injector-serving" in (
+        bundle_hint(managed)
+    )
+    assert "cmctl renew -n mesh-system" in renew_hint(managed, ca=False)
+    assert "trust both" in renew_hint(managed, ca=True)
 
 
 def test_an_unreadable_kubeconfig_fails_the_api_check_with_a_hint_about_that_file(
