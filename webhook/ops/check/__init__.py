@@ -71,7 +71,10 @@ Adding a check:
    needs=[STEP, ...])`` on a function ``(context) -> Outcome`` returning
    ``passed(...)``, ``warned(...)``, ``failed(...)`` or ``skipped(...)``
    (``hint=None``, the default, gives a warning or failure the standing hint;
-   ``""`` gives none). It only reads the context.
+   ``""`` gives none). It only reads the context. ``needs`` names the steps
+   whose output it reads (the steps those need run first on their own); if
+   one of them crashed, the check is skipped, pointing at the check that
+   reported the crash.
 3. Add it to ``CHECKS`` in ``checks.py`` where its line should print.
 4. Test it alone (``tests/test_check_units.py``): build the context it reads,
    call the check, assert on status, message and hint.

@@ -105,7 +105,7 @@ def excluded_namespaces(context: Context) -> Outcome:
     "pod-security",
     hint=f"label it {ENFORCE_LABEL}=privileged, or opt it out"
     f" ({constants.NAMESPACE_INJECTION_LABEL}=disabled)",
-    needs=[WEBHOOK, INJECTOR, NAMESPACES],
+    needs=[NAMESPACES],
 )
 def pod_security(context: Context) -> Outcome:
     """No opted-in namespace enforces PodSecurity baseline or restricted."""
@@ -137,7 +137,7 @@ def pod_security(context: Context) -> Outcome:
     "dry-run-injection",
     hint="see the other checks; kubectl create --dry-run=server -o yaml shows what the"
     " API server makes of a pod",
-    needs=[WEBHOOK, INJECTOR, NAMESPACES, DRY_RUNS],
+    needs=[NAMESPACES, DRY_RUNS],
 )
 def dry_run_injection(context: Context) -> Outcome:
     """A server-side dry-run pod in each opted-in namespace comes back injected."""
@@ -179,7 +179,7 @@ def dry_run_injection(context: Context) -> Outcome:
 @check(
     "outdated-sidecars",
     hint="restart the workloads listed below to inject the current sidecar",
-    needs=[INJECTOR, NAMESPACES, DRY_RUNS, PODS],
+    needs=[DRY_RUNS, PODS],
 )
 def outdated_sidecars(context: Context) -> Outcome:
     """Pods whose sidecar another injector version or other settings injected."""
