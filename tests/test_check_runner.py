@@ -113,6 +113,32 @@ def test_a_crash_is_one_failed_line_and_what_depends_on_it_is_skipped() -> None:
     ]
 
 
+def test_a_step_that_crashes_under_another_is_reported_by_the_check_that_ran_them() -> None:
+    calls: list[str] = []
+    crashing = made_up(calls, crash="boom")
+
+    def after(cluster: Cluster, context: c.Context) -> c.WebhookConfiguration:
+        calls.append(f"after saw {context.api}")
+        return c.WebhookConfiguration(exists=True)
+
+    following = Discovery("webhook", "the following fact", after, (crashing,))
+
+    @check("uses-the-following", needs=[following])
+    def uses(context: c.Context) -> Any:
+        return passed("never")
+
+    @check("also-uses-it", needs=[following])
+    def also(context: c.Context) -> Any:
+        return passed(f"exists={context.webhook.exists}")
+
+    results = run(NOBODY, Options(), [uses, also])
+    assert [(r.status, r.message) for r in results] == [
+        ("fail", "could not be checked: RuntimeError: boom"),
+        ("pass", "exists=True"),  # the step under it crashed; its own output is there
+    ]
+    assert calls == ["find", "after saw ApiAnswer(version='', error='')"]
+
+
 def test_checks_not_started_within_the_time_budget_are_reported_not_run() -> None:
     ticks = iter([0.0, 1.0, 21.0, 22.0])
 
