@@ -88,9 +88,7 @@ def run_check(control_plane: ControlPlane, *args: str) -> CheckRun:
     """
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(
-            ["check", "--kubeconfig", str(control_plane.kubeconfig), "-o", "json", *args]
-        )
+        code = cli(["check", "--kubeconfig", str(control_plane.kubeconfig), "-o", "json", *args])
     assert out.getvalue(), err.getvalue()
     return CheckRun(code, json.loads(out.getvalue()), err.getvalue())
 
