@@ -28,6 +28,7 @@ from webhook.cluster.reader import Cluster
 from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine import inject
 from webhook.engine.config import InjectorConfig
+from webhook.manifests.patched import patched
 from webhook.ops.check import Options
 from webhook.ops.check import context as c
 from webhook.ops.check import discover_install as di
@@ -452,9 +453,13 @@ def opted(*names: str) -> c.Namespaces:
 
 def injecting(namespace: str, pod: dict[str, Any]) -> tuple[int, Any]:
     labels = {"sidecar-injection": "enabled"} if namespace != "default" else {}
-    return 201, inject(
-        pod, namespace=NamespaceInfo(namespace, MappingProxyType(labels)), config=InjectorConfig()
-    ).obj
+    return 201, patched(
+        inject(
+            pod,
+            namespace=NamespaceInfo(namespace, MappingProxyType(labels)),
+            config=InjectorConfig(),
+        )
+    )
 
 
 def test_the_dry_run_step_learns_the_running_injector_from_the_first_injected_pod(
