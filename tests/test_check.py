@@ -1,8 +1,8 @@
-"""``check``'s parts that need no cluster: selectors, endpoints, outdated sidecars, output, bounds.
+"""``check``'s parts that need no cluster: selectors, endpoints, output, bounds.
 
 The checks themselves run against the real install on kube-apiserver
-(``tests/e2e/test_cluster_check.py``); here are the rules they apply, table by
-table, and the bounds that keep a hostile or huge API server from hanging or
+(``tests/e2e/test_cluster_check.py``) and each alone in ``tests/test_check_units.py``;
+here are the rules they apply, table by table, and the bounds that keep a hostile or huge API server from hanging or
 exhausting ``check`` (a real HTTP server that misbehaves on purpose).
 """
 
@@ -13,42 +13,32 @@ import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from webhook import __version__
 from webhook.cluster import kube
-from webhook.contract.namespaces import NamespaceInfo
-from webhook.engine.config import InjectorConfig
+from webhook.cluster.reader import PAGE_LIMIT
 from webhook.ops.check import (
-    PAGE_LIMIT,
-    Checker,
+    CHECKS,
     Cluster,
     ClusterError,
+    Context,
     Endpoint,
     Options,
     Result,
-    _config_volume,
-    _endpoints,
     check_cluster,
     probe_pod,
     render_json,
     render_text,
+    run,
     selector_matches,
 )
-from webhook.ops.outdated import (
-    Expected,
-    Recorded,
-    StatusUnreadable,
-    Workload,
-    expected,
-    owning_workload,
-    recorded,
-    staleness,
-)
+from webhook.ops.check.context import ServiceRef, WebhookConfiguration
+from webhook.ops.check.discover_install import config_volume, endpoints_on
+from webhook.ops.check.install_checks import bundle_hint, renew_hint
+from webhook.ops.check.namespace_checks import outdated_sidecars
 
 # --- label selectors ----------------------------------------------------------------
 
@@ -139,7 +129,7 @@ def test_ready_endpoints_are_read_from_every_slice_on_the_webhooks_port() -> Non
         {"ports": [{"name": "other", "port": 1}], "endpoints": [{"addresses": ["10.9.9.9"]}]},
         {"ports": [{"name": "https", "port": 8443}], "endpoints": [{"addresses": ["10.0.0.1"]}]},
     ]
-    ready, unready = _endpoints(slices, "https")
+    ready, unready = endpoints_on(slices, "https")
     assert ready == [Endpoint("10.0.0.1", 8443, None), Endpoint("10.0.0.3", 8443, "injector-c")]
     assert unready == [Endpoint("10.0.0.2", 8443, "injector-b")]
     assert str(Endpoint("fd00::1", 8443, "p")) == "[fd00::1]:8443 (pod p)"
@@ -170,11 +160,11 @@ def test_the_config_is_found_where_the_deployment_mounts_what_it_passes_as_confi
         {"name": "config", "configMap": {"name": "injector-config-abc"}},
     ]
     path = "/etc/sidecar-injector/config/config.yaml"
-    assert _config_volume(_deployment([f"--config={path}"], mounts, volumes)) == (
+    assert config_volume(_deployment([f"--config={path}"], mounts, volumes)) == (
         "injector-config-abc",
         "config.yaml",
     )
-    assert _config_volume(_deployment(["--config", path], mounts, volumes)) == (
+    assert config_volume(_deployment(["--config", path], mounts, volumes)) == (
         "injector-config-abc",
         "config.yaml",
     )
@@ -185,9 +175,9 @@ def test_the_config_is_found_where_the_deployment_mounts_what_it_passes_as_confi
             "configMap": {"name": "c", "items": [{"key": "k", "path": "config.yaml"}]},
         }
     ]
-    assert _config_volume(_deployment([f"--config={path}"], mounts, renamed)) == ("c", "k")
-    assert _config_volume(_deployment([], mounts, volumes)) is None
-    assert _config_volume(_deployment(["--config=/elsewhere/c.yaml"], mounts, volumes)) is None
+    assert config_volume(_deployment([f"--config={path}"], mounts, renamed)) == ("c", "k")
+    assert config_volume(_deployment([], mounts, volumes)) is None
+    assert config_volume(_deployment(["--config=/elsewhere/c.yaml"], mounts, volumes)) is None
 
 
 def test_the_dry_run_pod_passes_pod_security_restricted_on_its_own() -> None:
@@ -200,144 +190,6 @@ def test_the_dry_run_pod_passes_pod_security_restricted_on_its_own() -> None:
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["metadata"]["generateName"] == "sidecar-injector-check-"
     assert "name" not in pod["metadata"]
-
-
-# --- outdated sidecars ----------------------------------------------------------------
-
-
-def test_the_status_annotation_is_read_or_refused() -> None:
-    status = "sidecar.mesh.io/status"
-    assert recorded({}) is None
-    assert recorded({status: '{"version": "0.1.0"}'}) == Recorded("0.1.0", None)
-    assert recorded({status: '{"version": "0.1.0", "digest": "sha256:ab"}'}) == Recorded(
-        "0.1.0", "sha256:ab"
-    )
-    for bad in ("not json", "[]", "{}", '{"version": 1}', '{"version": "1", "digest": 3}'):
-        with pytest.raises(StatusUnreadable):
-            recorded({status: bad})
-
-
-@pytest.mark.parametrize(
-    ("found", "now", "digests", "why"),
-    [
-        (Recorded("0.0.9", "sha256:a"), Expected("0.1.0", "sha256:a"), True, "injected by 0.0.9"),
-        (Recorded("0.1.0", "sha256:a"), Expected("0.1.0", "sha256:a"), True, None),
-        (Recorded("0.1.0", "sha256:a"), Expected("0.1.0", "sha256:b"), True, "containers differ"),
-        (
-            Recorded("0.1.0", None),
-            Expected("0.1.0", "sha256:b"),
-            True,
-            "without a container digest",
-        ),
-        # Digests not trusted (another build computes them): only the version counts.
-        (Recorded("0.1.0", "sha256:a"), Expected("0.1.0", "sha256:b"), False, None),
-        (Recorded("0.0.9", "sha256:a"), Expected("0.1.0", "sha256:b"), False, "injected by 0.0.9"),
-        # The engine writes no digest: nothing to compare it with.
-        (Recorded("0.1.0", None), Expected("0.1.0", None), True, None),
-        # Not injected now (namespace opted out): not outdated, counted apart.
-        (Recorded("0.1.0", "sha256:a"), Expected(skip="would not be injected now"), True, None),
-    ],
-)
-def test_a_sidecar_is_outdated_by_version_or_digest(
-    found: Recorded, now: Expected, digests: bool, why: str | None
-) -> None:
-    reason = staleness(found, now, version="0.1.0", digests=digests)
-    if why is None:
-        assert reason is None
-    else:
-        assert reason is not None
-        assert why in reason
-
-
-def _pod(name: str, *owners: dict[str, Any]) -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": "shop", "ownerReferences": list(owners)}}
-
-
-def _owner(kind: str, name: str, *, controller: bool = True) -> dict[str, Any]:
-    return {"kind": kind, "name": name, "controller": controller}
-
-
-def test_outdated_pods_are_grouped_by_the_workload_to_restart() -> None:
-    parents = {
-        ("shop", "ReplicaSet", "web-7d9f"): ("Deployment", "web"),
-        ("shop", "Job", "report-28"): ("CronJob", "report"),
-    }
-    asked: list[tuple[str, str, str]] = []
-
-    def lookup(namespace: str, kind: str, name: str) -> tuple[str, str] | None:
-        asked.append((namespace, kind, name))
-        return parents.get((namespace, kind, name))
-
-    cases = {
-        "web-7d9f-x": _pod("web-7d9f-x", _owner("ReplicaSet", "web-7d9f")),
-        "report-28-y": _pod("report-28-y", _owner("Job", "report-28")),
-        "db-0": _pod("db-0", _owner("StatefulSet", "db")),
-        "agent-z": _pod("agent-z", _owner("DaemonSet", "agent")),
-        "lone": _pod("lone"),
-        "orphan-rs-q": _pod("orphan-rs-q", _owner("ReplicaSet", "orphan-rs")),
-        "batch-1": _pod("batch-1", _owner("Job", "batch")),
-        "custom-0": _pod("custom-0", _owner("Rollout", "r", controller=False)),
-    }
-    workloads = {name: owning_workload(pod, lookup) for name, pod in cases.items()}
-    assert workloads == {
-        "web-7d9f-x": Workload("shop", "Deployment", "web"),
-        "report-28-y": Workload("shop", "CronJob", "report"),
-        "db-0": Workload("shop", "StatefulSet", "db"),
-        "agent-z": Workload("shop", "DaemonSet", "agent"),
-        "lone": Workload("shop", "Pod", "lone"),
-        "orphan-rs-q": Workload("shop", "ReplicaSet", "orphan-rs"),
-        "batch-1": Workload("shop", "Job", "batch"),
-        "custom-0": Workload("shop", "Rollout", "r"),
-    }
-    # Only ReplicaSets and Jobs have a parent worth looking up.
-    assert {kind for _, kind, _ in asked} == {"ReplicaSet", "Job"}
-    restarts = {name: w.restart() for name, w in workloads.items()}
-    assert restarts["web-7d9f-x"] == "kubectl rollout restart -n shop deployment/web"
-    assert restarts["db-0"] == "kubectl rollout restart -n shop statefulset/db"
-    assert restarts["agent-z"] == "kubectl rollout restart -n shop daemonset/agent"
-    assert "next Job" in restarts["report-28-y"]
-    assert "re-create pod lone" in restarts["lone"]
-    assert "ReplicaSet orphan-rs re-creates them" in restarts["orphan-rs-q"]
-
-
-def _namespace(name: str, **labels: str) -> NamespaceInfo:
-    return NamespaceInfo(name, MappingProxyType(labels), MappingProxyType({}))
-
-
-def test_what_would_be_injected_now_follows_namespace_and_pod_settings() -> None:
-    config = InjectorConfig()
-    plain = expected(_namespace("shop", **{"sidecar-injection": "enabled"}), {}, config)
-    assert plain.version == __version__
-    assert not plain.skip
-    # PodSecurity is the pod-security check's business, not a reason to skip here.
-    strict = expected(
-        _namespace(
-            "strict",
-            **{"sidecar-injection": "enabled", "pod-security.kubernetes.io/enforce": "restricted"},
-        ),
-        {},
-        config,
-    )
-    assert not strict.skip
-    assert strict.digest == plain.digest
-    disabled = expected(_namespace("off", **{"sidecar-injection": "disabled"}), {}, config)
-    assert "would not be injected now" in disabled.skip
-    refused = expected(_namespace("shop"), {"sidecar.mesh.io/proxy-cpu-request": "lots"}, config)
-    assert "would be refused now" in refused.skip
-    excluded = expected(_namespace("kube-system"), {}, config)
-    assert excluded.skip
-
-
-def test_the_digest_changes_with_a_setting() -> None:
-    config = InjectorConfig()
-    shop = _namespace("shop", **{"sidecar-injection": "enabled"})
-    default = expected(shop, {}, config)
-    assert default.digest is not None
-    assert default.digest.startswith("sha256:")
-    debug = expected(shop, {"sidecar.mesh.io/log-level": "debug"}, config)
-    assert debug.digest != default.digest
-    again = expected(shop, {"sidecar.mesh.io/log-level": "debug"}, config)
-    assert again.digest == debug.digest
 
 
 # --- output -------------------------------------------------------------------------
@@ -532,8 +384,9 @@ def test_the_pod_scan_stops_at_its_time_budget_and_says_so(
         send_json(handler, 200, page)
 
     api.routes.append(("/api/v1/pods", endless))
-    checker = Checker(cluster_for(api, tmp_path, timeout=0.5), Options(timeout=0.5))
-    result = checker.outdated_sidecars()
+    (result,) = run(
+        cluster_for(api, tmp_path, timeout=0.5), Options(timeout=0.5), [outdated_sidecars]
+    )
     assert result.status == "warn"
     assert result.data["complete"] is False
     assert any("scan incomplete: stopped after 2s" in d for d in result.details)
@@ -550,7 +403,7 @@ def test_a_forbidden_pod_list_is_a_warning_not_a_crash(api: MisbehavingAPI, tmp_
         )
 
     api.routes.append(("/api/v1/pods", forbidden))
-    result = Checker(cluster_for(api, tmp_path), Options()).outdated_sidecars()
+    (result,) = run(cluster_for(api, tmp_path), Options(), [outdated_sidecars])
     assert result.status == "warn"
     assert "cannot list pods: HTTP 403: pods is forbidden" in result.message
 
@@ -617,7 +470,7 @@ def test_an_object_shaped_unlike_the_api_servers_fails_its_check_and_the_run_goe
         ("/version", version),
         ("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/", configuration),
     ]
-    results = Checker(cluster_for(api, tmp_path), Options()).run()
+    results = run(cluster_for(api, tmp_path), Options(), CHECKS)
     by_name = {r.name: r for r in results}
     assert by_name["kubernetes-api"].status == "pass"
     broken = by_name["webhook-configuration"]
@@ -626,17 +479,21 @@ def test_an_object_shaped_unlike_the_api_servers_fails_its_check_and_the_run_goe
     assert len(results) == 11  # every check still reported
 
 
-def test_hints_follow_the_install_flavour(api: MisbehavingAPI, tmp_path: Path) -> None:
-    checker = Checker(cluster_for(api, tmp_path), Options())
-    checker.facts.service_namespace = "mesh-system"
-    assert "make manifests && make deploy" in checker._bundle_hint()
-    assert "certs --renew" in checker._renew_hint(ca=False)
-    checker.facts.cert_manager = "mesh-system/sidecar-injector-serving"
-    assert "cainjector fills caBundle from mesh-system/sidecar-injector-serving" in (
-        checker._bundle_hint()
+def test_hints_follow_the_install_flavour() -> None:
+    service = ServiceRef("mesh-system", "sidecar-injector")
+    static = Context(webhook=WebhookConfiguration(exists=True, service=service))
+    assert "make manifests && make deploy" in bundle_hint(static)
+    assert "certs --renew" in renew_hint(static, ca=False)
+    managed = Context(
+        webhook=WebhookConfiguration(
+            exists=True, service=service, cert_manager="mesh-system/sidecar-injector-serving"
+        )
     )
-    assert "cmctl renew -n mesh-system" in checker._renew_hint(ca=False)
-    assert "trust both" in checker._renew_hint(ca=True)
+    assert "cainjector fills caBundle from mesh-system/sidecar-injector-serving" in (
+        bundle_hint(managed)
+    )
+    assert "cmctl renew -n mesh-system" in renew_hint(managed, ca=False)
+    assert "trust both" in renew_hint(managed, ca=True)
 
 
 def test_an_unreadable_kubeconfig_fails_the_api_check_with_a_hint_about_that_file(

@@ -24,6 +24,7 @@ from webhook.engine import (
 )
 from webhook.engine.config import InjectorConfig
 from webhook.engine.status import MAX_STATUS_CHARS
+from webhook.manifests.patched import patched
 
 ENABLED = {"sidecar-injection": "enabled"}
 DISABLED = {"sidecar-injection": "disabled"}
@@ -252,7 +253,7 @@ def test_the_excluded_namespaces_come_from_the_config() -> None:
 def test_the_engine_imports_neither_fastapi_nor_kubernetes() -> None:
     # A fresh interpreter: the test process itself has imported everything.
     probe = (
-        "import sys, webhook.engine, webhook.manifests.preview, webhook.cli.main\n"
+        "import sys, webhook.engine, webhook.manifests.preview, webhook.cli.commands\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'fastapi', 'starlette', 'kubernetes', 'uvicorn'})\n"
         "print(','.join(bad))\n"
@@ -343,15 +344,16 @@ def test_a_status_annotation_without_its_containers_is_rewritten_by_an_add() -> 
     # RFC 6902: "add" on an existing object member replaces its value; still add-only.
     assert status_op["op"] == "add"
     assert {op["op"] for op in result.patch} == {"add"}
-    assert jsonpatch.apply_patch(copied, list(result.patch)) == result.obj
-    written = json.loads(result.obj["metadata"]["annotations"]["sidecar.mesh.io/status"])
-    spec = result.obj["spec"]
+    obj = patched(result)
+    assert jsonpatch.apply_patch(copied, list(result.patch)) == obj
+    written = json.loads(obj["metadata"]["annotations"]["sidecar.mesh.io/status"])
+    spec = obj["spec"]
     names = {c["name"] for c in [*spec["containers"], *(spec.get("initContainers") or [])]}
     assert set(written["containers"]) | set(written["initContainers"]) <= names
-    assert result.obj["metadata"]["annotations"]["team"] == "a"
+    assert obj["metadata"]["annotations"]["team"] == "a"
     # And now it counts: a second pass is a no-op.
     again = inject(
-        result.obj,
+        obj,
         namespace=NamespaceInfo("shop", MappingProxyType(ENABLED)),
         config=InjectorConfig(),
     )

@@ -17,6 +17,7 @@ from webhook.engine.inject import CACHE
 from webhook.engine.inject import _build as build_entry
 from webhook.engine.inject import _built as built_for
 from webhook.engine.settings import resolve_settings
+from webhook.manifests.patched import patched
 
 POD: dict[str, Any] = {
     "apiVersion": "v1",
@@ -41,8 +42,8 @@ def test_different_configs_give_different_containers() -> None:
     older = InjectorConfig(proxy=ProxyConfig(version="v1.39.0"))
     first = inject(POD, namespace=namespace(), config=InjectorConfig())
     second = inject(POD, namespace=namespace(), config=older)
-    assert proxy_of(first.obj)["image"].endswith(":v1.40.0")
-    assert proxy_of(second.obj)["image"].endswith(":v1.39.0")
+    assert proxy_of(patched(first))["image"].endswith(":v1.40.0")
+    assert proxy_of(patched(second))["image"].endswith(":v1.39.0")
 
 
 def test_different_namespace_settings_give_different_containers() -> None:
@@ -50,8 +51,8 @@ def test_different_namespace_settings_give_different_containers() -> None:
     tuned = inject(
         POD, namespace=namespace(**{"sidecar.mesh.io/log-level": "debug"}), config=InjectorConfig()
     )
-    assert "debug" not in proxy_of(plain.obj)["args"]
-    assert "debug" in proxy_of(tuned.obj)["args"]
+    assert "debug" not in proxy_of(patched(plain))["args"]
+    assert "debug" in proxy_of(patched(tuned))["args"]
     assert plain.settings is not None
     assert tuned.settings is not None
     assert plain.settings.provenance["sidecar.mesh.io/log-level"].source != (
@@ -65,10 +66,11 @@ def test_pods_with_the_same_settings_share_equal_containers_and_nothing_else() -
     other["spec"]["containers"][0]["name"] = "api"
     first = inject(POD, namespace=namespace(), config=InjectorConfig())
     second = inject(other, namespace=namespace(), config=InjectorConfig())
-    assert proxy_of(first.obj) == proxy_of(second.obj)
-    annotations = second.obj["metadata"]["annotations"]
+    first_obj, second_obj = patched(first), patched(second)
+    assert proxy_of(first_obj) == proxy_of(second_obj)
+    annotations = second_obj["metadata"]["annotations"]
     assert annotations["kubectl.kubernetes.io/default-container"] == "api"
-    assert first.obj["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "web"
+    assert first_obj["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "web"
 
 
 def test_an_invalid_setting_is_refused_every_time_not_only_the_first() -> None:
@@ -80,13 +82,14 @@ def test_an_invalid_setting_is_refused_every_time_not_only_the_first() -> None:
 
 def test_mutating_a_result_cannot_change_the_next_one() -> None:
     first = inject(POD, namespace=namespace(), config=InjectorConfig())
-    pristine = copy.deepcopy(first.obj)
+    obj = patched(first)
+    pristine = copy.deepcopy(obj)
     # A consumer edits the object it got, deep inside the injected containers ...
-    proxy = proxy_of(first.obj)
+    proxy = proxy_of(obj)
     proxy["args"].append("--oops")
     proxy["env"][0]["name"] = "POISON"
     proxy["securityContext"]["runAsUser"] = 0
-    first.obj["spec"]["initContainers"].clear()
+    obj["spec"]["initContainers"].clear()
     # ... and the containers in its patch (shared with every such pod) are read-only.
     shared = next(op["value"] for op in first.patch if op["path"] == "/spec/initContainers")
     with pytest.raises(TypeError, match="read-only"):
@@ -95,14 +98,17 @@ def test_mutating_a_result_cannot_change_the_next_one() -> None:
         shared[1]["securityContext"]["runAsUser"] = 0
 
     second = inject(POD, namespace=namespace(), config=InjectorConfig())
-    assert second.obj == pristine
+    assert patched(second) == pristine
     assert second.patch == first.patch
 
 
-def test_the_object_is_private_to_its_result_and_copies_are_plain() -> None:
+def test_the_object_is_private_to_whoever_asks_and_copies_are_plain() -> None:
     result = inject(POD, namespace=namespace(), config=InjectorConfig())
-    assert result.obj is result.obj, "made once per result"
-    proxy = proxy_of(result.obj)
+    obj = patched(result)
+    assert obj is not patched(result), "a new object for every caller"
+    assert obj == patched(result)
+    assert obj is not result.source
+    proxy = proxy_of(obj)
     assert type(proxy) is dict
     assert type(proxy["args"]) is list
     value = next(op["value"] for op in result.patch if op["path"] == "/spec/initContainers")

@@ -27,7 +27,7 @@ import yaml
 from cryptography import x509
 
 from webhook import __version__
-from webhook.engine.config import InitConfig, parse_config
+from webhook.manifests.config_file import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -303,7 +303,7 @@ def test_the_config_map_is_mounted_where_serve_reads_its_config_and_parses(
     # The install runs the images of this version: a release bumps
     # webhook.__version__ and these tags together (the one other place).
     assert config.init.image == f"ghcr.io/sidecar-injector/mesh-init:{__version__}"
-    assert config.init.image == InitConfig().image
+    assert config.init.image == load_config(None).init.image  # the built-in default
     assert _container(base)["image"] == f"ghcr.io/sidecar-injector/webhook:{__version__}"
     assert config.proxy.version == "v1.40.0"
 

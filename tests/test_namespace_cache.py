@@ -12,6 +12,7 @@ only when a test moves it.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import gzip
 import json
 import logging
@@ -31,8 +32,9 @@ import pytest
 from kubernetes import client
 
 from tests.support.fake_kube_api import CannedReply, FakeKubeAPI
+from tests.support.threads import PATIENCE, eventually, waiting_for_a_future
 from webhook.cluster import namespace_cache as kube_namespaces
-from webhook.cluster.namespace_cache import KubeNamespaceCache
+from webhook.cluster.namespace_cache import KubeNamespaceCache, NamespaceCacheOptions, store
 from webhook.cluster.namespaces_file import (
     FileNamespaces,
     Freshness,
@@ -44,16 +46,14 @@ from webhook.cluster.namespaces_file import (
 )
 from webhook.service.server import namespace_source_from_args
 
-FAST: dict[str, float] = {
-    "watch_timeout_seconds": 30,
-    "list_timeout": 2.0,
-    "fetch_timeout": 0.5,
-    "connect_timeout": 0.5,
-    "backoff_initial": 0.02,
-    "backoff_max": 0.1,
-}
-# Far longer than anything here should take, short enough to fail a hang.
-PATIENCE = 10.0
+FAST = NamespaceCacheOptions(
+    watch_timeout_seconds=30,
+    list_timeout=2.0,
+    fetch_timeout=0.5,
+    connect_timeout=0.5,
+    backoff_initial=0.02,
+    backoff_max=0.1,
+)
 
 CacheFactory = Callable[..., KubeNamespaceCache]
 
@@ -69,16 +69,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def eventually(
-    check: Callable[[], bool], *, timeout: float = PATIENCE, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def labels_of(cache: KubeNamespaceCache, name: str) -> dict[str, str] | None:
@@ -106,19 +96,6 @@ def failures(caplog: pytest.LogCaptureFixture) -> int:
 
 def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in cache_log(caplog) if r.levelno >= logging.WARNING]
-
-
-def waiting_for_a_future(thread: threading.Thread) -> bool:
-    """Whether ``thread`` is blocked waiting for a future (a fetch waiting for its GET)."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name in ("wait", "result") and code.co_filename.endswith(
-            str(Path("concurrent", "futures", "_base.py"))
-        ):
-            return True
-        frame = frame.f_back
-    return False
 
 
 def flap(
@@ -161,10 +138,14 @@ def clock() -> FakeClock:
 def make_cache(api: FakeKubeAPI, clock: FakeClock) -> Iterator[CacheFactory]:
     caches: list[KubeNamespaceCache] = []
 
-    def make(*, start: bool = True, **options: Any) -> KubeNamespaceCache:
-        jitter = random.Random(7)  # noqa: S311 - the same jitter on every run
-        settings = {**FAST, "clock": clock, "rng": jitter, **options}
-        cache = KubeNamespaceCache(client.Configuration(host=api.url), **settings)
+    def make(
+        *, start: bool = True, rng: random.Random | None = None, **options: Any
+    ) -> KubeNamespaceCache:
+        jitter = rng or random.Random(7)  # noqa: S311 - the same jitter on every run
+        settings = dataclasses.replace(FAST, **options)
+        cache = KubeNamespaceCache(
+            client.Configuration(host=api.url), settings, clock=clock, rng=jitter
+        )
         caches.append(cache)
         if start:
             cache.start()
@@ -325,7 +306,7 @@ def test_each_watch_asks_the_server_to_end_it_before_it_could_look_dead(
     cache.stop()
     assert all(45 <= timeout < 81 for timeout in api.watch_timeouts), api.watch_timeouts
     assert len(set(api.watch_timeouts)) > 1
-    assert KubeNamespaceCache.__init__.__kwdefaults__["read_timeout"] == 90.0
+    assert NamespaceCacheOptions().read_timeout == 90.0
     # Shorter read timeouts (tests) cap the watch's timeout below them.
     seen = len(api.watch_timeouts)
     short = make_cache(read_timeout=10.0, watch_timeout_seconds=45.0)
@@ -755,11 +736,10 @@ def test_fetches_never_take_the_answer_of_a_get_sent_before_they_were_called_and
 
 
 def test_a_fetch_that_waits_for_a_fetch_thread_is_shared_with_later_callers(
-    api: FakeKubeAPI, make_cache: CacheFactory, monkeypatch: pytest.MonkeyPatch
+    api: FakeKubeAPI, make_cache: CacheFactory
 ) -> None:
     # Not sent yet (every fetch thread is busy), so joining it is safe.
-    monkeypatch.setattr(kube_namespaces, "FETCH_THREADS", 1)
-    cache = make_cache(fetch_timeout=PATIENCE)
+    cache = make_cache(fetch_timeout=PATIENCE, fetch_threads=1)
     assert cache.wait_ready(PATIENCE)
     api.add("queued", {"sidecar-injection": "enabled"}, emit=False)
     api.stall_gets.set()
@@ -772,10 +752,9 @@ def test_a_fetch_that_waits_for_a_fetch_thread_is_shared_with_later_callers(
 
 
 def test_fetches_of_too_many_namespaces_at_once_are_refused_not_queued(
-    api: FakeKubeAPI, make_cache: CacheFactory, monkeypatch: pytest.MonkeyPatch
+    api: FakeKubeAPI, make_cache: CacheFactory
 ) -> None:
-    monkeypatch.setattr(kube_namespaces, "MAX_FETCHES_IN_FLIGHT", 2)
-    cache = make_cache(fetch_timeout=PATIENCE)
+    cache = make_cache(fetch_timeout=PATIENCE, max_fetches_in_flight=2)
     assert cache.wait_ready(PATIENCE)
     api.stall_gets.set()
     threads = [
@@ -890,7 +869,7 @@ def test_a_full_cache_keeps_what_fits_and_says_so_once(
 ) -> None:
     for number in range(20):
         api.add(f"team-{number:02d}", {"n": str(number)})
-    one = kube_namespaces._estimated_bytes(NamespaceInfo("team-00", {"n": "0"}))
+    one = store.estimated_bytes(NamespaceInfo("team-00", {"n": "0"}))
     cache = make_cache(max_cache_bytes=10 * one)
     assert cache.wait_ready(PATIENCE)
     cached = [n for n in range(20) if cache.cached(f"team-{n:02d}") is not None]
@@ -930,7 +909,7 @@ def test_the_memory_estimate_of_a_cached_namespace_is_not_below_what_it_takes(
             },
         }
         # Parsed from JSON bytes as the cache does, so every string is its own object.
-        return kube_namespaces._parse(orjson.loads(orjson.dumps({"metadata": metadata})))
+        return store.parse(orjson.loads(orjson.dumps({"metadata": metadata})))
 
     count = 500
     tracemalloc.start()
@@ -940,7 +919,7 @@ def test_the_memory_estimate_of_a_cached_namespace_is_not_below_what_it_takes(
         taken = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    estimate = sum(map(kube_namespaces._estimated_bytes, kept.values()))
+    estimate = sum(map(store.estimated_bytes, kept.values()))
     assert estimate >= taken, (estimate / count, taken / count)
 
 
@@ -952,8 +931,9 @@ def test_stop_cuts_an_open_watch_off(api: FakeKubeAPI, make_cache: CacheFactory)
     assert cache.wait_ready(PATIENCE)
     eventually(lambda: api.open_watches == 1, what="the watch to open")
     cache.stop()  # joins the thread; without the cut it would wait for the watch's 120 s
-    assert cache._thread is not None
-    assert not cache._thread.is_alive()
+    thread = cache._reflector.thread
+    assert thread is not None
+    assert not thread.is_alive()
 
 
 def test_stop_interrupts_a_backoff(
@@ -963,8 +943,9 @@ def test_stop_interrupts_a_backoff(
     cache = make_cache(backoff_initial=120.0, backoff_max=120.0, stop_timeout=PATIENCE)
     eventually(lambda: failures(caplog) == 1, what="the first failure")
     cache.stop()
-    assert cache._thread is not None
-    assert not cache._thread.is_alive()
+    thread = cache._reflector.thread
+    assert thread is not None
+    assert not thread.is_alive()
 
 
 # --- choosing a source, and the module layout -------------------------------------------
@@ -1039,19 +1020,28 @@ def test_the_sources_and_the_chooser_in_serve_import_each_other_one_way() -> Non
     root = Path(__file__).parent.parent / "webhook"
 
     def imported(module: str, *, top_level_only: bool = False) -> set[str]:
-        tree = ast.parse((root / f"{module}.py").read_text())
-        nodes = tree.body if top_level_only else list(ast.walk(tree))
+        """What a module imports; for a package, what any of its modules does."""
+        package = root / module
+        files = sorted(package.glob("*.py")) if package.is_dir() else [root / f"{module}.py"]
         found: set[str] = set()
-        for node in nodes:
-            if isinstance(node, ast.ImportFrom) and node.module:
-                found.add(node.module)
-            elif isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
+        for file in files:
+            tree = ast.parse(file.read_text())
+            nodes = tree.body if top_level_only else list(ast.walk(tree))
+            for node in nodes:
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    found.add(node.module)
+                elif isinstance(node, ast.Import):
+                    found.update(alias.name for alias in node.names)
         return found
 
+    def within(modules: set[str], package: str) -> set[str]:
+        return {m for m in modules if m == package or m.startswith(f"{package}.")}
+
+    # The watch-backed cache is a package of modules; all of them count.
+    assert (root / "cluster/namespace_cache").is_dir()
     # The two kinds of source share only namespace_types, which imports neither.
-    assert "webhook.cluster.namespaces_file" not in imported("cluster/namespace_cache")
-    assert "webhook.cluster.namespace_cache" not in imported("cluster/namespaces_file")
+    assert not within(imported("cluster/namespace_cache"), "webhook.cluster.namespaces_file")
+    assert not within(imported("cluster/namespaces_file"), "webhook.cluster.namespace_cache")
     assert not {m for m in imported("contract/namespaces") if m.startswith("webhook")}
     assert "webhook.contract.namespaces" in imported("cluster/namespaces_file")
     # serve chooses; no source imports it, and it imports the watch-backed

@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 
 from webhook.cluster.namespaces_file import NamespaceInfo, StaticNamespaces
 from webhook.engine.config import InjectorConfig
-from webhook.service.app import Limits, create_app
+from webhook.service.app import create_app
+from webhook.service.limits import Limits
 
 ENABLED = MappingProxyType({"sidecar-injection": "enabled"})
 

@@ -24,6 +24,7 @@ from webhook.engine import (
 )
 from webhook.engine.config import InjectorConfig
 from webhook.engine.workloads import locate_pod
+from webhook.manifests.patched import patched
 
 CONFIG = InjectorConfig()
 NAMESPACE = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "enabled"}))
@@ -134,8 +135,8 @@ def test_the_object_is_the_patch_applied_and_the_sidecar_sits_where_its_mode_say
 ) -> None:
     result = inject(obj, namespace=NAMESPACE, config=CONFIG)
     assert result.injected
-    assert result.obj == jsonpatch.apply_patch(obj, list(result.patch))
-    spec = pod_spec(result.obj)
+    assert patched(result) == jsonpatch.apply_patch(obj, list(result.patch))
+    spec = pod_spec(patched(result))
     inits = [c["name"] for c in spec["initContainers"]]
     apps = [c["name"] for c in spec["containers"]]
     annotations = pod_meta(obj).get("annotations") or {}
@@ -152,12 +153,12 @@ def test_the_object_is_the_patch_applied_and_the_sidecar_sits_where_its_mode_say
 @given(pods())
 def test_uninject_is_the_exact_inverse_of_inject(obj: dict[str, Any]) -> None:
     before = copy.deepcopy(obj)
-    injected = inject(obj, namespace=NAMESPACE, config=CONFIG).obj
+    injected = patched(inject(obj, namespace=NAMESPACE, config=CONFIG))
     result = uninject(injected)
     assert result.removed
-    assert result.obj == before
+    assert patched(result) == before
     if "sidecar.mesh.io/status" not in (pod_meta(before).get("annotations") or {}):
-        assert uninject(before).obj is before, "nothing to remove: the very same object"
+        assert patched(uninject(before)) is before, "nothing to remove: the very same object"
 
 
 user_container = st.builds(lambda n: {"name": f"later-{n}", "image": "debug:1"}, dns_label)
@@ -168,7 +169,7 @@ user_container = st.builds(lambda n: {"name": f"later-{n}", "image": "debug:1"},
 def test_uninject_keeps_what_the_user_added_after_injection(
     obj: dict[str, Any], container: dict[str, Any], key: str, value: str
 ) -> None:
-    injected = inject(obj, namespace=NAMESPACE, config=CONFIG).obj
+    injected = patched(inject(obj, namespace=NAMESPACE, config=CONFIG))
     # After injection the user adds a container, a volume and an annotation.
     later = copy.deepcopy(injected)
     spec = pod_spec(later)
@@ -176,7 +177,7 @@ def test_uninject_keeps_what_the_user_added_after_injection(
     spec["volumes"] = [*(spec.get("volumes") or []), {"name": "later-vol", "emptyDir": {}}]
     meta = pod_meta(later)
     meta["annotations"][f"later.io/{key}"] = value
-    back = uninject(later).obj
+    back = patched(uninject(later))
     expected = copy.deepcopy(obj)
     expected_spec = pod_spec(expected)
     expected_spec["containers"].append(container)
@@ -197,9 +198,10 @@ def test_the_patch_only_adds(obj: dict[str, Any]) -> None:
 @given(pods())
 def test_injecting_the_result_again_changes_nothing(obj: dict[str, Any]) -> None:
     first = inject(obj, namespace=NAMESPACE, config=CONFIG)
-    second = inject(first.obj, namespace=NAMESPACE, config=CONFIG)
+    first_obj = patched(first)
+    second = inject(first_obj, namespace=NAMESPACE, config=CONFIG)
     assert second.patch == ()
-    assert second.obj is first.obj
+    assert patched(second) is first_obj
     assert second.decision.code == "already-injected"
 
 
@@ -211,7 +213,7 @@ def test_the_input_is_never_modified_and_user_containers_are_untouched(
     before = copy.deepcopy(obj)
     result = inject(obj, namespace=NAMESPACE, config=CONFIG)
     assert obj == before
-    old, new = pod_spec(before), pod_spec(result.obj)
+    old, new = pod_spec(before), pod_spec(patched(result))
     for field in ("containers", "initContainers", "volumes"):
         ours = [c for c in new.get(field) or [] if c["name"] not in ("mesh-proxy", "mesh-init")]
         assert ours == (old.get(field) or []), field
@@ -281,7 +283,7 @@ def test_a_status_annotation_on_any_spec_is_decided_then_injected_or_refused_in_
         assert valid
     else:
         assert results[0].injected
-        inits = [c["name"] for c in pod_spec(results[0].obj)["initContainers"]]
+        inits = [c["name"] for c in pod_spec(patched(results[0]))["initContainers"]]
         assert inits[:2] == ["mesh-init", "mesh-proxy"]
     refusal = refused(lambda: uninject(obj))
     if valid:

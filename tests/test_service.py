@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from tests.support.server import Server, WebhookClient, running_server
 from tests.support.tls_client import client_context, connect
 from tests.support.validation import validate_injected
-from webhook.cli.main import main as cli_main
+from webhook.cli.commands import main as cli_main
 
 GOLDEN = Path(__file__).parent / "golden"
 NAMESPACES = (GOLDEN / "namespaces.yaml").read_text()

@@ -5,10 +5,12 @@ Each test owns its process. Waits are polls with generous deadlines, never fixed
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -31,7 +33,12 @@ from tests.support.server import (
 )
 from tests.support.tls_client import SERVICE_HOSTNAME, connect, file_fingerprint, peer_fingerprint
 from webhook.pki.certs import write_certs
-from webhook.service.server import ServeSettings, build_server
+from webhook.service.server import (
+    GRACEFUL_SHUTDOWN_SECONDS,
+    MAX_GRACEFUL_SHUTDOWN_SECONDS,
+    ServeSettings,
+    build_server,
+)
 
 
 def review(namespace: str, *, uid: str = "u-1", containers: int = 1) -> dict[str, Any]:
@@ -125,6 +132,43 @@ def test_a_read_timeout_that_is_not_a_positive_number_stops_serve(
     )
 
 
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "-inf", "300.5", "1e9"])
+def test_a_graceful_shutdown_time_outside_0_to_300_seconds_stops_serve(
+    tmp_path: Path, value: str
+) -> None:
+    result = run_serve("--cert-dir", str(tmp_path), f"--graceful-shutdown-seconds={value}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "sidecar-injector: error: --graceful-shutdown-seconds must be a number of seconds "
+        "from 0 to 300"
+    )
+
+
+def test_the_graceful_shutdown_flag_is_documented_with_its_default_and_bound() -> None:
+    result = subprocess.run(
+        [CLI, "serve", "--help"], capture_output=True, text=True, timeout=30, check=True
+    )
+    help_text = " ".join(result.stdout.split())
+    assert "--graceful-shutdown-seconds SECONDS" in help_text
+    assert f"default {GRACEFUL_SHUTDOWN_SECONDS};" in help_text
+    assert f"at most {MAX_GRACEFUL_SHUTDOWN_SECONDS})" in help_text
+
+
+def test_the_graceful_shutdown_time_reaches_uvicorn_and_defaults_to_15_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    certs = make_certs(tmp_path / "certs")
+    for settings, expected in [
+        (ServeSettings(port=free_port(), cert_dir=certs), 15),
+        (ServeSettings(port=free_port(), cert_dir=certs, graceful_shutdown_seconds=2.5), 2.5),
+        (ServeSettings(port=free_port(), cert_dir=certs, graceful_shutdown_seconds=0), 0),
+    ]:
+        server, sock = build_server(settings)
+        sock.close()
+        assert server.config.timeout_graceful_shutdown == expected
+
+
 def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     certs = make_certs(tmp_path / "certs")
     with running_server(tmp_path / "first", cert_dir=certs) as first:
@@ -175,6 +219,37 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(tmp_path: Path) 
         # A new connection after the drain is refused: the port is closed.
         with pytest.raises(ConnectionRefusedError):
             connect(server.port, server.ca_file, timeout=2)
+
+
+def test_a_request_still_in_flight_when_the_graceful_shutdown_time_is_over_is_cut_off(
+    tmp_path: Path,
+) -> None:
+    namespaces = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {sidecar-injection: enabled}}\n"
+    # No drain, and a read deadline that cannot end the request first.
+    args = ["--drain-seconds", "0", "--read-timeout", "600", "--graceful-shutdown-seconds", "0.5"]
+    with running_server(tmp_path, namespaces_yaml=namespaces, args=args) as server:
+        body = orjson.dumps(review("demo", uid="stuck"))
+        sock = connect(server.port, server.ca_file, timeout=30)
+        head = (
+            f"POST /mutate HTTP/1.1\r\nHost: {SERVICE_HOSTNAME}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        # Half a body, and never the rest: in flight until it is cut off.
+        sock.sendall(head.encode() + body[: len(body) // 2])
+        server.wait_for_metric(
+            "sidecar_injector_request_body_bytes_held", lambda held: held == len(body) // 2
+        )
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0
+        server.wait_for_log("timeout graceful shutdown exceeded")
+        data = b""
+        with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+            while chunk := sock.recv(65536):
+                data += chunk
+        sock.close()
+        # No admission answer (uvicorn cancels the request; the connection ends).
+        assert b'"allowed"' not in data
+        assert "internal error in /mutate" not in server.log()
 
 
 def test_serve_freezes_its_start_up_heap_and_logs_how_much(tmp_path: Path) -> None:

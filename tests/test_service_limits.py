@@ -27,7 +27,8 @@ import pytest
 
 from tests.support.server import Server, WebhookClient, running_server
 from tests.support.tls_client import SERVICE_HOSTNAME, connect
-from webhook.service.app import BodyBudget, Limits
+from webhook.service.body import BodyBudget
+from webhook.service.limits import Limits
 from webhook.service.server import MAX_OPEN_FILES
 
 MEMORY_BOUND_MIB = 400
@@ -251,7 +252,7 @@ def test_100_clients_announcing_1_mib_and_sending_nothing_block_no_admission(
 
 
 def test_the_reserve_for_small_bodies_cannot_be_used_up_by_any_number_of_connections() -> None:
-    """The budget's arithmetic (webhook.service.app.Limits): small bodies always fit.
+    """The budget's arithmetic (webhook.service.limits.Limits): small bodies always fit.
 
     Every connection may hold one small body, the large ones together at most
     their share; all of that fits the budget, so a review of up to 64 KiB is
@@ -590,3 +591,17 @@ def test_a_preview_of_one_object_more_than_allowed_is_a_400_naming_the_limit_and
         "error": f"request body holds {MAX_PREVIEW_OBJECTS + 1} objects; a preview takes "
         f"at most {MAX_PREVIEW_OBJECTS} (inject more with: sidecar-injector inject -f FILE)"
     }
+
+
+def test_the_deadline_protocols_pin_note_names_the_versions_pyproject_pins() -> None:
+    """The read deadlines subclass uvicorn's internals; whoever moves the pin reads the note."""
+    import tomllib
+
+    from webhook.service import h11_deadlines
+
+    root = Path(__file__).resolve().parent.parent
+    pins = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    note = " ".join((h11_deadlines.__doc__ or "").split())
+    for package in ("uvicorn", "h11"):
+        (pin,) = [p for p in pins if p.startswith(f"{package}>=")]
+        assert f"{package} to ``{pin.removeprefix(package)}``" in note

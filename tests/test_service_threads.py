@@ -22,7 +22,8 @@ from fastapi.testclient import TestClient
 from webhook.cluster.namespaces_file import NamespaceInfo, StaticNamespaces
 from webhook.engine.config import InjectorConfig
 from webhook.service import admission
-from webhook.service.app import Limits, create_app
+from webhook.service.app import create_app
+from webhook.service.limits import Limits
 
 # The module, not the function the package exports under the same name.
 inject_module = importlib.import_module("webhook.engine.inject")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from webhook.engine.bounded_cache import BoundedCache
-from webhook.engine.config import ConfigError, InjectorConfig, parse_config
+from webhook.engine.config import InjectorConfig
 from webhook.engine.quantity import QuantityError, parse_quantity
 from webhook.engine.settings import (
     MAX_UNKNOWN_KEY_WARNINGS,
@@ -27,6 +27,7 @@ from webhook.engine.values import (
     MAX_SCALAR_CHARS,
     parse_cidr,
 )
+from webhook.manifests.config_file import parse_config
 
 P = "sidecar.mesh.io/"
 
@@ -193,45 +194,6 @@ def test_unknown_keys_under_the_prefix_are_warnings_not_refusals() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("proxy: [", "is not valid YAML"),
-        ("- a", "must be a mapping"),
-        ("proxy:\n  uid: 0\n", "proxy.uid"),
-        ("proxy:\n  image: envoy:v1\n", "proxy.image"),
-        ("proxy:\n  resources:\n    cpuRequest: lots\n", "proxy.resources.cpuRequest"),
-        ("proxy:\n  logLevel: loud\n", "proxy.logLevel"),
-        ("proxy:\n  xdsAddress: nope\n", "proxy.xdsAddress"),
-        ("unknownKey: 1\n", "unknownKey"),
-    ],
-)
-def test_config_file_errors_name_the_key(text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        parse_config(text, origin="config.yaml")
-
-
-@pytest.mark.parametrize(
-    ("text", "key"),
-    [
-        ('init:\n  image: "mesh-init\\nx"\n', "init.image"),
-        ('proxy:\n  version: "v1\\r"\n', "proxy.version"),
-        ('excludedNamespaces: ["a\\tb"]\n', "excludedNamespaces"),
-    ],
-)
-def test_config_strings_with_control_characters_are_refused(text: str, key: str) -> None:
-    with pytest.raises(ConfigError) as refused:
-        parse_config(text, origin="config.yaml")
-    message = str(refused.value)
-    assert message.startswith(f"config.yaml: {key}:"), message
-    assert "contains a control character" in message
-    assert not {"\n", "\r", "\t"} & set(message)
-
-
-def test_an_empty_config_file_means_the_defaults() -> None:
-    assert parse_config("") == InjectorConfig()
-
-
 # --- issue 10: hostile values are refused cheaply, with short messages -------------------
 
 
@@ -318,11 +280,6 @@ def test_valid_xds_addresses(address: str) -> None:
 def test_the_xds_address_is_checked_strictly(address: str, problem: str) -> None:
     with pytest.raises(SettingsError, match=problem):
         resolve(pod={P + "xds-address": address})
-
-
-def test_the_config_file_checks_the_xds_address_as_strictly() -> None:
-    with pytest.raises(ConfigError, match=r"proxy\.xdsAddress"):
-        parse_config('proxy:\n  xdsAddress: "xds.svc:\\uff11\\uff10"\n')
 
 
 @pytest.mark.parametrize(
@@ -467,13 +424,6 @@ def test_requests_and_limits_compare_at_any_magnitude() -> None:
         resolve(pod={P + "proxy-cpu-request": "9223372036854775807", P + "proxy-cpu-limit": "1"})
     settings = resolve(pod={P + "proxy-cpu-request": "1e-1000000", P + "proxy-cpu-limit": "1n"})
     assert settings.proxy_cpu_limit == "1n"
-
-
-def test_config_file_quantities_of_any_magnitude_are_judged() -> None:
-    with pytest.raises(ConfigError, match=r"proxy\.resources\.cpuRequest.*too large"):
-        parse_config('proxy:\n  resources:\n    cpuRequest: "1e1000000"\n')
-    with pytest.raises(ConfigError, match=r"proxy\.resources\.cpuLimit"):
-        parse_config("proxy:\n  resources:\n    cpuLimit: 1.0e+1000000\n")  # YAML: inf
 
 
 def test_unknown_key_warnings_are_bounded() -> None:
@@ -623,12 +573,6 @@ def test_cidrs_are_kept_in_canonical_form(text: str, canonical: str) -> None:
 def test_malformed_cidrs_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match=r"CIDR|prefix length"):
         parse_cidr(text)
-
-
-def test_the_config_files_proxy_version_is_an_image_tag() -> None:
-    with pytest.raises(ConfigError, match=r"proxy\.version"):
-        parse_config('proxy:\n  version: "v1.40.0\\n"\n')
-    assert parse_config("proxy:\n  version: v1.41.0\n").proxy.version == "v1.41.0"
 
 
 def test_equal_configs_that_set_different_fields_keep_their_own_provenance() -> None:

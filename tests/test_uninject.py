@@ -20,6 +20,7 @@ from webhook.engine import (
     uninject,
 )
 from webhook.engine.config import InjectorConfig, ProxyConfig
+from webhook.manifests.patched import patched
 
 STATUS = "sidecar.mesh.io/status"
 DEFAULT = "kubectl.kubernetes.io/default-container"
@@ -42,7 +43,7 @@ def status_of(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def injected(obj: dict[str, Any], config: InjectorConfig = CONFIG) -> dict[str, Any]:
-    return inject(obj, namespace=NAMESPACE, config=config).obj
+    return patched(inject(obj, namespace=NAMESPACE, config=config))
 
 
 # --- the status annotation ---------------------------------------------------------------
@@ -158,7 +159,7 @@ def test_uninject_undoes_inject_in_every_mode(native: str, hold: str) -> None:
     before = copy.deepcopy(original)
     result = uninject(injected(original))
     assert result.removed
-    assert result.obj == before
+    assert patched(result) == before
 
 
 def test_uninject_of_a_workload_patches_its_template() -> None:
@@ -169,7 +170,7 @@ def test_uninject_of_a_workload_patches_its_template() -> None:
         "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:1"}]}}},
     }
     result = uninject(injected(deployment))
-    assert result.obj == deployment
+    assert patched(result) == deployment
     assert {op["path"] for op in result.patch} == {
         "/spec/template/spec/initContainers",
         "/spec/template/metadata",
@@ -181,10 +182,10 @@ def test_objects_without_the_annotation_come_back_unchanged_even_with_a_look_ali
     look_alike["spec"]["containers"].append({"name": "mesh-proxy", "image": "mine:1"})
     result = uninject(look_alike)
     assert not result.removed
-    assert result.obj is look_alike
+    assert patched(result) is look_alike
     assert "no sidecar.mesh.io/status annotation" in result.reason
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}}
-    assert uninject(service).obj is service
+    assert patched(uninject(service)) is service
 
 
 def test_uninject_removes_only_what_is_listed_and_keeps_what_the_user_added() -> None:
@@ -192,7 +193,7 @@ def test_uninject_removes_only_what_is_listed_and_keeps_what_the_user_added() ->
     obj["spec"]["initContainers"].insert(1, {"name": "later", "image": "later:1"})
     obj["spec"]["containers"].append({"name": "debug", "image": "debug:1"})
     obj["metadata"]["annotations"]["later.io/note"] = "mine"
-    result = uninject(obj).obj
+    result = patched(uninject(obj))
     assert [c["name"] for c in result["spec"]["initContainers"]] == ["later"]
     assert [c["name"] for c in result["spec"]["containers"]] == ["app", "debug"]
     assert result["metadata"]["annotations"] == {"later.io/note": "mine"}
@@ -201,14 +202,14 @@ def test_uninject_removes_only_what_is_listed_and_keeps_what_the_user_added() ->
 
 def test_a_default_container_annotation_the_user_set_stays() -> None:
     original = pod(annotations={DEFAULT: "app", "team": "shop"})
-    assert uninject(injected(original)).obj == original
+    assert patched(uninject(injected(original))) == original
 
 
 def test_uninject_removes_the_annotation_even_when_its_containers_are_gone() -> None:
     obj = injected(pod())
     del obj["spec"]["initContainers"][1]  # someone took mesh-proxy out by hand
     result = uninject(obj)
-    assert result.obj == pod()
+    assert patched(result) == pod()
     assert result.warnings == (
         "spec.initContainers has no mesh-proxy, which the status annotation lists as injected",
     )
@@ -227,7 +228,7 @@ def test_uninject_never_modifies_its_input() -> None:
     obj = injected(pod())
     before = copy.deepcopy(obj)
     result = uninject(obj)
-    result.obj["metadata"]["name"] = "changed"
+    patched(result)["metadata"]["name"] = "changed"
     assert obj == before
 
 
@@ -246,7 +247,7 @@ def test_a_copied_status_is_kept_in_the_new_one_and_put_back_by_uninject(copied:
     assert status_of(once)["initContainers"] == ["mesh-init", "mesh-proxy"]
     result = uninject(once)
     assert {"op": "replace", "path": "/metadata/annotations/sidecar.mesh.io~1status", "value": copied} in result.patch  # fmt: skip
-    assert result.obj == original
+    assert patched(result) == original
 
 
 def test_the_usual_status_has_no_replaced_value() -> None:

@@ -2,6 +2,6 @@
 
 import sys
 
-from webhook.cli.main import main
+from webhook.cli.commands import main
 
 sys.exit(main())

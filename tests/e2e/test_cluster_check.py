@@ -41,7 +41,7 @@ from tests.e2e.webhook_install import (
     wait_until_injecting,
 )
 from tests.support.server import CLI, running_server
-from webhook.cli.main import main as cli
+from webhook.cli import main as cli
 from webhook.contract.constants import STATUS_ANNOTATION
 from webhook.pki import certs
 
@@ -88,9 +88,7 @@ def run_check(control_plane: ControlPlane, *args: str) -> CheckRun:
     """
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(
-            ["check", "--kubeconfig", str(control_plane.kubeconfig), "-o", "json", *args]
-        )
+        code = cli(["check", "--kubeconfig", str(control_plane.kubeconfig), "-o", "json", *args])
     assert out.getvalue(), err.getvalue()
     return CheckRun(code, json.loads(out.getvalue()), err.getvalue())
 

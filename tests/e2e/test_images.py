@@ -19,7 +19,7 @@ def test_webhook_context_is_what_dockerignore_allows() -> None:
         "README.md",
         "constraints.txt",
         "webhook/__init__.py",
-        "webhook/cli/main.py",
+        "webhook/cli/commands.py",
     } <= files
     assert "webhook/engine/inject.py" in files
     # Never the virtualenv, private keys, tests or git.

@@ -19,8 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.e2e.cluster import ControlPlane
-from webhook.cluster import namespace_cache as kube_namespaces
-from webhook.cluster.namespace_cache import KubeNamespaceCache
+from webhook.cluster.namespace_cache import KubeNamespaceCache, NamespaceCacheOptions
 
 pytestmark = pytest.mark.cluster
 
@@ -53,17 +52,17 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def cache(
-    control_plane: ControlPlane, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[KubeNamespaceCache]:
-    # Pages of two, so the list follows continue tokens even on a young cluster.
-    monkeypatch.setattr(kube_namespaces, "LIST_PAGE_SIZE", 2)
+def cache(control_plane: ControlPlane, clock: FakeClock) -> Iterator[KubeNamespaceCache]:
     source = KubeNamespaceCache.from_environment(
         control_plane.kubeconfig,
         in_cluster=False,
-        # Short watches: kube-apiserver sends a BOOKMARK 2 s before a watch's
-        # deadline (once the resource moved on), so within seconds.
-        watch_timeout_seconds=5,
+        options=NamespaceCacheOptions(
+            # Pages of two, so the list follows continue tokens even on a young cluster.
+            list_page_size=2,
+            # Short watches: kube-apiserver sends a BOOKMARK 2 s before a watch's
+            # deadline (once the resource moved on), so within seconds.
+            watch_timeout_seconds=5,
+        ),
         clock=clock,
     )
     source.start()
@@ -124,7 +123,10 @@ def test_a_quiet_watch_gets_no_bookmark_but_ends_cleanly_which_keeps_the_cache_f
         return time.monotonic() + offset[0]
 
     source = KubeNamespaceCache.from_environment(
-        control_plane.kubeconfig, in_cluster=False, watch_timeout_seconds=3, clock=clock
+        control_plane.kubeconfig,
+        in_cluster=False,
+        options=NamespaceCacheOptions(watch_timeout_seconds=3),
+        clock=clock,
     )
     source.start()
     try:

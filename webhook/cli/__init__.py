@@ -1,5 +1,5 @@
 """The ``sidecar-injector`` command line."""
 
-from webhook.cli.main import main
+from webhook.cli.commands import main
 
 __all__ = ["main"]

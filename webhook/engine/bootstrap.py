@@ -60,10 +60,9 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-import orjson
-
 from webhook.contract import constants
 from webhook.engine.config import InjectorConfig
+from webhook.engine.json_text import compact
 from webhook.engine.settings import ProxySettings
 
 ADMIN_CLUSTER: Final = "admin"
@@ -413,4 +412,4 @@ def _flow(value: Any, aliases: Mapping[str, str], anchored: set[str]) -> str:
 def _scalar(value: Any) -> str:
     if isinstance(value, str) and _PLAIN.fullmatch(value) and value.lower() not in _WORDS:
         return value
-    return orjson.dumps(value).decode()
+    return compact(value)

@@ -8,10 +8,11 @@ on the shared 2-core machine for the default containers, 5.3 KB of JSON:
 ``copy.deepcopy`` 94 us, ``orjson.loads`` of cached bytes 14 us, the whole
 ``inject`` 36 us). These subclasses cost nothing per admission (freezing is
 once per cache entry, ~100 us): they are still ``dict`` and ``list`` to
-``isinstance``, JSON encoders (orjson serialises subclasses natively) and
-``==``, but refuse to change, and ``copy.deepcopy`` (which ``jsonpatch``
-applies to every value it inserts) turns them back into plain, private,
-mutable ones.
+``isinstance``, JSON encoders (the standard library's and orjson both write
+subclasses as they write dicts and lists) and ``==``, but refuse to change,
+and ``copy.deepcopy`` (which ``jsonpatch`` applies to every value it inserts,
+in ``webhook.manifests.patched``) turns them back into plain, private, mutable
+ones.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any, NoReturn
 
 _MESSAGE = (
     "the injected containers are shared by every pod with the same settings and are "
-    "read-only; copy.deepcopy() them (or use the result's obj) to change them"
+    "read-only; copy.deepcopy() them (or apply the patch: webhook.manifests.patched) "
+    "to change them"
 )
 
 

@@ -3,17 +3,15 @@
 ``/mutate``, ``/preview``, the CLI and the tests all call ``inject``. It is pure:
 no network, filesystem or clock, and the input object is never modified.
 Decide first, then build: a pod that is skipped costs a few dictionary
-look-ups. The result is the patch; the patched object is made from it, by
-``jsonpatch``, only when someone asks (``/mutate`` never does).
+look-ups. The result is the patch; applying it, for those who want the
+patched object (previews, the CLI, ``check``; ``/mutate`` never does), is
+``webhook.manifests.patched``'s job, outside the engine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
-
-import jsonpatch
-import orjson
 
 from webhook import __version__
 from webhook.contract import constants
@@ -22,6 +20,7 @@ from webhook.engine.config import InjectorConfig
 from webhook.engine.decision import Decision, NamespaceLike, decide, pod_security_refusal
 from webhook.engine.frozen import freeze
 from webhook.engine.iptables import mesh_init_container
+from webhook.engine.json_text import compact
 from webhook.engine.patch import Additions, Op, build_patch, prior_shapes
 from webhook.engine.proxy import mesh_proxy_container
 from webhook.engine.settings import ProxySettings, SettingsError, resolve_settings
@@ -49,12 +48,11 @@ class InjectionRefused(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class InjectionResult:
-    """The decision, and when injecting, the patch; ``obj`` is the patched object.
+    """The decision, and when injecting, the patch to apply to ``source``.
 
     The containers in ``patch`` are shared by every result with the same
-    settings and are read-only (``frozen``); ``obj`` is the input itself when
-    nothing was added, otherwise a new object of its own, made by applying
-    ``patch`` with ``jsonpatch`` the first time it is read.
+    settings and are read-only (``frozen``); ``webhook.manifests.patched``
+    applies the patch to a copy of ``source`` for those who want the object.
     """
 
     decision: Decision
@@ -63,28 +61,11 @@ class InjectionResult:
     patch: tuple[Op, ...] = ()
     settings: ProxySettings | None = None
     warnings: tuple[str, ...] = ()
-    _patched: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def injected(self) -> bool:
         """True when a patch was produced."""
         return bool(self.patch)
-
-    @property
-    def obj(self) -> dict[str, Any]:
-        """The object as the apiserver will store it: ``patch`` applied to ``source``."""
-        return patched_object(self.source, self.patch, self._patched)
-
-
-def patched_object(
-    source: dict[str, Any], patch: tuple[Op, ...], memo: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """``patch`` applied to ``source`` by ``jsonpatch`` (a deep copy), once per ``memo``."""
-    if not patch:
-        return source
-    if not memo:
-        memo.append(jsonpatch.apply_patch(source, list(patch)))
-    return memo[0]
 
 
 def inject(
@@ -196,9 +177,9 @@ def _built(settings: ProxySettings, config: InjectorConfig) -> Built:
     """The containers for these settings, from the cache or built (outside its lock) now.
 
     The config is keyed by identity: a process has one for its lifetime, and
-    hashing the pydantic model took 2.5 us, most of a cache hit. The entry
-    holds the config itself, so an id reused by another config after the first
-    is gone cannot match.
+    hashing the nested config would be most of a cache hit. The entry holds
+    the config itself, so an id reused by another config after the first is
+    gone cannot match.
     """
     key = (settings, id(config))
     found = CACHE.get(key)
@@ -225,7 +206,7 @@ def _build(settings: ProxySettings, config: InjectorConfig) -> Built:
     else:
         init_containers, containers = [init], [proxy]
     digest = containers_digest(init_containers, containers)
-    size = len(orjson.dumps([*init_containers, *containers])) + ENTRY_OVERHEAD
+    size = len(compact([*init_containers, *containers]).encode()) + ENTRY_OVERHEAD
     return Built(
         config,
         tuple(freeze(init_containers)),

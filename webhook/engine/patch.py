@@ -6,7 +6,7 @@ what is added. Only ``add`` operations are produced: missing maps and arrays
 (or ``null`` ones) are created whole, existing arrays are appended to (or
 inserted at the front, which keeps the user's order), and existing maps get
 one ``add`` per key. Previews and the CLI get their object by applying this
-very patch (``InjectionResult.obj``), so what people see is what the
+very patch (``webhook.manifests.patched``), so what people see is what the
 apiserver gets.
 """
 

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from webhook.contract import constants
 from webhook.engine.bounded_cache import BoundedCache
-from webhook.engine.config import InjectorConfig
+from webhook.engine.config import InjectorConfig, ProxyConfig, Resources
 from webhook.engine.quantity import QuantityError, check_quantity, parse_quantity
 from webhook.engine.values import (
     ALL,
@@ -222,23 +222,22 @@ def _defaults(config: InjectorConfig) -> dict[str, tuple[Any, Source]]:
     proxy = config.proxy
     resources = proxy.resources
 
-    def source(model: Any, name: str, parents: tuple[Any, ...] = ()) -> Source:
-        chain = (config, *parents, model)
-        names = ["proxy", *(["resources"] if parents else [])]
-        set_along = all(n in m.model_fields_set for m, n in zip(chain, names, strict=False))
-        return Source.CONFIG if set_along and name in model.model_fields_set else Source.BUILT_IN
+    def source(model: ProxyConfig | Resources, name: str) -> Source:
+        # Only the config file loader fills ``from_file``, and it names a nested
+        # section only when the file has it, so the innermost class decides.
+        return Source.CONFIG if name in model.from_file else Source.BUILT_IN
 
     return {
         "proxy-version": (proxy.version, source(proxy, "version")),
-        "proxy-cpu-request": (resources.cpu_request, source(resources, "cpu_request", (proxy,))),
-        "proxy-cpu-limit": (resources.cpu_limit, source(resources, "cpu_limit", (proxy,))),
+        "proxy-cpu-request": (resources.cpu_request, source(resources, "cpu_request")),
+        "proxy-cpu-limit": (resources.cpu_limit, source(resources, "cpu_limit")),
         "proxy-memory-request": (
             resources.memory_request,
-            source(resources, "memory_request", (proxy,)),
+            source(resources, "memory_request"),
         ),
         "proxy-memory-limit": (
             resources.memory_limit,
-            source(resources, "memory_limit", (proxy,)),
+            source(resources, "memory_limit"),
         ),
         "log-level": (proxy.log_level, source(proxy, "log_level")),
         "include-inbound-ports": (ALL, Source.BUILT_IN),

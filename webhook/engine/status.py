@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
+from webhook.engine.json_text import canonical, compact, strict_loads
 
 MEMBERS: Final = frozenset({"initContainers", "containers", "volumes", "metadata", "annotations"})
 # The injector writes a few hundred bytes (more only with a ``replaced`` value,
@@ -60,11 +60,8 @@ def containers_digest(
     Which list a container went to is part of it, so switching between native
     and classic mode changes the digest too.
     """
-    canonical = orjson.dumps(
-        {"containers": list(containers), "initContainers": list(init_containers)},
-        option=orjson.OPT_SORT_KEYS,
-    )
-    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+    text = canonical({"containers": list(containers), "initContainers": list(init_containers)})
+    return "sha256:" + hashlib.sha256(text).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +95,7 @@ class InjectionStatus:
             value["wasEmpty"] = self.was_empty
         if self.replaced is not None:
             value["replaced"] = self.replaced
-        return orjson.dumps(value).decode()
+        return compact(value)
 
     @classmethod
     def parse(cls, text: str) -> InjectionStatus:
@@ -110,8 +107,8 @@ class InjectionStatus:
         if len(text) > MAX_STATUS_CHARS:
             raise StatusError(f"is longer than {MAX_STATUS_CHARS} characters")
         try:
-            value = orjson.loads(text)
-        except orjson.JSONDecodeError:
+            value = strict_loads(text)
+        except ValueError:
             raise StatusError("is not JSON") from None
         if not isinstance(value, dict):
             raise StatusError("is not a JSON object")

@@ -13,17 +13,17 @@ a status annotation the pod came with (``replaced``) is put back, so
 
 Like ``inject`` it produces a JSON Patch (here with ``remove`` and
 ``replace`` operations, removals from the end of each list first, so every
-index is valid when applied in order) and the resulting object by applying
-that patch with ``jsonpatch``.
+index is valid when applied in order); the resulting object is that patch
+applied, which is ``webhook.manifests.patched``'s job, outside the engine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from webhook.contract import constants
-from webhook.engine.inject import InjectionRefused, patched_object
+from webhook.engine.inject import InjectionRefused
 from webhook.engine.patch import Op, escape, pointer
 from webhook.engine.status import InjectionStatus, StatusError
 from webhook.engine.workloads import ObjectError, PodLocation, describe, locate_pod, pod_parts
@@ -33,24 +33,18 @@ _LISTS: Final = ("initContainers", "containers", "volumes")
 
 @dataclass(frozen=True, slots=True)
 class UninjectionResult:
-    """What was removed (as a patch), why not when nothing was, and the resulting object."""
+    """What was removed (as a patch from ``source``), and why not when nothing was."""
 
     location: PodLocation | None
     source: dict[str, Any]
     patch: tuple[Op, ...] = ()
     reason: str = ""
     warnings: tuple[str, ...] = ()
-    _patched: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def removed(self) -> bool:
         """True when something was taken out."""
         return bool(self.patch)
-
-    @property
-    def obj(self) -> dict[str, Any]:
-        """The object without the injection: ``source`` itself when nothing was removed."""
-        return patched_object(self.source, self.patch, self._patched)
 
 
 def uninject(obj: dict[str, Any]) -> UninjectionResult:

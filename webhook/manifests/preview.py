@@ -12,13 +12,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
-from webhook.contract.namespaces import NamespaceInfo
 from webhook.contract import constants
-from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike, Op, inject
+from webhook.contract.namespaces import NamespaceInfo
+from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike, inject
 from webhook.engine.config import InjectorConfig
 from webhook.engine.workloads import describe
+from webhook.manifests.patched import Patched, patched
 from webhook.manifests.render import as_list, to_json_bytes, to_yaml, unified_diff
 
 
@@ -100,15 +101,6 @@ def inject_all(
     return results
 
 
-class Outcome(Protocol):
-    """What rendering needs of an injection (or uninjection) result."""
-
-    @property
-    def obj(self) -> dict[str, Any]: ...
-    @property
-    def patch(self) -> tuple[Op, ...]: ...
-
-
 def summary(result: InjectionResult) -> dict[str, Any]:
     """The preview's JSON view of one result: decision, settings with sources, patch, object."""
     settings = (
@@ -124,13 +116,13 @@ def summary(result: InjectionResult) -> dict[str, Any]:
         "reason": result.decision.reason,
         "settings": settings,
         "patch": list(result.patch),
-        "object": result.obj,
+        "object": patched(result),
         "warnings": list(result.warnings),
     }
 
 
 def render(
-    results: Sequence[Outcome],
+    results: Sequence[Patched],
     originals: Sequence[dict[str, Any]],
     output: Output,
     *,
@@ -146,7 +138,7 @@ def render(
 
 
 def render_bytes(
-    results: Sequence[Outcome],
+    results: Sequence[Patched],
     originals: Sequence[dict[str, Any]],
     output: Output,
     *,
@@ -161,7 +153,7 @@ def render_bytes(
 
 
 def _render(
-    results: Sequence[Outcome],
+    results: Sequence[Patched],
     originals: Sequence[dict[str, Any]],
     output: Output,
     *,
@@ -170,12 +162,12 @@ def _render(
 ) -> str | bytes:
     """JSON outputs as bytes (orjson's own form), YAML and diffs as text."""
     if output is Output.YAML:
-        return to_yaml([result.obj for result in results])
+        return to_yaml([patched(result) for result in results])
     if output is Output.JSON:
         if summaries:
             views = [summary(result) for result in results if isinstance(result, InjectionResult)]
             return to_json_bytes(views[0] if len(views) == 1 else views)
-        return to_json_bytes(as_list([result.obj for result in results]))
+        return to_json_bytes(as_list([patched(result) for result in results]))
     if output is Output.PATCH:
         if len(results) == 1:
             return to_json_bytes(list(results[0].patch))
@@ -186,6 +178,9 @@ def _render(
             ]
         )
     return unified_diff(
-        ((describe(obj), obj, result.obj) for obj, result in zip(originals, results, strict=True)),
+        (
+            (describe(obj), obj, patched(result))
+            for obj, result in zip(originals, results, strict=True)
+        ),
         side=after,
     )

@@ -31,6 +31,7 @@ from webhook.contract import constants
 from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine import InjectionRefused, InjectionStatus, NamespaceLike, StatusError, inject
 from webhook.engine.config import InjectorConfig
+from webhook.manifests.patched import patched
 
 # PodSecurity labels decide refusals, not what is injected: the pod-security
 # check reports them; here they would only hide the digest.
@@ -119,7 +120,7 @@ def expected(
         return Expected(skip=f"would be refused now: {err}")
     if not result.injected:
         return Expected(skip=f"would not be injected now: {result.decision.reason}")
-    status = recorded(result.obj["metadata"]["annotations"])
+    status = recorded(patched(result)["metadata"]["annotations"])
     if status is None:  # pragma: no cover - the engine always writes it
         return Expected(skip="the engine wrote no status")
     return Expected(version=status.version, digest=status.digest)

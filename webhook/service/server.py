@@ -11,16 +11,10 @@ Several worker processes in one pod would each need their own certificate
 reloader, namespace watch and metrics registry, for nothing a replica
 cannot give.
 
-Bounded reading. kube-apiserver waits for us at most ``timeoutSeconds``; a
-client that sends slowly must not hold a connection, or memory, for longer.
-uvicorn has no read timeouts of its own (only keep-alive), so
-:class:`DeadlineH11Protocol` adds two deadlines to uvicorn's h11 protocol:
-a request's headers must arrive within ``read_timeout`` of the connection
-being ready (or of the request's first byte on a kept-alive connection), and
-its body within ``read_timeout`` of its headers. A deadline that passes
-closes the connection; the app then sees a disconnect (outcome ``aborted``).
-How many body bytes may be held at once is the app's budget
-(``webhook.service.app.Limits``).
+Bounded reading: a request's headers, then its body, must each arrive
+within ``read_timeout``, deadlines that uvicorn does not have and that
+``webhook.service.h11_deadlines`` adds to its h11 protocol (with the note on
+why uvicorn and h11 are pinned). This module passes that protocol to uvicorn.
 
 Process-wide settings belong here, not in the app factory: logging, the fd
 limit and TLS buffer size that bound what connections cost, freezing
@@ -33,8 +27,9 @@ answering, every response with ``Connection: close``, so that kube-apiserver
 drops each kept-alive connection after its next review instead of racing a
 close. Then uvicorn's own graceful shutdown: stop accepting, close idle
 connections, let in-flight requests finish (at most
-:data:`GRACEFUL_SHUTDOWN_SECONDS`), run the lifespan shutdown (stopping the
-namespace watch), and we exit 0, which is what a Deployment rollout expects.
+``--graceful-shutdown-seconds``, :data:`GRACEFUL_SHUTDOWN_SECONDS` by
+default), run the lifespan shutdown (stopping the namespace watch), and we
+exit 0, which is what a Deployment rollout expects.
 A second SIGTERM, or SIGINT (Ctrl-C), skips what is left of the drain.
 """
 
@@ -54,21 +49,24 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
-import h11
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from webhook.cluster import namespaces_file as namespaces
 from webhook.cluster.environment import running_in_cluster
-from webhook.engine.config import ConfigError, load_config
+from webhook.manifests.config_file import ConfigError, load_config
 from webhook.service import logs
 from webhook.service.app import App, create_app
+from webhook.service.h11_deadlines import (
+    CONNECTION_CLOSE,
+    READ_TIMEOUT_SECONDS,
+    DeadlineH11Protocol,
+    deadline_protocol,
+)
 from webhook.service.metrics import Metrics
 from webhook.service.tls import ReloadingTLS, TLSError, uvicorn_config_with_tls
 
@@ -80,10 +78,17 @@ log = logging.getLogger("webhook.server")
 # Staying open longer than the client means the client always closes first.
 KEEP_ALIVE_SECONDS: Final = 120
 
-# Above the apiserver's default webhook timeout (10 s), so a request that can
-# still succeed is allowed to. Together with the preStop sleep and the drain
-# it must fit in the pod's terminationGracePeriodSeconds (see DRAIN_SECONDS).
+# How long requests in flight may go on after the drain before they are cut
+# off (the default of ``--graceful-shutdown-seconds``). Above the apiserver's
+# default webhook timeout (10 s), so a request that can still succeed is
+# allowed to. Together with the preStop sleep and the drain it must fit in
+# the pod's terminationGracePeriodSeconds (see DRAIN_SECONDS).
 GRACEFUL_SHUTDOWN_SECONDS: Final = 15
+# The most the flag accepts, ten times the longest any client waits (the
+# apiserver's longest webhook timeout, 30 s; a preview is answered within
+# 15 s): a longer wait would serve nobody and only keep a stopping process
+# around.
+MAX_GRACEFUL_SHUTDOWN_SECONDS: Final = 300
 
 # How long serve goes on answering after SIGTERM, each response with
 # ``Connection: close``, before the graceful shutdown above.
@@ -110,11 +115,6 @@ GRACEFUL_SHUTDOWN_SECONDS: Final = 15
 # the namespace watch stopping and the exit (tests/test_service_drain.py
 # checks the sum).
 DRAIN_SECONDS: Final = 5.0
-
-# Headers, then the body, each within this long: the apiserver's longest
-# webhook timeout is 30 s and its default 10 s; it sends a review in one go,
-# so 10 s is generous for it and short for a client that trickles bytes.
-READ_TIMEOUT_SECONDS: Final = 10.0
 
 # Each TLS connection costs memory before its first byte is read: asyncio's
 # TLS layer allocates a read buffer per connection (256 KiB by default) plus
@@ -149,6 +149,7 @@ class ServeSettings:
     log_level: str = "info"
     read_timeout: float = READ_TIMEOUT_SECONDS
     drain_seconds: float = DRAIN_SECONDS
+    graceful_shutdown_seconds: float = GRACEFUL_SHUTDOWN_SECONDS
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeSettings:
@@ -160,6 +161,14 @@ class ServeSettings:
         drain_seconds = DRAIN_SECONDS if drain is None else drain
         if not (math.isfinite(drain_seconds) and drain_seconds >= 0):
             raise ServeError("--drain-seconds must be a number of seconds, 0 or more")
+        graceful = getattr(args, "graceful_shutdown_seconds", None)
+        graceful_seconds = GRACEFUL_SHUTDOWN_SECONDS if graceful is None else graceful
+        # (NaN compares false, so the range check refuses it too.)
+        if not 0 <= graceful_seconds <= MAX_GRACEFUL_SHUTDOWN_SECONDS:
+            raise ServeError(
+                "--graceful-shutdown-seconds must be a number of seconds from 0 to "
+                f"{MAX_GRACEFUL_SHUTDOWN_SECONDS}"
+            )
         return cls(
             host=args.host,
             port=args.port,
@@ -170,135 +179,11 @@ class ServeSettings:
             log_level=args.log_level,
             read_timeout=read_timeout,
             drain_seconds=drain_seconds,
+            graceful_shutdown_seconds=graceful_seconds,
         )
-
-
-# --- read deadlines ---------------------------------------------------------------------------
-
-
-class DeadlineH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol plus a deadline for a request's headers and one for its body.
-
-    A subclass given to uvicorn as its ``http`` class, rather than an ASGI
-    middleware, because headers are read before the app runs: only the
-    protocol sees a client stall half-way through them. It watches h11's
-    public state of the client (``their_state``) after uvicorn handles each
-    chunk: ``IDLE`` while a request head is incomplete, ``SEND_BODY`` while
-    its body is, anything else once the request is in. One timer per
-    connection is re-armed at each change of phase. Idle time between
-    requests stays uvicorn's keep-alive timeout.
-
-    :func:`deadline_protocol` makes a subclass with the timeout and a
-    callback for counting, since uvicorn instantiates the class itself.
-    """
-
-    read_timeout: ClassVar[float] = READ_TIMEOUT_SECONDS
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline: asyncio.TimerHandle | None = None
-        self._phase: str | None = None
-
-    def on_timeout(self, phase: str) -> None:
-        """Called with ``"headers"`` or ``"body"`` when a deadline passes (for counting)."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Ready (after the TLS handshake): the first request's head is due."""
-        super().connection_made(transport)
-        self._arm("headers")
-
-    def data_received(self, data: bytes) -> None:
-        """Start the head's clock at the first byte of a kept-alive request, then follow h11."""
-        if self._phase is None and self.conn.their_state is h11.IDLE:
-            self._arm("headers")
-        super().data_received(data)
-        self._follow(idle_means_waiting=True)
-
-    def on_response_complete(self) -> None:
-        """A response went out; a pipelined request may follow, else the connection is idle."""
-        super().on_response_complete()
-        self._follow(idle_means_waiting=bool(self.conn.trailing_data[0]))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """No deadline outlives its connection."""
-        self._disarm()
-        super().connection_lost(exc)
-
-    def close_after_response(self) -> None:
-        """Answer the request being read (if its response has not started) with
-        ``Connection: close``; later requests get it from the server's default headers."""
-        cycle = self.cycle
-        if (
-            cycle is not None
-            and not cycle.response_started
-            and CONNECTION_CLOSE not in cycle.default_headers
-        ):
-            cycle.default_headers = [*cycle.default_headers, CONNECTION_CLOSE]
-
-    def _follow(self, *, idle_means_waiting: bool) -> None:
-        state = self.conn.their_state
-        if state is h11.IDLE:
-            if not idle_means_waiting:
-                self._disarm()
-            elif self._phase is None:
-                self._arm("headers")
-        elif state is h11.SEND_BODY:
-            if self._phase != "body":
-                self._arm("body")
-        else:  # DONE, MUST_CLOSE, CLOSED, ERROR: nothing more to read for this request
-            self._disarm()
-
-    def _arm(self, phase: str) -> None:
-        self._disarm()
-        self._phase = phase
-        self._deadline = self.loop.call_later(self.read_timeout, self._expired)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._deadline = None
-        self._phase = None
-
-    def _expired(self) -> None:
-        phase = self._phase or "headers"
-        self._deadline = self._phase = None
-        if self.transport.is_closing():
-            # Already answered (413, 503) and closing, but the client is still
-            # sending: a TLS close would wait for it (up to 30 s). Not a
-            # timeout of a request we wanted, so not counted.
-            self.transport.abort()
-            return
-        self.on_timeout(phase)
-        log.info(
-            "closing a connection: request %s not received within %g s",
-            phase,
-            self.read_timeout,
-            extra={
-                "fields": {"client": f"{self.client[0]}:{self.client[1]}" if self.client else None}
-            },
-        )
-        # abort, not close: a TLS close waits up to 30 s for the peer's
-        # close_notify, and this peer is the one that stopped talking. The
-        # app's receive() then sees the disconnect at once.
-        self.transport.abort()
-
-
-def deadline_protocol(
-    read_timeout: float, on_timeout: Callable[[str], None]
-) -> type[DeadlineH11Protocol]:
-    """A :class:`DeadlineH11Protocol` with this timeout and timeout callback."""
-
-    class Protocol(DeadlineH11Protocol):
-        def on_timeout(self, phase: str) -> None:
-            on_timeout(phase)
-
-    Protocol.read_timeout = read_timeout
-    return Protocol
 
 
 # --- draining on SIGTERM ----------------------------------------------------------------
-
-CONNECTION_CLOSE: Final = (b"connection", b"close")
 
 
 class DrainingServer(uvicorn.Server):
@@ -465,7 +350,7 @@ def build_server(settings: ServeSettings) -> tuple[DrainingServer, socket.socket
         # lines would double the log volume. ``--log-level debug`` adds them.
         access_log=settings.log_level == "debug",
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         proxy_headers=False,  # nobody sits in front of a webhook
         server_header=False,
         lifespan="on",
@@ -544,12 +429,13 @@ def serve(args: argparse.Namespace) -> int:
     # ~20 ms. What requests leave behind is acyclic (parsed JSON and YAML),
     # freed by reference counting; the young generations still collect cycles.
     gc.set_threshold(*GC_THRESHOLDS)
-    # Previews and big reviews run in worker threads (webhook.service.app) so that
-    # the event loop keeps its turns; the loop waits for the interpreter lock
-    # at most this long each time it wakes up, and it wakes up several times
-    # per request. 1 ms instead of the default 5 ms took the loop's median lag
-    # during a 2 MB review from ~5 ms to ~1.3 ms; threads only pay for it
-    # when they contend, a few microseconds per switch.
+    # Previews and big reviews run in worker threads (webhook.service.preview_route,
+    # webhook.service.mutate) so that the event loop keeps its turns; the loop
+    # waits for the interpreter lock at most this long each time it wakes up,
+    # and it wakes up several times per request. 1 ms instead of the default
+    # 5 ms took the loop's median lag during a 2 MB review from ~5 ms to
+    # ~1.3 ms; threads only pay for it when they contend, a few microseconds
+    # per switch.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     log.info("serving https://%s:%d", settings.host, sock.getsockname()[1])
     try:

@@ -16,8 +16,8 @@ from typing import Any, NoReturn
 from webhook import __version__
 from webhook.contract import constants
 from webhook.engine import InjectionRefused, NamespaceLike
-from webhook.engine.config import ConfigError, load_config
 from webhook.engine.values import NAMESPACE_NAME_RULE, is_namespace_name, shorten
+from webhook.manifests.config_file import ConfigError, load_config
 from webhook.manifests.documents import ManifestError, load_objects
 from webhook.manifests.preview import Assumptions, Output, inject_all, parse_pairs, render
 
@@ -140,6 +140,13 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="after SIGTERM, keep answering this long, each response with Connection: close, "
         "before shutting down (default 5; 0: no drain)",
+    )
+    serve.add_argument(
+        "--graceful-shutdown-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="after the drain, let requests in flight finish for up to this long, then cut "
+        "them off (default 15; 0: do not wait; at most 300)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 

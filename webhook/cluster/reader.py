@@ -1,0 +1,144 @@
+"""Bounded reads of a live cluster for the commands that look at one (``check``).
+
+Every request has a timeout and a body limit, so a hostile or huge API server
+costs a one-line error, never a hang or the machine's memory: 4 MiB for an
+object, 8 MiB for a list page (asked again with fewer items when over, down to
+one item), each within ``timeout`` seconds; a list may also be given a
+deadline between pages. Errors come out as ``ClusterError`` with one line of
+text (``kube.one_line``), the HTTP status kept for callers that tell a
+NotFound or a Forbidden apart.
+
+Objects stay plain JSON (``webhook.cluster.kube``): nothing is turned into
+the client's model classes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+from urllib.parse import quote
+
+from webhook.cluster import kube
+
+OBJECT_LIMIT: Final = 4 * kube.MiB
+PAGE_LIMIT: Final = 8 * kube.MiB
+PAGE_SIZE: Final = 250
+_METADATA_LIST: Final = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+_METADATA: Final = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+class ClusterError(Exception):
+    """A request failed; one line. ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.not_found = not_found
+
+
+class TimeUp(Exception):
+    """A time budget ran out."""
+
+
+class Cluster:
+    """Reads (and dry-run writes) of one API server, each bounded in size and time."""
+
+    def __init__(self, connection: kube.Connection, *, timeout: float) -> None:
+        self.connection = connection
+        self.host = connection.host
+        self.timeout = timeout
+
+    def _call(
+        self, method: str, path: str, query: Mapping[str, str] | None = None, **kw: Any
+    ) -> Any:
+        try:
+            return self.connection.call(method, path, query, timeout=self.timeout, **kw)
+        except kube.APIStatus as err:
+            raise ClusterError(str(err), status=err.status, not_found=err.not_found) from None
+        except Exception as err:  # connection refused, timeouts, TLS, garbled bodies
+            raise ClusterError(kube.one_line(err)) from None
+
+    def get(self, path: str, *, metadata_only: bool = False) -> dict[str, Any] | None:
+        """One object (at most 4 MiB), or ``None`` when the API server says NotFound."""
+        try:
+            found = self._call(
+                "GET",
+                path,
+                limit=OBJECT_LIMIT,
+                accept=_METADATA if metadata_only else "application/json",
+                what="the object",
+            )
+        except ClusterError as err:
+            if err.not_found:
+                return None
+            raise
+        if not isinstance(found, dict):
+            raise ClusterError(f"{path}: the answer is not an object")
+        return found
+
+    def list(
+        self,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        metadata_only: bool = False,
+        page_size: int = PAGE_SIZE,
+        until: float | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The items of a list, page by page (each at most 8 MiB), until ``until`` (monotonic).
+
+        Raises ``TimeUp`` when the deadline passes between two pages.
+        """
+        accept = _METADATA_LIST if metadata_only else "application/json"
+
+        def fetch(page_query: dict[str, str]) -> Any:
+            if until is not None and time.monotonic() > until:
+                raise TimeUp
+            try:
+                return self.connection.call(
+                    "GET",
+                    path,
+                    {**(query or {}), **page_query},
+                    limit=PAGE_LIMIT,
+                    timeout=self.timeout,
+                    accept=accept,
+                    what="a list page",
+                )
+            except kube.TooLarge:
+                raise  # kube.paged asks again with fewer items
+            except kube.APIStatus as err:
+                raise ClusterError(str(err), status=err.status) from None
+            except Exception as err:
+                raise ClusterError(kube.one_line(err)) from None
+
+        try:
+            for _, items in kube.paged(fetch, page_size=page_size, what=f"the list {path}"):
+                for item in items:
+                    if isinstance(item, dict):
+                        yield item
+        except (kube.TooLarge, ValueError) as err:
+            raise ClusterError(kube.one_line(err)) from None
+
+    def dry_run_pod(
+        self, namespace: str, pod: Mapping[str, Any], *, field_manager: str
+    ) -> dict[str, Any]:
+        """Create ``pod`` with ``dryRun=All``: admitted (webhooks called), never stored."""
+        created = self._call(
+            "POST",
+            f"/api/v1/namespaces/{quote(namespace, safe='')}/pods",
+            {"dryRun": "All", "fieldManager": field_manager},
+            body=pod,
+            limit=OBJECT_LIMIT,
+            what="the dry-run pod",
+        )
+        if not isinstance(created, dict):
+            raise ClusterError("the dry-run answer is not an object")
+        return created
+
+    def port_forward(self, namespace: str, pod: str, port: int) -> Any:
+        """A connection to ``pod``'s ``port`` through the API server."""
+        try:
+            return self.connection.port_forward(namespace, pod, port, timeout=self.timeout)
+        except Exception as err:  # the WebSocket client raises many types
+            raise OSError(f"port-forward to pod {namespace}/{pod}: {kube.one_line(err)}") from None

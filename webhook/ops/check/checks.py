@@ -1,0 +1,41 @@
+"""The checks ``sidecar-injector check`` runs, in the order it prints them.
+
+To add one, write its function next to its kind (``install_checks`` or
+``namespace_checks``, or a new module) with ``@check(...)``, and add it here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from webhook.ops.check.install_checks import (
+    ca_bundle,
+    certificate_expiry,
+    injector_config,
+    kubernetes_api,
+    replicas,
+    service_endpoints,
+    webhook_configuration,
+)
+from webhook.ops.check.model import Check
+from webhook.ops.check.namespace_checks import (
+    dry_run_injection,
+    excluded_namespaces,
+    outdated_sidecars,
+    pod_security,
+)
+
+CHECKS: Final[tuple[Check, ...]] = (
+    kubernetes_api,
+    webhook_configuration,
+    injector_config,
+    service_endpoints,
+    ca_bundle,
+    certificate_expiry,
+    replicas,
+    excluded_namespaces,
+    pod_security,
+    dry_run_injection,
+    outdated_sidecars,
+)
+CHECK_NAMES: Final = tuple(c.name for c in CHECKS)

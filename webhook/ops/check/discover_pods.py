@@ -1,0 +1,326 @@
+"""Discovery steps for what the install serves: the namespaces, dry-run pods, the running pods.
+
+The dry-run pods also tell which injector version runs and whether this
+build computes the same containers it injects (``Reference``): the scan for
+outdated sidecars needs that, so it is this step's output, not a side effect
+of the dry-run check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+from urllib.parse import quote
+
+from webhook import __version__
+from webhook.cluster.reader import Cluster, ClusterError, TimeUp
+from webhook.contract import constants
+from webhook.contract.namespaces import NamespaceInfo
+from webhook.engine.config import InjectorConfig
+from webhook.ops.check.context import (
+    MAX_NAMESPACES,
+    Context,
+    DryRuns,
+    Namespaces,
+    PodScan,
+    Reference,
+)
+from webhook.ops.check.discover_install import INJECTOR, WEBHOOK
+from webhook.ops.check.model import Discovery
+from webhook.ops.outdated import (
+    Expected,
+    Report,
+    StatusUnreadable,
+    expected,
+    owning_workload,
+    recorded,
+    staleness,
+)
+
+MAX_OWNER_LOOKUPS: Final = 200
+EXPECTED_CACHE: Final = 4096
+PROBE_POD_PREFIX: Final = "sidecar-injector-check-"
+FIELD_MANAGER: Final = "sidecar-injector-check"
+
+
+# --- namespaces ------------------------------------------------------------------------
+
+
+def find_namespaces(cluster: Cluster, context: Context) -> Namespaces:
+    """Every Namespace (at most 20,000), or with ``--namespace`` that one and the excluded."""
+    found: dict[str, NamespaceInfo] = {}
+    partial = False
+    wanted = context.options.namespace
+    try:
+        if wanted is not None:
+            for name in {wanted, *context.excluded}:
+                obj = cluster.get(f"/api/v1/namespaces/{quote(name, safe='')}")
+                if obj is not None:
+                    info = namespace_info(obj)
+                    if info is not None:
+                        found[info.name] = info
+        else:
+            for obj in cluster.list("/api/v1/namespaces", page_size=500):
+                info = namespace_info(obj)
+                if info is not None:
+                    found[info.name] = info
+                if len(found) >= MAX_NAMESPACES:
+                    partial = True
+                    break
+    except ClusterError as err:
+        return Namespaces(error=f"cannot read the namespaces: {err}")
+    return Namespaces(MappingProxyType(found), partial=partial)
+
+
+def namespace_info(obj: Mapping[str, Any]) -> NamespaceInfo | None:
+    """Labels and the ``sidecar.mesh.io/`` annotations of a Namespace (what checks need)."""
+    try:
+        info = NamespaceInfo.from_object(obj)
+    except (ValueError, AttributeError):
+        return None
+    kept = {k: v for k, v in info.annotations.items() if k.startswith(constants.PREFIX)}
+    return NamespaceInfo(info.name, info.labels, MappingProxyType(kept))
+
+
+# --- dry-run pods ------------------------------------------------------------------------
+
+
+def dry_run_targets(context: Context) -> tuple[list[NamespaceInfo], bool]:
+    """The namespaces that get a dry-run pod, and whether the pod opts in by label.
+
+    Nothing opted in yet: a pod that opts itself in, in ``default``, still
+    proves the path. Empty when there is nothing to try (the dry-run check
+    says why).
+    """
+    if context.namespaces.error:
+        return [], False
+    opted = context.opted_in
+    if opted:
+        return opted[: max(1, context.options.max_namespaces)], False
+    if context.options.namespace is not None:
+        return [], False
+    default = context.namespaces.by_name.get("default")
+    return ([default], True) if default is not None else ([], False)
+
+
+def find_dry_runs(cluster: Cluster, context: Context) -> DryRuns:
+    """A server-side dry-run pod in each target namespace: injected, or what happened."""
+    probed, opt_in_label = dry_run_targets(context)
+    outcomes = []
+    reference = Reference()
+    for info in probed:
+        what, found = _dry_run(cluster, info, opt_in_label=opt_in_label)
+        outcomes.append((info.name, what))
+        if found is not None and reference.digests_confirmed is None:
+            reference = _reference(info, *found, config=context.injector.config)
+    return DryRuns(opt_in_label, tuple(outcomes), reference)
+
+
+def _dry_run(
+    cluster: Cluster, info: NamespaceInfo, *, opt_in_label: bool
+) -> tuple[str, tuple[str, str | None] | None]:
+    """("", (version, digest)) when the pod came back injected, else (what happened, None)."""
+    labels = {"app.kubernetes.io/name": "sidecar-injector-check"}
+    if opt_in_label:
+        labels[constants.INJECT_KEY] = "true"
+    try:
+        pod = cluster.dry_run_pod(info.name, probe_pod(labels), field_manager=FIELD_MANAGER)
+    except ClusterError as err:
+        return f"refused: {err}", None
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    names = {
+        c.get("name")
+        for key in ("containers", "initContainers")
+        for c in spec.get(key) or []
+        if isinstance(c, dict)
+    }
+    if constants.PROXY_CONTAINER not in names:
+        return "admitted without mesh-proxy (the webhook was not called, or skipped it)", None
+    try:
+        status = recorded(metadata.get("annotations") or {})
+    except StatusUnreadable as err:
+        return f"the status annotation {err}", None
+    if status is None:
+        return "injected, but without the status annotation", None
+    return "", (status.version, status.digest)
+
+
+def _reference(
+    info: NamespaceInfo, version: str, digest: str | None, *, config: InjectorConfig
+) -> Reference:
+    """Compare what the running injector wrote with what this check's engine computes."""
+    if version != __version__:
+        return Reference(
+            version,
+            False,
+            f"container digests not compared: the injector is {version}, this check {__version__}",
+        )
+    if expected(info, {}, config).digest != digest:
+        return Reference(
+            version,
+            False,
+            f"container digests not compared: for namespace {info.name} the injector"
+            " injects other containers than this check computes (another config or build)",
+        )
+    return Reference(version, True)
+
+
+def probe_pod(labels: Mapping[str, str]) -> dict[str, Any]:
+    """The dry-run Pod: it passes PodSecurity ``restricted`` on its own, so a refusal is ours.
+
+    Small requests and limits keep a namespace's ResourceQuota from refusing it first.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": PROBE_POD_PREFIX, "labels": dict(labels)},
+        "spec": {
+            "automountServiceAccountToken": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "registry.k8s.io/pause:3.10",
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "resources": {
+                        "requests": {"cpu": "10m", "memory": "16Mi"},
+                        "limits": {"cpu": "10m", "memory": "16Mi"},
+                    },
+                }
+            ],
+        },
+    }
+
+
+# --- the pods' sidecars ------------------------------------------------------------------
+
+
+def find_outdated(cluster: Cluster, context: Context) -> PodScan:
+    """Pods (as metadata, in pages, for at most ``scan_seconds``) with an outdated sidecar."""
+    reference = context.dry_runs.reference
+    judge = _Judge(
+        context,
+        version=reference.version or __version__,
+        digests=reference.digests_confirmed is not False,
+        lookups=_OwnerLookups(cluster),
+    )
+    wanted = context.options.namespace
+    path = f"/api/v1/namespaces/{quote(wanted, safe='')}/pods" if wanted else "/api/v1/pods"
+    report = Report()
+    until = time.monotonic() + context.options.scan_seconds
+    try:
+        for pod in cluster.list(path, metadata_only=True, until=until):
+            report.scanned += 1
+            judge(pod, report)
+    except TimeUp:
+        report.complete = False
+        report.stopped_because = f"stopped after {context.options.scan_seconds:g}s"
+    except ClusterError as err:
+        if report.scanned == 0:
+            return PodScan(report, error=f"cannot list pods: {err}")
+        report.complete = False
+        report.stopped_because = f"stopped: {err}"
+    return PodScan(report)
+
+
+class _Judge:
+    """Counts one pod into the report: injected? outdated, and by whose workload?"""
+
+    def __init__(
+        self, context: Context, *, version: str, digests: bool, lookups: _OwnerLookups
+    ) -> None:
+        self._namespaces = context.namespaces.by_name
+        self._config = context.injector.config
+        self._version = version
+        self._digests = digests
+        self._lookups = lookups
+        self._cache: dict[tuple[str, tuple[tuple[str, str], ...]], Expected] = {}
+
+    def __call__(self, pod: dict[str, Any], report: Report) -> None:
+        metadata = pod.get("metadata") or {}
+        annotations = metadata.get("annotations") or {}
+        if not isinstance(annotations, dict):
+            return
+        try:
+            found = recorded(annotations)
+        except StatusUnreadable:
+            report.unreadable += 1
+            return
+        if found is None:
+            return
+        report.injected += 1
+        namespace = str(metadata.get("namespace") or "")
+        settings = tuple(
+            sorted(
+                (k, v)
+                for k, v in annotations.items()
+                if k.startswith(constants.PREFIX)
+                and isinstance(v, str)
+                and k != constants.STATUS_ANNOTATION
+            )
+        )
+        key = (namespace, settings)
+        now = self._cache.get(key)
+        if now is None:
+            info = self._namespaces.get(namespace) or NamespaceInfo(namespace)
+            now = expected(info, dict(settings), self._config)
+            if len(self._cache) < EXPECTED_CACHE:
+                self._cache[key] = now
+        if now.skip:
+            report.not_injected_now += 1
+        why = staleness(found, now, version=self._version, digests=self._digests)
+        if why is not None:
+            report.add(owning_workload(pod, self._lookups), str(metadata.get("name")), why)
+
+
+class _OwnerLookups:
+    """ReplicaSet -> Deployment and Job -> CronJob, read as metadata, cached and capped."""
+
+    _PATHS: Final = {"ReplicaSet": "/apis/apps/v1", "Job": "/apis/batch/v1"}
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+        self._found: dict[tuple[str, str, str], tuple[str, str] | None] = {}
+
+    def __call__(self, namespace: str, kind: str, name: str) -> tuple[str, str] | None:
+        key = (namespace, kind, name)
+        if key in self._found:
+            return self._found[key]
+        owner = None
+        if len(self._found) < MAX_OWNER_LOOKUPS:
+            resource = f"{kind.lower()}s"
+            path = (
+                f"{self._PATHS[kind]}/namespaces/{quote(namespace, safe='')}/{resource}/"
+                f"{quote(name, safe='')}"
+            )
+            try:
+                obj = self._cluster.get(path, metadata_only=True)
+            except ClusterError:
+                obj = None
+            refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+            for ref in refs:
+                if isinstance(ref, dict) and ref.get("controller"):
+                    owner = (str(ref.get("kind")), str(ref.get("name")))
+        self._found[key] = owner
+        return owner
+
+
+# --- the steps, as the checks name them in ``needs`` ---------------------------------
+
+NAMESPACES: Final = Discovery("namespaces", "the namespaces", find_namespaces, (WEBHOOK, INJECTOR))
+DRY_RUNS: Final = Discovery(
+    "dry_runs", "the dry-run pods", find_dry_runs, (WEBHOOK, INJECTOR, NAMESPACES)
+)
+PODS: Final = Discovery(
+    "pods", "the pods' sidecars", find_outdated, (INJECTOR, NAMESPACES, DRY_RUNS)
+)
