@@ -38,6 +38,7 @@ from webhook.contract import constants
 from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine import InjectionRefused, inject
 from webhook.engine.config import InjectorConfig
+from webhook.manifests.patched import patched
 from webhook.policy.render import render_policy
 
 pytestmark = pytest.mark.cluster
@@ -243,7 +244,7 @@ def webhook_mode(
         result = inject(seen, namespace=namespace, config=CONFIG)
     except InjectionRefused as err:
         return f"refused: {err}"
-    return dry_run(control_plane, plain_namespace, result.obj)
+    return dry_run(control_plane, plain_namespace, patched(result))
 
 
 def _names_pinned(case: Case, pod: Object) -> list[str]:

@@ -7,7 +7,7 @@ Generated from the injector config and the engine's definitions:
   config fixes is a literal, what a pod's settings change is computed;
 * settings resolution comes from the engine's tables (``webhook.policy.settings``);
 * the status annotation is the engine's ``InjectionStatus.to_json`` for each
-  layout, with the ``replaced`` value escaped as orjson escapes it;
+  layout, with the ``replaced`` value escaped as the engine's JSON writer escapes it;
 * the JSON Patch follows ``patch.build_patch``: whole lists and maps where the
   pod has none, otherwise items inserted in front or appended;
 * the decision is the contract's ladder (``decision.decide``), written in CEL
@@ -23,13 +23,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Final
 
-import orjson
-
 from webhook import __version__
 from webhook.contract import constants
 from webhook.engine.config import InjectorConfig
 from webhook.engine.decision import POD_SECURITY_ENFORCE, POD_SECURITY_ENFORCE_VERSION
 from webhook.engine.iptables import mesh_init_template
+from webhook.engine.json_text import compact
 from webhook.engine.patch import escape
 from webhook.engine.proxy import mesh_proxy_template
 from webhook.engine.settings import resolve_settings
@@ -133,10 +132,10 @@ def _reserved() -> str:
 
 
 def _json_string(text: str) -> str:
-    """CEL turning a string into its JSON text exactly as orjson writes it (status.py)."""
+    """CEL turning a string into its JSON text as the engine writes it (json_text.compact)."""
     out = text
     for char in ["\\", '"', *(chr(code) for code in range(0x20))]:
-        escaped = orjson.dumps(char).decode()[1:-1]
+        escaped = compact(char)[1:-1]
         if escaped != char:
             out = f"{out}.replace({string(char)}, {string(escaped)})"
     return f"'\"' + {out} + '\"'"
@@ -157,7 +156,7 @@ def _status(config_digest: str) -> str:
         )
         text = status.to_json()
         probe = InjectionStatus(**{**_fields(status), "replaced": 'a"\\\x01'}).to_json()
-        if probe != text[:-1] + ',"replaced":' + orjson.dumps('a"\\\x01').decode() + "}":
+        if probe != text[:-1] + ',"replaced":' + compact('a"\\\x01') + "}":
             raise RuntimeError("the status annotation no longer ends with its replaced value")
         return string(text[:-1])
 
@@ -245,7 +244,7 @@ def _variables(config: InjectorConfig) -> tuple[list[tuple[str, str]], str]:
             ".filter(m, m != '').first().orValue('')",
         ),
     ]
-    digest = "sha256:" + hashlib.sha256(orjson.dumps(variables)).hexdigest()
+    digest = "sha256:" + hashlib.sha256(compact(variables).encode()).hexdigest()
     return [(n, e.replace(_DIGEST_PLACEHOLDER, digest)) for n, e in variables], digest
 
 
