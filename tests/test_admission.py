@@ -277,14 +277,16 @@ def annotated(annotations: dict[str, str], spec: dict[str, Any] | None = None) -
     return obj
 
 
-INJECTED_STATUS = {"sidecar.mesh.io/status": '{"version":"0","initContainers":["mesh-init"]}'}
+INJECTED_STATUS = {
+    "sidecar.mesh.io/status": '{"version":"0","initContainers":["mesh-init","mesh-proxy"]}'
+}
 # Pods no namespace label could get injected, each with the code it gets.
 LABEL_FREE = [
     pytest.param("demo", pod_with(hostNetwork=True), "host-network", id="host network"),
     pytest.param("demo", pod_with(os={"name": "windows"}), "windows-pod", id="windows"),
     pytest.param("demo", annotated({"kubernetes.io/config.mirror": "x"}), "mirror-pod", id="mirror"),
     pytest.param("kube-system", pod(), "excluded-namespace", id="excluded namespace"),
-    pytest.param("demo", annotated(INJECTED_STATUS, {"initContainers": [{"name": "mesh-init"}]}), "already-injected", id="already injected"),
+    pytest.param("demo", annotated(INJECTED_STATUS, {"initContainers": [{"name": "mesh-init"}, {"name": "mesh-proxy"}]}), "already-injected", id="already injected"),
     pytest.param("demo", annotated({"sidecar.mesh.io/inject": "false"}), "pod-opted-out", id="opted out"),
 ]  # fmt: skip
 
