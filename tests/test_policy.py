@@ -1,29 +1,80 @@
-"""The policy generator: every engine operation has a CEL rendering; the objects render."""
+"""The policy generator: one source with the engine, refusals to render, the objects render."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from webhook.engine import expr
+from webhook.engine.bootstrap import bootstrap_expr, render_bootstrap_for
 from webhook.engine.config import InjectorConfig
 from webhook.engine.settings import KINDS
-from webhook.policy import cel
+from webhook.policy import cel, kinds
+from webhook.policy import render as render_module
+from webhook.policy.cel import Unsupported
 from webhook.policy.render import render_policy
-from webhook.policy.settings import KIND_CEL, resolution
+
+CLI = str(Path(sys.executable).parent / "sidecar-injector")
 
 
 def test_every_operation_of_the_expression_language_has_a_cel_rendering() -> None:
     assert set(cel._RENDER) == set(expr.OPS)
 
 
-def test_kinds_without_a_cel_rendering_are_pinned_to_the_config() -> None:
-    from webhook.engine.settings import resolve_settings
+def test_every_value_kind_has_a_cel_judge_so_no_setting_is_pinned() -> None:
+    assert set(KINDS.values()) <= set(kinds.KIND_CEL)
+    spec = render_policy(InjectorConfig())[0]["spec"]
+    declared = {v["name"] for v in spec["variables"]}
+    # Every setting is read per pod: its value variable exists.
+    assert {f"s_{spec}" for spec in _fields()} <= declared
 
-    defaults = resolve_settings(
-        InjectorConfig(), namespace_labels={}, namespace_annotations={}, pod_annotations={}
+
+def _fields() -> list[str]:
+    from webhook.engine.settings import SETTING_SPECS
+
+    return [spec.field for spec in SETTING_SPECS]
+
+
+def test_a_kind_without_a_cel_judge_makes_policy_refuse_to_render_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(kinds.KIND_CEL, "address?")
+    with pytest.raises(Unsupported, match=r"sidecar\.mesh\.io/xds-address") as caught:
+        render_policy(InjectorConfig())
+    assert "policy mode cannot reproduce the webhook" in str(caught.value)
+
+
+def test_a_value_computed_in_python_only_makes_policy_refuse_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = render_module.mesh_proxy_template
+
+    def with_opaque(config: InjectorConfig) -> dict[str, Any]:
+        template = real(config)
+        template["image"] = expr.Opaque(lambda s: str(s["log_level"]), ("log_level",))
+        return template
+
+    monkeypatch.setattr(render_module, "mesh_proxy_template", with_opaque)
+    with pytest.raises(Unsupported, match=r"sidecar\.mesh\.io/log-level: computed in Python"):
+        render_policy(InjectorConfig())
+
+
+def test_policy_refuses_to_render_for_a_config_cel_cannot_reproduce_from_the_cli(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [CLI, "policy", "--revision", "Not_A_Name"], capture_output=True, text=True, check=False
     )
-    pinned = resolution(defaults).pinned
-    unsupported = {kind for kind in KINDS.values() if kind not in KIND_CEL}
-    assert {"cidrs", "cidrs*", "address?"} >= unsupported
-    assert set(pinned) == {"include_outbound_cidrs", "exclude_outbound_cidrs", "xds_address"}
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "revision 'Not_A_Name' is not a valid name" in done.stderr
 
 
 def test_the_policy_renders_four_objects_whose_expressions_fit_the_cel_parser() -> None:
@@ -35,12 +86,43 @@ def test_the_policy_renders_four_objects_whose_expressions_fit_the_cel_parser() 
         "ValidatingAdmissionPolicyBinding",
     ]
     assert {o["metadata"]["name"] for o in objects} == {"sidecar-injector-canary"}
-    spec = objects[0]["spec"]
-    expressions = [v["expression"] for v in spec["variables"]]
-    expressions.append(spec["mutations"][0]["jsonPatch"]["expression"])
-    # cel-go's parser refuses expressions over 100,000 code points.
-    assert max(len(e) for e in expressions) < 100_000
+    assert {o["metadata"]["labels"]["sidecar.mesh.io/rev"] for o in objects} == {"canary"}
+    assert {o["spec"]["policyName"] for o in objects[1::2]} == {"sidecar-injector-canary"}
+    default = render_policy(InjectorConfig())
+    assert {o["metadata"]["name"] for o in default} == {"sidecar-injector"}
+    assert {o["metadata"]["labels"]["sidecar.mesh.io/rev"] for o in default} == {"default"}
 
 
 def test_cel_string_literals_escape_what_cel_would_read_otherwise() -> None:
     assert cel.string('a"b\\c\n\x01é') == '"a\\"b\\\\c\\n\\x01\\u00e9"'
+
+
+def test_policy_prints_what_render_policy_makes() -> None:
+    done = subprocess.run([CLI, "policy"], capture_output=True, text=True, check=True)
+    assert list(yaml.safe_load_all(done.stdout)) == render_policy(InjectorConfig())
+
+
+_label = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9-]{0,8}[A-Za-z0-9])?", fullmatch=True)
+_hosts = st.one_of(
+    st.lists(_label, min_size=1, max_size=4).map(".".join),
+    st.sampled_from(["on", "yes", "No", "null", "inf", "1abc", "xds", "a-b.c"]),
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).filter(lambda a: a.ipv4_mapped is None).map(lambda a: f"[{a}]"),
+)
+_addresses = st.builds(lambda h, p: f"{h}:{p}", _hosts, st.integers(1, 65535))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(address=_addresses, ipv6=st.booleans())
+def test_the_bootstrap_as_an_expression_is_the_bootstrap_the_builders_render(
+    address: str, ipv6: bool
+) -> None:
+    # The engine evaluates (and the policy compiles) bootstrap_expr; the
+    # builders' own rendering must be the same text for every xds-address.
+    config = InjectorConfig(ipv6=ipv6)
+    assert expr.evaluate(bootstrap_expr(config), {"xds_address": address}) == (
+        render_bootstrap_for(address, config)
+    )
+    assert expr.evaluate(bootstrap_expr(config), {"xds_address": None}) == (
+        render_bootstrap_for(None, config)
+    )

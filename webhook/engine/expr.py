@@ -23,12 +23,14 @@ strings, and ``"*"`` (``ALL``) for the lists that may mean "all".
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
-from webhook.engine.values import ALL
+from webhook.engine.flow_yaml import scalar
+from webhook.engine.values import ALL, split_address
 
 
 class Expr:
@@ -103,6 +105,14 @@ class Present:
     value: Any
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _chunks(items: Sequence[Any], size: int) -> tuple[tuple[Any, ...], ...]:
     return tuple(tuple(items[i : i + size]) for i in range(0, len(items), size))
 
@@ -132,6 +142,13 @@ OPS: Final[dict[str, Callable[..., Any]]] = {
     "items": lambda value: () if value == ALL else tuple(value),
     "is_none": lambda value: value is None,
     "is_ipv6": lambda cidr: ":" in cidr,
+    # An xds-address (as values.check_address takes it): its host without
+    # brackets, its port, and whether that host is an IP address, not a name.
+    "address_host": lambda address: split_address(address)[0],
+    "address_port": lambda address: split_address(address)[1],
+    "is_ip": _is_ip,
+    # A string as the bootstrap's flow YAML writes it (plain, or JSON-quoted).
+    "yaml_scalar": scalar,
 }
 
 
@@ -232,6 +249,26 @@ def is_none(setting: Any) -> Expr:
 def is_ipv6(cidr: Any) -> Expr:
     """Whether a canonical CIDR is IPv6."""
     return _call("is_ipv6", cidr)
+
+
+def address_host(address: Any) -> Expr:
+    """An address's host, without the brackets of an IPv6 one."""
+    return _call("address_host", address)
+
+
+def address_port(address: Any) -> Expr:
+    """An address's port, an int."""
+    return _call("address_port", address)
+
+
+def is_ip(host: Any) -> Expr:
+    """Whether a host is an IP address (else a DNS name)."""
+    return _call("is_ip", host)
+
+
+def yaml_scalar(text: Any) -> Expr:
+    """A string as a scalar of the bootstrap's flow YAML."""
+    return _call("yaml_scalar", text)
 
 
 def if_(cond: Any, then: Any, orelse: Any) -> Expr:

@@ -21,15 +21,13 @@ pod's connections get on the way out is decided by the ``preStop`` hook.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Final
 
 from webhook.contract import constants
-from webhook.engine.bootstrap import HEALTH_LISTENER, render_bootstrap_for
+from webhook.engine.bootstrap import HEALTH_LISTENER, bootstrap_expr
 from webhook.engine.config import InjectorConfig
 from webhook.engine.expr import (
     Expr,
-    Opaque,
     Present,
     Setting,
     concat,
@@ -170,19 +168,13 @@ def _health_probe(**timings: int) -> dict[str, Any]:
     }
 
 
-def _bootstrap(settings: Mapping[str, Any], config: InjectorConfig) -> str:
-    return render_bootstrap_for(settings["xds_address"], config)
-
-
 def proxy_args_template(config: InjectorConfig) -> Expr:
     """Envoy's arguments; ``$(VAR)`` references in them are the kubelet's to expand."""
     xds = Setting("xds_address")
     return flatten(
         list_of(
             ("--config-yaml",),
-            # Not yet written as an expression: the policy mode pins xds-address
-            # to the config's value (``Opaque``).
-            list_of(Opaque(lambda settings: _bootstrap(settings, config), ("xds_address",))),
+            list_of(bootstrap_expr(config)),
             ("--log-level",),
             list_of(Setting("log_level")),
             # One process and a read-only root: hot restart has nothing to hand over to.

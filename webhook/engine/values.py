@@ -45,11 +45,23 @@ MAX_SCALAR_CHARS: Final = 260
 SHOWN_CHARS: Final = 48
 
 _PORT = re.compile(r"[0-9]{1,5}")
+_PREFIX_LENGTH = re.compile(r"[0-9]{1,3}")
 _NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _DOTTED_NUMBERS = re.compile(r"[0-9.]+")
 _IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+# The patterns above as the policy mode's CEL matches them too (RE2 reads these
+# alike: ASCII classes, no look-arounds or back-references), so that a value's
+# shape is written once for both modes.
+PATTERNS: Final = {
+    "port": _PORT.pattern,
+    "host name": _HOSTNAME.pattern,
+    "image tag": _IMAGE_TAG.pattern,
+    "prefix length": _PREFIX_LENGTH.pattern,
+}
 
 
 def shorten(text: str, limit: int = SHOWN_CHARS, *, quote: bool = True) -> str:
@@ -118,9 +130,6 @@ def parse_ports(raw: str, *, separator: str, allow_all: bool) -> PortList | AllO
         return ALL
     items = split_list(raw, separator=separator, max_items=MAX_PORTS)
     return tuple(sorted({parse_port(item) for item in items}))
-
-
-_PREFIX_LENGTH = re.compile(r"[0-9]{1,3}")
 
 
 def parse_cidr(text: str) -> str:
@@ -240,6 +249,13 @@ def check_address(raw: str) -> str:
     if len(host) > 253 or not _HOSTNAME.fullmatch(host):
         raise ValueError(f"{shorten(raw)} has an invalid host name")
     return raw
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (host a name, IPv4 or ``[IPv6]``, as ``check_address`` takes it)
+    -> (host without brackets, port)."""
+    host, _, port = address.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def parse_image_tag(raw: str) -> str:

@@ -36,6 +36,7 @@ from webhook.engine.expr import (
     evaluate,
     render,
 )
+from webhook.engine.flow_yaml import PLAIN, WORDS
 
 
 class Unsupported(ValueError):
@@ -115,14 +116,14 @@ def _wrap(text: str, dyn: bool) -> str:
 class Compiler:
     """Compiles expressions and templates; collects the variables it hoists.
 
-    ``setting`` maps a setting name to its CEL reference and ``pinned`` to the
-    value it is pinned to (a setting the policy cannot read per pod yet, see
-    ``Opaque``); ``all_of`` names the CEL boolean for a list setting that may be ``*``.
+    ``setting`` maps a setting name to its CEL reference; ``all_of`` names the
+    CEL boolean for a list setting that may be ``*``. An ``Opaque`` value
+    (computed by Python only) cannot be compiled: ``Unsupported`` names the
+    settings it reads, and ``policy`` refuses to render.
     """
 
     setting: Callable[[str], str]
     all_of: Callable[[str], str]
-    pinned: Mapping[str, Any]
     prefix: str = "t"
     hoisted: list[tuple[str, str]] = field(default_factory=list)
     _names: dict[str, str] = field(default_factory=dict)
@@ -130,14 +131,16 @@ class Compiler:
     # -- expressions --
 
     def expr(self, node: Expr) -> str:
-        if _is_constant(node, self.pinned):
-            return literal(_plain(evaluate(node, self.pinned)))
+        if _is_constant(node):
+            return literal(_plain(evaluate(node, _NO_SETTINGS)))
         if isinstance(node, Setting):
             return self.setting(node.name)
         if isinstance(node, Local):
             return node.name
         if isinstance(node, Opaque):
-            raise Unsupported(f"settings {', '.join(node.reads)} are computed in Python only")
+            raise Unsupported(
+                f"{', '.join(node.reads)}: computed in Python only, CEL cannot reproduce it"
+            )
         if isinstance(node, If):
             return (
                 f"({self.expr(node.cond)} ? dyn({self.expr(node.then)})"
@@ -186,8 +189,8 @@ class Compiler:
 
     def template(self, node: Any) -> str:
         """A CEL value for a template (JSON-like data with expressions and ``Present``)."""
-        if not _template_has_expr(node, self.pinned):
-            return literal(_plain(_concrete(node, self.pinned)))
+        if not _template_has_expr(node):
+            return literal(_plain(render(node, _NO_SETTINGS)))
         if isinstance(node, Expr):
             return self.expr(node)
         if isinstance(node, Mapping):
@@ -207,6 +210,20 @@ class Compiler:
         return literal(node)
 
 
+_NO_SETTINGS: Final[Mapping[str, Any]] = {}
+_PLAIN_CEL: Final = string("^(?:" + PLAIN.pattern.replace("\\d", "[0-9]") + ")$")
+
+
+def _yaml_scalar(text: str) -> str:
+    """``flow_yaml.scalar`` of a string: exact for printable ASCII (all an address holds),
+    where JSON escapes only the double quote and the backslash."""
+    quoted = "'\"' + " + text + r""".replace('\\', '\\\\').replace('"', '\\"') + '"'"""
+    return (
+        f"({text}.matches({_PLAIN_CEL}) && !({text}.lowerAscii() in {literal(sorted(WORDS))}) "
+        f"? {text} : {quoted})"
+    )
+
+
 def _simple(text: str) -> bool:
     return text.replace(".", "").replace("_", "").isalnum()
 
@@ -223,22 +240,16 @@ def _has_local(node: Any) -> bool:
     return False
 
 
-def _is_constant(node: Expr, pinned: Mapping[str, Any]) -> bool:
+def _is_constant(node: Expr) -> bool:
     if isinstance(node, Const):
         return True
-    if isinstance(node, Setting):
-        return node.name in pinned
-    if isinstance(node, Opaque):
-        return all(name in pinned for name in node.reads)
-    if isinstance(node, Local):
-        return False
     if isinstance(node, Call):
-        return all(_is_constant(a, pinned) for a in node.args)
+        return all(_is_constant(a) for a in node.args)
     if isinstance(node, Each):
-        return _is_constant(node.items, pinned) and not _has_local_outside(node)
+        return _is_constant(node.items) and not _has_local_outside(node)
     if isinstance(node, If):
-        return all(_is_constant(n, pinned) for n in (node.cond, node.then, node.orelse))
-    return False
+        return all(_is_constant(n) for n in (node.cond, node.then, node.orelse))
+    return False  # a setting, an Opaque value, or a comprehension's variable
 
 
 def _has_local_outside(node: Each) -> bool:
@@ -258,20 +269,16 @@ def _has_local_outside(node: Each) -> bool:
     return reads_settings(node.body)
 
 
-def _template_has_expr(node: Any, pinned: Mapping[str, Any]) -> bool:
+def _template_has_expr(node: Any) -> bool:
     if isinstance(node, Expr):
-        return not _is_constant(node, pinned)
+        return not _is_constant(node)
     if isinstance(node, Present):
-        return _template_has_expr(node.cond, pinned) or _template_has_expr(node.value, pinned)
+        return _template_has_expr(node.cond) or _template_has_expr(node.value)
     if isinstance(node, Mapping):
-        return any(_template_has_expr(v, pinned) for v in node.values())
+        return any(_template_has_expr(v) for v in node.values())
     if isinstance(node, list | tuple):
-        return any(_template_has_expr(v, pinned) for v in node)
+        return any(_template_has_expr(v) for v in node)
     return False
-
-
-def _concrete(node: Any, pinned: Mapping[str, Any]) -> Any:
-    return render(node, pinned)
 
 
 def _plain(value: Any) -> Any:
@@ -304,9 +311,22 @@ _RENDER: Final[dict[str, Callable[..., str]]] = {
     "items": lambda value: value,
     "is_none": lambda value: f"({value} == '')",
     "is_ipv6": lambda cidr: f"{cidr}.contains(':')",
+    "address_host": lambda a: (
+        f"({a}.startsWith('[') ? {a}.substring(1, {a}.lastIndexOf(':') - 1) "
+        f": {a}.substring(0, {a}.lastIndexOf(':')))"
+    ),
+    "address_port": lambda a: f"int({a}.substring({a}.lastIndexOf(':') + 1))",
+    "is_ip": lambda host: f"isIP({host})",
+    "yaml_scalar": _yaml_scalar,
 }
 # Arguments an operation's rendering names more than once.
-_REUSED: Final[dict[str, tuple[int, ...]]] = {"chunks": (0,), "minus": (1,)}
+_REUSED: Final[dict[str, tuple[int, ...]]] = {
+    "chunks": (0,),
+    "minus": (1,),
+    "address_host": (0,),
+    "address_port": (0,),
+    "yaml_scalar": (0,),
+}
 
 if set(_RENDER) != set(OPS):  # pragma: no cover - tests/test_policy.py says which
     raise RuntimeError(f"CEL renderings and expr.OPS differ: {set(_RENDER) ^ set(OPS)}")

@@ -21,6 +21,7 @@ first refused by PodSecurity for capabilities it only asked for through us.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any, Final
 
 from webhook import __version__
@@ -31,13 +32,21 @@ from webhook.engine.iptables import mesh_init_template
 from webhook.engine.json_text import compact
 from webhook.engine.patch import escape
 from webhook.engine.proxy import mesh_proxy_template
-from webhook.engine.settings import resolve_settings
+from webhook.engine.settings import SETTING_SPECS, resolve_settings
 from webhook.engine.status import MAX_STATUS_CHARS, InjectionStatus
-from webhook.policy.cel import Compiler, literal, string
+from webhook.engine.values import NAMESPACE_NAME_RULE, is_namespace_name
+from webhook.policy.cel import Compiler, Unsupported, literal, string
 from webhook.policy.settings import resolution
+from webhook.policy.text import shorten
 
 API_VERSION: Final = "admissionregistration.k8s.io/v1"
 NAME: Final = "sidecar-injector"
+DEFAULT_REVISION: Final = "default"
+# On every object: which revision these policies are (the contract's revisions).
+REVISION_LABEL: Final = constants.PREFIX + "rev"
+# On both policies: a digest of their variables, which the status annotation of
+# every pod they inject records too (``check`` finds outdated pods by it).
+DIGEST_ANNOTATION: Final = constants.PREFIX + "policy-digest"
 V: Final = "variables."
 _DIGEST_PLACEHOLDER: Final = "sha256:POLICY-DIGEST"
 _POD_RULES: Final = {
@@ -69,7 +78,7 @@ def _base_variables(config: InjectorConfig) -> list[tuple[str, str]]:
         (
             "containerNames",
             "object.spec.?initContainers.orValue([]).map(c, c.name)"
-            " + object.spec.containers.map(c, c.name)",
+            " + object.spec.?containers.orValue([]).map(c, c.name)",
         ),
         (
             "podChoice",
@@ -100,9 +109,10 @@ def _pod_security() -> str:
     version = f"{V}nsLabels[?{string(POD_SECURITY_ENFORCE_VERSION)}]"
     enforced = (
         f"({level} in ['baseline', 'restricted'] ? \"Pod Security level '\" + {level} + \"'\" : "
-        f"\"Pod Security level 'restricted' (its label value \" + strings.quote({level}) "
+        f"\"Pod Security level 'restricted' (its label value \" + {shorten(level, limit=63)} "
         "+ ' is not a level)')"
-        f" + ({version}.hasValue() ? ' (version ' + strings.quote({version}.value()) + ')' : '')"
+        f" + ({version}.hasValue() ? ' (version ' + {shorten(version + '.value()', limit=63)} "
+        "+ ')' : '')"
     )
     return (
         f"{level} == '' || {level} == 'privileged' ? '' : "
@@ -113,22 +123,31 @@ def _pod_security() -> str:
     )
 
 
-def _reserved() -> str:
-    """CEL for ``workloads.check_injectable``'s reserved names: '' or the refusal."""
+def _malformed() -> str:
+    """CEL for ``workloads.check_injectable``: '' or the refusal.
+
+    Only what can reach admission: the API server has decoded the pod into its
+    typed form, so lists are lists and names strings (an absent name is ``''``).
+    """
     names = literal(sorted(constants.INJECTED_NAMES))
     parts = []
-    for field in ("containers", "initContainers"):
-        items = (
-            "object.spec.containers"
-            if field == "containers"
-            else ("object.spec.?initContainers.orValue([])")
+    for field in ("containers", "initContainers", "volumes"):
+        reserved = (
+            f"c.name in {names} ? 'spec.{field}[' + string(i) + \"] is named '\" + c.name + "
+            "\"', which the injector reserves; rename it, or add the "
+            f'{constants.STATUS_ANNOTATION} annotation if it was injected already" : '
+            if field != "volumes"
+            else ""
         )
         parts.append(
-            f"{items}.transformList(i, c, c.name in {names}, 'spec.{field}[' + string(i) + "
-            "'] is named ' + strings.quote(c.name) + ', which the injector reserves; rename it, "
-            f"or add the {constants.STATUS_ANNOTATION} annotation if it was injected already')"
+            f"object.spec.?{field}.orValue([]).transformList(i, c, "
+            f"c.name == '' ? 'spec.{field}[' + string(i) + '] has no name' : {reserved}'')"
         )
-    return "(" + " + ".join(parts) + ").first().orValue('')"
+    return (
+        "size(object.spec.?containers.orValue([])) == 0 ? "
+        "'spec.containers is missing or empty' : "
+        "(" + " + ".join(parts) + ").filter(m, m != '').first().orValue('')"
+    )
 
 
 def _json_string(text: str) -> str:
@@ -222,8 +241,8 @@ def _variables(config: InjectorConfig) -> tuple[list[tuple[str, str]], str]:
     compiler = Compiler(
         setting=lambda name: f"{V}s_{name}",
         all_of=lambda name: f"{V}s_{name}_all",
-        pinned=settings.pinned,
     )
+    old = f"{V}podAnnotations[?{string(constants.STATUS_ANNOTATION)}].orValue('')"
     init = compiler.template(mesh_init_template(config))
     proxy = compiler.template(mesh_proxy_template(config))
     variables = [
@@ -236,8 +255,9 @@ def _variables(config: InjectorConfig) -> tuple[list[tuple[str, str]], str]:
         ("status", _status(_DIGEST_PLACEHOLDER)),
         (
             "refusal",
-            f"!{V}injecting ? '' : [{_pod_security()}, {_reserved()}, string({V}settingsError), "
-            f"size({V}status) > {MAX_STATUS_CHARS} ? "
+            f"!{V}injecting ? '' : [{_pod_security()}, {_malformed()}, string({V}settingsError), "
+            # The old value's size first: escaping a huge one would cost more than the budget.
+            f"size({old}) > {MAX_STATUS_CHARS} || size({V}status) > {MAX_STATUS_CHARS} ? "
             f"'metadata.annotations[{constants.STATUS_ANNOTATION}] does not describe this pod, "
             f"and at ' + string(size({V}podAnnotations[{string(constants.STATUS_ANNOTATION)}])) "
             "+ ' characters it is too long to keep for uninject; remove it' : '']"
@@ -265,7 +285,21 @@ def _match_conditions() -> list[dict[str, str]]:
             f"{annotations}.orValue({{}}))",
         },
         {"name": "not-opted-out", "expression": f"{choice} != 'false'"},
+        {
+            "name": "not-injected-already",
+            "expression": f"!({string(constants.STATUS_ANNOTATION)} in "
+            f"{annotations}.orValue({{}}) && {literal(sorted(constants.INJECTED_NAMES))}.all(n, n "
+            "in object.spec.?initContainers.orValue([]).map(c, c.name) + "
+            "object.spec.?containers.orValue([]).map(c, c.name)))",
+        },
     ]
+
+
+def _keys(text: str) -> str:
+    """``text`` with ``ProxySettings`` field names written as the keys users set."""
+    for spec in SETTING_SPECS:
+        text = re.sub(rf"\b{spec.field}\b", constants.PREFIX + spec.name, text)
+    return text
 
 
 def _namespace_selector(config: InjectorConfig) -> dict[str, Any]:
@@ -286,15 +320,32 @@ def _namespace_selector(config: InjectorConfig) -> dict[str, Any]:
 
 
 def render_policy(config: InjectorConfig, *, revision: str | None = None) -> list[dict[str, Any]]:
-    """The four objects of policy mode for this config (and revision)."""
-    name = NAME if revision in (None, "default") else f"{NAME}-{revision}"
-    variables, digest = _variables(config)
+    """The four objects of policy mode for this config (and revision).
+
+    ``Unsupported`` (naming the setting) when CEL cannot reproduce what the
+    webhook would do with this config: never a policy that stores another pod.
+    """
+    revision = revision or DEFAULT_REVISION
+    if not is_namespace_name(revision):
+        raise Unsupported(f"revision {revision!r} is not a valid name ({NAMESPACE_NAME_RULE})")
+    name = NAME if revision == DEFAULT_REVISION else f"{NAME}-{revision}"
+    try:
+        variables, digest = _variables(config)
+    except Unsupported as err:
+        raise Unsupported(
+            f"policy mode cannot reproduce the webhook for this config: {_keys(str(err))}; "
+            "use the webhook (manifests/base) instead"
+        ) from None
     declared = [{"name": n, "expression": e} for n, e in variables]
-    labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/version": __version__}
+    labels = {
+        "app.kubernetes.io/name": NAME,
+        "app.kubernetes.io/version": __version__,
+        REVISION_LABEL: revision,
+    }
     meta = {
         "name": name,
         "labels": labels,
-        "annotations": {constants.PREFIX + "policy-digest": digest},
+        "annotations": {DIGEST_ANNOTATION: digest},
     }
     mutating = {
         "apiVersion": API_VERSION,

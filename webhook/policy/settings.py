@@ -3,127 +3,40 @@
 The keys, their order, which layers may set them, their length limits and
 their value kinds are the engine's (``settings.SETTING_SPECS``); the sources
 and their precedence are ``settings.Source``; the defaults come from
-``resolve_settings`` on the config. What this module adds is one CEL
-rendering per value kind (``KIND_CEL``), the counterpart of the engine's
-parser for that kind (values.py, quantity.py); a kind without one is pinned:
-the policy reads it from the config only, and refuses pods that set it.
+``resolve_settings`` on the config. Each kind's judge and parser in CEL is in
+``webhook.policy.kinds``; a kind without one makes ``resolution`` refuse
+(``Unsupported``, naming the key), so ``policy`` never renders a policy that
+would store a different pod.
 
-Each supported setting ``f`` becomes CEL variables: ``w_f`` (the winning
-layer: ``[source, raw]``, or ``[]``), ``l_f`` (a length problem), ``e_f``
-(any other problem), ``s_f`` (the value, the default when unset or invalid)
-and, for lists that may be ``*``, ``s_f_all``.
+Each setting ``f`` becomes CEL variables: ``w_f`` (the winning layer:
+``[source, raw]``, or ``[]``), ``n_f`` (the start of a refusal naming the
+key, where it was set and the value), ``l_f`` (a length problem), ``t_f``
+(the value trimmed), ``p_f`` (what the kind's judge says), ``e_f`` (any
+other problem, the printable-ASCII check first), ``s_f`` (the value, the
+default when unset) and, for lists that may be ``*``, ``s_f_all``; plus the
+kind's helpers. The refusal order is the engine's: every length first, then
+each key in order, then a request above its limit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from webhook.contract import constants
-from webhook.engine.quantity import MAX_UNITS
 from webhook.engine.settings import SETTING_SPECS, ProxySettings, Source, settings_env
-from webhook.engine.values import ALL, LOG_LEVELS, MAX_PORTS, SHOWN_CHARS
-from webhook.policy.cel import literal, string
+from webhook.engine.values import ALL
+from webhook.policy.cel import Unsupported, literal, string
+from webhook.policy.kinds import KIND_CEL
+from webhook.policy.text import escapes_variable, first_unprintable, shorten
 
-V = "variables."
+V: Final = "variables."
 _RANK: Final = literal([str(source) for source in Source])
-
-
-def shorten(text: str) -> str:
-    """CEL for the engine's ``shorten``: the value quoted, cut to SHOWN_CHARS with its length."""
-    return (
-        f"(size({text}) <= {SHOWN_CHARS} ? strings.quote({text}) : "
-        f"strings.quote({text}.substring(0, {SHOWN_CHARS})) + '... (' + string(size({text})) "
-        f"+ ' characters)')"
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class KindCel:
-    """How one value kind is judged and parsed in CEL.
-
-    ``problem(raw, sep)`` is CEL for '' (valid) or what is wrong; ``value(raw, sep)`` CEL
-    for the parsed value (only evaluated when valid); ``helpers`` are variables the two
-    share (name suffix -> CEL, ``{raw}`` and ``{sep}`` substituted).
-    """
-
-    problem: Callable[[str, str, str], str]
-    value: Callable[[str, str, str], str]
-    helpers: tuple[tuple[str, str], ...] = ()
-
-
-_QUANTITY_MAX: Final = f"quantity('{MAX_UNITS}')"
-
-
-def _quantity_problem(raw: str, _sep: str, _f: str) -> str:
-    t = f"{raw}.trim()"
-    # Kubernetes caps binary quantities at 2^63-1 instead of refusing them, so for
-    # those "equal to the maximum" means "at or over it" (docs/policy.md, quantities).
-    over = (
-        f"({t}.matches('[KMGTPE]i$') ? {_QUANTITY_MAX}.compareTo(quantity({t})) <= 0 "
-        f": {_QUANTITY_MAX}.compareTo(quantity({t})) < 0)"
-    )
-    return (
-        f"{t} == '' ? '' : "
-        f"!({t}.matches('[0-9]') && isQuantity({t})) ? "
-        f"{shorten(t)} + ' is not a Kubernetes quantity (e.g. 100m, 128Mi)' : "
-        f"quantity({t}).isLessThan(quantity('0')) ? {shorten(t)} + ' is negative' : "
-        f"{over} ? {shorten(t)} + ' is too large: Kubernetes quantities stop at 2^63-1 "
-        f"({MAX_UNITS})' : ''"
-    )
-
-
-def _ports(allow_all: bool) -> KindCel:
-    port_ok = "x.matches('^[0-9]{1,5}$') && int(x) >= 1 && int(x) <= 65535"
-
-    def problem(raw: str, sep: str, f: str) -> str:
-        items = f"{V}i_{f}"
-        everything = f"{raw}.trim() == '*' ? '' : " if allow_all else ""
-        return (
-            f"{everything}{raw}.trim() == '' ? '' : "
-            f"size({raw}.split({sep})) > {MAX_PORTS} ? 'has ' + string(size({raw}.split({sep}))) "
-            f"+ ' items; at most {MAX_PORTS} are allowed' : "
-            f"{items}.exists(x, x == '') ? 'has an empty item (items are separated by ' "
-            f"+ strings.quote({sep}) + ')' : "
-            f"{items}.exists(x, !({port_ok})) ? "
-            f"strings.quote({items}.filter(x, !({port_ok}))[0]) "
-            "+ ' is not a port number (1-65535)' : ''"
-        )
-
-    def value(raw: str, _sep: str, f: str) -> str:
-        everything = f"{raw}.trim() == '*' || " if allow_all else ""
-        return f"({everything}{raw}.trim() == '') ? [] : {V}i_{f}.map(x, int(x)).distinct().sort()"
-
-    return KindCel(problem, value, (("i", "{raw}.split({sep}).map(x, x.trim())"),))
-
-
-def _choice(words: tuple[str, ...], what: str, parse: Callable[[str], str]) -> KindCel:
-    listed = literal(list(words))
-    return KindCel(
-        lambda raw, _s, _f: (
-            f"{raw}.trim().lowerAscii() in {listed} ? '' : {shorten(raw)} + '{what}'"
-        ),
-        lambda raw, _s, _f: parse(f"{raw}.trim().lowerAscii()"),
-    )
-
-
-KIND_CEL: Final[dict[str, KindCel]] = {
-    "image-tag": KindCel(
-        lambda raw, _s, _f: (
-            f"{raw}.trim().matches('^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}$') ? '' : "
-            f"{shorten(raw + '.trim()')} + ' is not an image tag'"
-        ),
-        lambda raw, _s, _f: f"{raw}.trim()",
-    ),
-    "quantity?": KindCel(_quantity_problem, lambda raw, _s, _f: f"{raw}.trim()"),
-    "log-level": _choice(
-        LOG_LEVELS, f" is not an Envoy log level ({', '.join(LOG_LEVELS)})", lambda v: v
-    ),
-    "bool": _choice(("true", "false"), " is not true or false", lambda v: f"{v} == 'true'"),
-    "ports": _ports(allow_all=False),
-    "ports*": _ports(allow_all=True),
-}
+_LAYERS: Final = (
+    (str(Source.POD_ANNOTATION), "podAnnotations"),
+    (str(Source.NAMESPACE_ANNOTATION), "nsAnnotations"),
+    (str(Source.NAMESPACE_LABEL), "nsLabels"),
+)
 
 
 def default_literal(value: Any) -> str:
@@ -139,93 +52,76 @@ def default_literal(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
-    """The CEL variables resolving the settings, and what the compiler needs to read them."""
+    """The CEL variables resolving the settings, and the first refusal among them."""
 
     variables: tuple[tuple[str, str], ...]
-    supported: frozenset[str]  # field names read per pod
-    pinned: dict[str, Any]  # field name -> value, for the others
     error: str  # CEL: the first settings refusal, or ''
+
+
+def _winner(key: str, label_ok: bool) -> str:
+    winner = "[]"
+    layers = _LAYERS if label_ok else _LAYERS[:2]
+    for source, mapping in reversed(layers):
+        winner = (
+            f"{string(key)} in {V}{mapping} ? "
+            f"[{string(source)}, string({V}{mapping}[{string(key)}])] : {winner}"
+        )
+    return winner
 
 
 def resolution(defaults: ProxySettings) -> Resolution:
     """CEL variables resolving every setting by precedence; ``defaults`` from the config."""
     env = settings_env(defaults)
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str]] = [escapes_variable()]
     length_checks: list[str] = []
     problems: list[str] = []
-    supported: set[str] = set()
-    pinned: dict[str, Any] = {}
     for spec in SETTING_SPECS:
         key = constants.PREFIX + spec.name
-        f = spec.field
-        layers = [("pod annotation", "podAnnotations"), ("namespace annotation", "nsAnnotations")]
-        if spec.label_ok:
-            layers.append(("namespace label", "nsLabels"))
-        winner = "[]"
-        for source, mapping in reversed(layers):
-            winner = (
-                f"{string(key)} in {V}{mapping} ? "
-                f"[{string(source)}, string({V}{mapping}[{string(key)}])] : {winner}"
-            )
-        out.append((f"w_{f}", winner))
-        w, raw = f"{V}w_{f}", f"{V}w_{f}[1]"
-        sep = f"({V}w_{f}[0] == 'namespace label' ? '_' : ',')"
-        named = f"{V}w_{f}[0] + ' {key}=' + {shorten(raw)} + ' is invalid: '"
-        out.append(
-            (
-                f"l_{f}",
-                f"size({w}) > 0 && size({raw}) > {spec.max_chars} ? {named} + "
-                f"'it is longer than {spec.max_chars} characters' : ''",
-            )
-        )
-        length_checks.append(f"{V}l_{f}")
         kind = KIND_CEL.get(spec.kind)
         if kind is None:
-            pinned[f] = env[f]
-            out.append(
-                (
-                    f"e_{f}",
-                    f"size({w}) > 0 ? {w}[0] + ' {key} is not supported in policy mode yet "
-                    f"(the policy uses the injector config\\'s value)' : ''",
-                )
-            )
-            problems.append(f"{V}e_{f}")
-            continue
-        supported.add(f)
-        for suffix, helper in kind.helpers:
-            out.append(
-                (
-                    f"{suffix}_{f}",
-                    f"size({w}) == 0 ? [] : " + helper.format(raw=raw, sep=sep),
-                )
-            )
-        out.append((f"p_{f}", f"size({w}) == 0 ? '' : " + kind.problem(raw, sep, f)))
-        out.append(
+            raise Unsupported(f"{key}: its value kind {spec.kind!r} has no CEL rendering")
+        f = spec.field
+        w, raw, t = f"{V}w_{f}", f"{V}w_{f}[1]", f"{V}t_{f}"
+        sep = f"({w}[0] == {string(str(Source.NAMESPACE_LABEL))} ? '_' : ',')"
+        out += [
+            (f"w_{f}", _winner(key, spec.label_ok)),
+            (
+                f"n_{f}",
+                f"size({w}) == 0 ? '' : {w}[0] + ' {key}=' + {shorten(raw, ascii_only=False)} "
+                "+ ' is invalid: '",
+            ),
+            (
+                f"l_{f}",
+                f"size({w}) > 0 && size({raw}) > {spec.max_chars} ? {V}n_{f} + "
+                f"'it is longer than {spec.max_chars} characters' : ''",
+            ),
+            (f"t_{f}", f"size({w}) == 0 ? '' : {raw}.trim()"),
+        ]
+        length_checks.append(f"{V}l_{f}")
+        for prefix, empty, helper in kind.helpers:
+            out.append((f"{prefix}_{f}", f"size({w}) == 0 ? {empty} : {helper(raw, t, sep, f)}"))
+        out += [
+            (f"p_{f}", f"size({w}) == 0 ? '' : {kind.problem(raw, t, sep, f)}"),
             (
                 f"e_{f}",
-                f"size({w}) == 0 ? '' : !{raw}.matches('^[ -~]*$') ? {named} + "
-                f"'contains a character that is not printable ASCII' : "
-                f"{V}p_{f} == '' ? '' : {named} + {V}p_{f}",
-            )
-        )
+                # Nothing is judged past a length problem: the value may be huge.
+                f"size({w}) == 0 || {V}l_{f} != '' ? '' : "
+                f"!{raw}.matches('^[ -~]*$') ? {V}n_{f} + {first_unprintable(raw)} : "
+                f"{V}p_{f} == '' ? '' : {V}n_{f} + {V}p_{f}",
+            ),
+        ]
         problems.append(f"{V}e_{f}")
-        default = default_literal(env[f])
         valid = f"size({w}) > 0 && {V}l_{f} == '' && {V}e_{f} == ''"
-        out.append((f"s_{f}", f"{valid} ? ({kind.value(raw, sep, f)}) : {default}"))
+        out.append(
+            (f"s_{f}", f"{valid} ? ({kind.value(raw, t, sep, f)}) : {default_literal(env[f])}")
+        )
         if spec.kind.endswith("*"):
-            out.append(
-                (
-                    f"s_{f}_all",
-                    f"{valid} ? {raw}.trim() == '*' : {literal(env[f] == ALL)}",
-                )
-            )
-    limits = [_request_over_limit(resource, defaults) for resource in ("cpu", "memory")]
-    for name, text in limits:
+            out.append((f"s_{f}_all", f"{valid} ? {t} == '*' : {literal(env[f] == ALL)}"))
+    for resource in ("cpu", "memory"):
+        name, text = _request_over_limit(resource, defaults)
         out.append((name, text))
         problems.append(f"{V}{name}")
-    return Resolution(
-        tuple(out), frozenset(supported), pinned, _first_nonempty(length_checks + problems)
-    )
+    return Resolution(tuple(out), _first_nonempty(length_checks + problems))
 
 
 def _first_nonempty(texts: list[str]) -> str:

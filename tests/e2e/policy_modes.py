@@ -1,0 +1,374 @@
+"""Both injection modes against one real kube-apiserver, pod by pod.
+
+What the policy-mode tests share (tests/e2e/test_policy_*.py):
+
+* ``Api``: HTTPS calls to kube-apiserver as the admin on one kept-alive
+  connection (hundreds of dry runs; a kubectl process each would cost more
+  than the API server's work);
+* ``Namespaces``: namespaces made on demand for each distinct set of labels
+  and annotations a case needs, reused by later cases with the same set;
+* ``by_policy``: the pod dry-run created where the policy is bound;
+* ``by_simulated_webhook``: the webhook's work without its process: the pod
+  as the API server presents it to a webhook (a dry run where nothing
+  mutates it), the engine's patch applied to it, that pod dry-run created;
+* ``by_webhook``: a dry run where the installed webhook is called;
+* ``Outcome`` and ``assert_same``: equal stored pods but for what the server
+  makes up per request and the status annotation's digest; equal refusals
+  (both refused with a 4xx, the same message once each mode's framing is
+  taken off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import http.client
+import json
+import re
+import ssl
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import quote
+
+from tests.e2e.cluster import ControlPlane
+from webhook.contract import constants
+from webhook.contract.namespaces import NamespaceInfo
+from webhook.engine import InjectionRefused, inject
+from webhook.engine.config import InjectorConfig
+from webhook.manifests.patched import patched
+
+Object = dict[str, Any]
+
+# A label no test sets otherwise: where the policy is bound (the tests narrow the
+# binding's selector to it, so a webhook installed next to it sees other namespaces).
+MODE_LABEL: Final = "policy-test.sidecar.mesh.io/mode"
+
+
+class ApiError(RuntimeError):
+    """The API server answered a set-up call with an error."""
+
+
+class Api:
+    """Plain HTTPS calls to kube-apiserver as the admin (client certificate), kept alive."""
+
+    def __init__(self, control_plane: ControlPlane) -> None:
+        work = control_plane.workdir
+        self.context = ssl.create_default_context(cafile=str(control_plane.ca_file))
+        self.context.load_cert_chain(work / "admin.crt", work / "admin.key")
+        self.port = int(control_plane.server.rsplit(":", 1)[1])
+        self._conn: http.client.HTTPSConnection | None = None
+
+    def call(
+        self, method: str, path: str, body: Any = None, *, content_type: str = "application/json"
+    ) -> tuple[int, Any]:
+        """One request: (status, the decoded JSON answer)."""
+        data = None if body is None else json.dumps(body).encode()
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = http.client.HTTPSConnection(
+                    "127.0.0.1", self.port, context=self.context, timeout=120
+                )
+            try:
+                headers = {"Content-Type": content_type, "Accept": "application/json"}
+                self._conn.request(method, path, data, headers)
+                reply = self._conn.getresponse()
+                raw = reply.read()
+            except (OSError, http.client.HTTPException):
+                self._conn.close()
+                self._conn = None
+                if attempt == 2:
+                    raise
+                continue
+            return reply.status, json.loads(raw) if raw else None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def apply(self, obj: Object) -> Object:
+        """Server-side apply of one object (cluster-scoped or namespaced)."""
+        path = _object_path(obj)
+        status, answer = self.call(
+            "PATCH",
+            f"{path}?fieldManager=policy-tests&force=true",
+            obj,
+            content_type="application/apply-patch+yaml",
+        )
+        if status >= 300:
+            raise ApiError(
+                f"apply {obj['kind']} {obj['metadata']['name']}: {status} {str(answer)[-3000:]}"
+            )
+        result: Object = answer
+        return result
+
+    def delete(self, obj: Object) -> None:
+        self.call("DELETE", _object_path(obj))
+
+    def dry_run_pod(self, namespace: str, pod: Object) -> tuple[int, Object]:
+        """A server-side dry run of creating ``pod``: (status, the pod or the Status)."""
+        status, answer = self.call("POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All", pod)
+        return status, answer
+
+
+_PLURALS: Final = {
+    "MutatingAdmissionPolicy": "mutatingadmissionpolicies",
+    "MutatingAdmissionPolicyBinding": "mutatingadmissionpolicybindings",
+    "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+    "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
+    "Namespace": "namespaces",
+}
+
+
+def _object_path(obj: Object) -> str:
+    version = obj["apiVersion"]
+    base = f"/api/{version}" if "/" not in version else f"/apis/{version}"
+    namespace = obj["metadata"].get("namespace")
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"{base}{scope}/{_PLURALS[obj['kind']]}/{quote(obj['metadata']['name'])}"
+
+
+# --- namespaces ------------------------------------------------------------------------
+
+
+@dataclass
+class Namespaces:
+    """Namespaces for cases, one per distinct (mode, labels, annotations), made on demand."""
+
+    api: Api
+    control_plane: ControlPlane
+    made: dict[str, str] = field(default_factory=dict)
+
+    def get(
+        self,
+        labels: Mapping[str, str],
+        annotations: Mapping[str, str],
+        *,
+        mode: str,
+        name: str | None = None,
+    ) -> str:
+        """A namespace with these labels and annotations (plus the mode label) ready for pods.
+
+        ``name`` asks for that name (created if missing, and then owned here);
+        its labels are only set when this creates it.
+        """
+        key = json.dumps([mode, name, dict(labels), dict(annotations)], sort_keys=True)
+        found = self.made.get(key)
+        if found is not None:
+            return found
+        chosen = name or f"pm-{uuid.uuid4().hex[:8]}"
+        status, _ = self.api.call("GET", f"/api/v1/namespaces/{chosen}")
+        if status == 404:
+            manifest = {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": chosen,
+                    "labels": {**labels, MODE_LABEL: mode},
+                    "annotations": dict(annotations),
+                },
+            }
+            status, answer = self.api.call("POST", "/api/v1/namespaces", manifest)
+            if status >= 300:
+                raise ApiError(f"creating namespace {chosen}: {status} {answer}")
+        self.control_plane.wait_for(
+            lambda: (
+                self.api.call("GET", f"/api/v1/namespaces/{chosen}/serviceaccounts/default")[0]
+                == 200
+            ),
+            what=f"the default ServiceAccount in {chosen}",
+        )
+        self.made[key] = chosen
+        return chosen
+
+    def delete_all(self) -> None:
+        for name in self.made.values():
+            if name.startswith("pm-"):
+                self.api.call("DELETE", f"/api/v1/namespaces/{name}")
+        self.made.clear()
+
+
+@contextlib.contextmanager
+def namespaces(api: Api, control_plane: ControlPlane) -> Iterator[Namespaces]:
+    made = Namespaces(api, control_plane)
+    try:
+        yield made
+    finally:
+        made.delete_all()
+
+
+# --- outcomes --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the API server did with a pod: stored it (``pod``) or refused it (``code``, ``message``)."""
+
+    pod: Object | None = None
+    code: int = 0
+    message: str = ""
+
+    @property
+    def refused(self) -> bool:
+        return self.pod is None
+
+
+_POLICY_DENIAL = re.compile(
+    r"^.*?(?:ValidatingAdmissionPolicy '[^']*' with binding '[^']*' denied request: )(.*)$", re.S
+)
+_WEBHOOK_DENIAL = re.compile(r'^admission webhook "[^"]*" denied the request: (.*)$', re.S)
+# The engine's refusals start with the object ("Pod demo/web: ..."); the policy's do not.
+_ENGINE_SUBJECT = re.compile(
+    r"^(?:Pod|Deployment|StatefulSet|DaemonSet|ReplicaSet|Job|CronJob) [^ :]*: "
+)
+
+
+def _refusal(status: int, answer: Object) -> Outcome:
+    message = str((answer or {}).get("message", answer))
+    code = int((answer or {}).get("code", status))
+    return Outcome(code=code, message=message)
+
+
+def _stored(status: int, answer: Object) -> Outcome:
+    if status >= 300:
+        return _refusal(status, answer)
+    return Outcome(pod=answer)
+
+
+def by_policy(api: Api, namespace: str, pod: Object) -> Outcome:
+    """The pod dry-run created in a namespace the policy is bound to."""
+    return _stored(*api.dry_run_pod(namespace, pod))
+
+
+def by_webhook(api: Api, namespace: str, pod: Object) -> Outcome:
+    """The pod dry-run created in a namespace the installed webhook serves."""
+    return _stored(*api.dry_run_pod(namespace, pod))
+
+
+_SERVER_SET: Final = ("uid", "resourceVersion", "creationTimestamp", "managedFields", "namespace")
+
+
+def presented(api: Api, plain_namespace: str, pod: Object) -> Object | Outcome:
+    """The pod as the API server hands it to a webhook: defaulted, with its service account
+    admitted (a dry run where nothing mutates it), or the refusal it got."""
+    status, seen = api.dry_run_pod(plain_namespace, pod)
+    if status >= 300:
+        return _refusal(status, seen)
+    for key in _SERVER_SET:
+        seen["metadata"].pop(key, None)
+    seen.pop("status", None)
+    if pod.get("metadata", {}).get("generateName"):
+        seen["metadata"].pop("name", None)
+    return seen
+
+
+def by_simulated_webhook(
+    api: Api, plain_namespace: str, namespace: NamespaceInfo, pod: Object, config: InjectorConfig
+) -> Outcome:
+    """What the webhook makes of ``pod`` in ``namespace``, stored by the API server."""
+    seen = presented(api, plain_namespace, pod)
+    if isinstance(seen, Outcome):
+        return seen
+    try:
+        result = inject(seen, namespace=namespace, config=config)
+    except InjectionRefused as err:
+        # The webhook answers a refusal with code 400 and this message.
+        return Outcome(code=400, message=str(err))
+    return _stored(*api.dry_run_pod(plain_namespace, patched(result)))
+
+
+_TOKEN_VOLUME = re.compile(r"kube-api-access-[a-z0-9]{5}")
+
+
+def normalised(pod: Object) -> Object:
+    """What must be equal: the pod without what the server makes up per request, and the
+    status annotation without its digest (policy mode: a digest of the policy)."""
+    pod = json.loads(_TOKEN_VOLUME.sub("kube-api-access-x", json.dumps(pod)))
+    meta = pod["metadata"]
+    for key in (*_SERVER_SET, "name"):
+        meta.pop(key, None)
+    pod.pop("status", None)
+    annotations = meta.get("annotations") or {}
+    if constants.STATUS_ANNOTATION in annotations:
+        with contextlib.suppress(ValueError):
+            status = json.loads(annotations[constants.STATUS_ANNOTATION])
+            if isinstance(status, dict):
+                status.pop("digest", None)
+                annotations[constants.STATUS_ANNOTATION] = status
+    return pod
+
+
+def refusal_text(message: str) -> str:
+    """A refusal's own words, without the framing of the mode that sent it."""
+    for pattern in (_POLICY_DENIAL, _WEBHOOK_DENIAL):
+        found = pattern.match(message)
+        if found:
+            message = found.group(1)
+            break
+    return _ENGINE_SUBJECT.sub("", message)
+
+
+def assert_same(by_webhook: Outcome, by_policy: Outcome, *, what: str) -> None:
+    """Both stored the same pod, or both refused it (4xx) with the same message.
+
+    One difference is the API server's order: PodSecurity validates before any
+    ValidatingAdmissionPolicy, so a pod that breaks the namespace's level by
+    itself is refused by PodSecurity for its own containers in policy mode
+    (the policy left it uninjected: the refusal is about the pod alone, never
+    about mesh-init), where the webhook refuses first naming the mesh.
+    """
+    if by_webhook.refused or by_policy.refused:
+        assert by_webhook.refused, f"{what}: policy refused ({by_policy.message}), webhook did not"
+        assert by_policy.refused, f"{what}: webhook refused ({by_webhook.message}), policy did not"
+        assert 400 <= by_webhook.code < 500, (what, by_webhook)
+        assert 400 <= by_policy.code < 500, (what, by_policy)
+        if "violates PodSecurity" in by_policy.message:
+            assert "Pod Security" in by_webhook.message, (what, by_webhook, by_policy)
+            assert constants.INIT_CONTAINER not in by_policy.message, (what, by_policy)
+            return
+        assert refusal_text(by_policy.message) == refusal_text(by_webhook.message), (
+            what,
+            by_webhook.message,
+            by_policy.message,
+        )
+        return
+    assert by_webhook.pod is not None
+    assert by_policy.pod is not None
+    assert normalised(by_policy.pod) == normalised(by_webhook.pod), what
+
+
+def pod_with(
+    *,
+    labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    spec: Mapping[str, Any] | None = None,
+    name: str = "p",
+) -> Object:
+    """A small pod (one app container) with these labels, annotations and spec fields."""
+    meta: Object = {"name": name}
+    if labels:
+        meta["labels"] = dict(labels)
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {
+            "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+            **copy.deepcopy(dict(spec or {})),
+        },
+    }
+
+
+def wait_until(predicate: Any, *, what: str, timeout: float = 60.0) -> None:
+    """Poll ``predicate`` until it holds (the policy objects take a moment to be served)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
