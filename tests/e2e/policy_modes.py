@@ -30,15 +30,21 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
+import pytest
+
 from tests.e2e.cluster import ControlPlane
+from tests.e2e.webhook_install import CONFIGURATION, InstalledWebhook, installed_webhook
 from webhook.contract import constants
 from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine import InjectionRefused, inject
 from webhook.engine.config import InjectorConfig
+from webhook.manifests.config_file import load_config
 from webhook.manifests.patched import patched
+from webhook.policy.render import render_policy
 
 Object = dict[str, Any]
 
@@ -267,9 +273,21 @@ def presented(api: Api, plain_namespace: str, pod: Object) -> Object | Outcome:
 
 
 def by_simulated_webhook(
-    api: Api, plain_namespace: str, namespace: NamespaceInfo, pod: Object, config: InjectorConfig
+    api: Api,
+    plain_namespace: str,
+    namespace: NamespaceInfo,
+    pod: Object,
+    config: InjectorConfig,
+    *,
+    stored_in: str,
 ) -> Outcome:
-    """What the webhook makes of ``pod`` in ``namespace``, stored by the API server."""
+    """What the webhook makes of ``pod`` in ``namespace``, stored by the API server.
+
+    The pod is shown to the engine as the API server would show it to a
+    webhook (``presented``); the patched pod is then dry-run created in
+    ``stored_in``, a namespace with the same labels and annotations (so
+    PodSecurity judges it there) that no policy or webhook mutates.
+    """
     seen = presented(api, plain_namespace, pod)
     if isinstance(seen, Outcome):
         return seen
@@ -278,7 +296,7 @@ def by_simulated_webhook(
     except InjectionRefused as err:
         # The webhook answers a refusal with code 400 and this message.
         return Outcome(code=400, message=str(err))
-    return _stored(*api.dry_run_pod(plain_namespace, patched(result)))
+    return _stored(*api.dry_run_pod(stored_in, patched(result)))
 
 
 _TOKEN_VOLUME = re.compile(r"kube-api-access-[a-z0-9]{5}")
@@ -326,6 +344,8 @@ def assert_same(by_webhook: Outcome, by_policy: Outcome, *, what: str) -> None:
         assert by_policy.refused, f"{what}: webhook refused ({by_webhook.message}), policy did not"
         assert 400 <= by_webhook.code < 500, (what, by_webhook)
         assert 400 <= by_policy.code < 500, (what, by_policy)
+        if refusal_text(by_policy.message) == refusal_text(by_webhook.message):
+            return
         if "violates PodSecurity" in by_policy.message:
             assert "Pod Security" in by_webhook.message, (what, by_webhook, by_policy)
             assert constants.INIT_CONTAINER not in by_policy.message, (what, by_policy)
@@ -372,3 +392,183 @@ def wait_until(predicate: Any, *, what: str, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.2)
+
+
+# --- the two modes side by side --------------------------------------------------------
+
+# The config both modes run with: the install's own (the real webhook mounts it).
+INSTALL_CONFIG: Final = Path(__file__).resolve().parents[2] / "manifests/base/injector-config.yaml"
+_IMAGE: Final = "registry.invalid/app:1"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One pod in one namespace: what both modes are given."""
+
+    what: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    pod: Object
+    namespace: str | None = None  # a name the case needs (the excluded ones), else made up
+
+
+def with_images(pod: Object) -> Object:
+    """``pod`` with an image on every container that has none (tables leave them out)."""
+    pod = copy.deepcopy(pod)
+    spec = pod.get("spec")
+    if isinstance(spec, dict):
+        for field in ("containers", "initContainers"):
+            items = spec.get(field)
+            if isinstance(items, list):
+                for item in items:
+                    if isinstance(item, dict) and "image" not in item:
+                        item["image"] = _IMAGE
+    return pod
+
+
+class Modes:
+    """The policy bound where ``MODE_LABEL`` is ``policy``; the engine's answers beside it."""
+
+    def __init__(self, control_plane: ControlPlane, config: InjectorConfig) -> None:
+        self.control_plane = control_plane
+        self.config = config
+        self.api = Api(control_plane)
+        self.namespaces = Namespaces(self.api, control_plane)
+        self.objects = render_policy(config)
+        for obj in self.objects:
+            if obj["kind"].endswith("Binding"):
+                selector = obj["spec"]["matchResources"]["namespaceSelector"]
+                selector["matchExpressions"].append(
+                    {"key": MODE_LABEL, "operator": "In", "values": ["policy"]}
+                )
+
+    def install(self) -> Modes:
+        for obj in self.objects:
+            self.api.apply(obj)
+        probe = self.namespaces.get(
+            {constants.NAMESPACE_INJECTION_LABEL: "enabled"}, {}, mode="policy"
+        )
+
+        def injected() -> bool:
+            outcome = by_policy(self.api, probe, pod_with(name="probe"))
+            annotations = (outcome.pod or {}).get("metadata", {}).get("annotations") or {}
+            return constants.STATUS_ANNOTATION in annotations
+
+        wait_until(injected, what="the policy to inject")
+        return self
+
+    def close(self) -> None:
+        try:
+            self.namespaces.delete_all()
+            for obj in reversed(self.objects):
+                self.api.delete(obj)
+        finally:
+            self.api.close()
+
+    @property
+    def plain(self) -> str:
+        """A namespace where nothing mutates pods: how a webhook is shown them."""
+        return self.namespaces.get(
+            {constants.NAMESPACE_INJECTION_LABEL: "disabled"}, {}, mode="plain"
+        )
+
+    def namespace_info(self, name: str) -> NamespaceInfo:
+        """The namespace as the API server has it (what the webhook's cache would hold)."""
+        status, answer = self.api.call("GET", f"/api/v1/namespaces/{name}")
+        assert status == 200, answer
+        meta = answer["metadata"]
+        return NamespaceInfo(name, meta.get("labels") or {}, meta.get("annotations") or {})
+
+    def namespace(self, case: Case, *, mode: str) -> str:
+        return self.namespaces.get(case.labels, case.annotations, mode=mode, name=case.namespace)
+
+    def by_policy(self, case: Case) -> Outcome:
+        return by_policy(self.api, self.namespace(case, mode="policy"), case.pod)
+
+    def by_simulated_webhook(self, case: Case) -> Outcome:
+        # The policy's namespace names the webhook's too: messages carry the name.
+        info = self.namespace_info(self.namespace(case, mode="policy"))
+        stored_in = case.namespace or self.namespace(case, mode="sim")
+        return by_simulated_webhook(
+            self.api, self.plain, info, case.pod, self.config, stored_in=stored_in
+        )
+
+    def by_webhook(self, case: Case) -> Outcome:
+        """Through the installed webhook (``webhook_namespaces`` must have made it see them)."""
+        return by_webhook(self.api, self.namespace(case, mode="webhook"), case.pod)
+
+    def check(self, case: Case, *, real_webhook: bool = False) -> None:
+        """Both modes store the same pod, or refuse it alike (``assert_same``).
+
+        A pod the API server refuses by itself (where nothing injects) is
+        refused in both modes, but which refusal the client reads first may
+        differ: a webhook answers before the API server validates the object,
+        a ValidatingAdmissionPolicy after. Both must refuse it, with a 4xx.
+        """
+        policy = self.by_policy(case)
+        webhook = self.by_webhook(case) if real_webhook else self.by_simulated_webhook(case)
+        alone = by_policy(self.api, self.plain, case.pod)
+        if alone.refused:
+            assert policy.refused, (case.what, policy)
+            assert webhook.refused, (case.what, webhook)
+            assert 400 <= policy.code < 500, (case.what, policy)
+            assert 400 <= webhook.code < 500, (case.what, webhook)
+            return
+        assert_same(webhook, policy, what=case.what)
+
+    def representable(self, case: Case) -> bool:
+        """Whether the case's namespace can exist (label values, annotation sizes) as given."""
+        try:
+            self.namespace(case, mode="policy")
+        except ApiError as err:
+            if "is invalid" not in str(err) and "too large" not in str(err):
+                raise
+            return False
+        return True
+
+
+@pytest.fixture(scope="module")
+def modes(control_plane: ControlPlane) -> Iterator[Modes]:
+    """The policy installed (the install's config) for this module's tests."""
+    both = Modes(control_plane, load_config(INSTALL_CONFIG))
+    try:
+        yield both.install()
+    finally:
+        both.close()
+
+
+@pytest.fixture(scope="module")
+def real_webhook(control_plane: ControlPlane, modes: Modes) -> Iterator[InstalledWebhook]:
+    """The installed webhook, kept from the namespaces the policy is bound to."""
+    with installed_webhook(control_plane) as install:
+        status, current = modes.api.call(
+            "GET",
+            f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIGURATION}",
+        )
+        assert status == 200, current
+        patch = [
+            {
+                "op": "add",
+                "path": f"/webhooks/{index}/namespaceSelector/matchExpressions/-",
+                "value": {"key": MODE_LABEL, "operator": "NotIn", "values": ["policy", "sim"]},
+            }
+            for index in range(len(current["webhooks"]))
+        ]
+        status, answer = modes.api.call(
+            "PATCH",
+            f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIGURATION}",
+            patch,
+            content_type="application/json-patch+json",
+        )
+        assert status == 200, answer
+        probe = modes.namespaces.get(
+            {constants.NAMESPACE_INJECTION_LABEL: "enabled"}, {}, mode="webhook"
+        )
+
+        def injected() -> bool:
+            outcome = by_webhook(modes.api, probe, pod_with(name="probe"))
+            annotations = (outcome.pod or {}).get("metadata", {}).get("annotations") or {}
+            return constants.STATUS_ANNOTATION in annotations
+
+        wait_until(injected, what="the webhook to inject")
+        yield install

@@ -21,9 +21,13 @@ refusal instead (docs/settings.md, "Quantities"):
   as zero, and so does this parser;
 * it caps binary quantities at 2^63-1 (``8Ei`` reads as 2^63-1), so a binary
   quantity is refused from 2^63-1 up, where the cap makes values alike;
-* it reads an exponent in 32 bits (``1e4294967296`` reads as 1), so an
-  exponent beyond +-(2^31-1) is refused: as too large when it makes a
-  non-zero number huge, as not a quantity otherwise.
+* it reads an exponent in 32 bits (``1e4294967296`` reads as 1), and it
+  writes out ``10**exponent`` to compare or round a quantity, so
+  ``1e-2147483647`` or ``0e999999999`` hold the API server past its request
+  deadline: an exponent beyond +-999 is refused (as too large when it makes
+  a non-zero number huge). No quantity within the bounds needs more: a value
+  is at most 260 characters, so it cannot carry the digits that would make
+  ``1e-999`` (below a nano-unit, read as 1n) mean more than that.
 
 The exact value is an ``int`` of nano-units, computed only after the magnitude
 is known to be in range, so ``9e2147483647`` costs a few integer operations
@@ -50,8 +54,8 @@ _DECIMAL: Final = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "
 NANO_PER_UNIT: Final = 10**9
 MAX_UNITS: Final = 2**63 - 1
 MAX_NANO: Final = MAX_UNITS * NANO_PER_UNIT  # 28 decimal digits
-# The largest exponent magnitude Kubernetes reads as written (it keeps exponents in an int32).
-MAX_EXPONENT: Final = 2**31 - 1
+# The largest exponent magnitude taken (see the module docstring: Kubernetes' cost).
+MAX_EXPONENT: Final = 999
 
 
 class QuantityError(ValueError):
@@ -74,7 +78,7 @@ def parse_quantity(text: str) -> int:
     if abs(exponent) > MAX_EXPONENT:
         if digits and exponent > 0:
             raise _too_large(text)
-        raise _not_a_quantity(text)
+        raise QuantityError(f"{shorten(text)} has an exponent beyond +-{MAX_EXPONENT}")
     if not digits:
         return 0  # Kubernetes too: no digits at all ("-", ".", "Mi") is zero
     power = exponent - len(frac) + 9  # value = int(digits) * 10**power nano-units * 1024**steps

@@ -58,14 +58,13 @@ _TOO_LARGE: Final = f"' is too large: Kubernetes quantities stop at 2^63-1 ({MAX
 
 
 def _quantity_problem(_raw: str, t: str, _sep: str, _f: str) -> str:
-    exponent = f"{t}.find('[eE][+-]?[0-9]+$')"
-    digits = f"{exponent}.find('[1-9][0-9]*$')"  # without its sign and leading zeros
-    bound = str(MAX_EXPONENT)
-    huge = (
-        f"(size({digits}) > {len(bound)} "
-        f"|| (size({digits}) == {len(bound)} && {digits} > '{bound}'))"
-    )
-    nonzero = f"{t}.substring(0, size({t}) - size({exponent})).matches('[1-9]')"
+    exponent = f"{t}.find('[eE][+-]?[0-9]+$')"  # '' unless the suffix is an exponent
+    power = f"{exponent}.find('[1-9][0-9]*$')"  # without its sign and leading zeros
+    # Past the bound Kubernetes would write out 10**exponent to compare or round
+    # (9e2147483647 held the API server past its deadline): judged from the text.
+    digits = len(str(MAX_EXPONENT))
+    huge = f"(size({power}) > {digits} || ({power} != '' && int({power}) > {MAX_EXPONENT}))"
+    mantissa = f"{t}.substring(0, size({t}) - size({exponent}))"
     negative = f"quantity({t}).isLessThan(quantity('0'))"
     magnitude = f"({negative} ? quantity('0').sub(quantity({t})) : quantity({t}))"
     # Kubernetes caps binary quantities at 2^63-1, so for those "equal" means "at or over".
@@ -77,9 +76,8 @@ def _quantity_problem(_raw: str, t: str, _sep: str, _f: str) -> str:
     return (
         f"{t} == '' ? '' : "
         f"!{t}.matches({_full(PATTERN)}) ? {quoted} + {_NOT_A_QUANTITY} : "
-        # An exponent Kubernetes would read in 32 bits, wrongly (docs/settings.md).
-        f"{huge} ? (!{exponent}.contains('-') && {nonzero} ? {quoted} + {_TOO_LARGE} "
-        f": {quoted} + {_NOT_A_QUANTITY}) : "
+        f"{huge} ? (!{exponent}.contains('-') && {mantissa}.matches('[1-9]') "
+        f"? {quoted} + {_TOO_LARGE} : {quoted} + ' has an exponent beyond +-{MAX_EXPONENT}') : "
         f"!isQuantity({t}) ? {quoted} + {_NOT_A_QUANTITY} : "
         f"{over} ? {quoted} + {_TOO_LARGE} : "
         f"{negative} ? {quoted} + ' is negative' : ''"
