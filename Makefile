@@ -121,10 +121,11 @@ e2e-node: install control-plane node-binaries images
 # to end through kube-apiserver (the e2e control plane, `make control-plane`);
 # pod start-up on a real node (root and the node's parts, docs/e2e.md). A
 # section that cannot run here is skipped with its reason. BENCH_BEFORE is
-# the commit whose webhook is measured next to the current one ("before"; the
-# state before issue 17), installed once into a virtualenv of its own; set it
-# empty to skip. Rewrites BENCHMARKS.md (raw figures and logs: bench/results/).
-# Takes about 40 minutes, most of it the node section; run it on a quiet machine.
+# the commit whose webhook is measured next to the current one ("before": the
+# webhook ahead of the performance work BENCHMARKS.md's "Profiling" describes),
+# installed once into a virtualenv of its own; set it empty to skip. Rewrites
+# BENCHMARKS.md (raw figures and logs: bench/results/; its header says how long
+# the run took, most of it the node section); run it on a quiet machine.
 BENCH_BEFORE ?= 6ae0950
 .PHONY: bench
 
