@@ -526,9 +526,9 @@ def _certs(out: Path, *, namespace: str = "mesh-system") -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _render(certs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _render(certs: Path, out: Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, str(SCRIPT), "--manifests", str(MANIFESTS)]
-    command += ["--certs", str(certs), "--out", str(out), *extra]
+    command += ["--certs", str(certs), "--out", str(out)]
     return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
@@ -543,52 +543,6 @@ def test_render_install_refuses_a_certificate_for_another_namespace(tmp_path: Pa
     assert "sidecar-injector.mesh-system.svc" in done.stderr
     # The previous file is left as it was, not truncated.
     assert out.read_text(encoding="utf-8") == "previous\n"
-
-
-def test_render_install_takes_both_project_images_from_another_repository(
-    tmp_path: Path,
-) -> None:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not on PATH; render_install runs `kubectl kustomize`")
-    _certs(tmp_path / "certs")
-    installs = {}
-    for name, extra in (
-        ("default", ()),
-        ("same", ("--image-repo", "ghcr.io/sidecar-injector/")),
-        ("moved", ("--image-repo", "registry.example.com:5000/mesh/")),
-    ):
-        done = _render(tmp_path / "certs", tmp_path / f"{name}.yaml", *extra)
-        assert done.returncode == 0, done.stderr
-        installs[name] = (tmp_path / f"{name}.yaml").read_text(encoding="utf-8")
-    # The default repository, however spelt, renders exactly what the base says.
-    assert installs["same"] == installs["default"]
-
-    default, moved = (
-        [obj for obj in yaml.safe_load_all(installs[name]) if obj] for name in ("default", "moved")
-    )
-    assert _container(moved)["image"] == f"registry.example.com:5000/mesh/webhook:{__version__}"
-    config_map = _one(moved, "ConfigMap")
-    config = parse_config(config_map["data"]["config.yaml"], origin="install.yaml")
-    assert config.init.image == f"registry.example.com:5000/mesh/mesh-init:{__version__}"
-    # Only the image lines change in the config (its comments stay), and the
-    # ConfigMap gets a new content hash in its name, which the Deployment follows.
-    old_text = _one(default, "ConfigMap")["data"]["config.yaml"]
-    assert config_map["data"]["config.yaml"] == old_text.replace(
-        "ghcr.io/sidecar-injector/", "registry.example.com:5000/mesh/"
-    )
-    assert config_map["metadata"]["name"] != _one(default, "ConfigMap")["metadata"]["name"]
-    assert config_map["metadata"]["labels"] == _one(default, "ConfigMap")["metadata"]["labels"]
-    volumes = _one(moved, "Deployment")["spec"]["template"]["spec"]["volumes"]
-    assert config_map["metadata"]["name"] in [v.get("configMap", {}).get("name") for v in volumes]
-    # Everything else is the default install, the Envoy image included.
-    assert config.proxy.image == "docker.io/envoyproxy/envoy"
-    unchanged = [o for o in default if o["kind"] not in ("ConfigMap", "Deployment", "Secret")]
-    assert [o for o in moved if o["kind"] not in ("ConfigMap", "Deployment", "Secret")] == unchanged
-
-    refused = _render(tmp_path / "certs", tmp_path / "bad.yaml", "--image-repo", "a b")
-    assert refused.returncode == 1
-    assert "--image-repo" in refused.stderr
-    assert not (tmp_path / "bad.yaml").exists()
 
 
 def test_make_manifests_in_a_fresh_clone_writes_an_install_with_secret_and_ca_bundle(
