@@ -160,9 +160,10 @@ class Built:
 # (usually a handful); pod annotations can make more, and long port and CIDR
 # lists make an entry larger (they go into the rules), so it is bounded in
 # entries and in bytes, like the settings cache (webhook/engine/bounded_cache.py).
-# An entry is charged its JSON length plus ENTRY_OVERHEAD: measured with
-# tracemalloc (tests/test_engine_cache.py), the dicts, lists and small strings
-# of the two containers keep ~6 KB alive beyond the JSON text.
+# An entry is charged its JSON length plus ENTRY_OVERHEAD, which covers the
+# dicts, lists and small strings of the two containers beyond the JSON text
+# (tests/test_engine_cache.py holds the charge to what tracemalloc sees;
+# docs/engine.md, "Caches").
 CACHE_MAX_ENTRIES: Final = 1024
 CACHE_MAX_BYTES: Final = 16 << 20
 ENTRY_OVERHEAD: Final = 8 << 10

@@ -32,9 +32,9 @@ Decisions worth knowing (docs/settings.md repeats them for users):
   IPv6 half is not written at all.
 * Compact: ports go 15 to a rule (``-m multiport``, its maximum), CIDRs 16 to
   a rule (``-d a,b,...``, which iptables expands into one kernel rule each),
-  and the redirect targets are written inline. The default script is about
-  800 bytes; the worst the settings limits allow about 15 KB, far below the
-  ``MAX_SCRIPT_BYTES`` bound (see there).
+  and the redirect targets are written inline. The worst script the settings
+  limits allow stays far below the ``MAX_SCRIPT_BYTES`` bound (see there;
+  docs/settings.md, "Limits", gives the sizes).
 """
 
 from __future__ import annotations

@@ -282,10 +282,10 @@ class _Entry:
 # Resolved settings per distinct (config, winning values). Bounded in entries
 # and in bytes: each entry is charged five times the raw text it was parsed
 # from (the key keeps the text; parsed tuples and provenance strings repeat
-# it) plus 4 KiB for the objects themselves. Measured with tracemalloc
-# (tests/test_settings.py) that covers what an entry really keeps alive: about
-# 3 KB for typical settings, 52 KB for the worst accepted ones (charged 60 KB),
-# so 8 MiB holds about 2,000 typical entries or 140 worst ones.
+# it) plus 4 KiB for the objects themselves, which covers what an entry
+# really keeps alive (tests/test_settings.py checks it with tracemalloc;
+# docs/settings.md, "Limits", has the figures), so distinct big settings are
+# evicted rather than kept for ever.
 SETTINGS_CACHE: Final[BoundedCache[tuple[int, _Winners], _Entry]] = BoundedCache(
     max_entries=4096, max_bytes=8 * 1024 * 1024
 )

@@ -30,14 +30,15 @@ AllOr = Literal["*"]
 
 # Items per list. 128 ports or CIDRs is far beyond what a pod needs (a few to a
 # few dozen), and with these the worst accepted settings still render a
-# ``mesh-init`` script of about 15 KB (tests/test_iptables.py renders it).
+# ``mesh-init`` script well under ``iptables.MAX_SCRIPT_BYTES``
+# (tests/test_iptables.py renders it).
 MAX_PORTS: Final = 128
 MAX_CIDRS: Final = 128
 # Raw characters per value, checked before any parsing, so a multi-megabyte
-# annotation is refused in microseconds. Each is the longest sensible spelling
-# of a full list (128 x "65535, " and 128 x a 43-character IPv6 CIDR plus
-# separators, with room for spaces), or of the longest scalar: a 253-character
-# DNS name plus ":65535" for ``xds-address``.
+# annotation is refused before it costs anything. Each is the longest
+# sensible spelling of a full list (128 x "65535, " and 128 x a 43-character
+# IPv6 CIDR plus separators, with room for spaces), or of the longest scalar:
+# a 253-character DNS name plus ":65535" for ``xds-address``.
 MAX_PORT_LIST_CHARS: Final = 1024
 MAX_CIDR_LIST_CHARS: Final = 8192
 MAX_SCALAR_CHARS: Final = 260
@@ -129,9 +130,9 @@ def parse_cidr(text: str) -> str:
     Returned in canonical form, host bits cleared (``10.1.2.3/8`` -> ``10.0.0.0/8``,
     ``FD00:0::/8`` -> ``fd00::/8``): that is the text the rules carry. Parsed
     with the C library's ``inet_pton`` (strict: dotted-quad IPv4 without
-    leading zeros, no IPv6 zone index, which iptables could not take), about
-    100 times faster than ``ipaddress.ip_network`` for IPv6; with 256 CIDRs
-    that is the difference between a fraction of a millisecond and tens of them.
+    leading zeros, no IPv6 zone index, which iptables could not take): far
+    cheaper than ``ipaddress.ip_network`` for IPv6, which matters for the
+    longest lists on a cold admission (docs/settings.md, "Limits").
     """
     address, slash, length = text.partition("/")
     family, bits = (socket.AF_INET6, 128) if ":" in address else (socket.AF_INET, 32)

@@ -74,11 +74,12 @@ CODE_NAMESPACE_UNAVAILABLE: Final = "namespace-unavailable"
 MAX_UID_BYTES: Final = 256
 
 # How many JSON values a review may hold, checked before parsing. Parsing
-# builds a Python object per value on the event loop: 2**17 values cost at
-# most a few tens of milliseconds and ~30 MB even in the costliest shape
-# (empty lists), where 7 MiB of them would take seconds and ~170 MB. A pod
-# etcd can store (1.5 MiB) with realistic content holds far fewer; the count
-# is of ``,``/``[``/``{`` bytes, so it errs on the side of counting more.
+# builds a Python object per value on the event loop: a full 7 MiB body of the
+# costliest shape (empty lists) would take seconds and many times its size in
+# memory, while at this bound any shape parses quickly into a bounded heap
+# (docs/service.md, "Limits", has the figures). A pod etcd can store (1.5 MiB)
+# with realistic content holds far fewer; the count is of ``,``/``[``/``{``
+# bytes, so it errs on the side of counting more.
 MAX_JSON_VALUES: Final = 131_072
 
 # Pod names as logged: Kubernetes allows 253 characters.

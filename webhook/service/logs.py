@@ -59,9 +59,9 @@ def configure(level: str = "info") -> None:
     Every admission writes one line, so the per-record work matters. By
     default ``logging`` walks the stack to find the caller's file and line
     (``findCaller``) and looks up the thread and process names for every
-    record; these lines show none of that, so it is switched off. Measured
-    on the admission line: ~84 -> ~43 us per record on a loaded 2-core
-    machine (about half of that is the caller lookup).
+    record; these lines show none of that, so it is switched off, which
+    roughly halves the cost of the admission line (BENCHMARKS.md,
+    "Profiling").
     """
     logging.config.dictConfig(log_config(level))
     logging._srcfile = None  # the documented switch that turns findCaller off
