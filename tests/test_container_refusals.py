@@ -64,7 +64,7 @@ def refusal(obj: dict[str, Any], config: InjectorConfig = CONFIG) -> str | None:
 # --- reserved ports ---------------------------------------------------------------------
 
 MOVE = (
-    ", which the proxy uses (it listens on 15001, 15006, 15000, 15021, 15090); move the"
+    ", which the proxy uses (it listens on 15000, 15001, 15006, 15021, 15090); move the"
     " container to another port, or opt the pod out with sidecar.mesh.io/inject=false"
 )
 

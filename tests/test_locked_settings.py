@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -314,3 +315,13 @@ def test_a_pod_that_would_not_be_injected_is_never_refused_for_a_lock() -> None:
     opted_out = deployment({P + "xds-address": "attacker.example.com:443"}, {P + "inject": "false"})
     result = inject(opted_out, namespace=ENABLED, config=locking("xds-address"))
     assert (result.injected, result.decision.code) == (False, "pod-opted-out")
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/settings.md"])
+def test_the_documented_lock_examples_are_valid_configs(doc: str) -> None:
+    text = (Path(__file__).parent.parent / doc).read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    examples = [b for b in blocks if "lockedSettings" in b]
+    assert examples
+    for example in examples:
+        assert "xds-address" in parse_config(example, origin=doc).locked_settings

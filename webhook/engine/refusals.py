@@ -30,7 +30,7 @@ from webhook.engine.values import shorten
 # The container lists, in the order the rules walk them.
 LISTS: Final = ("containers", "initContainers")
 _OPT_OUT: Final = f"or opt the pod out with {constants.INJECT_KEY}=false"
-_PROXY_PORTS: Final = ", ".join(str(port) for port in constants.PROXY_PORTS)
+_PROXY_PORTS: Final = ", ".join(str(port) for port in sorted(constants.PROXY_PORTS))
 
 
 def _containers(spec: Mapping[str, Any]) -> Iterator[tuple[str, int, Mapping[str, Any]]]:
