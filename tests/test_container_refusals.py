@@ -88,7 +88,8 @@ PORT_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("UDP on a proxy port", pod([container("app", {"containerPort": 15090, "protocol": "UDP"})]), None),
     ("SCTP on a proxy port", pod([container("app", {"containerPort": 15001, "protocol": "SCTP"})]), None),
     ("a host port only", pod([container("app", {"containerPort": 8080, "hostPort": 15001})]), None),
-    ("not a number", pod([container("app", {"containerPort": "15090"}, {"containerPort": 15090.0})]), None),
+    ("not a number", pod([container("app", {"containerPort": "15090"}, {"containerPort": 15090.0}, {"containerPort": True})]), None),
+    ("ports not a list", pod([container("app", ports=15090), container("side", ports={"containerPort": 15090}), container("x", ports="15090")]), None),
 ]
 # fmt: on
 

@@ -31,6 +31,7 @@ from webhook.engine.values import shorten
 LISTS: Final = ("containers", "initContainers")
 _OPT_OUT: Final = f"or opt the pod out with {constants.INJECT_KEY}=false"
 _PROXY_PORTS: Final = ", ".join(str(port) for port in sorted(constants.PROXY_PORTS))
+_RESERVED_PORTS: Final = frozenset(constants.PROXY_PORTS)
 
 
 def _containers(spec: Mapping[str, Any]) -> Iterator[tuple[str, int, Mapping[str, Any]]]:
@@ -38,11 +39,6 @@ def _containers(spec: Mapping[str, Any]) -> Iterator[tuple[str, int, Mapping[str
     for field in LISTS:
         for index, container in enumerate(spec.get(field) or ()):
             yield field, index, container
-
-
-def _is_int(value: object) -> bool:
-    """A JSON integer (``true`` is not 1 here, nor is ``15001.0`` a port)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _which(prefix: str, field: str, index: int, container: Mapping[str, Any]) -> str:
@@ -79,11 +75,20 @@ def reserved_port(spec: Mapping[str, Any], prefix: str) -> str | None:
     ports do not clash with the proxy's TCP listeners.
     """
     for field, index, container in _containers(spec):
-        for port in container.get("ports") or ():
-            if not isinstance(port, Mapping) or port.get("protocol", "TCP") != "TCP":
+        ports = container.get("ports")
+        if not isinstance(ports, list):
+            continue  # none (the API server would refuse anything else)
+        for port in ports:
+            if not isinstance(port, dict):
                 continue
+            # A JSON integer only (not ``true``, nor ``15001.0``), checked by
+            # type first so that the set look-up never meets an unhashable value.
             number = port.get("containerPort")
-            if _is_int(number) and number in constants.PROXY_PORTS:
+            if (
+                type(number) is int
+                and number in _RESERVED_PORTS
+                and port.get("protocol", "TCP") == "TCP"
+            ):
                 return (
                     f"{_which(prefix, field, index, container)} declares containerPort "
                     f"{number}, which the proxy uses (it listens on {_PROXY_PORTS}); move "
@@ -105,20 +110,10 @@ def intercepted(field: str, container: Mapping[str, Any], *, native_sidecar: boo
     return container.get("restartPolicy") == "Always"
 
 
-def run_as_user(
-    container: Mapping[str, Any], spec: Mapping[str, Any], prefix: str, field: str, index: int
-) -> tuple[Any, str]:
-    """The container's effective ``runAsUser`` (its own, else the pod's) and where it is set.
-
-    ``None`` when neither sets one: the image decides, which admission cannot see.
-    """
-    own = container.get("securityContext")
-    if isinstance(own, Mapping) and own.get("runAsUser") is not None:
-        return own["runAsUser"], f"{prefix}.{field}[{index}].securityContext.runAsUser"
-    pod = spec.get("securityContext")
-    if isinstance(pod, Mapping) and pod.get("runAsUser") is not None:
-        return pod["runAsUser"], f"the pod's {prefix}.securityContext.runAsUser"
-    return None, ""
+def run_as_user(obj: Mapping[str, Any]) -> Any:
+    """``securityContext.runAsUser`` of a container or a pod spec, or ``None``."""
+    context = obj.get("securityContext")
+    return context.get("runAsUser") if isinstance(context, dict) else None
 
 
 def proxy_uid(
@@ -128,13 +123,22 @@ def proxy_uid(
 
     ``mesh-init`` exempts that UID's connections from redirection (the proxy's
     own would loop otherwise), so such a container's traffic would bypass the
-    proxy without anyone seeing it.
+    proxy without anyone seeing it. A container's UID is its own
+    ``runAsUser``, else the pod's; with neither the image decides, which
+    admission cannot see.
     """
+    pod_user = run_as_user(spec)
     for field, index, container in _containers(spec):
         if not intercepted(field, container, native_sidecar=native_sidecar):
             continue
-        user, where = run_as_user(container, spec, prefix, field, index)
-        if _is_int(user) and user == uid:
+        own = run_as_user(container)
+        user = own if own is not None else pod_user
+        if type(user) is int and user == uid:  # a JSON integer: ``true`` is not UID 1
+            where = (
+                f"{prefix}.{field}[{index}].securityContext.runAsUser"
+                if own is not None
+                else f"the pod's {prefix}.securityContext.runAsUser"
+            )
             return (
                 f"{_which(prefix, field, index, container)} runs as UID {uid} ({where}), "
                 f"the proxy's UID: mesh-init exempts that UID from redirection, so its "
