@@ -6,6 +6,10 @@ where it came from, so a refusal can say "pod annotation
 sidecar.mesh.io/proxy-cpu-request='lots' ..." and a preview can show why a value
 is what it is. Label values cannot hold commas, so list items in labels are
 separated by ``_``; CIDR lists (which need ``/``) can only be annotations.
+
+Settings the config locks (``lockedSettings``) skip the pod annotation layer:
+the namespace and the config decide them, and a pod annotation with another
+value is a ``LockedError`` (``locked_conflicts`` lists them for ``check``).
 """
 
 from __future__ import annotations
