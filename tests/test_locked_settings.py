@@ -241,6 +241,22 @@ def test_a_passing_lock_is_cached_and_a_refused_one_is_not() -> None:
     SETTINGS_CACHE.clear()
 
 
+def test_an_oversized_pod_value_of_a_locked_key_is_refused_without_entering_a_cache_key() -> None:
+    config = locking("include-outbound-cidrs")
+    huge = "10.0.0.0/8," * 300_000  # 3.3 MB
+    SETTINGS_CACHE.clear()
+    with pytest.raises(LockedError) as refused:
+        resolve(config, pod={P + "include-outbound-cidrs": huge})
+    assert "(3300000 characters) is refused: the injector config locks" in str(refused.value)
+    # Only the settings in force were cached, charged for no pod text at all.
+    assert SETTINGS_CACHE.entries == 1
+    assert SETTINGS_CACHE.bytes == 4096
+    with pytest.raises(SettingsError) as first:
+        resolve(config, pod={P + "include-outbound-cidrs": huge, P + "log-level": "loud"})
+    assert "log-level='loud' is invalid" in str(first.value)  # invalid values still come first
+    SETTINGS_CACHE.clear()
+
+
 def worst_cidrs(i: int) -> str:
     return ",".join(
         f"{0x1000 + i:x}:{0x1000 + j:x}:2222:3333:4444:5555:6666:7777/128" for j in range(MAX_CIDRS)

@@ -378,23 +378,35 @@ def resolve_settings(
             winners.append((name, where, raw))
             break
 
-    # The config is keyed by identity, not value: provenance depends on which
-    # fields the config set explicitly, which equal configs need not share.
-    # The entry holds the config, so a reused id cannot match another one.
-    cache_key = (id(config), tuple(winners), tuple(pinned))
+    if any(len(raw) > _KEYS[name].max_chars for name, raw in pinned):
+        # An oversized pod value can never be the one in force: refused
+        # against the settings in force, without hashing it into a cache key.
+        raise _conflicts(_cached(config, tuple(winners), ()), tuple(pinned))[0]
+    settings = _cached(config, tuple(winners), tuple(pinned))
+    if warnings:
+        settings = dataclasses.replace(settings, warnings=(*warnings, *settings.warnings))
+    return settings
+
+
+def _cached(config: InjectorConfig, winners: _Winners, pinned: _Pinned) -> ProxySettings:
+    """The settings for these winners, from the cache or resolved (and locks judged) now.
+
+    The config is keyed by identity, not value: provenance depends on which
+    fields the config set explicitly, which equal configs need not share. The
+    entry holds the config, so a reused id cannot match another one. Only a
+    resolution that passes is kept.
+    """
+    cache_key = (id(config), winners, pinned)
     entry = SETTINGS_CACHE.get(cache_key)
     if entry is None or entry.config is not config:
-        resolved = _resolve(config, cache_key[1])
-        conflicts = _conflicts(resolved, cache_key[2])
+        resolved = _resolve(config, winners)
+        conflicts = _conflicts(resolved, pinned)
         if conflicts:
             raise conflicts[0]
         entry = _Entry(config, resolved)
         chars = sum(len(raw) for _, _, raw in winners) + sum(len(raw) for _, raw in pinned)
         SETTINGS_CACHE.put(cache_key, entry, size=_ENTRY_OVERHEAD + _CHARGE_PER_CHAR * chars)
-    settings = entry.settings
-    if warnings:
-        settings = dataclasses.replace(settings, warnings=(*warnings, *settings.warnings))
-    return settings
+    return entry.settings
 
 
 def locked_conflicts(
