@@ -222,7 +222,7 @@ def render_script(settings: ProxySettings, *, proxy_uid: int, ipv6: bool = True)
 
 
 def mesh_init_container(settings: ProxySettings, config: InjectorConfig) -> dict[str, Any]:
-    """The ``mesh-init`` container: root, but only NET_ADMIN and NET_RAW, nothing else.
+    """The ``mesh-init`` container: root, but only NET_ADMIN and NET_RAW, under RuntimeDefault.
 
     Root is needed because netfilter changes require CAP_NET_ADMIN in the
     pod's network namespace; everything else is taken away.
@@ -244,6 +244,9 @@ def mesh_init_container(settings: ProxySettings, config: InjectorConfig) -> dict
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            # Its own profile, whatever the pod sets: a pod-level Unconfined
+            # must not leave a root container holding NET_ADMIN without one.
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
     resources = container_resources(config.init.resources)

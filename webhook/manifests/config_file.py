@@ -20,10 +20,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from webhook.contract import constants
 from webhook.engine import config as engine
 from webhook.engine.config import LogLevel
 from webhook.engine.quantity import QuantityError, check_quantity
-from webhook.engine.values import check_address, parse_image_tag
+from webhook.engine.settings import SETTING_NAMES
+from webhook.engine.values import check_address, parse_image_tag, shorten
 
 __all__ = ["ConfigError", "load_config", "parse_config"]
 
@@ -52,7 +54,7 @@ class _Model(BaseModel):
         # Every string here ends up in a pod spec, a log line or a command
         # line; a control character (a newline in an image name) is a typo
         # at best and a header or log injection at worst.
-        texts = value if isinstance(value, tuple | list) else (value,)
+        texts = value if isinstance(value, tuple | list | frozenset) else (value,)
         for text in texts:
             if isinstance(text, str) and any(c < " " or c == "\x7f" for c in text):
                 raise ValueError(f"{text!r} contains a control character")
@@ -139,6 +141,42 @@ class InjectorConfig(_Model):
     init: InitConfig = InitConfig()
     excluded_namespaces: tuple[str, ...] = _CONFIG.excluded_namespaces
     ipv6: bool = _CONFIG.ipv6
+    locked_settings: frozenset[str] = _CONFIG.locked_settings
+
+    @field_validator("locked_settings", mode="before")
+    @classmethod
+    def _settings(cls, value: object) -> object:
+        # Short names (``xds-address``), as the contract spells them; the full
+        # key (``sidecar.mesh.io/xds-address``), as it is written on pods, is
+        # taken too and means the same. Stored short.
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be a list of setting names, e.g. [xds-address]")
+        return [_setting_name(index, item) for index, item in enumerate(value)]
+
+
+# Keys under the prefix that are not settings, and what they do instead.
+_NOT_SETTINGS = {
+    "inject": "it chooses whether a pod is injected",
+    "rev": "it chooses the injector revision",
+    "status": "the injector writes it",
+}
+
+
+def _setting_name(index: int, item: object) -> str:
+    """One ``lockedSettings`` entry as a short setting name; the error names the entry."""
+    entry = f"entry {index + 1}"
+    if not isinstance(item, str):
+        raise ValueError(f"{entry} ({item!r}) is not a setting name")
+    name = item.removeprefix(constants.PREFIX)
+    if name in SETTING_NAMES:
+        return name
+    if name in _NOT_SETTINGS:
+        raise ValueError(
+            f"{entry} {item!r} is not a setting and cannot be locked: {_NOT_SETTINGS[name]}"
+        )
+    raise ValueError(
+        f"{entry} {shorten(item)} is not a setting (settings: {', '.join(SETTING_NAMES)})"
+    )
 
 
 def parse_config(text: str, *, origin: str = "config") -> engine.InjectorConfig:

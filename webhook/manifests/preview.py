@@ -18,6 +18,7 @@ from webhook.contract import constants
 from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike, inject
 from webhook.engine.config import InjectorConfig
+from webhook.engine.settings import Provenance
 from webhook.engine.workloads import describe
 from webhook.manifests.patched import Patched, patched
 from webhook.manifests.render import as_list, to_json_bytes, to_yaml, unified_diff
@@ -102,12 +103,13 @@ def inject_all(
 
 
 def summary(result: InjectionResult) -> dict[str, Any]:
-    """The preview's JSON view of one result: decision, settings with sources, patch, object."""
+    """The preview's JSON view of one result: decision, settings with sources, patch, object.
+
+    A setting the injector config locks carries ``"locked": true`` (pod
+    annotations cannot change it); the others have no ``locked`` key.
+    """
     settings = (
-        {
-            key: {"value": item.value, "source": str(item.source)}
-            for key, item in result.settings.provenance.items()
-        }
+        {key: _setting(item) for key, item in result.settings.provenance.items()}
         if result.settings is not None
         else {}
     )
@@ -119,6 +121,13 @@ def summary(result: InjectionResult) -> dict[str, Any]:
         "object": patched(result),
         "warnings": list(result.warnings),
     }
+
+
+def _setting(item: Provenance) -> dict[str, Any]:
+    shown: dict[str, Any] = {"value": item.value, "source": str(item.source)}
+    if item.locked:
+        shown["locked"] = True
+    return shown
 
 
 def render(
