@@ -19,6 +19,7 @@ from webhook.engine import InjectionRefused, NamespaceLike
 from webhook.engine.values import NAMESPACE_NAME_RULE, is_namespace_name, shorten
 from webhook.manifests.config_file import ConfigError, load_config
 from webhook.manifests.documents import ManifestError, load_objects
+from webhook.manifests.files import DOCUMENTS_LIMIT, FileError, read_file, read_stream
 from webhook.manifests.preview import Assumptions, Output, inject_all, parse_pairs, render
 
 PROG = "sidecar-injector"
@@ -282,15 +283,15 @@ def _fail(message: str) -> int:
 def _read_inputs(names: Sequence[str]) -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = []
     for name in names:
-        if name == "-":
-            data = sys.stdin.buffer.read()
-            origin = "<stdin>"
-        else:
-            try:
-                data = Path(name).read_bytes()
-            except OSError as err:
-                raise ManifestError(f"{name}: cannot read: {err.strerror or err}") from None
-            origin = name
+        origin = "<stdin>" if name == "-" else name
+        try:
+            data = (
+                read_stream(sys.stdin.buffer, limit=DOCUMENTS_LIMIT, origin=origin)
+                if name == "-"
+                else read_file(name, limit=DOCUMENTS_LIMIT)
+            )
+        except FileError as err:
+            raise ManifestError(str(err)) from None
         # YAML anchors and aliases are refused (load_objects refuses them everywhere).
         objects.extend(load_objects(data, origin=origin))
     return objects
