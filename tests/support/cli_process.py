@@ -76,7 +76,9 @@ def run_cli(
         if time.monotonic() > give_up:
             proc.kill()
             proc.wait()
-            raise AssertionError(f"sidecar-injector {' '.join(args)} did not end within {deadline}s")
+            raise AssertionError(
+                f"sidecar-injector {' '.join(args)} did not end within {deadline}s"
+            )
         time.sleep(0.02)  # polling the child, not waiting for an outcome
     proc.returncode = os.waitstatus_to_exitcode(status)
     return Ran(proc.returncode, out_path.read_bytes(), err_path.read_bytes(), usage.ru_maxrss)
