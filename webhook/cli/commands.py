@@ -422,6 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runners[args.command](args)
     except KeyboardInterrupt:
         return 130
+    except MemoryError:
+        # Every read is bounded, so this is a bug or a tiny limit (ulimit -v),
+        # said in one line rather than a traceback.
+        return _fail("out of memory")
     except BrokenPipeError:
         # ``inject ... | head``: the reader left; that is not our error.
         sys.stderr.close()

@@ -185,6 +185,24 @@ class Connection:
         JSON, and urllib3/OS errors for the connection itself (see
         ``one_line``).
         """
+        raw = self.call_bytes(
+            method, path, query, limit=limit, timeout=timeout, body=body, accept=accept, what=what
+        )
+        return parse_json(raw, what=what)
+
+    def call_bytes(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        *,
+        limit: int,
+        timeout: float,
+        body: Any = None,
+        accept: str = "application/json",
+        what: str = "the answer",
+    ) -> bytes:
+        """``call`` without the parsing: the body as it came, for callers that count bytes."""
         data = None if body is None else orjson.dumps(body)
         response = self.request(method, path, query, read_timeout=timeout, body=data, accept=accept)
         complete = False
@@ -214,10 +232,7 @@ class Connection:
                 # Unread bytes would be the next request's garbage: drop the connection.
                 response.close()
             response.release_conn()
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ResponseError(f"{what} is not JSON") from None
+        return raw
 
     def clear(self) -> None:
         """Close the pool's idle connections."""
@@ -242,6 +257,20 @@ class Connection:
             _request_timeout=timeout,
         )
         return forward.socket(port)
+
+
+def parse_json(raw: bytes, *, what: str) -> Any:
+    """``raw`` parsed; ``ResponseError`` when it is not JSON, ``MemoryError`` when it does not fit.
+
+    orjson reports a failed allocation as a decode error; calling that "not
+    JSON" would send people looking for a bug in the server's answer.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        if str(err).startswith("Not enough memory"):
+            raise MemoryError(f"parsing {what} ({len(raw)} bytes)") from None
+        raise ResponseError(f"{what} is not JSON") from None
 
 
 def paged(
