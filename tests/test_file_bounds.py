@@ -205,7 +205,8 @@ def test_certs_renew_replaces_a_serving_file_that_is_not_a_regular_file(
     KINDS[kind][0](out / name)
     ran = run_cli("certs", "--out", str(out), "--renew", tmp_path=tmp_path)
     assert ran.code == 0, ran.err
-    assert (out / name).is_file() and not (out / name).is_symlink()
+    assert (out / name).is_file()
+    assert not (out / name).is_symlink()
     assert ran.peak_kib < PEAK_RSS_LIMIT_KIB
 
 

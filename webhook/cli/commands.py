@@ -16,7 +16,12 @@ from typing import Any, NoReturn
 from webhook import __version__
 from webhook.contract import constants
 from webhook.engine import InjectionRefused, NamespaceLike
-from webhook.engine.values import NAMESPACE_NAME_RULE, is_namespace_name, shorten
+from webhook.engine.values import (
+    NAMESPACE_NAME_RULE,
+    escape_controls,
+    is_namespace_name,
+    shorten,
+)
 from webhook.manifests.config_file import ConfigError, load_config
 from webhook.manifests.documents import ManifestError, load_objects
 from webhook.manifests.files import DOCUMENTS_LIMIT, FileError, read_file, read_stream
@@ -29,7 +34,7 @@ EXIT_ERROR = 1
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {escape_controls(message)}\n")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -275,8 +280,13 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _say(line: str) -> None:
+    """One line on stderr, with what a terminal would act on escaped (names come from inputs)."""
+    sys.stderr.write(f"{PROG}: {escape_controls(line)}\n")
+
+
 def _fail(message: str) -> int:
-    sys.stderr.write(f"{PROG}: error: {message}\n")
+    _say(f"error: {message}")
     return EXIT_ERROR
 
 
@@ -327,9 +337,9 @@ def _run_inject(args: argparse.Namespace) -> int:
 
     for obj, result in zip(objects, results, strict=True):
         for warning in result.warnings:
-            sys.stderr.write(f"{PROG}: warning: {describe(obj)}: {warning}\n")
+            _say(f"warning: {describe(obj)}: {warning}")
         if result.location is not None and not result.injected:
-            sys.stderr.write(f"{PROG}: {describe(obj)}: not injected: {result.decision.reason}\n")
+            _say(f"{describe(obj)}: not injected: {result.decision.reason}")
     sys.stdout.write(text)
     sys.stdout.flush()
     return 0
@@ -350,9 +360,9 @@ def _run_uninject(args: argparse.Namespace) -> int:
 
     for obj, result in zip(objects, results, strict=True):
         for warning in result.warnings:
-            sys.stderr.write(f"{PROG}: warning: {describe(obj)}: {warning}\n")
+            _say(f"warning: {describe(obj)}: {warning}")
         if result.location is not None and not result.removed:
-            sys.stderr.write(f"{PROG}: {describe(obj)}: nothing to remove: {result.reason}\n")
+            _say(f"{describe(obj)}: nothing to remove: {result.reason}")
     sys.stdout.write(text)
     sys.stdout.flush()
     return 0
@@ -366,10 +376,10 @@ def _run_certs(args: argparse.Namespace) -> int:
             renewed = renew_certs(
                 args.out, service=args.service, namespace=args.namespace, days=args.days
             )
-            sys.stderr.write(
-                f"{PROG}: renewed {renewed.cert} for {renewed.service}.{renewed.namespace}"
+            _say(
+                f"renewed {renewed.cert} for {renewed.service}.{renewed.namespace}"
                 f" under the existing CA (caBundle unchanged), valid until"
-                f" {renewed.not_after:%Y-%m-%d %H:%M} UTC\n"
+                f" {renewed.not_after:%Y-%m-%d %H:%M} UTC"
             )
             return 0
         service = args.service or constants.SERVICE_NAME
@@ -378,7 +388,7 @@ def _run_certs(args: argparse.Namespace) -> int:
     except CertError as err:
         return _fail(str(err))
     reused = "reused the existing CA" if files.ca_reused else "made a new CA"
-    sys.stderr.write(f"{PROG}: wrote {args.out}/ ({reused}) for {service}.{namespace}\n")
+    _say(f"wrote {args.out}/ ({reused}) for {service}.{namespace}")
     return 0
 
 
