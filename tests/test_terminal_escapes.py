@@ -268,3 +268,15 @@ def test_diff_output_names_the_object_escaped(tmp_path: Path) -> None:
     out = ran.out.decode()
     assert raw_controls(out) == []
     assert out.startswith(f"--- Pod {SHOWN} (as given)\n+++ Pod {SHOWN} (injected)\n")
+
+
+def test_serve_log_lines_escape_what_json_allows_raw() -> None:
+    import logging
+
+    from webhook.service.logs import JsonFormatter
+
+    record = logging.LogRecord("webhook", logging.INFO, __file__, 1, HOSTILE, None, None)
+    record.fields = {"name": HOSTILE}
+    line = JsonFormatter().format(record)
+    assert raw_controls(line) == []
+    assert json.loads(line)["name"] == HOSTILE
