@@ -215,7 +215,8 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_timeout,
         default=15.0,
         metavar="SECONDS",
-        help="per request (default 15); the pod scan stops after four times this",
+        help="per request, and per paged list as a whole (default 15); the pod scan stops"
+        " after four times this",
     )
     check.add_argument(
         "--webhook-configuration",
