@@ -239,3 +239,21 @@ def test_serve_refuses_a_serving_file_that_is_not_a_regular_file(
         f" make one with: sidecar-injector certs --out {out}"
     )
     assert ran.peak_kib < PEAK_RSS_LIMIT_KIB
+
+
+@pytest.mark.parametrize("option", ["--config", "--namespaces-file"])
+def test_serve_refuses_a_config_or_namespaces_file_that_is_a_fifo(
+    tmp_path: Path, option: str
+) -> None:
+    out = tmp_path / "certs"
+    assert run_cli("certs", "--out", str(out), tmp_path=tmp_path).code == 0
+    path = fifo(tmp_path / "input.yaml")
+    ran = run_cli(
+        "serve", "--cert-dir", str(out), "--port", "1", option, str(path), tmp_path=tmp_path
+    )
+    verb = "cannot read config" if option == "--config" else "cannot read"
+    assert ran.code == 1
+    assert ran.out == b""
+    assert ran.err_lines[-1] == (
+        f"sidecar-injector: error: {path}: {verb}: a FIFO, not a regular file"
+    )
