@@ -110,7 +110,8 @@ class Cluster:
         """
         accept = _METADATA_LIST if metadata_only else "application/json"
         deadline = time.monotonic() + self.timeout if until is None else until
-        read = {"pages": 0, "bytes": 0}
+        # Requests (the bound), pages read whole, and their bytes.
+        read = {"requests": 0, "pages": 0, "bytes": 0}
 
         def late() -> Exception:
             if until is not None:
@@ -122,12 +123,12 @@ class Cluster:
             )
 
         def fetch(page_query: dict[str, str]) -> Any:
-            if read["pages"] >= max_pages:
+            if read["requests"] >= max_pages:
                 raise ClusterError(f"the list {path} goes on past {max_pages} pages")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise late()
-            read["pages"] += 1
+            read["requests"] += 1
             try:
                 raw = self.connection.call_bytes(
                     "GET",
@@ -148,6 +149,7 @@ class Cluster:
                 if time.monotonic() >= deadline:
                     raise late() from None
                 raise ClusterError(kube.one_line(err)) from None
+            read["pages"] += 1
             read["bytes"] += len(raw)
             if read["bytes"] > max_bytes:
                 raise ClusterError(
