@@ -68,6 +68,61 @@ def shorten(text: str, limit: int = SHOWN_CHARS, *, quote: bool = True) -> str:
     return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
+# What a terminal acts on rather than shows: the C0 controls (ESC starts every
+# escape sequence, CR and BS overwrite what came before, LF breaks a one-line
+# message), DEL, the C1 controls (0x9b alone is CSI to a terminal that takes
+# 8-bit controls), Unicode's bidirectional marks, embeddings, overrides and
+# isolates (they reorder what the reader sees, as in "Trojan Source"), and the
+# line and paragraph separators.
+_TERMINAL_ACTS_ON: Final = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def escape_controls(text: str) -> str:
+    """``text`` safe to show on a terminal: what a terminal would act on, written out.
+
+    Each such character becomes its Python escape (``\\x1b``, ``\\x9b``,
+    ``\\u202e``); everything else, other non-ASCII text included, stays as it
+    is. Applied where text meets people: the CLI's stderr, ``check``'s output,
+    admission messages and warnings (kubectl prints them), ``/preview``'s
+    errors. Idempotent: the escapes are plain printable ASCII.
+    """
+    if _TERMINAL_ACTS_ON.search(text) is None:
+        return text
+    return _TERMINAL_ACTS_ON.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+# The same characters above 0x1f in UTF-8, which JSON may carry raw (its
+# encoders escape only those below 0x20): DEL, the C1 controls, the
+# bidirectional marks and controls, the line and paragraph separators. Lead
+# bytes and ASCII only start a match, so it never starts inside a character.
+_RAW_IN_JSON: Final = re.compile(
+    rb"\x7f|\xc2[\x80-\x9f]|\xd8\x9c|\xe2\x80[\x8e\x8f\xa8-\xae]|\xe2\x81[\xa6-\xa9]"
+)
+
+
+def escape_json_controls(document: bytes) -> bytes:
+    """Encoded JSON (UTF-8) with those characters as ``\\u`` escapes: the same data, safe bytes.
+
+    They can only occur inside strings, where ``\\u009b`` means what the raw
+    character meant, so a parser reads the same document; a terminal shown
+    the bytes reads the escape rather than acting on it.
+    """
+    if _RAW_IN_JSON.search(document) is None:
+        return document
+    return _RAW_IN_JSON.sub(_json_escaped, document)
+
+
+def _json_escaped(match: re.Match[bytes]) -> bytes:
+    return f"\\u{ord(match.group().decode()):04x}".encode()
+
+
 def is_namespace_name(name: str) -> bool:
     """Whether ``name`` can be a namespace's name: an RFC 1123 label (63 characters at most).
 

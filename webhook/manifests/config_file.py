@@ -26,6 +26,7 @@ from webhook.engine.config import LogLevel
 from webhook.engine.quantity import QuantityError, check_quantity
 from webhook.engine.settings import SETTING_NAMES
 from webhook.engine.values import check_address, parse_image_tag, shorten
+from webhook.manifests.files import CONFIG_LIMIT, FileError, read_file
 
 __all__ = ["ConfigError", "load_config", "parse_config"]
 
@@ -206,7 +207,9 @@ def load_config(path: Path | None) -> engine.InjectorConfig:
     if path is None:
         return engine.InjectorConfig()
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        text = read_file(path, limit=CONFIG_LIMIT).decode("utf-8")
+    except FileError as err:
+        raise ConfigError(f"{path}: cannot read config: {err.reason}") from None
+    except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: cannot read config: {err}") from None
     return parse_config(text, origin=str(path))

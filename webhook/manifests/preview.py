@@ -19,6 +19,7 @@ from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike, inject
 from webhook.engine.config import InjectorConfig
 from webhook.engine.settings import Provenance
+from webhook.engine.values import escape_controls
 from webhook.engine.workloads import describe
 from webhook.manifests.patched import Patched, patched
 from webhook.manifests.render import as_list, to_json_bytes, to_yaml, unified_diff
@@ -115,11 +116,12 @@ def summary(result: InjectionResult) -> dict[str, Any]:
     )
     return {
         "injected": result.injected,
-        "reason": result.decision.reason,
+        # Messages for people: escaped even in JSON, which ``jq -r`` prints raw.
+        "reason": escape_controls(result.decision.reason),
         "settings": settings,
         "patch": list(result.patch),
         "object": patched(result),
-        "warnings": list(result.warnings),
+        "warnings": [escape_controls(warning) for warning in result.warnings],
     }
 
 

@@ -58,7 +58,7 @@ from webhook.engine import (
     inject,
 )
 from webhook.engine.config import InjectorConfig
-from webhook.engine.values import is_namespace_name, shorten
+from webhook.engine.values import escape_controls, is_namespace_name, shorten
 from webhook.engine.workloads import ObjectError, locate_pod, pod_parts
 from webhook.manifests.documents import json_value_bound
 
@@ -195,7 +195,7 @@ def allowed(uid: str, *, warnings: Sequence[str] = ()) -> AdmissionResponse:
     """Admit unchanged."""
     response: AdmissionResponse = {"uid": uid, "allowed": True}
     if warnings:
-        response["warnings"] = list(warnings)
+        response["warnings"] = _shown(warnings)
     return response
 
 
@@ -208,13 +208,14 @@ def denied(
     warnings: Sequence[str] = (),
 ) -> AdmissionResponse:
     """Refuse, with a ``metav1.Status`` the apiserver shows to whoever created the pod."""
+    shown = escape_controls(message)
     response: AdmissionResponse = {
         "uid": uid,
         "allowed": False,
-        "status": {"status": "Failure", "code": code, "reason": reason, "message": message},
+        "status": {"status": "Failure", "code": code, "reason": reason, "message": shown},
     }
     if warnings:
-        response["warnings"] = list(warnings)
+        response["warnings"] = _shown(warnings)
     return response
 
 
@@ -227,8 +228,14 @@ def patched(uid: str, patch: Sequence[Op], *, warnings: Sequence[str] = ()) -> A
         "patch": base64.b64encode(orjson.dumps(list(patch))).decode("ascii"),
     }
     if warnings:
-        response["warnings"] = list(warnings)
+        response["warnings"] = _shown(warnings)
     return response
+
+
+def _shown(warnings: Sequence[str]) -> list[str]:
+    # kubectl prints messages and warnings to its user's terminal as they
+    # come: a pod named with an escape sequence must not reach it raw.
+    return [escape_controls(warning) for warning in warnings]
 
 
 def wrap(api_version: ApiVersion, response: AdmissionResponse) -> AdmissionReviewResponse:

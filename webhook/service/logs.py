@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import orjson
 
+from webhook.engine.values import escape_json_controls
+
 ADMISSION_LOGGER: Final = "webhook.admission"
 
 
@@ -50,7 +52,9 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        # Lines end up on terminals (kubectl logs): what JSON allows raw (C1
+        # controls, bidi overrides from a pod's name) is written as escapes.
+        return escape_json_controls(orjson.dumps(entry, default=str)).decode()
 
 
 def configure(level: str = "info") -> None:

@@ -45,9 +45,12 @@ certificate. ``--connect`` forces either way.
 
 Bounded: every request has a timeout (``--timeout``, 15 s) and a body limit
 (4 MiB for an object, 8 MiB for a list page, asked again with fewer items
-when over: ``webhook.cluster.reader``); lists of pods are read as metadata
-only, in pages, for at most four request timeouts, and so are the workloads
-(whole objects, read only when settings are locked); at most 16 endpoints are
+when over: ``webhook.cluster.reader``); a whole list is at most 64 MiB and
+1,000 pages, read within one timeout; the kubeconfig and the files it names
+are read within bounds first (``webhook.cluster.kubeconfig``); lists of pods
+are read as metadata only, in pages, for at most four request timeouts (and
+within a list's bytes and pages), and so are the workloads (whole objects,
+read only when settings are locked); at most 16 endpoints are
 dialled, ``--max-namespaces`` (10) namespaces get a dry-run Pod, 200
 ReplicaSets or Jobs are looked up for their owners, and 20,000 namespaces are
 read; a check not started within twenty request timeouts of the start is
