@@ -44,9 +44,40 @@ fmt: install
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
+# --- Images (README.md, "Images") ---
+# The two images the install runs, built from this repository: the webhook
+# (Dockerfile) and mesh-init (images/mesh-init/Dockerfile). Nobody publishes
+# them: build them, then load them into the cluster's nodes (image-kind, or
+# README.md for containerd) or push them to a registry the nodes pull from.
+# IMAGE_REPO is the one setting: the images are $(IMAGE_REPO)/webhook and
+# $(IMAGE_REPO)/mesh-init, tagged with the package version, and `make
+# manifests` writes those names into the install. (`make images`, below, is
+# the e2e tests' own buildah build with stand-in base images.)
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' webhook/__init__.py)
+IMAGE_REPO ?= ghcr.io/sidecar-injector
+DOCKER ?= docker
+KIND ?= kind
+KIND_CLUSTER ?= kind
+PROJECT_IMAGES = $(IMAGE_REPO)/webhook:$(VERSION) $(IMAGE_REPO)/mesh-init:$(VERSION)
+
+.PHONY: image-build image-push image-kind
+
+image-build:
+	$(DOCKER) build -t $(IMAGE_REPO)/webhook:$(VERSION) .
+	$(DOCKER) build -t $(IMAGE_REPO)/mesh-init:$(VERSION) images/mesh-init
+
+image-push: image-build
+	for image in $(PROJECT_IMAGES); do $(DOCKER) push $$image || exit 1; done
+
+# Into every node of a kind cluster; the Deployment's imagePullPolicy
+# (IfNotPresent) then never pulls them.
+image-kind: image-build
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(PROJECT_IMAGES)
+
 # --- Install manifests (README.md, "Installing in a cluster") ---
-# manifests/install.yaml = kustomize base + TLS Secret + caBundle, ready for kubectl apply.
-# It holds a private key, so it is git-ignored and written owner-only.
+# manifests/install.yaml = kustomize base + TLS Secret + caBundle, ready for kubectl apply,
+# with the images from IMAGE_REPO (above). It holds a private key, so it is
+# git-ignored and written owner-only.
 KUBECTL ?= kubectl
 CERTS_DIR ?= certs
 
@@ -54,7 +85,7 @@ CERTS_DIR ?= certs
 
 manifests: install $(CERTS_DIR)/tls.crt
 	$(BIN)/python scripts/render_install.py --manifests manifests --certs $(CERTS_DIR) \
-		--out manifests/install.yaml --kubectl $(KUBECTL)
+		--out manifests/install.yaml --kubectl $(KUBECTL) --image-repo $(IMAGE_REPO)
 
 # Only when missing: the CA is the cluster's trust anchor for the webhook, and
 # reissuing it on every run would churn caBundle for no reason.
@@ -121,10 +152,11 @@ e2e-node: install control-plane node-binaries images
 # to end through kube-apiserver (the e2e control plane, `make control-plane`);
 # pod start-up on a real node (root and the node's parts, docs/e2e.md). A
 # section that cannot run here is skipped with its reason. BENCH_BEFORE is
-# the commit whose webhook is measured next to the current one ("before"; the
-# state before issue 17), installed once into a virtualenv of its own; set it
-# empty to skip. Rewrites BENCHMARKS.md (raw figures and logs: bench/results/).
-# Takes about 40 minutes, most of it the node section; run it on a quiet machine.
+# the commit whose webhook is measured next to the current one ("before": the
+# webhook ahead of the performance work BENCHMARKS.md's "Profiling" describes),
+# installed once into a virtualenv of its own; set it empty to skip. Rewrites
+# BENCHMARKS.md (raw figures and logs: bench/results/; its header says how long
+# the run took, most of it the node section); run it on a quiet machine.
 BENCH_BEFORE ?= 6ae0950
 .PHONY: bench
 

@@ -1,4 +1,4 @@
-"""Pod start-up with and without the mesh on a real one-node cluster (issue 15).
+"""Pod start-up with and without the mesh on a real one-node cluster.
 
 A thin wrapper around ``tests/e2e/node_bench.py``: the node of
 ``tests/e2e/node.py`` (containerd, kubelet, scheduler, kube-proxy, the

@@ -68,7 +68,7 @@ def pod(
     env_vars: int = 6,
     annotation_bytes: int = 0,
 ) -> dict[str, Any]:
-    """A Deployment-made pod; ``env_vars`` go to the first container (as in the issue's case).
+    """A Deployment-made pod; ``env_vars`` go to the first container (the env-heavy case).
 
     ``annotation_bytes`` adds 1 KiB annotations up to that size, the shape of
     tooling annotations (last-applied configuration, CI metadata) in the wild.
@@ -156,7 +156,7 @@ def review(obj: dict[str, Any], *, uid: str = "6c3c2b8e-3f0e-4c1a-9f57-2d8f1b1e9
     )
 
 
-# The four pods the issue names; the sweeps vary one dimension of "typical".
+# Four pod shapes: "typical", and sweeps that each push one dimension of it.
 CASES: dict[str, dict[str, Any]] = {
     "typical (3 containers)": {},
     "30 containers": {"containers": 30},

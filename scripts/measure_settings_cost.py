@@ -111,7 +111,7 @@ def main() -> None:
     namespace = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "enabled"}))
     default_init = mesh_init_container(resolve({}), config)
     worst_init = mesh_init_container(settings, config)
-    huge = ",".join(["10.0.0.0/8"] * 264_000)  # 2.9 MB, as in issue 10
+    huge = ",".join(["10.0.0.0/8"] * 264_000)  # 2.9 MB: a hostile multi-megabyte list
 
     rows = [
         ("resolve worst settings", lambda: resolve(annotations)),

@@ -33,6 +33,7 @@ from webhook.ops.check import Options
 from webhook.ops.check import context as c
 from webhook.ops.check import discover_install as di
 from webhook.ops.check import discover_pods as dp
+from webhook.ops.check import discover_templates as dt
 from webhook.ops.outdated import Workload
 from webhook.pki import certs
 
@@ -45,6 +46,7 @@ MESH = "/api/v1/namespaces/mesh-system"
 APPS = "/apis/apps/v1/namespaces/mesh-system"
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/mesh-system/endpointslices"
 RESOURCES = {"namespaces", "pods", "deployments", "endpointslices", "configmaps", "services"}
+RESOURCES |= {"statefulsets", "daemonsets", "replicasets", "jobs", "cronjobs"}
 
 # --- a fake API server of plain objects ------------------------------------------------
 
@@ -564,4 +566,119 @@ def test_the_pod_scan_finds_outdated_sidecars_and_the_workloads_that_own_them(
     assert (
         dp.find_outdated(api.cluster(), ctx()).error
         == "cannot list pods: HTTP 403: /api/v1/pods says no"
+    )
+
+
+# --- the workloads' pod templates, judged against the locks ------------------------------
+
+
+def workload(
+    kind: str, name: str, annotations: dict[str, str], *, owner: str | None = None, **meta: Any
+) -> dict[str, Any]:
+    template = {
+        "metadata": {"annotations": annotations, **meta},
+        "spec": {"containers": [{"name": "app", "image": "app"}]},
+    }
+    spec = (
+        {"jobTemplate": {"spec": {"template": template}}}
+        if kind == "CronJob"
+        else {"template": template}
+    )
+    metadata: dict[str, Any] = {"name": name}
+    if owner is not None:
+        metadata["ownerReferences"] = [{"kind": owner, "name": "x", "controller": True}]
+    return {"metadata": metadata, "spec": spec}
+
+
+def place(api: ObjectAPI, namespace: str, obj: dict[str, Any], kind: str) -> None:
+    group = "batch/v1" if kind in ("Job", "CronJob") else "apps/v1"
+    obj["metadata"]["namespace"] = namespace
+    api.objects[
+        f"/apis/{group}/namespaces/{namespace}/{kind.lower()}s/{obj['metadata']['name']}"
+    ] = obj
+
+
+def test_the_templates_step_finds_the_workloads_that_change_a_locked_setting(
+    api: ObjectAPI,
+) -> None:
+    xds = "sidecar.mesh.io/xds-address"
+    ports = "sidecar.mesh.io/exclude-inbound-ports"
+    shop = NamespaceInfo(
+        "shop",
+        MappingProxyType({"sidecar-injection": "enabled", ports: "9090_9091"}),
+        MappingProxyType({xds: "xds.mesh:15010"}),
+    )
+    plain = NamespaceInfo("plain", MappingProxyType({}))
+    place(api, "shop", workload("Deployment", "web", {xds: "evil:443"}), "Deployment")
+    place(api, "shop", workload("StatefulSet", "db", {ports: "9091,9090"}), "StatefulSet")
+    place(api, "shop", workload("DaemonSet", "agent", {ports: "9090"}), "DaemonSet")
+    place(
+        api,
+        "shop",
+        workload("ReplicaSet", "web-7d", {xds: "evil:443"}, owner="Deployment"),
+        "ReplicaSet",
+    )
+    place(api, "shop", workload("ReplicaSet", "lone", {xds: "evil:443"}), "ReplicaSet")
+    place(api, "shop", workload("Job", "sweep-1", {xds: "evil:443"}, owner="CronJob"), "Job")
+    place(api, "shop", workload("CronJob", "sweep", {xds: "xds.mesh:15010"}), "CronJob")
+    place(
+        api,
+        "shop",
+        workload(
+            "Deployment", "out", {xds: "evil:443"}, labels={"sidecar.mesh.io/inject": "false"}
+        ),
+        "Deployment",
+    )
+    place(
+        api,
+        "plain",
+        workload("Deployment", "in", {xds: "evil:443"}, labels={"sidecar.mesh.io/inject": "true"}),
+        "Deployment",
+    )
+    place(api, "plain", workload("Deployment", "unmeshed", {xds: "evil:443"}), "Deployment")
+    config = InjectorConfig(locked_settings=frozenset({"xds-address", "exclude-inbound-ports"}))
+    context = ctx(
+        injector=c.Injector(config=config),
+        namespaces=c.Namespaces(MappingProxyType({"shop": shop, "plain": plain})),
+    )
+    found = dt.find_templates(api.cluster(), context)
+    assert (found.error, found.problems, found.stopped, found.more) == ("", (), "", 0)
+    assert found.scanned == 8  # the owned ReplicaSet and Job are judged through their owners
+    assert sorted((str(t), t.key, t.value, t.in_force, t.source) for t in found.conflicts) == [
+        ("plain/deployment/in", xds, "evil:443", "", "built-in default"),
+        ("shop/daemonset/agent", ports, "9090", "9090,9091", "namespace label"),
+        ("shop/deployment/web", xds, "evil:443", "xds.mesh:15010", "namespace annotation"),
+        ("shop/replicaset/lone", xds, "evil:443", "xds.mesh:15010", "namespace annotation"),
+    ]
+    assert dt.find_templates(api.cluster(), ctx(namespaces=context.namespaces)) == c.Templates()
+    api.errors["/apis/batch/v1/cronjobs"] = 403
+    cut = dt.find_templates(api.cluster(), context)
+    assert cut.problems == ("cannot list cronjobs: HTTP 403: /apis/batch/v1/cronjobs says no",)
+    assert len(cut.conflicts) == 4
+
+
+def test_the_templates_step_reads_one_namespace_and_keeps_what_it_could_not_read(
+    api: ObjectAPI,
+) -> None:
+    xds = "sidecar.mesh.io/xds-address"
+    enabled = MappingProxyType({"sidecar-injection": "enabled"})
+    bad = NamespaceInfo("bad", enabled, MappingProxyType({xds: "nope"}))
+    place(api, "bad", workload("Deployment", "web", {xds: "evil:443"}), "Deployment")
+    place(api, "other", workload("Deployment", "web", {xds: "evil:443"}), "Deployment")
+    config = InjectorConfig(locked_settings=frozenset({"xds-address"}))
+    context = ctx(
+        options=Options(namespace="bad"),
+        injector=c.Injector(config=config),
+        namespaces=c.Namespaces(MappingProxyType({"bad": bad})),
+    )
+    found = dt.find_templates(api.cluster(), context)
+    assert (found.scanned, found.conflicts) == (1, ())
+    assert found.problems == (
+        "namespace bad: namespace annotation sidecar.mesh.io/xds-address='nope' is invalid:"
+        " 'nope' is not host:port",
+    )
+    for _kind, group, resource, _owner in dt.KINDS:
+        api.errors[f"/apis/{group}/namespaces/bad/{resource}"] = 403
+    assert dt.find_templates(api.cluster(), context).error == (
+        "cannot list deployments: HTTP 403: /apis/apps/v1/namespaces/bad/deployments says no"
     )

@@ -24,7 +24,7 @@ def test_the_checks_print_in_their_documented_order() -> None:
     assert CHECK_NAMES == (
         "kubernetes-api", "webhook-configuration", "injector-config", "service-endpoints",
         "ca-bundle", "certificate-expiry", "replicas", "excluded-namespaces", "pod-security",
-        "dry-run-injection", "outdated-sidecars",
+        "dry-run-injection", "locked-settings", "outdated-sidecars",
     )  # fmt: skip
 
 

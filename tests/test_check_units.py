@@ -15,6 +15,7 @@ import pytest
 
 from webhook import __version__
 from webhook.contract.namespaces import NamespaceInfo
+from webhook.engine.config import InjectorConfig
 from webhook.ops.check import Options
 from webhook.ops.check import context as c
 from webhook.ops.check import install_checks as ic
@@ -532,4 +533,90 @@ def test_outdated_sidecars_passes_and_warns_when_the_scan_was_cut_short() -> Non
         "warn",
         "cannot list pods: HTTP 403",
         "",
+    )
+
+
+LOCKING = c.Injector(config=InjectorConfig(locked_settings=frozenset({"xds-address", "log-level"})))
+WEB = c.LockedTemplate(
+    "shop", "Deployment", "web", "sidecar.mesh.io/xds-address", "evil:443", "", "built-in default"
+)
+JOB = c.LockedTemplate(
+    "cart", "CronJob", "sweep", "sidecar.mesh.io/log-level", "trace", "info", "namespace label"
+)
+LOCK_HINT = (
+    "remove the annotation from each pod template listed (or set it to the value in force),"
+    " or unlock the setting (lockedSettings in the injector config)"
+)
+
+
+def test_locked_settings_fails_naming_the_workloads_whose_new_pods_will_be_refused() -> None:
+    found = c.Templates(scanned=7, conflicts=(WEB, JOB), more=2)
+    result = nc.locked_settings(ctx(injector=LOCKING, templates=found))
+    assert (result.name, result.status, result.hint) == ("locked-settings", "fail", LOCK_HINT)
+    assert result.message == (
+        "2 workloads set a locked setting to another value than the one in force, so their new"
+        " pods will be refused: cart/cronjob/sweep, shop/deployment/web"
+        " (locked: log-level, xds-address; 7 pod templates scanned)"
+    )
+    assert result.details == (
+        "shop/deployment/web: sidecar.mesh.io/xds-address='evil:443', locked to '' (built-in default)",
+        "cart/cronjob/sweep: sidecar.mesh.io/log-level='trace', locked to 'info' (namespace label)",
+        "2 more not listed",
+    )
+    assert result.data["workloads"][0] == {
+        "namespace": "shop",
+        "kind": "Deployment",
+        "name": "web",
+        "key": "sidecar.mesh.io/xds-address",
+        "value": "evil:443",
+        "inForce": "",
+        "source": "built-in default",
+    }
+
+
+def test_locked_settings_passes_without_locks_or_without_conflicts() -> None:
+    unlocked = nc.locked_settings(ctx())
+    assert (unlocked.status, unlocked.message) == (
+        "pass",
+        "no setting is locked (lockedSettings in the injector config)",
+    )
+    clean = nc.locked_settings(ctx(injector=LOCKING, templates=c.Templates(scanned=3)))
+    assert (clean.status, clean.message, clean.hint) == (
+        "pass",
+        "no workload changes a locked setting (locked: log-level, xds-address; 3 pod templates"
+        " scanned)",
+        "",
+    )
+
+
+def test_locked_settings_warns_when_it_could_not_look_everywhere() -> None:
+    cut = nc.locked_settings(
+        ctx(injector=LOCKING, templates=c.Templates(scanned=3, stopped="stopped after 60s"))
+    )
+    assert (cut.status, cut.hint, cut.details) == (
+        "warn",
+        "narrow it down with --namespace NS",
+        ("scan incomplete: stopped after 60s",),
+    )
+    forbidden = nc.locked_settings(
+        ctx(
+            injector=LOCKING,
+            templates=c.Templates(scanned=3, problems=("cannot list cronjobs: HTTP 403",)),
+        )
+    )
+    assert (forbidden.status, forbidden.hint, forbidden.details) == (
+        "warn",
+        "",
+        ("cannot list cronjobs: HTTP 403",),
+    )
+    unread = nc.locked_settings(
+        ctx(injector=LOCKING, templates=c.Templates(error="cannot list deployments: HTTP 403"))
+    )
+    assert (unread.status, unread.message) == ("warn", "cannot list deployments: HTTP 403")
+    no_namespaces = nc.locked_settings(
+        ctx(injector=LOCKING, namespaces=c.Namespaces(error="cannot read the namespaces: HTTP 403"))
+    )
+    assert (no_namespaces.status, no_namespaces.message) == (
+        "warn",
+        "cannot read the namespaces: HTTP 403",
     )

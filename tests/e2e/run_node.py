@@ -66,9 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         if install is not None:
             print(f"webhook CA (caBundle): {install.ca_file}")
             print(f"namespace {DEMO_NAMESPACE!r} is opted in; for example:")
+            # --command: the busybox image's entrypoint is `sleep`, so the
+            # words after `--` must replace it, not become its arguments.
             print(
                 f"  kubectl -n {DEMO_NAMESPACE} run web --image={BUSYBOX_TAG} "
-                "--image-pull-policy=Never -- httpd -f -p 8080"
+                "--image-pull-policy=Never --command -- httpd -f -p 8080"
             )
             print(f"  kubectl -n {DEMO_NAMESPACE} get pod web -o wide")
         print("images on the node: " + ", ".join(sorted(i.tag for i in images.values())))

@@ -22,6 +22,12 @@ Tests drive it in-process:
   answer), ``trickle_gets`` (a body that never finishes), ``huge_lists`` and
   ``huge_event`` (bodies far over any sane size), ``continue_gone_once`` (a
   list's continue token that expires between two pages);
+- lists that never end: ``endless_lists`` (every page promises another,
+  empty ones once the namespaces run out), ``list_padding`` (each page also
+  carries about that many bytes of filler Namespaces, each with its own name
+  and many labels), ``list_delay`` (each page answered only after that long);
+- ``version``: what ``GET /version`` says (``None``: 404), so ``check`` gets
+  past its first check;
 - what happened: ``requests`` counts calls by kind (list, watch, get),
   ``authorizations`` the Authorization headers seen, ``list_limits`` each
   list's ``limit``,
@@ -79,6 +85,20 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
     }
 
 
+def _filler(size: int, *, page: int) -> list[dict[str, Any]]:
+    """Namespaces of about ``size`` bytes in all as JSON, each named apart, each with 50 labels."""
+    labels = {f"filler.example.com/label-{i:02d}": "v" * 40 for i in range(50)}
+    one = len(json.dumps(labels)) + 120
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": f"filler-{page}-{index}", "labels": labels},
+        }
+        for index in range(size // one)
+    ]
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -117,6 +137,10 @@ class FakeKubeAPI:
         self.watch_error: tuple[int, str] | None = None
         self.huge_lists: int | None = None
         self.continue_gone_once = False
+        self.endless_lists = False
+        self.list_padding = 0
+        self.list_delay = 0.0
+        self.version: str | None = "v1.33.0"
         self.list_bytes_sent = 0
         self._huge_event: int | None = None
         self.watch_versions: list[str | None] = []
@@ -331,7 +355,10 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.owner
         if self.headers.get("Authorization"):
             api.authorizations.add(self.headers["Authorization"])
-        if parts.path == _PREFIX:
+        if parts.path == "/version" and api.version is not None:
+            major, minor = api.version.lstrip("v").split(".")[:2]
+            self._send_json(200, {"major": major, "minor": minor, "gitVersion": api.version})
+        elif parts.path == _PREFIX:
             if query.get("watch", "").lower() in ("true", "1"):
                 api.requests["watch"] += 1
                 self._watch(query)
@@ -364,7 +391,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         token = query.get("continue")
         with api._cond:
-            if token:
+            deadline = time.monotonic() + api.list_delay
+            while not api._down and (left := deadline - time.monotonic()) > 0:
+                api._cond.wait(left)
+            if token and token.startswith("endless:"):
+                rv, remaining = api._rv, []
+            elif token:
                 snapshot = api._snapshots.get(token.split(":")[0])
                 if api.continue_gone_once:
                     api.continue_gone_once = False
@@ -385,8 +417,17 @@ class _Handler(BaseHTTPRequestHandler):
                 key = str(next(api._snapshot_ids))
                 api._snapshots[key] = (rv, rest)
                 metadata["continue"] = f"{key}:{len(rest)}"
+            elif api.endless_lists:
+                metadata["continue"] = f"endless:{next(api._snapshot_ids)}"
+            padding, number = api.list_padding, next(api._snapshot_ids)
         self._send_json(
-            200, {"kind": "NamespaceList", "apiVersion": "v1", "metadata": metadata, "items": page}
+            200,
+            {
+                "kind": "NamespaceList",
+                "apiVersion": "v1",
+                "metadata": metadata,
+                "items": page + _filler(padding, page=number),
+            },
         )
 
     def _huge_list(self, size: int) -> None:

@@ -16,9 +16,15 @@ from typing import Any, NoReturn
 from webhook import __version__
 from webhook.contract import constants
 from webhook.engine import InjectionRefused, NamespaceLike
-from webhook.engine.values import NAMESPACE_NAME_RULE, is_namespace_name, shorten
+from webhook.engine.values import (
+    NAMESPACE_NAME_RULE,
+    escape_controls,
+    is_namespace_name,
+    shorten,
+)
 from webhook.manifests.config_file import ConfigError, load_config
 from webhook.manifests.documents import ManifestError, load_objects
+from webhook.manifests.files import DOCUMENTS_LIMIT, FileError, read_file, read_stream
 from webhook.manifests.preview import Assumptions, Output, inject_all, parse_pairs, render
 
 PROG = "sidecar-injector"
@@ -28,7 +34,7 @@ EXIT_ERROR = 1
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {escape_controls(message)}\n")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -222,7 +228,8 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_timeout,
         default=15.0,
         metavar="SECONDS",
-        help="per request (default 15); the pod scan stops after four times this",
+        help="per request, and per paged list as a whole (default 15); the pod scan stops"
+        " after four times this",
     )
     check.add_argument(
         "--webhook-configuration",
@@ -287,23 +294,28 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _say(line: str) -> None:
+    """One line on stderr, with what a terminal would act on escaped (names come from inputs)."""
+    sys.stderr.write(f"{PROG}: {escape_controls(line)}\n")
+
+
 def _fail(message: str) -> int:
-    sys.stderr.write(f"{PROG}: error: {message}\n")
+    _say(f"error: {message}")
     return EXIT_ERROR
 
 
 def _read_inputs(names: Sequence[str]) -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = []
     for name in names:
-        if name == "-":
-            data = sys.stdin.buffer.read()
-            origin = "<stdin>"
-        else:
-            try:
-                data = Path(name).read_bytes()
-            except OSError as err:
-                raise ManifestError(f"{name}: cannot read: {err.strerror or err}") from None
-            origin = name
+        origin = "<stdin>" if name == "-" else name
+        try:
+            data = (
+                read_stream(sys.stdin.buffer, limit=DOCUMENTS_LIMIT, origin=origin)
+                if name == "-"
+                else read_file(name, limit=DOCUMENTS_LIMIT)
+            )
+        except FileError as err:
+            raise ManifestError(str(err)) from None
         # YAML anchors and aliases are refused (load_objects refuses them everywhere).
         objects.extend(load_objects(data, origin=origin))
     return objects
@@ -339,9 +351,9 @@ def _run_inject(args: argparse.Namespace) -> int:
 
     for obj, result in zip(objects, results, strict=True):
         for warning in result.warnings:
-            sys.stderr.write(f"{PROG}: warning: {describe(obj)}: {warning}\n")
+            _say(f"warning: {describe(obj)}: {warning}")
         if result.location is not None and not result.injected:
-            sys.stderr.write(f"{PROG}: {describe(obj)}: not injected: {result.decision.reason}\n")
+            _say(f"{describe(obj)}: not injected: {result.decision.reason}")
     sys.stdout.write(text)
     sys.stdout.flush()
     return 0
@@ -362,9 +374,9 @@ def _run_uninject(args: argparse.Namespace) -> int:
 
     for obj, result in zip(objects, results, strict=True):
         for warning in result.warnings:
-            sys.stderr.write(f"{PROG}: warning: {describe(obj)}: {warning}\n")
+            _say(f"warning: {describe(obj)}: {warning}")
         if result.location is not None and not result.removed:
-            sys.stderr.write(f"{PROG}: {describe(obj)}: nothing to remove: {result.reason}\n")
+            _say(f"{describe(obj)}: nothing to remove: {result.reason}")
     sys.stdout.write(text)
     sys.stdout.flush()
     return 0
@@ -378,10 +390,10 @@ def _run_certs(args: argparse.Namespace) -> int:
             renewed = renew_certs(
                 args.out, service=args.service, namespace=args.namespace, days=args.days
             )
-            sys.stderr.write(
-                f"{PROG}: renewed {renewed.cert} for {renewed.service}.{renewed.namespace}"
+            _say(
+                f"renewed {renewed.cert} for {renewed.service}.{renewed.namespace}"
                 f" under the existing CA (caBundle unchanged), valid until"
-                f" {renewed.not_after:%Y-%m-%d %H:%M} UTC\n"
+                f" {renewed.not_after:%Y-%m-%d %H:%M} UTC"
             )
             return 0
         service = args.service or constants.SERVICE_NAME
@@ -390,7 +402,7 @@ def _run_certs(args: argparse.Namespace) -> int:
     except CertError as err:
         return _fail(str(err))
     reused = "reused the existing CA" if files.ca_reused else "made a new CA"
-    sys.stderr.write(f"{PROG}: wrote {args.out}/ ({reused}) for {service}.{namespace}\n")
+    _say(f"wrote {args.out}/ ({reused}) for {service}.{namespace}")
     return 0
 
 
@@ -455,6 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runners[args.command](args)
     except KeyboardInterrupt:
         return 130
+    except MemoryError:
+        # Every read is bounded, so this is a bug or a tiny limit (ulimit -v),
+        # said in one line rather than a traceback.
+        return _fail("out of memory")
     except BrokenPipeError:
         # ``inject ... | head``: the reader left; that is not our error.
         sys.stderr.close()

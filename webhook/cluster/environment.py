@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Final
 
 _IN_CLUSTER_ENV: Final = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
-_IN_CLUSTER_TOKEN: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+# Where the kubelet mounts a pod's service account: token, ca.crt, namespace.
+SERVICE_ACCOUNT_DIR: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+_IN_CLUSTER_TOKEN: Final = SERVICE_ACCOUNT_DIR / "token"
 
 
 def running_in_cluster() -> bool:

@@ -6,7 +6,9 @@ Two parts of the product talk to an API server: the namespace cache of
 configures the client and one set of bounds on what a server may send.
 
 The ``kubernetes`` package supplies the configuration (kubeconfig or service
-account, TLS, tokens and their refresh) and its connection pool; requests go
+account, TLS, tokens and their refresh; the kubeconfig and the files it names
+are read within bounds first, by ``webhook.cluster.kubeconfig``) and its
+connection pool; requests go
 through that pool directly rather than through the generated API, which reads
 a whole error body into memory before it raises and turns objects into model
 classes that drop and rename fields. Objects stay plain JSON.
@@ -33,12 +35,16 @@ import orjson
 import urllib3
 from kubernetes import client as kube_client
 from kubernetes import config as _kube_config
+from kubernetes.config import kube_config as _kube_config_files
 
 from webhook import __version__
-from webhook.cluster.environment import running_in_cluster
+from webhook.cluster.environment import SERVICE_ACCOUNT_DIR, running_in_cluster
+from webhook.cluster.kubeconfig import KubeconfigError, load_kubeconfig
+from webhook.manifests.files import CREDENTIAL_LIMIT, FileError, read_file
 
 # The config loaders carry partial annotations that mypy --strict rejects.
 kube_config: Any = _kube_config
+kube_config_files: Any = _kube_config_files
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
@@ -77,22 +83,30 @@ def load_configuration(kubeconfig: Path | None = None, *, in_cluster: bool | Non
 
     An explicit ``kubeconfig`` wins; otherwise the pod's service account when
     running in a cluster; otherwise ``$KUBECONFIG`` or ``~/.kube/config``.
+    Every file involved is read within bounds first (``webhook.cluster.kubeconfig``;
+    the service account's by a bounded read before the client's own).
     Raises ``ConfigurationError`` with one line.
     """
     config = kube_client.Configuration()
-    if kubeconfig is None and (running_in_cluster() if in_cluster is None else in_cluster):
-        where = "in-cluster service account"
-        load: Callable[[], None] = lambda: kube_config.load_incluster_config(  # noqa: E731
-            client_configuration=config
-        )
-    else:
-        where = f"kubeconfig {kubeconfig}" if kubeconfig else "kubeconfig"
-        load = lambda: kube_config.load_kube_config(  # noqa: E731
-            config_file=str(kubeconfig) if kubeconfig else None,
-            client_configuration=config,
-            # Never write refreshed credentials back into the user's file.
-            persist_config=False,
-        )
+    try:
+        if kubeconfig is None and (running_in_cluster() if in_cluster is None else in_cluster):
+            where = "in-cluster service account"
+            for name in ("token", "ca.crt"):
+                read_file(SERVICE_ACCOUNT_DIR / name, limit=CREDENTIAL_LIMIT)
+            load: Callable[[], None] = lambda: kube_config.load_incluster_config(  # noqa: E731
+                client_configuration=config
+            )
+        else:
+            # The client is given the files' contents, never a path to read.
+            loaded = load_kubeconfig(kubeconfig)
+            where = f"kubeconfig {' or '.join(loaded.sources)}"
+            load = lambda: kube_config_files.KubeConfigLoader(  # noqa: E731
+                config_dict=loaded.config,
+                config_base_path=loaded.base_path,
+                # No persister: refreshed credentials are never written back.
+            ).load_and_set(config)
+    except (KubeconfigError, FileError) as err:
+        raise ConfigurationError(f"cannot configure the Kubernetes client: {err}") from None
     try:
         load()
     except Exception as err:  # the loaders raise many types; all mean "cannot configure"
@@ -171,6 +185,24 @@ class Connection:
         JSON, and urllib3/OS errors for the connection itself (see
         ``one_line``).
         """
+        raw = self.call_bytes(
+            method, path, query, limit=limit, timeout=timeout, body=body, accept=accept, what=what
+        )
+        return parse_json(raw, what=what)
+
+    def call_bytes(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        *,
+        limit: int,
+        timeout: float,
+        body: Any = None,
+        accept: str = "application/json",
+        what: str = "the answer",
+    ) -> bytes:
+        """``call`` without the parsing: the body as it came, for callers that count bytes."""
         data = None if body is None else orjson.dumps(body)
         response = self.request(method, path, query, read_timeout=timeout, body=data, accept=accept)
         complete = False
@@ -200,10 +232,7 @@ class Connection:
                 # Unread bytes would be the next request's garbage: drop the connection.
                 response.close()
             response.release_conn()
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ResponseError(f"{what} is not JSON") from None
+        return raw
 
     def clear(self) -> None:
         """Close the pool's idle connections."""
@@ -228,6 +257,20 @@ class Connection:
             _request_timeout=timeout,
         )
         return forward.socket(port)
+
+
+def parse_json(raw: bytes, *, what: str) -> Any:
+    """``raw`` parsed; ``ResponseError`` when it is not JSON, ``MemoryError`` when it does not fit.
+
+    orjson reports a failed allocation as a decode error; calling that "not
+    JSON" would send people looking for a bug in the server's answer.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        if str(err).startswith("Not enough memory"):
+            raise MemoryError(f"parsing {what} ({len(raw)} bytes)") from None
+        raise ResponseError(f"{what} is not JSON") from None
 
 
 def paged(

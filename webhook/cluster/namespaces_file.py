@@ -39,6 +39,7 @@ from webhook.contract.namespaces import (
     lookup,
 )
 from webhook.manifests.documents import ManifestError, is_list, parse_documents
+from webhook.manifests.files import DOCUMENTS_LIMIT, FileError, read_file
 
 __all__ = [
     "FileNamespaces",
@@ -126,9 +127,9 @@ def load_namespaces_file(path: Path) -> dict[str, NamespaceInfo]:
     """
     origin = str(path)
     try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise NamespacesFileError(f"{origin}: cannot read: {err.strerror or err}") from None
+        data = read_file(path, limit=DOCUMENTS_LIMIT)
+    except FileError as err:
+        raise NamespacesFileError(str(err)) from None
     return parse_namespaces(data, origin=origin)
 
 

@@ -3,8 +3,10 @@
 Every request has a timeout and a body limit, so a hostile or huge API server
 costs a one-line error, never a hang or the machine's memory: 4 MiB for an
 object, 8 MiB for a list page (asked again with fewer items when over, down to
-one item), each within ``timeout`` seconds; a list may also be given a
-deadline between pages. Errors come out as ``ClusterError`` with one line of
+one item), each within ``timeout`` seconds. A list is bounded as a whole too,
+since a server may promise one more page forever: at most 64 MiB and 1,000
+pages in all, read within ``timeout`` seconds altogether (or by a deadline
+the caller gives). Errors come out as ``ClusterError`` with one line of
 text (``kube.one_line``), the HTTP status kept for callers that tell a
 NotFound or a Forbidden apart.
 
@@ -20,10 +22,18 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from webhook.cluster import kube
+from webhook.manifests.files import size_text
 
 OBJECT_LIMIT: Final = 4 * kube.MiB
 PAGE_LIMIT: Final = 8 * kube.MiB
 PAGE_SIZE: Final = 250
+# One list, all its pages together. Callers keep a list's items (the
+# namespaces, the EndpointSlices) or something per item (the pod scan), so
+# this bounds their memory as well as the time spent: 64 MiB of metadata is
+# tens of thousands of pods or namespaces.
+LIST_LIMIT: Final = 64 * kube.MiB
+# Requests for one list: pages asked again smaller count too.
+MAX_PAGES: Final = 1_000
 _METADATA_LIST: Final = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 _METADATA: Final = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
@@ -85,23 +95,47 @@ class Cluster:
         metadata_only: bool = False,
         page_size: int = PAGE_SIZE,
         until: float | None = None,
+        max_bytes: int = LIST_LIMIT,
+        max_pages: int = MAX_PAGES,
     ) -> Iterator[dict[str, Any]]:
-        """The items of a list, page by page (each at most 8 MiB), until ``until`` (monotonic).
+        """The items of a list, page by page, the whole list bounded in bytes, pages and time.
 
-        Raises ``TimeUp`` when the deadline passes between two pages.
+        Each page is at most 8 MiB, all of them together at most
+        ``max_bytes`` in ``max_pages`` requests; past either, ``ClusterError``.
+        The whole list (the caller's work between pages included) gets the
+        request timeout, each page the time left of it, so a server that
+        answers every page at once but never stops costs one timeout. With
+        ``until`` (a monotonic time) the caller sets the deadline instead and
+        gets ``TimeUp`` when it passes, to keep what it has read.
         """
         accept = _METADATA_LIST if metadata_only else "application/json"
+        deadline = time.monotonic() + self.timeout if until is None else until
+        # Requests (the bound), pages read whole, and their bytes.
+        read = {"requests": 0, "pages": 0, "bytes": 0}
+
+        def late() -> Exception:
+            if until is not None:
+                return TimeUp()
+            pages = read["pages"]
+            return ClusterError(
+                f"the list {path} did not finish within {self.timeout:g}s"
+                f" ({pages} page{'' if pages == 1 else 's'} read)"
+            )
 
         def fetch(page_query: dict[str, str]) -> Any:
-            if until is not None and time.monotonic() > until:
-                raise TimeUp
+            if read["requests"] >= max_pages:
+                raise ClusterError(f"the list {path} goes on past {max_pages} pages")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise late()
+            read["requests"] += 1
             try:
-                return self.connection.call(
+                raw = self.connection.call_bytes(
                     "GET",
                     path,
                     {**(query or {}), **page_query},
                     limit=PAGE_LIMIT,
-                    timeout=self.timeout,
+                    timeout=min(self.timeout, left),
                     accept=accept,
                     what="a list page",
                 )
@@ -109,8 +143,23 @@ class Cluster:
                 raise  # kube.paged asks again with fewer items
             except kube.APIStatus as err:
                 raise ClusterError(str(err), status=err.status) from None
+            except MemoryError:
+                raise
             except Exception as err:
+                if time.monotonic() >= deadline:
+                    raise late() from None
                 raise ClusterError(kube.one_line(err)) from None
+            read["pages"] += 1
+            read["bytes"] += len(raw)
+            if read["bytes"] > max_bytes:
+                raise ClusterError(
+                    f"the list {path} is over {size_text(max_bytes)} in all"
+                    f" ({read['pages']} pages read)"
+                )
+            try:
+                return kube.parse_json(raw, what="a list page")
+            except kube.ResponseError as err:
+                raise ClusterError(str(err)) from None
 
         try:
             for _, items in kube.paged(fetch, page_size=page_size, what=f"the list {path}"):

@@ -136,8 +136,9 @@ def _admin_routes_listener(routes: dict[int, tuple[str, str]]) -> dict[str, Any]
     """One HTTP listener on the pod IP exposing exactly these admin endpoints.
 
     ``routes`` maps each port to (path served, admin path). One listener for
-    both ports, not one each: an HTTP listener is ~600 bytes of every pod, and
-    each port may as well answer both paths (both are read-only).
+    both ports, not one each: every listener's bytes are in every pod
+    (docs/engine.md, "What an injected pod weighs"), and each port may as well
+    answer both paths (both are read-only).
     """
     ports = list(routes)
     listener: dict[str, Any] = {
@@ -246,14 +247,14 @@ def _dynamic_resources() -> dict[str, Any]:
     * ``V3`` spelled out: Envoy 1.25+ assumes it, but 1.18-1.24 (reachable
       through ``proxy-version``) refuse a config source that leaves it AUTO.
     * ``set_node_on_first_message_only``: the node carries Envoy's whole
-      extension list (about 60 KB); sent with every ACK, one proxy's start-up
-      exchange was 490 KB instead of 62 KB in pod-in-a-box. go-control-plane,
-      Istio and other ADS servers keep the first message's node per stream.
+      extension list, which would otherwise ride on every ACK and multiply
+      the start-up exchange (docs/xds.md, "What the proxy sends").
+      go-control-plane, Istio and other ADS servers keep the first message's
+      node per stream.
     * ``rate_limit_settings`` at Envoy's defaults (bursts of 100 requests,
       then 10 a second): a control plane that answers a NACK by re-sending the
       same config (go-control-plane's snapshot cache does) otherwise spins
-      the proxy at full speed; pod-in-a-box measured 2,841 rejections in 5 s
-      without the limit and 144 with it.
+      the proxy at full speed (docs/xds.md, "What it expects").
     * Initial fetch timeouts stay Envoy's (15 s for CDS, then 15 s for LDS):
       with the control plane unreachable the proxy turns ready, serving the
       static listeners, after about 30 s; it neither waits forever (a dead
@@ -339,9 +340,9 @@ def render_bootstrap(settings: ProxySettings, config: InjectorConfig) -> str:
 
     It is stored in every pod and sent to every watcher of it on each status
     update, as a string inside JSON, where each quote costs two more bytes
-    (``\\"``). Indented JSON was 7.2 KB of a 10.5 KB pod; the same (trimmed)
-    config is 2.9 KB as compact JSON, 3.2 KB inside the pod's JSON, and 2.7 KB
-    both ways as this. Previews show the same text the pod gets.
+    (``\\"``). Flow-style YAML with plain scalars is the smallest of the
+    spellings tried, both alone and inside the pod's JSON (docs/engine.md,
+    "What an injected pod weighs"). Previews show the same text the pod gets.
     """
     return render_bootstrap_for(settings.xds_address, config)
 

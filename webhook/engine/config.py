@@ -81,4 +81,10 @@ class InjectorConfig:
     # could not start there. (mesh-init alone would cope: it skips its IPv6
     # half on such nodes.) docs/settings.md, "IPv6".
     ipv6: bool = True
+    # Settings (short names, ``xds-address``) that pod annotations may not
+    # change: the namespace and this config alone decide them, and a pod
+    # annotation giving another value refuses the pod (docs/settings.md,
+    # "Locked settings"). The file loader checks the names; the engine
+    # ignores one it does not know.
+    locked_settings: frozenset[str] = frozenset()
     from_file: frozenset[str] = field(default=frozenset(), compare=False, repr=False)

@@ -32,7 +32,7 @@ WORDS: Final = frozenset(
 
 # A string value this long that occurs more than once (the TCP proxy's type
 # URL, in all four transparent filter chains) is written once with an anchor
-# (``&t0``) and then as an alias (``*t0``): ~200 bytes of every pod. Envoy's
+# (``&t0``) and then as an alias (``*t0``), which saves bytes in every pod. Envoy's
 # YAML reader resolves aliases like any YAML reader; keys are never aliased.
 _ALIASED_MIN_CHARS: Final = 32
 

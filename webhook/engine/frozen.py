@@ -3,16 +3,14 @@
 The containers for one combination of settings are built once and shared by
 every admission with those settings (``inject.CACHE``). Shared and mutable
 would let one consumer that edits a result poison every later pod; copying
-them per admission would cost more than the rest of the admission (measured
-on the shared 2-core machine for the default containers, 5.3 KB of JSON:
-``copy.deepcopy`` 94 us, ``orjson.loads`` of cached bytes 14 us, the whole
-``inject`` 36 us). These subclasses cost nothing per admission (freezing is
-once per cache entry, ~100 us): they are still ``dict`` and ``list`` to
-``isinstance``, JSON encoders (the standard library's and orjson both write
-subclasses as they write dicts and lists) and ``==``, but refuse to change,
-and ``copy.deepcopy`` (which ``jsonpatch`` applies to every value it inserts,
-in ``webhook.manifests.patched``) turns them back into plain, private, mutable
-ones.
+them per admission would cost more than the rest of the admission
+(docs/engine.md, "Caches", has the figures). These subclasses cost nothing
+per admission (freezing is once per cache entry): they are still ``dict``
+and ``list`` to ``isinstance``, JSON encoders (the standard library's and
+orjson both write subclasses as they write dicts and lists) and ``==``, but
+refuse to change, and ``copy.deepcopy`` (which ``jsonpatch`` applies to every
+value it inserts, in ``webhook.manifests.patched``) turns them back into
+plain, private, mutable ones.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from webhook.engine.iptables import mesh_init_container
 from webhook.engine.json_text import compact
 from webhook.engine.patch import Additions, Op, build_patch, prior_shapes
 from webhook.engine.proxy import mesh_proxy_container
+from webhook.engine.refusals import container_refusal
 from webhook.engine.settings import ProxySettings, SettingsError, resolve_settings
 from webhook.engine.status import MAX_STATUS_CHARS, InjectionStatus, containers_digest
 from webhook.engine.values import shorten
@@ -41,8 +42,10 @@ PASS_THROUGH = Decision(False, "not-a-workload", "kind has no pod template")
 class InjectionRefused(ValueError):
     """The object cannot be injected as it stands; the message says what and where.
 
-    Raised for malformed objects, invalid settings and reserved names. The
-    admission layer answers ``allowed: false`` with it, the CLI exits non-zero.
+    Raised for malformed objects, PodSecurity levels that forbid mesh-init,
+    invalid or locked settings, and containers the injector may not mesh
+    (reserved names and ports, the proxy's UID). The admission layer answers
+    ``allowed: false`` with it, the CLI exits non-zero.
     """
 
 
@@ -71,7 +74,14 @@ class InjectionResult:
 def inject(
     obj: dict[str, Any], *, namespace: NamespaceLike, config: InjectorConfig
 ) -> InjectionResult:
-    """Decide for ``obj`` in ``namespace`` and, if injecting, build patch and result."""
+    """Decide for ``obj`` in ``namespace`` and, if injecting, build patch and result.
+
+    Only a pod that would be injected is refused, for the first of: the
+    namespace's PodSecurity level, a malformed container list, an invalid
+    setting, a locked setting the pod changes, then the containers
+    (``refusals``: reserved names, reserved ports, the proxy's UID).
+    docs/settings.md, "Refusals", gives the order to users.
+    """
     try:
         location = locate_pod(obj)
         if location is None:
@@ -91,6 +101,7 @@ def inject(
     annotations: dict[str, str] = meta.get("annotations") or {}
     try:
         check_injectable(obj, location, spec)
+        # Invalid values first, then locked ones (LockedError is a SettingsError).
         settings = resolve_settings(
             config,
             namespace_labels=namespace.labels,
@@ -101,6 +112,14 @@ def inject(
         raise InjectionRefused(str(err)) from None
     except SettingsError as err:
         raise InjectionRefused(f"{describe(obj)}: {err}") from None
+    refusal = container_refusal(
+        spec,
+        f"{location.dotted}.spec" if location.path else "spec",
+        native_sidecar=settings.native_sidecar,
+        uid=config.proxy.uid,
+    )
+    if refusal is not None:
+        raise InjectionRefused(f"{describe(obj)}: {refusal}")
 
     pod = _walk(obj, location.path)
     additions = _additions(pod, annotations=annotations, settings=settings, config=config)
@@ -160,9 +179,10 @@ class Built:
 # (usually a handful); pod annotations can make more, and long port and CIDR
 # lists make an entry larger (they go into the rules), so it is bounded in
 # entries and in bytes, like the settings cache (webhook/engine/bounded_cache.py).
-# An entry is charged its JSON length plus ENTRY_OVERHEAD: measured with
-# tracemalloc (tests/test_engine_cache.py), the dicts, lists and small strings
-# of the two containers keep ~6 KB alive beyond the JSON text.
+# An entry is charged its JSON length plus ENTRY_OVERHEAD, which covers the
+# dicts, lists and small strings of the two containers beyond the JSON text
+# (tests/test_engine_cache.py holds the charge to what tracemalloc sees;
+# docs/engine.md, "Caches").
 CACHE_MAX_ENTRIES: Final = 1024
 CACHE_MAX_BYTES: Final = 16 << 20
 ENTRY_OVERHEAD: Final = 8 << 10

@@ -32,9 +32,9 @@ Decisions worth knowing (docs/settings.md repeats them for users):
   IPv6 half is not written at all.
 * Compact: ports go 15 to a rule (``-m multiport``, its maximum), CIDRs 16 to
   a rule (``-d a,b,...``, which iptables expands into one kernel rule each),
-  and the redirect targets are written inline. The default script is about
-  800 bytes; the worst the settings limits allow about 15 KB, far below the
-  ``MAX_SCRIPT_BYTES`` bound (see there).
+  and the redirect targets are written inline. The worst script the settings
+  limits allow stays far below the ``MAX_SCRIPT_BYTES`` bound (see there;
+  docs/settings.md, "Limits", gives the sizes).
 """
 
 from __future__ import annotations
@@ -297,7 +297,8 @@ def _checked(script: str) -> str:
 
 
 def mesh_init_template(config: InjectorConfig) -> dict[str, Any]:
-    """The ``mesh-init`` container with its script as an expression (``expr.render`` fills it).
+    """The ``mesh-init`` container: root, but only NET_ADMIN and NET_RAW, under RuntimeDefault,
+    its script an expression (``expr.render`` fills it).
 
     Root is needed because netfilter changes require CAP_NET_ADMIN in the
     pod's network namespace; everything else is taken away.
@@ -319,6 +320,9 @@ def mesh_init_template(config: InjectorConfig) -> dict[str, Any]:
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            # Its own profile, whatever the pod sets: a pod-level Unconfined
+            # must not leave a root container holding NET_ADMIN without one.
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
     resources = container_resources(config.init.resources)

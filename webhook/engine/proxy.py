@@ -44,16 +44,15 @@ from webhook.engine.settings import ProxySettings, settings_env
 # sidecar needs few, and each costs memory.
 CONCURRENCY: Final = 2
 
-# Probe timings, from Envoy's start measured on the 2-core development machine
-# (pod-in-a-box, exec to the first 200 from /healthz/ready, 30 starts each):
-# with the static bootstrap 0.11-0.18 s idle (median 0.13 s) and 0.29-0.64 s
-# under a load average of ~10 (median 0.36 s); with an xds-address nobody
-# answers 30.2-30.4 s (Envoy waits out the CDS and then the LDS initial fetch
-# timeout, 15 s each, before it calls itself ready).
+# Probe timings, from how long Envoy takes to answer /healthz/ready
+# (docs/lifecycle.md, "Start-up", has the measurements): a static bootstrap
+# is ready within a fraction of a second, and with an xds-address nobody
+# answers Envoy waits out the CDS and then the LDS initial fetch timeout (15 s
+# each) before it calls itself ready.
 #
 # Startup: every second (the kubelet's minimum; in native mode the app waits
 # for it, so the period is start-up latency), for up to a minute: twice the
-# unreachable-control-plane start and ~100 times the static one, so a slow
+# unreachable-control-plane start and far beyond the static one, so a slow
 # node never restarts a proxy that is merely slow, and a proxy that cannot
 # start is restarted within a minute. Present in both modes: once it passes,
 # the kubelet probes readiness at once instead of at the next readiness tick,

@@ -6,6 +6,10 @@ where it came from, so a refusal can say "pod annotation
 sidecar.mesh.io/proxy-cpu-request='lots' ..." and a preview can show why a value
 is what it is. Label values cannot hold commas, so list items in labels are
 separated by ``_``; CIDR lists (which need ``/``) can only be annotations.
+
+Settings the config locks (``lockedSettings``) skip the pod annotation layer:
+the namespace and the config decide them, and a pod annotation with another
+value is a ``LockedError`` (``locked_conflicts`` lists them for ``check``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from webhook.contract import constants
 from webhook.engine.bounded_cache import BoundedCache
@@ -66,12 +70,33 @@ class SettingsError(ValueError):
         super().__init__(f"{source} {key}={shorten(raw)} is invalid: {problem}")
 
 
+class LockedError(SettingsError):
+    """A pod annotation gives a locked setting another value than the one in force.
+
+    Also when the pod's value is invalid: a locked setting never takes the
+    pod's value, so its validity is beside the point, and the fix is the same
+    either way (remove the annotation, or give the value in force, which this
+    message names and an "is invalid" one would not).
+    """
+
+    def __init__(self, key: str, raw: str, in_force: Provenance) -> None:
+        super().__init__(key, Source.POD_ANNOTATION, raw, "the injector config locks it")
+        self.in_force = in_force
+        self.args = (
+            f"{Source.POD_ANNOTATION} {key}={shorten(raw)} is refused: the injector config "
+            f"locks {key} (lockedSettings) to what the namespace and the config decide, here "
+            f"{shorten(in_force.value)} ({in_force.source}); remove the annotation, or set it "
+            f"to that value",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Provenance:
-    """An effective value as a string, and where it was set."""
+    """An effective value as a string, where it was set, and whether the config locks it."""
 
     value: str
     source: Source
+    locked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,14 +155,19 @@ class _Key:
     label_ok: bool = True
     # Checked on the raw value before anything else (values.py, "limits").
     max_chars: int = MAX_SCALAR_CHARS
+    # How a pod's value is compared with a locked one, both parsed: as they
+    # are ("value"), as sets of items ("set": CIDR lists, whose order and
+    # duplicates change nothing the pod gets), or as amounts ("quantity":
+    # ``0.1`` is ``100m``). Port lists are parsed into sorted sets already.
+    same: Literal["value", "set", "quantity"] = "value"
 
 
 _KEYS: Final[dict[str, _Key]] = {
     "proxy-version": _Key("proxy_version", lambda raw, _s: parse_image_tag(raw.strip())),
-    "proxy-cpu-request": _Key("proxy_cpu_request", _optional_quantity),
-    "proxy-cpu-limit": _Key("proxy_cpu_limit", _optional_quantity),
-    "proxy-memory-request": _Key("proxy_memory_request", _optional_quantity),
-    "proxy-memory-limit": _Key("proxy_memory_limit", _optional_quantity),
+    "proxy-cpu-request": _Key("proxy_cpu_request", _optional_quantity, same="quantity"),
+    "proxy-cpu-limit": _Key("proxy_cpu_limit", _optional_quantity, same="quantity"),
+    "proxy-memory-request": _Key("proxy_memory_request", _optional_quantity, same="quantity"),
+    "proxy-memory-limit": _Key("proxy_memory_limit", _optional_quantity, same="quantity"),
     "log-level": _Key("log_level", lambda raw, _s: parse_log_level(raw)),
     "include-inbound-ports": _Key(
         "include_inbound_ports",
@@ -159,18 +189,22 @@ _KEYS: Final[dict[str, _Key]] = {
         lambda raw, s: parse_cidrs(raw, separator=s, allow_all=True),
         label_ok=False,
         max_chars=MAX_CIDR_LIST_CHARS,
+        same="set",
     ),
     "exclude-outbound-cidrs": _Key(
         "exclude_outbound_cidrs",
         lambda raw, s: parse_cidrs(raw, separator=s, allow_all=False),
         label_ok=False,
         max_chars=MAX_CIDR_LIST_CHARS,
+        same="set",
     ),
     "native-sidecar": _Key("native_sidecar", lambda raw, _s: parse_bool(raw)),
     "hold-application": _Key("hold_application", lambda raw, _s: parse_bool(raw)),
     "xds-address": _Key("xds_address", _optional_address),
 }
 
+# The settings' names as the config's ``lockedSettings`` spells them, and as keys.
+SETTING_NAMES: Final = tuple(_KEYS)
 SETTING_KEYS: Final = tuple(constants.PREFIX + name for name in _KEYS)
 
 # The value type of each setting, by name: what ``webhook.policy`` needs to
@@ -200,17 +234,19 @@ if set(KINDS) != set(_KEYS):  # pragma: no cover - keeps the two tables in step
 @dataclass(frozen=True, slots=True)
 class SettingSpec:
     """One setting as the outside sees it: key name, ``ProxySettings`` field, value kind,
-    whether a namespace label may set it, and its length limit."""
+    whether a namespace label may set it, its length limit, and how a pod's value
+    is compared with a locked one (``_Key.same``)."""
 
     name: str
     field: str
     kind: str
     label_ok: bool
     max_chars: int
+    same: str
 
 
 SETTING_SPECS: Final = tuple(
-    SettingSpec(name, spec.field, KINDS[name], spec.label_ok, spec.max_chars)
+    SettingSpec(name, spec.field, KINDS[name], spec.label_ok, spec.max_chars, spec.same)
     for name, spec in _KEYS.items()
 )
 # Keys under the prefix that are not settings but are still ours.
@@ -320,6 +356,8 @@ def _ours(values: Mapping[str, str]) -> dict[str, str]:
 
 # (setting name, where it was set, raw value) for each setting some layer sets.
 _Winners = tuple[tuple[str, Source, str], ...]
+# (setting name, raw value) for each locked setting a pod annotation sets.
+_Pinned = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,14 +368,15 @@ class _Entry:
     settings: ProxySettings
 
 
-# Resolved settings per distinct (config, winning values). Bounded in entries
+# Resolved settings per distinct (config, winning values, pod values of locked
+# settings); only resolutions that pass are kept. Bounded in entries
 # and in bytes: each entry is charged five times the raw text it was parsed
 # from (the key keeps the text; parsed tuples and provenance strings repeat
-# it) plus 4 KiB for the objects themselves. Measured with tracemalloc
-# (tests/test_settings.py) that covers what an entry really keeps alive: about
-# 3 KB for typical settings, 52 KB for the worst accepted ones (charged 60 KB),
-# so 8 MiB holds about 2,000 typical entries or 140 worst ones.
-SETTINGS_CACHE: Final[BoundedCache[tuple[int, _Winners], _Entry]] = BoundedCache(
+# it) plus 4 KiB for the objects themselves, which covers what an entry
+# really keeps alive (tests/test_settings.py checks it with tracemalloc;
+# docs/settings.md, "Limits", has the figures), so distinct big settings are
+# evicted rather than kept for ever.
+SETTINGS_CACHE: Final[BoundedCache[tuple[int, _Winners, _Pinned], _Entry]] = BoundedCache(
     max_entries=4096, max_bytes=8 * 1024 * 1024
 )
 _ENTRY_OVERHEAD: Final = 4096
@@ -351,10 +390,13 @@ def resolve_settings(
     namespace_annotations: Mapping[str, str],
     pod_annotations: Mapping[str, str],
 ) -> ProxySettings:
-    """Resolve every setting by precedence; raise SettingsError on the first invalid one.
+    """Resolve every setting by precedence; raise SettingsError on the first invalid one,
+    then LockedError on the first locked setting a pod annotation gives another value.
 
     Only the value that wins is checked and parsed: a bad namespace label that
-    a pod annotation overrides does not refuse the pod. Cheap checks come
+    a pod annotation overrides does not refuse the pod. A setting the config
+    locks never takes the pod's value: the namespace and the config decide it,
+    and the pod's, if any, must be the same (``locked_conflicts``). Cheap checks come
     first: the winners are picked by dictionary look-ups and their lengths
     checked against each key's limit before anything is parsed, hashed or
     cached, so an oversized value costs microseconds. Results are cached by
@@ -367,12 +409,17 @@ def resolve_settings(
         (Source.NAMESPACE_LABEL, _ours(namespace_labels), "_"),
     )
     warnings = _unknown_keys(layers)
+    locked = config.locked_settings
     winners: list[tuple[str, Source, str]] = []
+    pinned: list[tuple[str, str]] = []
     for name, spec in _KEYS.items():
         key = constants.PREFIX + name
         for where, values, _sep in layers:
             raw = values.get(key)
             if raw is None:
+                continue
+            if where is Source.POD_ANNOTATION and name in locked:
+                pinned.append((name, raw))  # judged against the value in force, below
                 continue
             if where is Source.NAMESPACE_LABEL and not spec.label_ok:
                 warnings.append(f"{where} {key} is ignored: CIDR lists can only be annotations")
@@ -384,19 +431,84 @@ def resolve_settings(
             winners.append((name, where, raw))
             break
 
-    # The config is keyed by identity, not value: provenance depends on which
-    # fields the config set explicitly, which equal configs need not share.
-    # The entry holds the config, so a reused id cannot match another one.
-    cache_key = (id(config), tuple(winners))
-    entry = SETTINGS_CACHE.get(cache_key)
-    if entry is None or entry.config is not config:
-        entry = _Entry(config, _resolve(config, cache_key[1]))
-        size = _ENTRY_OVERHEAD + _CHARGE_PER_CHAR * sum(len(raw) for _, _, raw in winners)
-        SETTINGS_CACHE.put(cache_key, entry, size=size)
-    settings = entry.settings
+    if any(len(raw) > _KEYS[name].max_chars for name, raw in pinned):
+        # An oversized pod value can never be the one in force: refused
+        # against the settings in force, without hashing it into a cache key.
+        raise _conflicts(_cached(config, tuple(winners), ()), tuple(pinned))[0]
+    settings = _cached(config, tuple(winners), tuple(pinned))
     if warnings:
         settings = dataclasses.replace(settings, warnings=(*warnings, *settings.warnings))
     return settings
+
+
+def _cached(config: InjectorConfig, winners: _Winners, pinned: _Pinned) -> ProxySettings:
+    """The settings for these winners, from the cache or resolved (and locks judged) now.
+
+    The config is keyed by identity, not value: provenance depends on which
+    fields the config set explicitly, which equal configs need not share. The
+    entry holds the config, so a reused id cannot match another one. Only a
+    resolution that passes is kept.
+    """
+    cache_key = (id(config), winners, pinned)
+    entry = SETTINGS_CACHE.get(cache_key)
+    if entry is None or entry.config is not config:
+        resolved = _resolve(config, winners)
+        conflicts = _conflicts(resolved, pinned)
+        if conflicts:
+            raise conflicts[0]
+        entry = _Entry(config, resolved)
+        chars = sum(len(raw) for _, _, raw in winners) + sum(len(raw) for _, raw in pinned)
+        SETTINGS_CACHE.put(cache_key, entry, size=_ENTRY_OVERHEAD + _CHARGE_PER_CHAR * chars)
+    return entry.settings
+
+
+def locked_conflicts(
+    settings: ProxySettings, pod_annotations: Mapping[str, str], *, config: InjectorConfig
+) -> tuple[LockedError, ...]:
+    """Every locked setting that ``pod_annotations`` give another value than ``settings``.
+
+    ``settings`` are the ones in force for the pod's namespace (resolved
+    without the pod's annotations); ``check`` lists workloads with this.
+    """
+    pinned = tuple(
+        (name, raw)
+        for name in _KEYS
+        if name in config.locked_settings
+        and (raw := pod_annotations.get(constants.PREFIX + name)) is not None
+    )
+    return _conflicts(settings, pinned)
+
+
+def _conflicts(settings: ProxySettings, pinned: _Pinned) -> tuple[LockedError, ...]:
+    """The pinned pod values that differ from the value in force, as refusals."""
+    found = []
+    for name, raw in pinned:
+        key = constants.PREFIX + name
+        if not _holds(_KEYS[name], raw, settings):
+            found.append(LockedError(key, raw, settings.provenance[key]))
+    return tuple(found)
+
+
+def _holds(spec: _Key, raw: str, settings: ProxySettings) -> bool:
+    """Whether a pod annotation's value for a locked setting is the value in force.
+
+    Compared parsed (pod annotations separate items with commas): ``9090,9091``
+    is a namespace label's ``9090_9091``. An invalid value is never the one in
+    force; an oversized one is not parsed at all.
+    """
+    if len(raw) > spec.max_chars:
+        return False
+    try:
+        check_text(raw)
+        value = spec.parse(raw, ",")
+    except ValueError:
+        return False
+    in_force = getattr(settings, spec.field)
+    if spec.same == "set" and isinstance(value, tuple) and isinstance(in_force, tuple):
+        return set(value) == set(in_force)
+    if spec.same == "quantity" and value is not None and in_force is not None:
+        return parse_quantity(value) == parse_quantity(in_force)
+    return bool(value == in_force)
 
 
 def _resolve(config: InjectorConfig, winners: _Winners) -> ProxySettings:
@@ -417,7 +529,7 @@ def _resolve(config: InjectorConfig, winners: _Winners) -> ProxySettings:
             except ValueError as err:
                 raise SettingsError(key, source, raw, str(err)) from None
         resolved[spec.field] = value
-        provenance[key] = Provenance(_display(value), source)
+        provenance[key] = Provenance(_display(value), source, name in config.locked_settings)
 
     for resource in ("cpu", "memory"):
         request = resolved[f"proxy_{resource}_request"]

@@ -30,14 +30,15 @@ AllOr = Literal["*"]
 
 # Items per list. 128 ports or CIDRs is far beyond what a pod needs (a few to a
 # few dozen), and with these the worst accepted settings still render a
-# ``mesh-init`` script of about 15 KB (tests/test_iptables.py renders it).
+# ``mesh-init`` script well under ``iptables.MAX_SCRIPT_BYTES``
+# (tests/test_iptables.py renders it).
 MAX_PORTS: Final = 128
 MAX_CIDRS: Final = 128
 # Raw characters per value, checked before any parsing, so a multi-megabyte
-# annotation is refused in microseconds. Each is the longest sensible spelling
-# of a full list (128 x "65535, " and 128 x a 43-character IPv6 CIDR plus
-# separators, with room for spaces), or of the longest scalar: a 253-character
-# DNS name plus ":65535" for ``xds-address``.
+# annotation is refused before it costs anything. Each is the longest
+# sensible spelling of a full list (128 x "65535, " and 128 x a 43-character
+# IPv6 CIDR plus separators, with room for spaces), or of the longest scalar:
+# a 253-character DNS name plus ":65535" for ``xds-address``.
 MAX_PORT_LIST_CHARS: Final = 1024
 MAX_CIDR_LIST_CHARS: Final = 8192
 MAX_SCALAR_CHARS: Final = 260
@@ -77,6 +78,61 @@ def shorten(text: str, limit: int = SHOWN_CHARS, *, quote: bool = True) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+# What a terminal acts on rather than shows: the C0 controls (ESC starts every
+# escape sequence, CR and BS overwrite what came before, LF breaks a one-line
+# message), DEL, the C1 controls (0x9b alone is CSI to a terminal that takes
+# 8-bit controls), Unicode's bidirectional marks, embeddings, overrides and
+# isolates (they reorder what the reader sees, as in "Trojan Source"), and the
+# line and paragraph separators.
+_TERMINAL_ACTS_ON: Final = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def escape_controls(text: str) -> str:
+    """``text`` safe to show on a terminal: what a terminal would act on, written out.
+
+    Each such character becomes its Python escape (``\\x1b``, ``\\x9b``,
+    ``\\u202e``); everything else, other non-ASCII text included, stays as it
+    is. Applied where text meets people: the CLI's stderr, ``check``'s output,
+    admission messages and warnings (kubectl prints them), ``/preview``'s
+    errors. Idempotent: the escapes are plain printable ASCII.
+    """
+    if _TERMINAL_ACTS_ON.search(text) is None:
+        return text
+    return _TERMINAL_ACTS_ON.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+# The same characters above 0x1f in UTF-8, which JSON may carry raw (its
+# encoders escape only those below 0x20): DEL, the C1 controls, the
+# bidirectional marks and controls, the line and paragraph separators. Lead
+# bytes and ASCII only start a match, so it never starts inside a character.
+_RAW_IN_JSON: Final = re.compile(
+    rb"\x7f|\xc2[\x80-\x9f]|\xd8\x9c|\xe2\x80[\x8e\x8f\xa8-\xae]|\xe2\x81[\xa6-\xa9]"
+)
+
+
+def escape_json_controls(document: bytes) -> bytes:
+    """Encoded JSON (UTF-8) with those characters as ``\\u`` escapes: the same data, safe bytes.
+
+    They can only occur inside strings, where ``\\u009b`` means what the raw
+    character meant, so a parser reads the same document; a terminal shown
+    the bytes reads the escape rather than acting on it.
+    """
+    if _RAW_IN_JSON.search(document) is None:
+        return document
+    return _RAW_IN_JSON.sub(_json_escaped, document)
+
+
+def _json_escaped(match: re.Match[bytes]) -> bytes:
+    return f"\\u{ord(match.group().decode()):04x}".encode()
 
 
 def is_namespace_name(name: str) -> bool:
@@ -142,9 +198,9 @@ def parse_cidr(text: str) -> str:
     which ip6tables would never see (IPv4 traffic goes through iptables), and
     which the API server's CEL (policy mode) refuses too. Parsed with the C
     library's ``inet_pton`` (strict: dotted-quad IPv4 without leading zeros,
-    no IPv6 zone index, which iptables could not take), about 100 times
-    faster than ``ipaddress.ip_network`` for IPv6; with 256 CIDRs that is the
-    difference between a fraction of a millisecond and tens of them.
+    no IPv6 zone index, which iptables could not take): far cheaper than
+    ``ipaddress.ip_network`` for IPv6, which matters for the longest lists on
+    a cold admission (docs/settings.md, "Limits").
     """
     address, slash, length = text.partition("/")
     family, bits = (socket.AF_INET6, 128) if ":" in address else (socket.AF_INET, 32)

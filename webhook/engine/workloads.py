@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from webhook.contract import constants
-
 _TEMPLATE: Final = ("spec", "template")
 _CRONJOB_TEMPLATE: Final = ("spec", "jobTemplate", "spec", "template")
 
@@ -120,7 +118,11 @@ def pod_parts(obj: dict[str, Any], location: PodLocation) -> tuple[dict[str, Any
 
 
 def check_injectable(obj: dict[str, Any], location: PodLocation, spec: dict[str, Any]) -> None:
-    """Checks that only matter when we are about to add containers and volumes."""
+    """The shape that matters when we are about to add containers and volumes.
+
+    What the pod's containers may not be (reserved names, ports, the proxy's
+    UID) is ``webhook.engine.refusals``.
+    """
     prefix = f"{location.dotted}.spec" if location.path else "spec"
     containers = spec.get("containers")
     if not isinstance(containers, list) or not containers:
@@ -133,18 +135,9 @@ def check_injectable(obj: dict[str, Any], location: PodLocation, spec: dict[str,
             raise ObjectError(f"{describe(obj)}: {prefix}.{field} is not a list")
         for index, item in enumerate(items):
             name = item.get("name") if isinstance(item, dict) else None
-            if (
-                isinstance(name, str)
-                and name
-                and (field == "volumes" or name not in constants.INJECTED_NAMES)
-            ):
+            if isinstance(name, str) and name:
                 continue  # the common case, checked without building a message
             where = f"{describe(obj)}: {prefix}.{field}[{index}]"
             if not isinstance(item, dict):
                 raise ObjectError(f"{where} is not an object")
-            if not isinstance(name, str) or not name:
-                raise ObjectError(f"{where} has no name")
-            raise ObjectError(
-                f"{where} is named {name!r}, which the injector reserves; rename it, or "
-                f"add the {constants.STATUS_ANNOTATION} annotation if it was injected already"
-            )
+            raise ObjectError(f"{where} has no name")

@@ -20,10 +20,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from webhook.contract import constants
 from webhook.engine import config as engine
 from webhook.engine.config import LogLevel
 from webhook.engine.quantity import QuantityError, check_quantity
-from webhook.engine.values import check_address, parse_image_tag
+from webhook.engine.settings import SETTING_NAMES
+from webhook.engine.values import check_address, parse_image_tag, shorten
+from webhook.manifests.files import CONFIG_LIMIT, FileError, read_file
 
 __all__ = ["ConfigError", "load_config", "parse_config"]
 
@@ -52,7 +55,7 @@ class _Model(BaseModel):
         # Every string here ends up in a pod spec, a log line or a command
         # line; a control character (a newline in an image name) is a typo
         # at best and a header or log injection at worst.
-        texts = value if isinstance(value, tuple | list) else (value,)
+        texts = value if isinstance(value, tuple | list | frozenset) else (value,)
         for text in texts:
             if isinstance(text, str) and any(c < " " or c == "\x7f" for c in text):
                 raise ValueError(f"{text!r} contains a control character")
@@ -139,6 +142,42 @@ class InjectorConfig(_Model):
     init: InitConfig = InitConfig()
     excluded_namespaces: tuple[str, ...] = _CONFIG.excluded_namespaces
     ipv6: bool = _CONFIG.ipv6
+    locked_settings: frozenset[str] = _CONFIG.locked_settings
+
+    @field_validator("locked_settings", mode="before")
+    @classmethod
+    def _settings(cls, value: object) -> object:
+        # Short names (``xds-address``), as the contract spells them; the full
+        # key (``sidecar.mesh.io/xds-address``), as it is written on pods, is
+        # taken too and means the same. Stored short.
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be a list of setting names, e.g. [xds-address]")
+        return [_setting_name(index, item) for index, item in enumerate(value)]
+
+
+# Keys under the prefix that are not settings, and what they do instead.
+_NOT_SETTINGS = {
+    "inject": "it chooses whether a pod is injected",
+    "rev": "it chooses the injector revision",
+    "status": "the injector writes it",
+}
+
+
+def _setting_name(index: int, item: object) -> str:
+    """One ``lockedSettings`` entry as a short setting name; the error names the entry."""
+    entry = f"entry {index + 1}"
+    if not isinstance(item, str):
+        raise ValueError(f"{entry} ({item!r}) is not a setting name")
+    name = item.removeprefix(constants.PREFIX)
+    if name in SETTING_NAMES:
+        return name
+    if name in _NOT_SETTINGS:
+        raise ValueError(
+            f"{entry} {item!r} is not a setting and cannot be locked: {_NOT_SETTINGS[name]}"
+        )
+    raise ValueError(
+        f"{entry} {shorten(item)} is not a setting (settings: {', '.join(SETTING_NAMES)})"
+    )
 
 
 def parse_config(text: str, *, origin: str = "config") -> engine.InjectorConfig:
@@ -168,7 +207,9 @@ def load_config(path: Path | None) -> engine.InjectorConfig:
     if path is None:
         return engine.InjectorConfig()
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        text = read_file(path, limit=CONFIG_LIMIT).decode("utf-8")
+    except FileError as err:
+        raise ConfigError(f"{path}: cannot read config: {err.reason}") from None
+    except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: cannot read config: {err}") from None
     return parse_config(text, origin=str(path))

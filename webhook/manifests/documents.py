@@ -11,7 +11,7 @@ first thing that walks it as a tree (the engine, a renderer) runs out of
 memory. Kubernetes itself never needs them (``kubectl`` output has none).
 They are refused in a pre-pass over the C parser's event stream, before
 anything is built, so the fast C loader can then be used as it is (overriding
-its composer would mean the pure-Python loader, ~10x slower and bigger).
+its composer would mean the pure-Python loader, much slower and bigger).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import yaml
 
 from webhook.engine.values import shorten
 
-try:  # the C loader is ~10x faster; fall back where libyaml is missing
+try:  # the C loader is much faster; fall back where libyaml is missing
     _BaseLoader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
 except AttributeError:  # pragma: no cover
     _BaseLoader = yaml.SafeLoader
@@ -129,7 +129,7 @@ _VALUE_EVENTS: Final = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingS
 # Bytes that start or separate JSON values; their count bounds how many values
 # a document can hold (a ``{`` or ``[`` per container, a ``,`` per further item).
 # Counted as what is left after deleting every other byte: one pass in C,
-# ~4x faster than three ``count`` calls.
+# cheaper than three ``count`` calls.
 _NOT_JSON_VALUE_MARKS: Final = bytes(byte for byte in range(256) if byte not in b",[{")
 
 
@@ -152,7 +152,7 @@ def _looks_like_json(text: str) -> bool:
 def json_value_bound(data: bytes | bytearray | str) -> int:
     """An upper bound on the number of values in a JSON text, counted without parsing it.
 
-    Counts ``,``, ``[`` and ``{`` (in C, a few milliseconds for 7 MiB), so it
+    Counts ``,``, ``[`` and ``{`` (one pass in C; docs/service.md, "Limits"), so it
     over-counts those inside strings: a safe direction for a limit. Lets a
     caller refuse a body whose parse would take too long or build too many
     objects *before* paying for the parse.

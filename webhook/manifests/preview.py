@@ -18,6 +18,8 @@ from webhook.contract import constants
 from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike, inject
 from webhook.engine.config import InjectorConfig
+from webhook.engine.settings import Provenance
+from webhook.engine.values import escape_controls
 from webhook.engine.workloads import describe
 from webhook.manifests.patched import Patched, patched
 from webhook.manifests.render import as_list, to_json_bytes, to_yaml, unified_diff
@@ -102,23 +104,32 @@ def inject_all(
 
 
 def summary(result: InjectionResult) -> dict[str, Any]:
-    """The preview's JSON view of one result: decision, settings with sources, patch, object."""
+    """The preview's JSON view of one result: decision, settings with sources, patch, object.
+
+    A setting the injector config locks carries ``"locked": true`` (pod
+    annotations cannot change it); the others have no ``locked`` key.
+    """
     settings = (
-        {
-            key: {"value": item.value, "source": str(item.source)}
-            for key, item in result.settings.provenance.items()
-        }
+        {key: _setting(item) for key, item in result.settings.provenance.items()}
         if result.settings is not None
         else {}
     )
     return {
         "injected": result.injected,
-        "reason": result.decision.reason,
+        # Messages for people: escaped even in JSON, which ``jq -r`` prints raw.
+        "reason": escape_controls(result.decision.reason),
         "settings": settings,
         "patch": list(result.patch),
         "object": patched(result),
-        "warnings": list(result.warnings),
+        "warnings": [escape_controls(warning) for warning in result.warnings],
     }
+
+
+def _setting(item: Provenance) -> dict[str, Any]:
+    shown: dict[str, Any] = {"value": item.value, "source": str(item.source)}
+    if item.locked:
+        shown["locked"] = True
+    return shown
 
 
 def render(

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import yaml
 
+from webhook.engine.values import escape_controls, escape_json_controls
 from webhook.manifests.documents import ManifestError
 
 try:
@@ -53,10 +54,13 @@ def to_json_bytes(value: Any) -> bytes:
 
     Raises ``RecursionError`` past orjson's nesting limit (as the engine and
     the YAML writer do on deep input) and ``ManifestError`` for a value JSON
-    has no form for (YAML's ``!!binary`` or ``!!set``).
+    has no form for (YAML's ``!!binary`` or ``!!set``). What a terminal would
+    act on is escaped even where JSON allows it raw (``escape_json_controls``),
+    as the YAML writer escapes it: the output often lands on a terminal.
     """
     try:
-        return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+        document = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+        return escape_json_controls(document)
     except orjson.JSONEncodeError as err:
         if "recursion" in str(err).lower():
             raise RecursionError(str(err)) from None
@@ -78,12 +82,13 @@ def unified_diff(
     for label, before, after in pairs:
         if before is after:
             continue
+        shown = escape_controls(label)  # an object's name, printed as is by YAML's side
         chunks.extend(
             difflib.unified_diff(
                 to_yaml([before]).splitlines(keepends=True),
                 to_yaml([after]).splitlines(keepends=True),
-                fromfile=f"{label} (as given)",
-                tofile=f"{label} ({side})",
+                fromfile=f"{shown} (as given)",
+                tofile=f"{shown} ({side})",
             )
         )
     return "".join(chunks)

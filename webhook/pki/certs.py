@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from webhook.contract import constants
+from webhook.manifests.files import PEM_LIMIT, FileError, read_file
 
 CA_CERT: Final = "ca.crt"
 CA_KEY: Final = "ca.key"
@@ -270,10 +271,11 @@ def load_ca(cert_path: Path, key_path: Path) -> KeyPair:
 
 
 def _read(path: Path) -> bytes:
+    # Bounded: ca.crt linked to /dev/zero or made a FIFO is an error, not a hang.
     try:
-        return path.read_bytes()
-    except OSError as err:
-        raise CertError(f"{path}: cannot read: {err.strerror or err}") from None
+        return read_file(path, limit=PEM_LIMIT)
+    except FileError as err:
+        raise CertError(str(err)) from None
 
 
 def write_certs(
@@ -367,9 +369,9 @@ def served_service(cert_path: Path) -> tuple[str, str] | None:
     ``None`` when the file is missing, unreadable or names no such service.
     """
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert = x509.load_pem_x509_certificate(read_file(cert_path, limit=PEM_LIMIT))
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (OSError, ValueError, x509.ExtensionNotFound):
+    except (FileError, ValueError, x509.ExtensionNotFound):
         return None
     for name in sans.get_values_for_type(x509.DNSName):
         parts = name.split(".")

@@ -18,6 +18,7 @@ the kind's own helper variables).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -48,6 +49,8 @@ class KindCel:
     problem: Callable[[str, str, str, str], str]
     value: Callable[[str, str, str, str], str]
     helpers: tuple[tuple[str, str, Callable[[str, str, str, str], str]], ...] = ()
+    # CEL for ``settings._display`` of a parsed value (and, for ``*`` kinds, its flag).
+    display: Callable[[str, str], str] = lambda value, _all: value
 
 
 # --- quantities (quantity.parse_quantity and check_quantity) ---------------------------
@@ -124,7 +127,11 @@ def _ports(*, allow_all: bool) -> KindCel:
         everything = f"{t} == '*' || " if allow_all else ""
         return f"({everything}{t} == '') ? [] : {V}i_{f}.map(x, int(x)).distinct().sort()"
 
-    return KindCel(problem, value, (_ITEMS,))
+    return KindCel(problem, value, (_ITEMS,), _list_display("string(x)"))
+
+
+def _list_display(item: str) -> Callable[[str, str], str]:
+    return lambda value, everything: f"({everything} ? '*' : {value}.map(x, {item}).join(','))"
 
 
 def _cidr_parts(x: str) -> tuple[str, str, str]:
@@ -176,7 +183,7 @@ def _cidrs(*, allow_all: bool) -> KindCel:
         return f"{V}i_{f}.map(x, string(cidr({_cidr_parts('x')[2]})))"
 
     helpers = (_ITEMS, ("cp", "[]", problems), ("cv", "[]", canonical))
-    return KindCel(problem, value, helpers)
+    return KindCel(problem, value, helpers, _list_display("x"))
 
 
 # --- xds-address (values.check_address) -------------------------------------------------
@@ -234,7 +241,10 @@ KIND_CEL: Final[dict[str, KindCel]] = {
     "log-level": _choice(
         LOG_LEVELS, f" is not an Envoy log level ({', '.join(LOG_LEVELS)})", lambda v: v
     ),
-    "bool": _choice(("true", "false"), " is not true or false", lambda v: f"{v} == 'true'"),
+    "bool": dataclasses.replace(
+        _choice(("true", "false"), " is not true or false", lambda v: f"{v} == 'true'"),
+        display=lambda value, _all: f"({value} ? 'true' : 'false')",
+    ),
     "ports": _ports(allow_all=False),
     "ports*": _ports(allow_all=True),
     "cidrs": _cidrs(allow_all=False),

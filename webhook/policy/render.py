@@ -32,6 +32,7 @@ from webhook.engine.iptables import mesh_init_template
 from webhook.engine.json_text import compact
 from webhook.engine.patch import escape
 from webhook.engine.proxy import mesh_proxy_template
+from webhook.engine.refusals import LISTS
 from webhook.engine.settings import SETTING_SPECS, resolve_settings
 from webhook.engine.status import MAX_STATUS_CHARS, InjectionStatus
 from webhook.engine.values import NAMESPACE_NAME_RULE, is_namespace_name
@@ -129,25 +130,75 @@ def _malformed() -> str:
     Only what can reach admission: the API server has decoded the pod into its
     typed form, so lists are lists and names strings (an absent name is ``''``).
     """
-    names = literal(sorted(constants.INJECTED_NAMES))
-    parts = []
-    for field in ("containers", "initContainers", "volumes"):
-        reserved = (
-            f"c.name in {names} ? 'spec.{field}[' + string(i) + \"] is named '\" + c.name + "
-            "\"', which the injector reserves; rename it, or add the "
-            f'{constants.STATUS_ANNOTATION} annotation if it was injected already" : '
-            if field != "volumes"
-            else ""
-        )
-        parts.append(
-            f"object.spec.?{field}.orValue([]).transformList(i, c, "
-            f"c.name == '' ? 'spec.{field}[' + string(i) + '] has no name' : {reserved}'')"
-        )
+    parts = [
+        f"object.spec.?{field}.orValue([]).transformList(i, c, c.name == '', "
+        f"'spec.{field}[' + string(i) + '] has no name')"
+        for field in ("containers", "initContainers", "volumes")
+    ]
     return (
         "size(object.spec.?containers.orValue([])) == 0 ? "
         "'spec.containers is missing or empty' : "
-        "(" + " + ".join(parts) + ").filter(m, m != '').first().orValue('')"
+        "(" + " + ".join(parts) + ").first().orValue('')"
     )
+
+
+def _each_container(condition: str, message: str) -> str:
+    """CEL: ``message`` for the first container (``containers``, then ``initContainers``)
+    where ``condition`` holds (both over ``c``, its index ``i`` and ``{field}``), or ''."""
+    parts = [
+        f"object.spec.?{field}.orValue([]).transformList(i, c, "
+        f"{condition.format(field=field)}, {message.format(field=field)})"
+        for field in LISTS
+    ]
+    return "(" + " + ".join(parts) + ").first().orValue('')"
+
+
+def _container_refusals(config: InjectorConfig) -> str:
+    """CEL for ``refusals.container_refusal``: reserved names, then ports, then the UID."""
+    names = literal(sorted(constants.INJECTED_NAMES))
+    which = (
+        "'spec.{field}[' + string(i) + '] (' + "
+        + shorten("c.name", limit=63, ascii_only=False)
+        + " + ')'"
+    )
+    opt_out = f"or opt the pod out with {constants.INJECT_KEY}=false"
+    reserved_name = _each_container(
+        f"c.name in {names}",
+        "'spec.{field}[' + string(i) + \"] is named '\" + c.name + \"', which the injector "
+        f"reserves; rename it, or add the {constants.STATUS_ANNOTATION} annotation if it was "
+        'injected already"',
+    )
+    ports = literal(sorted(constants.PROXY_PORTS))
+    clash = (
+        f"c.?ports.orValue([]).filter(p, p.containerPort in {ports} "
+        "&& p.?protocol.orValue('TCP') == 'TCP')"
+    )
+    listening = ", ".join(str(port) for port in sorted(constants.PROXY_PORTS))
+    reserved_port = _each_container(
+        f"size({clash}) > 0",
+        f"{which} + ' declares containerPort ' + string({clash}[0].containerPort) + ', which "
+        f"the proxy uses (it listens on {listening}); "
+        f"move the container to another port, {opt_out}'",
+    )
+    uid = config.proxy.uid
+    own = "c.?securityContext.?runAsUser"
+    pod = "object.spec.?securityContext.?runAsUser"
+    # Init containers run before mesh-init in classic mode, unless they keep running.
+    intercepted = (
+        f"('{{field}}' == 'containers' || {V}s_native_sidecar "
+        "|| c.?restartPolicy.orValue('') == 'Always')"
+    )
+    user = f"({own}.hasValue() ? {own}.value() : {pod}.orValue(-1))"
+    proxy_uid = _each_container(
+        f"{intercepted} && {user} == {uid}",
+        f"{which} + ' runs as UID {uid} (' + ({own}.hasValue() ? "
+        "'spec.{field}[' + string(i) + '].securityContext.runAsUser' : "
+        "\"the pod's spec.securityContext.runAsUser\") + '), the proxy\\'s UID: mesh-init "
+        f"exempts that UID from redirection, so its traffic would bypass the proxy; run it as "
+        f"another UID (runAsUser in its securityContext), {opt_out}'",
+    )
+    rules = f"[{reserved_name}, {reserved_port}, {proxy_uid}]"
+    return f"{rules}.filter(m, m != '').first().orValue('')"
 
 
 def _json_string(text: str) -> str:
@@ -237,7 +288,7 @@ def _variables(config: InjectorConfig) -> tuple[list[tuple[str, str]], str]:
     defaults = resolve_settings(
         config, namespace_labels={}, namespace_annotations={}, pod_annotations={}
     )
-    settings = resolution(defaults)
+    settings = resolution(defaults, locked=config.locked_settings)
     compiler = Compiler(
         setting=lambda name: f"{V}s_{name}",
         all_of=lambda name: f"{V}s_{name}_all",
@@ -256,6 +307,7 @@ def _variables(config: InjectorConfig) -> tuple[list[tuple[str, str]], str]:
         (
             "refusal",
             f"!{V}injecting ? '' : [{_pod_security()}, {_malformed()}, string({V}settingsError), "
+            f"{_container_refusals(config)}, "
             # The old value's size first: escaping a huge one would cost more than the budget.
             f"size({old}) > {MAX_STATUS_CHARS} || size({V}status) > {MAX_STATUS_CHARS} ? "
             f"'metadata.annotations[{constants.STATUS_ANNOTATION}] does not describe this pod, "

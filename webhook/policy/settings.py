@@ -24,10 +24,16 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from webhook.contract import constants
-from webhook.engine.settings import SETTING_SPECS, ProxySettings, Source, settings_env
+from webhook.engine.settings import (
+    SETTING_SPECS,
+    ProxySettings,
+    SettingSpec,
+    Source,
+    settings_env,
+)
 from webhook.engine.values import ALL
 from webhook.policy.cel import Unsupported, literal, string
-from webhook.policy.kinds import KIND_CEL
+from webhook.policy.kinds import KIND_CEL, KindCel
 from webhook.policy.text import escapes_variable, first_unprintable, shorten
 
 V: Final = "variables."
@@ -58,9 +64,11 @@ class Resolution:
     error: str  # CEL: the first settings refusal, or ''
 
 
-def _winner(key: str, label_ok: bool) -> str:
+def _winner(key: str, *, label_ok: bool, locked: bool) -> str:
     winner = "[]"
-    layers = _LAYERS if label_ok else _LAYERS[:2]
+    layers: tuple[tuple[str, str], ...] = _LAYERS if label_ok else _LAYERS[:2]
+    if locked:
+        layers = layers[1:]  # a locked setting never takes the pod's value
     for source, mapping in reversed(layers):
         winner = (
             f"{string(key)} in {V}{mapping} ? "
@@ -69,12 +77,14 @@ def _winner(key: str, label_ok: bool) -> str:
     return winner
 
 
-def resolution(defaults: ProxySettings) -> Resolution:
-    """CEL variables resolving every setting by precedence; ``defaults`` from the config."""
+def resolution(defaults: ProxySettings, *, locked: frozenset[str] = frozenset()) -> Resolution:
+    """CEL variables resolving every setting by precedence; ``defaults`` from the config,
+    ``locked`` the setting names it locks (``lockedSettings``)."""
     env = settings_env(defaults)
     out: list[tuple[str, str]] = [escapes_variable()]
     length_checks: list[str] = []
     problems: list[str] = []
+    conflicts: list[str] = []
     for spec in SETTING_SPECS:
         key = constants.PREFIX + spec.name
         kind = KIND_CEL.get(spec.kind)
@@ -84,7 +94,7 @@ def resolution(defaults: ProxySettings) -> Resolution:
         w, raw, t = f"{V}w_{f}", f"{V}w_{f}[1]", f"{V}t_{f}"
         sep = f"({w}[0] == {string(str(Source.NAMESPACE_LABEL))} ? '_' : ',')"
         out += [
-            (f"w_{f}", _winner(key, spec.label_ok)),
+            (f"w_{f}", _winner(key, label_ok=spec.label_ok, locked=spec.name in locked)),
             (
                 f"n_{f}",
                 f"size({w}) == 0 ? '' : {w}[0] + ' {key}=' + {shorten(raw, ascii_only=False)} "
@@ -117,11 +127,64 @@ def resolution(defaults: ProxySettings) -> Resolution:
         )
         if spec.kind.endswith("*"):
             out.append((f"s_{f}_all", f"{valid} ? {t} == '*' : {literal(env[f] == ALL)}"))
+        if spec.name in locked:
+            out += _lock(spec, kind, defaults)
+            conflicts.append(f"{V}k_{f}")
     for resource in ("cpu", "memory"):
         name, text = _request_over_limit(resource, defaults)
         out.append((name, text))
         problems.append(f"{V}{name}")
-    return Resolution(tuple(out), _first_nonempty(length_checks + problems))
+    return Resolution(tuple(out), _first_nonempty(length_checks + problems + conflicts))
+
+
+def _lock(spec: SettingSpec, kind: KindCel, defaults: ProxySettings) -> list[tuple[str, str]]:
+    """``k_f``: a pod annotation giving a locked setting another value (``settings.LockedError``).
+
+    The pod's value is judged as the kind judges any value (under the name
+    ``f_pod``, commas separating items) and compared parsed with the value in
+    force, as ``settings._holds`` does: as sets for CIDR lists, as amounts for
+    quantities, as they are otherwise. An oversized, unprintable or invalid
+    value is never the one in force.
+    """
+    key = constants.PREFIX + spec.name
+    f, g = spec.field, spec.field + "_pod"
+    has, raw, t = (
+        f"{string(key)} in {V}podAnnotations",
+        f"{V}podAnnotations[{string(key)}]",
+        f"{V}t_{g}",
+    )
+    sep = "','"
+    out = [(f"t_{g}", f"{has} ? {raw}.trim() : ''")]
+    for prefix, empty, helper in kind.helpers:
+        out.append((f"{prefix}_{g}", f"{has} ? {helper(raw, t, sep, g)} : {empty}"))
+    judged = f"{has} && size({raw}) <= {spec.max_chars} && {raw}.matches('^[ -~]*$')"
+    out.append((f"p_{g}", f"{judged} ? {kind.problem(raw, t, sep, g)} : 'not judged'"))
+    out.append((f"v_{g}", kind.value(raw, t, sep, g)))
+    mine, theirs = f"{V}v_{g}", f"{V}s_{f}"
+    everything = spec.kind.endswith("*")
+    if spec.same == "quantity":
+        same = (
+            f"({mine} == '' || {theirs} == '' ? {mine} == {theirs} "
+            f": quantity({mine}).compareTo(quantity({theirs})) == 0)"
+        )
+    elif spec.same == "set":
+        same = f"({mine}.all(x, x in {theirs}) && {theirs}.all(x, x in {mine}))"
+    else:
+        same = f"{mine} == {theirs}"
+    if everything:
+        flags = f"({t} == '*') == {V}s_{f}_all"
+        same = f"{flags} && ({t} == '*' || {same})"
+    in_force = kind.display(theirs, f"{V}s_{f}_all")
+    default_source = str(defaults.provenance[key].source)
+    source = f"(size({V}w_{f}) > 0 ? {V}w_{f}[0] : {string(default_source)})"
+    message = (
+        f"'{Source.POD_ANNOTATION} {key}=' + {shorten(raw, ascii_only=False)} + ' is refused: "
+        f"the injector config locks {key} (lockedSettings) to what the namespace and the config "
+        f"decide, here ' + {shorten(in_force)} + ' (' + {source} + '); remove the annotation, "
+        "or set it to that value'"
+    )
+    out.append((f"k_{f}", f"!({has}) || ({V}p_{g} == '' && {same}) ? '' : {message}"))
+    return out
 
 
 def _first_nonempty(texts: list[str]) -> str:

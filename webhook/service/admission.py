@@ -58,7 +58,7 @@ from webhook.engine import (
     inject,
 )
 from webhook.engine.config import InjectorConfig
-from webhook.engine.values import is_namespace_name, shorten
+from webhook.engine.values import escape_controls, is_namespace_name, shorten
 from webhook.engine.workloads import ObjectError, locate_pod, pod_parts
 from webhook.manifests.documents import json_value_bound
 
@@ -74,11 +74,12 @@ CODE_NAMESPACE_UNAVAILABLE: Final = "namespace-unavailable"
 MAX_UID_BYTES: Final = 256
 
 # How many JSON values a review may hold, checked before parsing. Parsing
-# builds a Python object per value on the event loop: 2**17 values cost at
-# most a few tens of milliseconds and ~30 MB even in the costliest shape
-# (empty lists), where 7 MiB of them would take seconds and ~170 MB. A pod
-# etcd can store (1.5 MiB) with realistic content holds far fewer; the count
-# is of ``,``/``[``/``{`` bytes, so it errs on the side of counting more.
+# builds a Python object per value on the event loop: a full 7 MiB body of the
+# costliest shape (empty lists) would take seconds and many times its size in
+# memory, while at this bound any shape parses quickly into a bounded heap
+# (docs/service.md, "Limits", has the figures). A pod etcd can store (1.5 MiB)
+# with realistic content holds far fewer; the count is of ``,``/``[``/``{``
+# bytes, so it errs on the side of counting more.
 MAX_JSON_VALUES: Final = 131_072
 
 # Pod names as logged: Kubernetes allows 253 characters.
@@ -194,7 +195,7 @@ def allowed(uid: str, *, warnings: Sequence[str] = ()) -> AdmissionResponse:
     """Admit unchanged."""
     response: AdmissionResponse = {"uid": uid, "allowed": True}
     if warnings:
-        response["warnings"] = list(warnings)
+        response["warnings"] = _shown(warnings)
     return response
 
 
@@ -207,13 +208,14 @@ def denied(
     warnings: Sequence[str] = (),
 ) -> AdmissionResponse:
     """Refuse, with a ``metav1.Status`` the apiserver shows to whoever created the pod."""
+    shown = escape_controls(message)
     response: AdmissionResponse = {
         "uid": uid,
         "allowed": False,
-        "status": {"status": "Failure", "code": code, "reason": reason, "message": message},
+        "status": {"status": "Failure", "code": code, "reason": reason, "message": shown},
     }
     if warnings:
-        response["warnings"] = list(warnings)
+        response["warnings"] = _shown(warnings)
     return response
 
 
@@ -226,8 +228,14 @@ def patched(uid: str, patch: Sequence[Op], *, warnings: Sequence[str] = ()) -> A
         "patch": base64.b64encode(orjson.dumps(list(patch))).decode("ascii"),
     }
     if warnings:
-        response["warnings"] = list(warnings)
+        response["warnings"] = _shown(warnings)
     return response
+
+
+def _shown(warnings: Sequence[str]) -> list[str]:
+    # kubectl prints messages and warnings to its user's terminal as they
+    # come: a pod named with an escape sequence must not reach it raw.
+    return [escape_controls(warning) for warning in warnings]
 
 
 def wrap(api_version: ApiVersion, response: AdmissionResponse) -> AdmissionReviewResponse:

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import orjson
 
-from webhook.engine.values import shorten
+from webhook.engine.values import escape_controls, shorten
 from webhook.service import logs
 from webhook.service.asgi import Send
 from webhook.service.metrics import Metrics
@@ -104,13 +104,14 @@ def error_answer(err: HTTPError) -> Answer:
     headers = {"Connection": "close"} if err.close else {}
     if err.status == 503:
         headers["Retry-After"] = "1"
-    return json_answer({"error": str(err)}, err.status, headers=headers)
+    # JSON escapes control characters, but ``jq -r .error`` prints them raw.
+    return json_answer({"error": escape_controls(str(err))}, err.status, headers=headers)
 
 
 def warning_header(text: str) -> str:
     """A ``Warning`` header's value for ``text``."""
     # RFC 7234 warn-code 299, as kube-apiserver sends admission warnings to kubectl.
-    clean = text.replace("\\", "\\\\").replace('"', '\\"')
+    clean = escape_controls(text).replace("\\", "\\\\").replace('"', '\\"')
     return f'299 - "{clean.encode("ascii", "replace").decode()}"'
 
 

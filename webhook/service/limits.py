@@ -49,28 +49,29 @@ class Limits:
     large_budget_bytes: int = 32 * MiB
     # (A review may hold ``webhook.service.admission.MAX_JSON_VALUES`` values.)
     # Values in a preview body (JSON or YAML; for YAML every scalar, list and
-    # map counts, keys included). PyYAML builds ~10-50 us per value and the
-    # yaml/diff renderers cost about as much again, so a preview at this
-    # bound takes ~4 s on a busy 2-core machine (~1.5 s idle); 4x more would
-    # miss the 15 s promise. 32768 values are a few hundred KiB of manifests.
+    # map counts, keys included). PyYAML builds an object per value and the
+    # yaml/diff renderers cost about as much again, so a preview's time grows
+    # with its values: this bound keeps the slowest preview well inside the
+    # 15 s promise, even on a busy machine, where four times as many would not
+    # (docs/service.md, "Limits", has the timings). 32768 values are a few
+    # hundred KiB of manifests.
     max_preview_values: int = 32_768
     # Objects in a preview body. The input is bounded by the two caps above,
-    # the output by this one: each injected pod gains a sidecar, ~6 KiB of
-    # YAML, shown twice in the JSON view (patch and object), ~18 KiB a pod
-    # (~37 KiB with the longest settings allowed). 3,638 minimal pods (340 KB,
-    # well under the value cap) made a 67 MB answer and took the process to
-    # 479-495 MiB; 100 make at most ~4 MiB, in under a second for the slowest
-    # outputs (yaml, diff) on a busy 2-core machine.
+    # the output by this one: each injected pod gains a sidecar, shown twice
+    # in the JSON view (patch and object), so a body of many minimal pods,
+    # well under the value cap, made an answer of tens of megabytes and took
+    # the process past its memory budget; at this bound the largest answer is
+    # a few MiB (docs/service.md, "Limits", has the sizes).
     # Bulk injection is the CLI's job (``inject -f``), not the webhook's.
     max_preview_objects: int = 100
     # Reviews over this many bytes are decoded, injected and encoded in a
     # worker thread, so that the interpreter's switch interval hands the
     # event loop its turn every few milliseconds: the engine walks every
-    # annotation and container in Python, and a 2 MB review with 65,000
-    # annotations took 130-180 ms, all of it holding up other admissions.
-    # Smaller ones (every ordinary pod) stay on the loop, where they take
-    # ~0.2 ms and a thread hop would cost more than it saves. (orjson's
-    # parse holds the interpreter lock either way: 15-45 ms for 2-7 MiB.)
+    # annotation and container in Python, and on the loop a review with tens
+    # of thousands of annotations would hold up other admissions for the whole
+    # walk. Smaller ones (every ordinary pod) stay on the loop, where a thread
+    # hop would cost more than the work saves. (orjson's parse holds the
+    # interpreter lock either way.) docs/service.md, "Limits", has the timings.
     thread_body_bytes: int = 64 * KiB
     # How many such reviews are worked on at once: one, as on the loop, so
     # that at most one big review is held parsed at a time.
@@ -85,6 +86,6 @@ class Limits:
     # much time has gone into reads, the rest are taken from the cache or
     # treated as unlabelled with a warning: a hundred objects in a hundred
     # namespaces while the API server hangs would otherwise take minutes.
-    # 5 s wait + 3 s (+ the read under way, 2 s) + the slowest rendering
-    # (3.7 s) stays within 15 s.
+    # The 5 s wait, these 3 s (plus the read under way, up to 2 s) and the
+    # slowest preview at the caps (docs/service.md, "Limits") stay within 15 s.
     preview_lookup_seconds: float = 3.0

@@ -99,10 +99,10 @@ MAX_GRACEFUL_SHUTDOWN_SECONDS: Final = 300
 # to this pod (endpoint removal does not touch them), and its Go client does
 # not retry a POST that raced the server's close of an idle connection
 # ("http: server closed idle connection", "EOF"). uvicorn closes idle
-# connections at once on SIGTERM: under `kubectl rollout restart` with pods
-# being created, about 1 creation in 500 failed. A response carrying
-# ``Connection: close`` makes the client drop that connection after reading it,
-# with nothing left to race.
+# connections at once on SIGTERM, so a `kubectl rollout restart` while pods
+# were being created failed some creations (BENCHMARKS.md, "Profiling"). A
+# response carrying ``Connection: close`` makes the client drop that
+# connection after reading it, with nothing left to race.
 #
 # How long: Go's client takes the most recently used idle connection for each
 # request, so every connection the apiserver is using gets its next review
@@ -118,10 +118,11 @@ DRAIN_SECONDS: Final = 5.0
 
 # Each TLS connection costs memory before its first byte is read: asyncio's
 # TLS layer allocates a read buffer per connection (256 KiB by default) plus
-# OpenSSL's state. 32 KiB (two TLS records) reads just as well and brings a
-# connection to ~75 KiB; at most MAX_OPEN_FILES connections (the process's
-# descriptor limit, which asyncio obeys by pausing accept()) then cost at
-# most ~75 MiB. The apiservers of a cluster hold a few dozen connections.
+# OpenSSL's state. 32 KiB (two TLS records) reads just as well, and then at
+# most MAX_OPEN_FILES connections (the process's descriptor limit, which
+# asyncio obeys by pausing accept()) fit the memory budget
+# (docs/service.md, "Limits", has the cost per connection). The apiservers of
+# a cluster hold a few dozen connections.
 TLS_READ_BUFFER_BYTES: Final = 32 * 1024
 MAX_OPEN_FILES: Final = 1024
 
@@ -321,7 +322,8 @@ def _bind(host: str, port: int) -> socket.socket:
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on accepted sockets
     # whose proto is IPPROTO_TCP, and accepted sockets copy the listener's proto
     # (0 by default). Without it, Nagle holds each response body behind its
-    # headers until the client's delayed ACK: +40 ms per admission (make bench).
+    # headers until the client's delayed ACK, which delays every admission
+    # (BENCHMARKS.md, "Profiling").
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -414,28 +416,29 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _ignore_signal)
     # Everything allocated so far (modules, config, the app) lives as long as
     # the process: move it out of the collector's reach, so a full collection
-    # walks only what requests allocate (it was a ~15 ms pause every few
-    # hundred big pods). Here rather than in the app factory: it is a
+    # walks only what requests allocate (otherwise each full collection walks
+    # the whole start-up heap and pauses the loop: BENCHMARKS.md,
+    # "Profiling"). Here rather than in the app factory: it is a
     # process-wide side effect, and tests build many apps in one process.
     gc.collect()
     gc.freeze()
     log.info("froze %d start-up objects for the garbage collector", gc.get_freeze_count())
     # A full collection walks every object outside the frozen heap while
     # holding the interpreter lock, so it stalls the event loop even when it
-    # runs in a preview's thread. A preview of one 30,000-value document
-    # builds ~100,000 objects, and with the default third threshold (10) that
-    # set off 2-3 full collections of 50-100 ms each; at 100, one in several
-    # previews, and the loop's worst stall in them fell from ~70-110 ms to
-    # ~20 ms. What requests leave behind is acyclic (parsed JSON and YAML),
-    # freed by reference counting; the young generations still collect cycles.
+    # runs in a preview's thread. A big preview builds a great many objects,
+    # and with the default third threshold (10) that set off several full
+    # collections per preview; at 100 it is one in several previews, and the
+    # loop's worst stall in them fell accordingly (docs/service.md, "Limits",
+    # has the figures). What requests leave behind is acyclic (parsed JSON and
+    # YAML), freed by reference counting; the young generations still collect
+    # cycles.
     gc.set_threshold(*GC_THRESHOLDS)
     # Previews and big reviews run in worker threads (webhook.service.preview_route,
     # webhook.service.mutate) so that the event loop keeps its turns; the loop
     # waits for the interpreter lock at most this long each time it wakes up,
     # and it wakes up several times per request. 1 ms instead of the default
-    # 5 ms took the loop's median lag during a 2 MB review from ~5 ms to
-    # ~1.3 ms; threads only pay for it when they contend, a few microseconds
-    # per switch.
+    # 5 ms cuts the loop's lag while a big review runs in a thread
+    # (docs/service.md, "Limits"); threads only pay for it when they contend.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     log.info("serving https://%s:%d", settings.host, sock.getsockname()[1])
     try:

@@ -40,6 +40,7 @@ from typing import Any, Final
 import uvicorn
 from cryptography import x509
 
+from webhook.manifests.files import PEM_LIMIT, FileError, read_file
 from webhook.pki.served_cert import fingerprint
 
 log = logging.getLogger("webhook.tls")
@@ -186,12 +187,18 @@ class ReloadingTLS:
         # again rather than report a mismatch that never existed on disk.
         try:
             for _ in range(3):
-                cert_pem = self.cert_path.read_bytes()
-                key_pem = self.key_path.read_bytes()
+                # Bounded: a path swapped for a FIFO or /dev/zero is a failed
+                # reload (the current pair stays), not a hung or bloated server.
+                cert_pem = read_file(self.cert_path, limit=PEM_LIMIT)
+                key_pem = read_file(self.key_path, limit=PEM_LIMIT)
                 after = (_stamp(self.cert_path), _stamp(self.key_path))
                 if after == stamps:
                     break
                 stamps = after
+        except FileError as err:
+            self._stamps = None
+            self._fail(str(err))
+            return False
         except OSError as err:
             self._stamps = None
             self._fail(f"{err.filename}: cannot read: {err.strerror or err}")

@@ -110,8 +110,9 @@ class NamespaceAPI:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(timeout_seconds),
         }
-        # Not the watch's own timeout plus slack: that left a half-open
-        # connection unnoticed for up to 10.5 minutes.
+        # Silence past the cache's read timeout ends the watch, not the
+        # watch's own timeout plus slack: a half-open connection would
+        # otherwise go unnoticed for many minutes (options.READ_TIMEOUT_SECONDS).
         response = self._send(PATH, query, read_timeout=read_timeout)
         try:
             if response.status == _GONE:

@@ -27,6 +27,10 @@ rather than what the manifests say:
   or ``restricted`` (``mesh-init`` needs NET_ADMIN and NET_RAW);
 - ``dry-run-injection``: a server-side dry-run Pod (``dryRun=All``, nothing
   is stored) in each opted-in namespace comes back injected;
+- ``locked-settings``: no workload that would be injected (Deployments,
+  StatefulSets, DaemonSets, ReplicaSets and Jobs of their own, CronJobs)
+  gives a setting the config locks (``lockedSettings``) another value in its
+  pod template than the one in force: its new pods would be refused;
 - ``outdated-sidecars``: pods whose status annotation records another
   injector version or other containers than would be injected now
   (``webhook.ops.outdated``), grouped by workload with the command to restart it.
@@ -41,8 +45,12 @@ certificate. ``--connect`` forces either way.
 
 Bounded: every request has a timeout (``--timeout``, 15 s) and a body limit
 (4 MiB for an object, 8 MiB for a list page, asked again with fewer items
-when over: ``webhook.cluster.reader``); lists of pods are read as metadata
-only, in pages, for at most four request timeouts; at most 16 endpoints are
+when over: ``webhook.cluster.reader``); a whole list is at most 64 MiB and
+1,000 pages, read within one timeout; the kubeconfig and the files it names
+are read within bounds first (``webhook.cluster.kubeconfig``); lists of pods
+are read as metadata only, in pages, for at most four request timeouts (and
+within a list's bytes and pages), and so are the workloads (whole objects,
+read only when settings are locked); at most 16 endpoints are
 dialled, ``--max-namespaces`` (10) namespaces get a dry-run Pod, 200
 ReplicaSets or Jobs are looked up for their owners, and 20,000 namespaces are
 read; a check not started within twenty request timeouts of the start is
@@ -52,8 +60,9 @@ Checks as data (as Linkerd's ``pkg/healthcheck``):
 
 - ``context``: ``Options`` and the frozen ``Context`` the checks read, one
   typed field per discovery step;
-- ``discover_install``, ``discover_pods``: the discovery steps, which read
-  the cluster (``webhook.cluster.reader.Cluster``) and fill the context;
+- ``discover_install``, ``discover_pods``, ``discover_templates``: the
+  discovery steps, which read the cluster (``webhook.cluster.reader.Cluster``)
+  and fill the context;
 - ``install_checks``, ``namespace_checks``: the checks, each a function from
   the context to an ``Outcome``, declared with ``@check(name, hint=...,
   needs=[...], fatal=...)``; ``checks.CHECKS`` is their order;

@@ -21,6 +21,7 @@ from webhook.ops.check.model import Check
 from webhook.ops.check.namespace_checks import (
     dry_run_injection,
     excluded_namespaces,
+    locked_settings,
     outdated_sidecars,
     pod_security,
 )
@@ -36,6 +37,7 @@ CHECKS: Final[tuple[Check, ...]] = (
     excluded_namespaces,
     pod_security,
     dry_run_injection,
+    locked_settings,
     outdated_sidecars,
 )
 CHECK_NAMES: Final = tuple(c.name for c in CHECKS)

@@ -226,6 +226,39 @@ class PodScan:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class LockedTemplate:
+    """A workload whose pod template gives a locked setting another value than the one in force."""
+
+    namespace: str
+    kind: str
+    name: str
+    key: str
+    value: str  # the template's annotation
+    in_force: str  # what the namespace and the config decide
+    source: str  # where that comes from
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.kind.lower()}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Templates:
+    """The pod templates of the workloads that would be injected, judged against the locks.
+
+    ``error``: no list could be read; ``problems``: lists that could not be
+    read, and namespaces whose own settings are invalid (no value in force to
+    compare with); ``stopped``: why the scan ended early.
+    """
+
+    scanned: int = 0
+    conflicts: tuple[LockedTemplate, ...] = ()
+    more: int = 0  # conflicts found beyond those kept
+    error: str = ""
+    problems: tuple[str, ...] = ()
+    stopped: str = ""
+
+
 # --- the context ---------------------------------------------------------------------
 
 
@@ -246,6 +279,7 @@ class Context:
     namespaces: Namespaces = field(default_factory=Namespaces)
     dry_runs: DryRuns = DryRuns()
     pods: PodScan = field(default_factory=PodScan)
+    templates: Templates = Templates()
 
     @property
     def excluded(self) -> list[str]:

@@ -1,5 +1,5 @@
 """The checks of what the install serves: excluded namespaces, PodSecurity, dry-run pods,
-outdated sidecars.
+locked settings, outdated sidecars.
 
 Each is a function from the ``Context`` to an ``Outcome``, declared with
 ``@check``: its name, standing hint and the discovery steps it reads.
@@ -12,9 +12,11 @@ from typing import Any, Final
 
 from webhook import __version__
 from webhook.contract import constants
+from webhook.engine.values import shorten
 from webhook.ops.check.context import Context
 from webhook.ops.check.discover_install import INJECTOR, WEBHOOK
 from webhook.ops.check.discover_pods import DRY_RUNS, NAMESPACES, PODS
+from webhook.ops.check.discover_templates import TEMPLATES
 from webhook.ops.check.model import (
     Outcome,
     check,
@@ -174,6 +176,62 @@ def dry_run_injection(context: Context) -> Outcome:
             details + failures[1:],
         )
     return passed(f"dry-run pods come back injected ({scope})", details)
+
+
+@check(
+    "locked-settings",
+    hint="remove the annotation from each pod template listed (or set it to the value in force),"
+    " or unlock the setting (lockedSettings in the injector config)",
+    needs=[INJECTOR, NAMESPACES, TEMPLATES],
+)
+def locked_settings(context: Context) -> Outcome:
+    """No workload that would be injected gives a locked setting another value in its template."""
+    locked = sorted(context.injector.config.locked_settings)
+    if not locked:
+        return passed("no setting is locked (lockedSettings in the injector config)")
+    if context.namespaces.error:
+        return warned(context.namespaces.error, "")
+    found = context.templates
+    if found.error:
+        return warned(found.error, "")
+    details = [*found.problems, *context.partial_note]
+    if found.stopped:
+        details.append(f"scan incomplete: {found.stopped}")
+    scope = f"locked: {', '.join(locked)}; {plural(found.scanned, 'pod template')} scanned"
+    workloads = sorted({str(c) for c in found.conflicts})
+    if found.conflicts:
+        details += [
+            f"{c}: {c.key}={shorten(c.value)}, locked to {shorten(c.in_force)} ({c.source})"
+            for c in found.conflicts
+        ]
+        if found.more:
+            details.append(f"{found.more} more not listed")
+        return failed(
+            f"{plural(len(workloads), 'workload')} set a locked setting to another value than"
+            f" the one in force, so their new pods will be refused: {', '.join(workloads[:5])}"
+            + (" ..." if len(workloads) > 5 else "")
+            + f" ({scope})",
+            None,
+            details,
+            workloads=[
+                {
+                    "namespace": c.namespace,
+                    "kind": c.kind,
+                    "name": c.name,
+                    "key": c.key,
+                    "value": c.value,
+                    "inForce": c.in_force,
+                    "source": c.source,
+                }
+                for c in found.conflicts
+            ],
+        )
+    message = f"no workload changes a locked setting ({scope})"
+    if found.stopped:
+        return warned(message, "narrow it down with --namespace NS", details)
+    if found.problems:
+        return warned(message, "", details)
+    return passed(message, details)
 
 
 @check(
