@@ -409,6 +409,7 @@ class Case:
     annotations: Mapping[str, str]
     pod: Object
     namespace: str | None = None  # a name the case needs (the excluded ones), else made up
+    config: InjectorConfig | None = None  # the case's own config (None: the install's)
 
 
 def with_images(pod: Object) -> Object:
@@ -426,26 +427,38 @@ def with_images(pod: Object) -> Object:
 
 
 class Modes:
-    """The policy bound where ``MODE_LABEL`` is ``policy``; the engine's answers beside it."""
+    """The policy for one config, bound where ``MODE_LABEL`` is ``self.mode``; the engine's
+    answers for the same config beside it. ``for_config`` gives (and installs, once)
+    the pair for another config, as another revision of the policy."""
 
-    def __init__(self, control_plane: ControlPlane, config: InjectorConfig) -> None:
+    def __init__(
+        self,
+        control_plane: ControlPlane,
+        config: InjectorConfig,
+        *,
+        revision: str | None = None,
+        shared: Modes | None = None,
+    ) -> None:
         self.control_plane = control_plane
         self.config = config
-        self.api = Api(control_plane)
-        self.namespaces = Namespaces(self.api, control_plane)
-        self.objects = render_policy(config)
+        self.mode = f"policy-{revision}" if revision else "policy"
+        self.api = shared.api if shared else Api(control_plane)
+        self.namespaces = shared.namespaces if shared else Namespaces(self.api, control_plane)
+        self._others: dict[InjectorConfig, Modes] = {}
+        self._root = shared
+        self.objects = render_policy(config, revision=revision)
         for obj in self.objects:
             if obj["kind"].endswith("Binding"):
                 selector = obj["spec"]["matchResources"]["namespaceSelector"]
                 selector["matchExpressions"].append(
-                    {"key": MODE_LABEL, "operator": "In", "values": ["policy"]}
+                    {"key": MODE_LABEL, "operator": "In", "values": [self.mode]}
                 )
 
     def install(self) -> Modes:
         for obj in self.objects:
             self.api.apply(obj)
         probe = self.namespaces.get(
-            {constants.NAMESPACE_INJECTION_LABEL: "enabled"}, {}, mode="policy"
+            {constants.NAMESPACE_INJECTION_LABEL: "enabled"}, {}, mode=self.mode
         )
 
         def injected() -> bool:
@@ -456,9 +469,24 @@ class Modes:
         wait_until(injected, what="the policy to inject")
         return self
 
+    def for_config(self, config: InjectorConfig | None) -> Modes:
+        """The pair for ``config`` (this one when equal to its own)."""
+        root = self._root or self
+        if config is None or config == root.config:
+            return root
+        found = root._others.get(config)
+        if found is None:
+            revision = f"c{len(root._others) + 1}"
+            found = Modes(self.control_plane, config, revision=revision, shared=root).install()
+            root._others[config] = found
+        return found
+
     def close(self) -> None:
         try:
             self.namespaces.delete_all()
+            for other in self._others.values():
+                for obj in reversed(other.objects):
+                    self.api.delete(obj)
             for obj in reversed(self.objects):
                 self.api.delete(obj)
         finally:
@@ -482,11 +510,11 @@ class Modes:
         return self.namespaces.get(case.labels, case.annotations, mode=mode, name=case.namespace)
 
     def by_policy(self, case: Case) -> Outcome:
-        return by_policy(self.api, self.namespace(case, mode="policy"), case.pod)
+        return by_policy(self.api, self.namespace(case, mode=self.mode), case.pod)
 
     def by_simulated_webhook(self, case: Case) -> Outcome:
         # The policy's namespace names the webhook's too: messages carry the name.
-        info = self.namespace_info(self.namespace(case, mode="policy"))
+        info = self.namespace_info(self.namespace(case, mode=self.mode))
         stored_in = case.namespace or self.namespace(case, mode="sim")
         return by_simulated_webhook(
             self.api, self.plain, info, case.pod, self.config, stored_in=stored_in
@@ -497,13 +525,17 @@ class Modes:
         return by_webhook(self.api, self.namespace(case, mode="webhook"), case.pod)
 
     def check(self, case: Case, *, real_webhook: bool = False) -> None:
-        """Both modes store the same pod, or refuse it alike (``assert_same``).
+        """Both modes store the same pod, or refuse it alike (``assert_same``), with the
+        case's config (``for_config``).
 
         A pod the API server refuses by itself (where nothing injects) is
         refused in both modes, but which refusal the client reads first may
         differ: a webhook answers before the API server validates the object,
         a ValidatingAdmissionPolicy after. Both must refuse it, with a 4xx.
         """
+        if case.config is not None and case.config != self.config:
+            self.for_config(case.config).check(case, real_webhook=real_webhook)
+            return
         policy = self.by_policy(case)
         webhook = self.by_webhook(case) if real_webhook else self.by_simulated_webhook(case)
         if _pod_security_first(webhook, policy):
@@ -531,7 +563,7 @@ class Modes:
     def representable(self, case: Case) -> bool:
         """Whether the case's namespace can exist (label values, annotation sizes) as given."""
         try:
-            self.namespace(case, mode="policy")
+            self.namespace(case, mode=self.for_config(case.config).mode)
         except ApiError as err:
             if "is invalid" not in str(err) and "too large" not in str(err):
                 raise
@@ -551,7 +583,7 @@ def modes(control_plane: ControlPlane) -> Iterator[Modes]:
 
 @pytest.fixture(scope="module")
 def real_webhook(control_plane: ControlPlane, modes: Modes) -> Iterator[InstalledWebhook]:
-    """The installed webhook, kept from the namespaces the policy is bound to."""
+    """The installed webhook, kept to the namespaces made for it (the policy's are others)."""
     with installed_webhook(control_plane) as install:
         status, current = modes.api.call(
             "GET",
@@ -562,7 +594,7 @@ def real_webhook(control_plane: ControlPlane, modes: Modes) -> Iterator[Installe
             {
                 "op": "add",
                 "path": f"/webhooks/{index}/namespaceSelector/matchExpressions/-",
-                "value": {"key": MODE_LABEL, "operator": "NotIn", "values": ["policy", "sim"]},
+                "value": {"key": MODE_LABEL, "operator": "In", "values": ["webhook"]},
             }
             for index in range(len(current["webhooks"]))
         ]

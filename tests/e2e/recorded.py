@@ -83,7 +83,10 @@ def recorded_cases(module_name: str, recorders: Mapping[str, Recorder]) -> list[
             setattr(module, name, real)
     unique: dict[str, Case] = {}
     for case in cases:
-        key = json.dumps([case.labels, case.annotations, case.pod, case.namespace], sort_keys=True)
+        key = json.dumps(
+            [case.labels, case.annotations, case.pod, case.namespace, repr(case.config)],
+            sort_keys=True,
+        )
         unique.setdefault(key, case)
     return list(unique.values())
 
@@ -96,7 +99,7 @@ def _pod(meta: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> Object:
     return with_images({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": dict(spec)})
 
 
-def _namespace_case(what: str, namespace: Any, pod: Object) -> Case:
+def _namespace_case(what: str, namespace: Any, pod: Object, config: Any) -> Case:
     name = namespace.name
     return Case(
         what,
@@ -104,6 +107,7 @@ def _namespace_case(what: str, namespace: Any, pod: Object) -> Case:
         dict(namespace.annotations),
         pod,
         namespace=name if name in _EXCLUDED else None,
+        config=config if isinstance(config, InjectorConfig) else None,
     )
 
 
@@ -112,7 +116,7 @@ def from_decide(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Case]:
     meta, spec = args[0], args[1]
     if not isinstance(spec, Mapping) or not isinstance(meta, Mapping):
         return []
-    return [_namespace_case("decide", kwargs["namespace"], _pod(meta, spec))]
+    return [_namespace_case("decide", kwargs["namespace"], _pod(meta, spec), kwargs.get("config"))]
 
 
 def from_inject(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Case]:
@@ -122,15 +126,16 @@ def from_inject(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Case]:
         return []
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
     spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
-    return [_namespace_case("inject", kwargs["namespace"], _pod(meta, spec))]
+    return [_namespace_case("inject", kwargs["namespace"], _pod(meta, spec), kwargs.get("config"))]
 
 
 def from_resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Case]:
     """``resolve_settings(config, namespace_labels=..., ...)`` as a pod in an opted-in namespace."""
-    del args
     pod = _pod({"annotations": dict(kwargs["pod_annotations"])}, {"containers": [{"name": "app"}]})
     labels = {**_ENABLED, **kwargs["namespace_labels"]}
-    return [Case("resolve_settings", labels, dict(kwargs["namespace_annotations"]), pod)]
+    config = args[0] if args and isinstance(args[0], InjectorConfig) else None
+    annotations = dict(kwargs["namespace_annotations"])
+    return [Case("resolve_settings", labels, annotations, pod, config=config)]
 
 
 def from_value(key: str) -> Recorder:

@@ -3,8 +3,10 @@
 The cases come from the unit tests themselves (tests/e2e/recorded.py runs
 them with the engine's entry points recorded): tests/test_decision.py
 (``decide`` and ``inject``), tests/test_settings.py and
-tests/test_value_rules.py (``resolve_settings`` and the value parsers), and
-the hostile values of tests/test_settings_edges.py. Each becomes a pod in a
+tests/test_value_rules.py (``resolve_settings`` and the value parsers),
+tests/test_locked_settings.py and tests/test_container_refusals.py (each with
+the config it uses: a policy is rendered and installed per config), and the
+hostile values of tests/test_settings_edges.py. Each becomes a pod in a
 namespace with the case's labels and annotations, dry-run created where the
 policy is bound and through the simulated webhook (tests/e2e/policy_modes.py);
 a difference is a failure. Cases a namespace cannot hold (label values
@@ -68,6 +70,18 @@ def test_every_settings_table_case_is_resolved_alike(modes: Modes) -> None:
         },
     )
     assert len(cases) >= 150
+    left_out, differences = _check_all(modes, cases)
+    assert not differences, "\n".join(differences)
+    assert left_out <= len(cases) // 4, left_out
+
+
+def test_every_lock_and_container_refusal_case_is_refused_alike(modes: Modes) -> None:
+    recorders = {"resolve_settings": from_resolve, "inject": from_inject}
+    cases = recorded_cases("tests.test_locked_settings", recorders) + recorded_cases(
+        "tests.test_container_refusals", {"inject": from_inject}
+    )
+    assert len({case.config for case in cases}) >= 3  # several configs: a policy each
+    assert len(cases) >= 60
     left_out, differences = _check_all(modes, cases)
     assert not differences, "\n".join(differences)
     assert left_out <= len(cases) // 4, left_out
