@@ -466,7 +466,13 @@ class Modes:
             annotations = (outcome.pod or {}).get("metadata", {}).get("annotations") or {}
             return constants.STATUS_ANNOTATION in annotations
 
-        wait_until(injected, what="the policy to inject")
+        def refusing() -> bool:
+            bad = pod_with(name="probe", annotations={constants.PREFIX + "log-level": "probe"})
+            return by_policy(self.api, probe, bad).refused
+
+        # The two policies are served independently: wait for both.
+        wait_until(injected, what="the mutating policy to inject")
+        wait_until(refusing, what="the validating policy to refuse")
         return self
 
     def for_config(self, config: InjectorConfig | None) -> Modes:

@@ -156,9 +156,9 @@ def _lock(spec: SettingSpec, kind: KindCel, defaults: ProxySettings) -> list[tup
     sep = "','"
     out = [(f"t_{g}", f"{has} ? {raw}.trim() : ''")]
     for prefix, empty, helper in kind.helpers:
-        out.append((f"{prefix}_{g}", f"{has} ? {helper(raw, t, sep, g)} : {empty}"))
+        out.append((f"{prefix}_{g}", f"{has} ? ({helper(raw, t, sep, g)}) : {empty}"))
     judged = f"{has} && size({raw}) <= {spec.max_chars} && {raw}.matches('^[ -~]*$')"
-    out.append((f"p_{g}", f"{judged} ? {kind.problem(raw, t, sep, g)} : 'not judged'"))
+    out.append((f"p_{g}", f"{judged} ? ({kind.problem(raw, t, sep, g)}) : 'not judged'"))
     out.append((f"v_{g}", kind.value(raw, t, sep, g)))
     mine, theirs = f"{V}v_{g}", f"{V}s_{f}"
     everything = spec.kind.endswith("*")
@@ -174,7 +174,7 @@ def _lock(spec: SettingSpec, kind: KindCel, defaults: ProxySettings) -> list[tup
     if everything:
         flags = f"({t} == '*') == {V}s_{f}_all"
         same = f"{flags} && ({t} == '*' || {same})"
-    in_force = kind.display(theirs, f"{V}s_{f}_all")
+    in_force = kind.display(theirs, f"{V}s_{f}_all" if everything else "false")
     default_source = str(defaults.provenance[key].source)
     source = f"(size({V}w_{f}) > 0 ? {V}w_{f}[0] : {string(default_source)})"
     message = (
