@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from webhook.engine import expr
 from webhook.engine.bootstrap import bootstrap_expr, render_bootstrap_for
 from webhook.engine.config import InjectorConfig
-from webhook.engine.settings import KINDS
+from webhook.engine.settings import KINDS, SETTING_NAMES
 from webhook.policy import cel, kinds
 from webhook.policy import render as render_module
 from webhook.policy.cel import Unsupported
@@ -126,3 +126,62 @@ def test_the_bootstrap_as_an_expression_is_the_bootstrap_the_builders_render(
     assert expr.evaluate(bootstrap_expr(config), {"xds_address": None}) == (
         render_bootstrap_for(None, config)
     )
+
+
+def _outside_strings(expression: str) -> str:
+    """The expression with its string literals blanked (what the nesting count reads)."""
+    out, quote, escaped = [], "", False
+    for char in expression:
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+            continue
+        if char in "\"'":
+            quote = char
+        out.append(char)
+    return "".join(out)
+
+
+def _nesting(expression: str) -> int:
+    """An upper bound of the parser's recursion: bracket depth plus every ``?`` (ternaries,
+    optionals), each of which may nest one level deeper."""
+    code = _outside_strings(expression)
+    depth = deepest = 0
+    for char in code:
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth -= 1
+    return deepest + code.count("?")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        InjectorConfig(),
+        InjectorConfig(ipv6=False),
+        InjectorConfig(locked_settings=frozenset(SETTING_NAMES)),
+    ],
+    ids=["default", "ipv4-only", "every-setting-locked"],
+)
+def test_every_expression_is_within_the_cel_parsers_size_and_nesting_limits(
+    config: InjectorConfig,
+) -> None:
+    # cel-go's parser (the API server's) refuses an expression over 100,000 code
+    # points, or nested deeper than 250 levels; the policy keeps well inside both.
+    for policy in render_policy(config)[0::2]:
+        spec = policy["spec"]
+        expressions = [v["expression"] for v in spec["variables"]]
+        expressions += [c["expression"] for c in spec["matchConditions"]]
+        for part in ("mutations", "validations"):
+            for item in spec.get(part, []):
+                expressions.append(item.get("jsonPatch", item).get("expression", ""))
+                if "messageExpression" in item:
+                    expressions.append(item["messageExpression"])
+        assert max(len(e) for e in expressions) < 50_000
+        assert max(_nesting(e) for e in expressions) < 250
