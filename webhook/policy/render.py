@@ -20,6 +20,7 @@ first refused by PodSecurity for capabilities it only asked for through us.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from typing import Any, Final
@@ -36,6 +37,7 @@ from webhook.engine.refusals import LISTS
 from webhook.engine.settings import SETTING_SPECS, resolve_settings
 from webhook.engine.status import MAX_STATUS_CHARS, InjectionStatus
 from webhook.engine.values import NAMESPACE_NAME_RULE, is_namespace_name
+from webhook.manifests.config_file import dump_config
 from webhook.policy.cel import Compiler, Unsupported, literal, string
 from webhook.policy.settings import resolution
 from webhook.policy.text import shorten
@@ -48,6 +50,9 @@ REVISION_LABEL: Final = constants.PREFIX + "rev"
 # On both policies: a digest of their variables, which the status annotation of
 # every pod they inject records too (``check`` finds outdated pods by it).
 DIGEST_ANNOTATION: Final = constants.PREFIX + "policy-digest"
+# On both policies: the config they were rendered from, in the config file's
+# format, so that ``check`` can render them again and compare.
+CONFIG_ANNOTATION: Final = constants.PREFIX + "policy-config"
 V: Final = "variables."
 _DIGEST_PLACEHOLDER: Final = "sha256:POLICY-DIGEST"
 _POD_RULES: Final = {
@@ -397,7 +402,7 @@ def render_policy(config: InjectorConfig, *, revision: str | None = None) -> lis
     meta = {
         "name": name,
         "labels": labels,
-        "annotations": {DIGEST_ANNOTATION: digest},
+        "annotations": {DIGEST_ANNOTATION: digest, CONFIG_ANNOTATION: dump_config(config)},
     }
     mutating = {
         "apiVersion": API_VERSION,
@@ -434,7 +439,9 @@ def render_policy(config: InjectorConfig, *, revision: str | None = None) -> lis
         },
     }
     selector = _namespace_selector(config)
-    return [
+    # Independent copies (one deepcopy each: a deepcopy of the list would keep
+    # the sharing): the two policies share their variables and metadata here.
+    objects = [
         mutating,
         {
             "apiVersion": API_VERSION,
@@ -454,3 +461,4 @@ def render_policy(config: InjectorConfig, *, revision: str | None = None) -> lis
             },
         },
     ]
+    return [copy.deepcopy(obj) for obj in objects]
