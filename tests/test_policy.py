@@ -177,7 +177,7 @@ def test_every_expression_is_within_the_cel_parsers_size_and_nesting_limits(
     for policy in render_policy(config)[0::2]:
         spec = policy["spec"]
         expressions = [v["expression"] for v in spec["variables"]]
-        expressions += [c["expression"] for c in spec["matchConditions"]]
+        expressions += [c["expression"] for c in spec.get("matchConditions", [])]
         for part in ("mutations", "validations"):
             for item in spec.get(part, []):
                 expressions.append(item.get("jsonPatch", item).get("expression", ""))

@@ -132,7 +132,7 @@ class Compiler:
 
     def expr(self, node: Expr) -> str:
         if _is_constant(node):
-            return literal(_plain(evaluate(node, _NO_SETTINGS)))
+            return literal(plain(evaluate(node, _NO_SETTINGS)))
         if isinstance(node, Setting):
             return self.setting(node.name)
         if isinstance(node, Local):
@@ -190,7 +190,7 @@ class Compiler:
     def template(self, node: Any) -> str:
         """A CEL value for a template (JSON-like data with expressions and ``Present``)."""
         if not _template_has_expr(node):
-            return literal(_plain(render(node, _NO_SETTINGS)))
+            return literal(plain(render(node, _NO_SETTINGS)))
         if isinstance(node, Expr):
             return self.expr(node)
         if isinstance(node, Mapping):
@@ -281,7 +281,7 @@ def _template_has_expr(node: Any) -> bool:
     return False
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Tuples as lists, through and through (JSON's view of the value)."""
     return json.loads(json.dumps(value))
 

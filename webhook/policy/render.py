@@ -29,16 +29,17 @@ from webhook import __version__
 from webhook.contract import constants
 from webhook.engine.config import InjectorConfig
 from webhook.engine.decision import POD_SECURITY_ENFORCE, POD_SECURITY_ENFORCE_VERSION
+from webhook.engine.expr import render
 from webhook.engine.iptables import mesh_init_template
 from webhook.engine.json_text import compact
 from webhook.engine.patch import escape
 from webhook.engine.proxy import mesh_proxy_template
 from webhook.engine.refusals import LISTS
-from webhook.engine.settings import SETTING_SPECS, resolve_settings
+from webhook.engine.settings import SETTING_KEYS, SETTING_SPECS, resolve_settings, settings_env
 from webhook.engine.status import MAX_STATUS_CHARS, InjectionStatus
 from webhook.engine.values import NAMESPACE_NAME_RULE, is_namespace_name
 from webhook.manifests.config_file import dump_config
-from webhook.policy.cel import Compiler, Unsupported, literal, string
+from webhook.policy.cel import Compiler, Unsupported, literal, plain, string
 from webhook.policy.settings import resolution
 from webhook.policy.text import shorten
 
@@ -299,12 +300,19 @@ def _variables(config: InjectorConfig) -> tuple[list[tuple[str, str]], str]:
         all_of=lambda name: f"{V}s_{name}_all",
     )
     old = f"{V}podAnnotations[?{string(constants.STATUS_ANNOTATION)}].orValue('')"
-    init = compiler.template(mesh_init_template(config))
-    proxy = compiler.template(mesh_proxy_template(config))
+    # Most pods set nothing: then the containers are the config's defaults, rendered
+    # here by the engine, and nothing needs judging (render_policy refused already
+    # if the defaults themselves were invalid). The full computation gives the
+    # same containers; this only spares the API server from running it.
+    env = settings_env(defaults)
+    init_template, proxy_template = mesh_init_template(config), mesh_proxy_template(config)
+    init = _when_custom(compiler.template(init_template), init_template, env)
+    proxy = _when_custom(compiler.template(proxy_template), proxy_template, env)
     variables = [
         *_base_variables(config),
+        ("custom", _custom()),
         *settings.variables,
-        ("settingsError", settings.error),
+        ("settingsError", f"!{V}custom ? '' : {settings.error}"),
         *compiler.hoisted,
         ("initContainer", init),
         ("proxyContainer", proxy),
@@ -314,7 +322,8 @@ def _variables(config: InjectorConfig) -> tuple[list[tuple[str, str]], str]:
             f"!{V}injecting ? '' : [{_pod_security()}, {_malformed()}, string({V}settingsError), "
             f"{_container_refusals(config)}, "
             # The old value's size first: escaping a huge one would cost more than the budget.
-            f"size({old}) > {MAX_STATUS_CHARS} || size({V}status) > {MAX_STATUS_CHARS} ? "
+            f"{old} != '' && (size({old}) > {MAX_STATUS_CHARS} "
+            f"|| size({V}status) > {MAX_STATUS_CHARS}) ? "
             f"'metadata.annotations[{constants.STATUS_ANNOTATION}] does not describe this pod, "
             f"and at ' + string(size({V}podAnnotations[{string(constants.STATUS_ANNOTATION)}])) "
             "+ ' characters it is too long to keep for uninject; remove it' : '']"
@@ -325,31 +334,20 @@ def _variables(config: InjectorConfig) -> tuple[list[tuple[str, str]], str]:
     return [(n, e.replace(_DIGEST_PLACEHOLDER, digest)) for n, e in variables], digest
 
 
-def _match_conditions() -> list[dict[str, str]]:
-    """Skips the pod alone decides, evaluated before anything else (no namespace here)."""
-    inject = constants.INJECT_KEY
-    labels, annotations = "object.metadata.?labels", "object.metadata.?annotations"
-    choice = (
-        f"({labels}[?{string(inject)}].orValue('') in ['true', 'false'] ? "
-        f"{labels}[?{string(inject)}].orValue('') : {annotations}[?{string(inject)}].orValue(''))"
+def _custom() -> str:
+    """CEL: whether the pod or its namespace sets any setting key (else all are defaults)."""
+    # Most keys do not start with the prefix, and the test stops there.
+    keys = literal(list(SETTING_KEYS))
+    prefix = string(constants.PREFIX)
+    layers = ("podAnnotations", "nsAnnotations", "nsLabels")
+    return " || ".join(
+        f"{V}{name}.exists(k, k.startsWith({prefix}) && k in {keys})" for name in layers
     )
-    return [
-        {"name": "not-host-network", "expression": "!object.spec.?hostNetwork.orValue(false)"},
-        {"name": "not-windows", "expression": "object.spec.?os.?name.orValue('') != 'windows'"},
-        {
-            "name": "not-mirror",
-            "expression": f"!({string(constants.MIRROR_POD_ANNOTATION)} in "
-            f"{annotations}.orValue({{}}))",
-        },
-        {"name": "not-opted-out", "expression": f"{choice} != 'false'"},
-        {
-            "name": "not-injected-already",
-            "expression": f"!({string(constants.STATUS_ANNOTATION)} in "
-            f"{annotations}.orValue({{}}) && {literal(sorted(constants.INJECTED_NAMES))}.all(n, n "
-            "in object.spec.?initContainers.orValue([]).map(c, c.name) + "
-            "object.spec.?containers.orValue([]).map(c, c.name)))",
-        },
-    ]
+
+
+def _when_custom(compiled: str, template: Any, env: dict[str, Any]) -> str:
+    """``compiled`` when some setting is set, else the template rendered for the defaults."""
+    return f"{V}custom ? ({compiled}) : {literal(plain(render(template, env)))}"
 
 
 def _keys(text: str) -> str:
@@ -412,7 +410,6 @@ def render_policy(config: InjectorConfig, *, revision: str | None = None) -> lis
             "matchConstraints": _POD_RULES,
             "failurePolicy": "Fail",
             "reinvocationPolicy": "Never",
-            "matchConditions": _match_conditions(),
             "variables": declared,
             "mutations": [
                 {
@@ -431,7 +428,6 @@ def render_policy(config: InjectorConfig, *, revision: str | None = None) -> lis
         "spec": {
             "matchConstraints": _POD_RULES,
             "failurePolicy": "Fail",
-            "matchConditions": _match_conditions(),
             "variables": declared,
             "validations": [
                 {"expression": f"{V}refusal == ''", "messageExpression": f"{V}refusal"}
