@@ -350,6 +350,19 @@ def _when_custom(compiled: str, template: Any, env: dict[str, Any]) -> str:
     return f"{V}custom ? ({compiled}) : {literal(plain(render(template, env)))}"
 
 
+def _reads(variables: list[tuple[str, str]], expression: str) -> set[str]:
+    """The variables ``expression`` reads, directly or through other variables."""
+    text = dict(variables)
+    found: set[str] = set()
+    pending = [expression]
+    while pending:
+        for name in re.findall(r"variables\.([A-Za-z_][A-Za-z0-9_]*)", pending.pop()):
+            if name not in found and name in text:
+                found.add(name)
+                pending.append(text[name])
+    return found
+
+
 def _keys(text: str) -> str:
     """``text`` with ``ProxySettings`` field names written as the keys users set."""
     for spec in SETTING_SPECS:
@@ -392,6 +405,10 @@ def render_policy(config: InjectorConfig, *, revision: str | None = None) -> lis
             "use the webhook (manifests/base) instead"
         ) from None
     declared = [{"name": n, "expression": e} for n, e in variables]
+    # The validating policy needs only what its refusal reads: every variable is
+    # set up for each evaluation, read or not, so the others would cost it.
+    needed = _reads(variables, f"{V}refusal")
+    checks = [v for v in declared if v["name"] in needed]
     labels = {
         "app.kubernetes.io/name": NAME,
         "app.kubernetes.io/version": __version__,
@@ -428,7 +445,7 @@ def render_policy(config: InjectorConfig, *, revision: str | None = None) -> lis
         "spec": {
             "matchConstraints": _POD_RULES,
             "failurePolicy": "Fail",
-            "variables": declared,
+            "variables": checks,
             "validations": [
                 {"expression": f"{V}refusal == ''", "messageExpression": f"{V}refusal"}
             ],
