@@ -235,7 +235,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--webhook-configuration",
         default="sidecar-injector",
         metavar="NAME",
-        help="the MutatingWebhookConfiguration to check (default sidecar-injector)",
+        help="the MutatingWebhookConfiguration to check, or in policy mode the admission"
+        " policies and bindings of that name (default sidecar-injector)",
     )
     return parser
 
