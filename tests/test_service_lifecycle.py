@@ -544,7 +544,7 @@ def test_with_the_api_server_gone_pods_no_label_could_mesh_are_admitted_and_othe
     tmp_path: Path, kube_api: FakeKubeAPI
 ) -> None:
     config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
-    status = '{"version":"0","initContainers":["mesh-init"]}'
+    status = '{"version":"0","initContainers":["mesh-init","mesh-proxy"]}'
     label_free = {
         "host-network": pod_review("new-team", "h", spec={"hostNetwork": True}),
         "windows-pod": pod_review("new-team", "w", spec={"os": {"name": "windows"}}),
@@ -553,7 +553,7 @@ def test_with_the_api_server_gone_pods_no_label_could_mesh_are_admitted_and_othe
         "already-injected": pod_review(
             "new-team",
             "a",
-            spec={"initContainers": [{"name": "mesh-init", "image": "i"}]},
+            spec={"initContainers": [{"name": n} for n in ("mesh-init", "mesh-proxy")]},
             annotations={"sidecar.mesh.io/status": status},
         ),
         "pod-opted-out": pod_review("new-team", "o", labels={"sidecar.mesh.io/inject": "false"}),

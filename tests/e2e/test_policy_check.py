@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from tests.e2e.cluster import ControlPlane
-from tests.e2e.policy_modes import Api, normalised, pod_with, wait_until
+from tests.e2e.policy_api import Api
+from tests.e2e.policy_modes import normalised, pod_with, wait_until
 from tests.e2e.test_cluster_check import CheckRun, run_check
 from tests.support.server import CLI
 from webhook.contract import constants
