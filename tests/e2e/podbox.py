@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from tests.support.kubelet import container_env, expanded_command, find_envoy
+from harness.kubelet import container_env, expanded_command, find_envoy
 
 NETNS_PREFIX: Final = "podbox-"
 VETH_PREFIX: Final = "pbx"
@@ -421,7 +421,7 @@ class Box:
         """Start ``mesh-proxy`` as specified, as its UID/GID, in the pod.
 
         ``wrapper`` is a command prefix run as root first (e.g. one that
-        installs a seccomp filter, tests/support/no_ipv6.py).
+        installs a seccomp filter, harness/no_ipv6.py).
         """
         env = self.container_environ(pod, container)
         uid = container["securityContext"]["runAsUser"]

@@ -7,7 +7,7 @@ under its own validation, run controllers' pods through us, show users our
 refusal text, cope with another mutating webhook, and refuse pods as
 ``failurePolicy: Fail`` promises when we are down.
 
-Set-up (:mod:`tests.e2e.webhook_install`): ``sidecar-injector certs`` and
+Set-up (:mod:`harness.kube.install`): ``sidecar-injector certs`` and
 ``scripts/render_install.py`` into a temporary directory, ``kubectl apply`` of
 the whole rendered install (the Deployment too: its pods are admitted but stay
 Pending, as nothing runs them), and a local ``sidecar-injector serve`` behind
@@ -34,9 +34,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import ControlPlane, KubectlError
-from tests.e2e.other_webhook import ADDED_CONTAINER, ContainerAddingWebhook
-from tests.e2e.webhook_install import (
+from harness.kube.control_plane import ControlPlane, KubectlError
+from harness.kube.install import (
     INIT,
     NAMESPACE,
     NAMESPACE_WEBHOOK,
@@ -53,11 +52,12 @@ from tests.e2e.webhook_install import (
     pod_manifest,
     wait_until_injecting,
 )
-from tests.support.server import running_server
+from harness.server import running_server
+from tests.builders import GOLDEN
+from tests.e2e.other_webhook import ADDED_CONTAINER, ContainerAddingWebhook
 
 pytestmark = pytest.mark.cluster
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 ENABLED = {"sidecar-injection": "enabled"}
 # Long enough for informers on a loaded CI machine, short enough to fail fast.
 EFFECT_TIMEOUT = 30.0

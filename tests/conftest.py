@@ -1,0 +1,12 @@
+"""What every tier shares: the tier markers and the unit tier's guard, and Hypothesis profiles.
+
+Each tier's folder has its own ``conftest.py`` with its fixtures; the objects
+tests build are in ``tests/builders.py`` and the servers they run in the
+top-level ``harness`` package.
+"""
+
+from __future__ import annotations
+
+import tests.profiles  # noqa: F401 - registers and loads the Hypothesis profile
+
+pytest_plugins = ["tests.tiers", "pytester"]
