@@ -39,7 +39,8 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
     node = obj
     for key in location.path:
         node = node[key]
-    return node["spec"]
+    spec: dict[str, Any] = node["spec"]
+    return spec
 
 
 def validate_pod_rules(spec: dict[str, Any], *, claim_volumes: tuple[str, ...] = ()) -> None:

@@ -32,6 +32,10 @@ UID = "705ab4f5-6393-11e8-b7cc-42010a800002"
 POD_KIND = MappingProxyType({"group": "", "version": "v1", "kind": "Pod"})
 POD_RESOURCE = MappingProxyType({"group": "", "version": "v1", "resource": "pods"})
 ENABLED = MappingProxyType({"sidecar-injection": "enabled"})
+# Who creates most pods: the ReplicaSet controller, through its service account.
+REPLICASET_CONTROLLER = MappingProxyType(
+    {"username": "system:serviceaccount:kube-system:replicaset-controller"}
+)
 
 
 def pod(
@@ -60,9 +64,11 @@ def pod(
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": body}
 
 
-def replicaset_pod(**metadata: Any) -> dict[str, Any]:
+def replicaset_pod(*, spec: Mapping[str, Any] | None = None, **metadata: Any) -> dict[str, Any]:
     """A pod as kube-apiserver sends it for a ReplicaSet's create: ``generateName``, no name."""
-    return pod(None, generateName="web-", **metadata)
+    return pod(
+        None, spec=spec, **{"generateName": "web-7d9f-", "labels": {"app": "web"}, **metadata}
+    )
 
 
 def review(
@@ -78,8 +84,8 @@ def review(
 ) -> dict[str, Any]:
     """An AdmissionReview for ``obj`` (default :func:`replicaset_pod`) in ``namespace``.
 
-    Other keywords are request fields (``dryRun``, ``subResource``,
-    ``userInfo``...), added after the usual ones.
+    Other keywords are request fields (``subResource``, ``oldObject``...) or
+    replace the usual ones (``dryRun``, ``userInfo``).
     """
     fields: dict[str, Any] = {
         "uid": uid,
@@ -87,7 +93,9 @@ def review(
         "resource": dict(resource),
         "namespace": namespace,
         "operation": operation,
+        "userInfo": dict(REPLICASET_CONTROLLER),
         "object": replicaset_pod() if obj is None else obj,
+        "dryRun": False,
     }
     fields.update(request)
     return {"apiVersion": api_version, "kind": "AdmissionReview", "request": fields}
@@ -154,3 +162,7 @@ def worst_proxy_settings() -> ProxySettings:
         "exclude-outbound-cidrs": cidrs(1),
         "include-outbound-cidrs": cidrs(2),
     })  # fmt: skip
+
+
+# The namespaces file most service tests serve: ``demo``, opted in.
+DEMO_NAMESPACES = namespaces_yaml(enabled_namespace())

@@ -7,6 +7,18 @@ top-level ``harness`` package.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
+
 import tests.profiles  # noqa: F401 - registers and loads the Hypothesis profile
+from harness.fake_kube_api import FakeKubeAPI
 
 pytest_plugins = ["tests.tiers", "pytester"]
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeKubeAPI]:
+    """The fake API server (:mod:`harness.fake_kube_api`), empty, stopped after the test."""
+    with FakeKubeAPI() as api:
+        yield api

@@ -21,7 +21,7 @@ from typing import Any
 from harness.fake_kube_api.server import Handler, Request
 from harness.fake_kube_api.wire import MAX_HOLD_SECONDS, status
 
-TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"  # noqa: S105 - an API path
 SUBJECT_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
 
@@ -89,7 +89,7 @@ def huge_page(size: int, *, kind: str = "List", item_bytes: int = 4096) -> Handl
 def big_list(size: int, *, kind: str = "List", item_bytes: int = 4096) -> bytes:
     """The body :func:`huge_page` sends: at least ``size`` bytes of valid JSON."""
     head = f'{{"kind":"{kind}","apiVersion":"v1","metadata":{{"resourceVersion":"1"}},"items":['
-    items = []
+    items: list[str] = []
     total = len(head) + 2
     pad = max(item_bytes - 40, 1)
     while total < size:

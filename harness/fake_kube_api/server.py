@@ -264,6 +264,8 @@ class Request(BaseHTTPRequestHandler):
                 self.wfile.write(b" ")
                 self.wfile.flush()
                 self.owner.released.wait(interval)
+        # The promised body never came: the connection cannot carry another answer.
+        self.close_connection = True
 
 
 def _parsed(body: bytes) -> Any:

@@ -65,8 +65,8 @@ def issue(
     # clock, but "not yet valid" errors from rounding are not worth chasing.
     builder = (
         x509.CertificateBuilder()
-        .subjectname(subject)
-        .issuername(subject if issuer is None else issuer.cert.subject)
+        .subject_name(subject)
+        .issuer_name(subject if issuer is None else issuer.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))

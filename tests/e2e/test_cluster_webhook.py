@@ -906,31 +906,6 @@ def test_with_the_namespace_source_cut_off_a_pod_is_refused_with_our_message_the
         wait_until_injecting(control_plane, meshed, timeout=EFFECT_TIMEOUT)
 
 
-def _engine_refuses_pod_security_restricted() -> bool:
-    """Whether this checkout's engine refuses injection under PodSecurity ``restricted``.
-
-    The refusal is s1a's (issue 11); until that branch is merged the test
-    below is an expected failure, and strict: it must start passing then.
-    """
-    from webhook.cluster.namespaces_file import NamespaceInfo
-    from webhook.engine import InjectionRefused, inject
-    from webhook.engine.config import InjectorConfig
-
-    namespace = NamespaceInfo(
-        "psa", {**ENABLED, "pod-security.kubernetes.io/enforce": "restricted"}
-    )
-    try:
-        inject(pod_manifest("probe"), namespace=namespace, config=InjectorConfig())
-    except InjectionRefused:
-        return True
-    return False
-
-
-@pytest.mark.xfail(
-    not _engine_refuses_pod_security_restricted(),
-    reason="the engine's PodSecurity refusal comes with s1a-engine-inputs",
-    strict=True,
-)
 def test_a_pod_in_a_restricted_pod_security_namespace_gets_our_message_on_kubectl_apply(
     control_plane: ControlPlane, namespaces: Namespaces, meshed: str
 ) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 from cryptography import x509
 
 from harness.server import CLI
-from webhook.pki import certs
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -82,21 +81,3 @@ def test_renew_with_half_a_ca_refuses(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "no CA to reuse (ca.key missing)" in done.stderr
     assert (out / "tls.crt").read_bytes() == before
-
-
-def test_the_service_is_read_from_the_svc_name_of_the_current_certificate(
-    tmp_path: Path,
-) -> None:
-    ca = certs.make_ca()
-    with_svc = tmp_path / "svc.crt"
-    with_svc.write_bytes(
-        certs.make_serving_cert(ca, dns_names=["web", "web.shop", "web.shop.svc"]).cert_pem()
-    )
-    without = tmp_path / "plain.crt"
-    without.write_bytes(certs.make_serving_cert(ca, dns_names=["example.com"]).cert_pem())
-    garbage = tmp_path / "garbage.crt"
-    garbage.write_bytes(b"not a certificate")
-    assert certs.served_service(with_svc) == ("web", "shop")
-    assert certs.served_service(without) is None
-    assert certs.served_service(garbage) is None
-    assert certs.served_service(tmp_path / "missing.crt") is None

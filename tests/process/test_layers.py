@@ -7,7 +7,6 @@ web framework, the two namespace sources apart.
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ from pathlib import Path
 from tests.builders import REPO
 
 ROOT = REPO
-LAYERS = ("contract", "engine", "manifests", "cluster", "pki", "service", "ops", "cli")
 
 
 def test_every_import_contract_is_kept() -> None:
@@ -25,12 +23,4 @@ def test_every_import_contract_is_kept() -> None:
     )
     assert done.returncode == 0, done.stdout[-4000:]
     assert "0 broken" in done.stdout or " broken" not in done.stdout
-    assert done.stdout.count(" KEPT") == 5
-
-
-def test_every_layer_is_a_package_that_says_in_one_line_what_lives_there() -> None:
-    for layer in LAYERS:
-        init = ROOT / "webhook" / layer / "__init__.py"
-        doc = ast.get_docstring(ast.parse(init.read_text()))
-        assert doc, f"{layer} has no docstring"
-        assert "\n" not in doc.strip(), f"{layer}'s docstring is more than one line"
+    assert done.stdout.count(" KEPT") == 7

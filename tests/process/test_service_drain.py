@@ -19,18 +19,11 @@ import ssl
 from pathlib import Path
 
 import orjson
-import yaml
 
 from harness.server import Server, running_server
 from harness.tls_client import SERVICE_HOSTNAME, connect
-from tests.builders import REPO
-from webhook.service.server import DRAIN_SECONDS, GRACEFUL_SHUTDOWN_SECONDS
+from tests.builders import DEMO_NAMESPACES, review_bytes
 
-ROOT = REPO
-NAMESPACES = (
-    "apiVersion: v1\nkind: Namespace\n"
-    "metadata: {name: demo, labels: {sidecar-injection: enabled}}\n"
-)
 # Far longer than any wait below: a drain that ends within a test's deadline
 # ended for the reason the test is about, not because its time ran out.
 LONG_DRAIN = "600"
@@ -40,28 +33,6 @@ EXIT_DEADLINE = 60.0
 # the TLS close, which the tests below only read after the process has
 # exited: a short time lets them end in seconds. Nothing else is in flight.
 SHORT_GRACE = ["--graceful-shutdown-seconds", "1"]
-
-
-def _review(uid: str) -> bytes:
-    return orjson.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": uid,
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": "demo",
-                "operation": "CREATE",
-                "object": {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {"generateName": "web-"},
-                    "spec": {"containers": [{"name": "app", "image": "nginx"}]},
-                },
-            },
-        }
-    )
 
 
 def _read_response(sock: ssl.SSLSocket) -> tuple[int, dict[str, str], bytes]:
@@ -87,7 +58,7 @@ def _read_response(sock: ssl.SSLSocket) -> tuple[int, dict[str, str], bytes]:
 
 def _admit(sock: ssl.SSLSocket, uid: str) -> tuple[int, dict[str, str], bytes]:
     """POST one review on ``sock`` (kept alive unless the server says otherwise)."""
-    body = _review(uid)
+    body = review_bytes(uid=uid)
     head = (
         f"POST /mutate HTTP/1.1\r\nHost: {SERVICE_HOSTNAME}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -118,7 +89,7 @@ def test_after_sigterm_each_connection_gets_connection_close_and_the_process_exi
     tmp_path: Path,
 ) -> None:
     args = ["--drain-seconds", LONG_DRAIN]
-    with running_server(tmp_path, namespaces_yaml=NAMESPACES, args=args) as server:
+    with running_server(tmp_path, namespaces_yaml=DEMO_NAMESPACES, args=args) as server:
         held = _kept_alive(server, 3)
         server.proc.send_signal(signal.SIGTERM)
         server.wait_for_log("draining: answering with Connection: close")
@@ -144,9 +115,9 @@ def test_a_request_half_read_when_sigterm_arrives_is_answered_with_connection_cl
     tmp_path: Path,
 ) -> None:
     args = ["--drain-seconds", LONG_DRAIN]
-    with running_server(tmp_path, namespaces_yaml=NAMESPACES, args=args) as server:
+    with running_server(tmp_path, namespaces_yaml=DEMO_NAMESPACES, args=args) as server:
         sock = connect(server.port, server.ca_file, timeout=EXIT_DEADLINE)
-        body = _review("in-flight")
+        body = review_bytes(uid="in-flight")
         head = (
             f"POST /mutate HTTP/1.1\r\nHost: {SERVICE_HOSTNAME}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -170,7 +141,7 @@ def test_a_request_half_read_when_sigterm_arrives_is_answered_with_connection_cl
 
 def test_a_connection_idle_through_the_whole_drain_is_closed_at_its_end(tmp_path: Path) -> None:
     with running_server(
-        tmp_path, namespaces_yaml=NAMESPACES, args=["--drain-seconds", "1"]
+        tmp_path, namespaces_yaml=DEMO_NAMESPACES, args=["--drain-seconds", "1"]
     ) as server:
         (idle,) = _kept_alive(server, 1)
         server.proc.send_signal(signal.SIGTERM)
@@ -182,7 +153,7 @@ def test_a_connection_idle_through_the_whole_drain_is_closed_at_its_end(tmp_path
 
 def test_a_second_sigterm_ends_the_drain_at_once(tmp_path: Path) -> None:
     args = ["--drain-seconds", LONG_DRAIN, *SHORT_GRACE]
-    with running_server(tmp_path, namespaces_yaml=NAMESPACES, args=args) as server:
+    with running_server(tmp_path, namespaces_yaml=DEMO_NAMESPACES, args=args) as server:
         (idle,) = _kept_alive(server, 1)
         server.proc.send_signal(signal.SIGTERM)
         server.wait_for_log("draining: answering with Connection: close")
@@ -194,7 +165,7 @@ def test_a_second_sigterm_ends_the_drain_at_once(tmp_path: Path) -> None:
 
 def test_no_drain_when_turned_off(tmp_path: Path) -> None:
     with running_server(
-        tmp_path, namespaces_yaml=NAMESPACES, args=["--drain-seconds", "0", *SHORT_GRACE]
+        tmp_path, namespaces_yaml=DEMO_NAMESPACES, args=["--drain-seconds", "0", *SHORT_GRACE]
     ) as server:
         (idle,) = _kept_alive(server, 1)
         server.proc.send_signal(signal.SIGTERM)
@@ -202,15 +173,3 @@ def test_no_drain_when_turned_off(tmp_path: Path) -> None:
         assert _closed_by_server(idle)
         idle.close()
         assert "draining" not in server.log()
-
-
-def test_the_pods_grace_period_covers_pre_stop_drain_and_graceful_shutdown() -> None:
-    """Otherwise the kubelet SIGKILLs a replica that is still answering reviews."""
-    documents = yaml.safe_load_all((ROOT / "manifests/base/deployment.yaml").read_text())
-    (deployment,) = [d for d in documents if d and d["kind"] == "Deployment"]
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert (
-        pod["terminationGracePeriodSeconds"] > pre_stop + DRAIN_SECONDS + GRACEFUL_SHUTDOWN_SECONDS
-    )

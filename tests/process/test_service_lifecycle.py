@@ -14,9 +14,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
@@ -32,6 +30,7 @@ from harness.server import (
     running_server,
 )
 from harness.tls_client import SERVICE_HOSTNAME, connect, file_fingerprint, peer_fingerprint
+from tests.builders import DEMO_NAMESPACES, replicaset_pod, review, review_bytes
 from webhook.pki.certs import write_certs
 from webhook.service.server import (
     GRACEFUL_SHUTDOWN_SECONDS,
@@ -40,34 +39,11 @@ from webhook.service.server import (
     build_server,
 )
 
-
-def review(namespace: str, *, uid: str = "u-1", containers: int = 1) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "operation": "CREATE",
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"generateName": "web-"},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": f"c{i}",
-                            "image": "nginx",
-                            "env": [{"name": "A", "value": "x" * 200}],
-                        }
-                        for i in range(containers)
-                    ]
-                },
-            },
-        },
-    }
+# Three hundred containers with an environment each: a body that takes a while to answer.
+BULKY = [
+    {"name": f"c{i}", "image": "nginx", "env": [{"name": "A", "value": "x" * 200}]}
+    for i in range(300)
+]
 
 
 def post_once(server: Server, body: bytes) -> tuple[int, bytes, str]:
@@ -187,9 +163,11 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(tmp_path: Path) -> None:
-    namespaces = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {sidecar-injection: enabled}}\n"
-    with running_server(tmp_path, namespaces_yaml=namespaces) as server:
-        bodies = [orjson.dumps(review("demo", uid=f"drain-{i}", containers=300)) for i in range(8)]
+    with running_server(tmp_path, namespaces_yaml=DEMO_NAMESPACES) as server:
+        bodies = [
+            orjson.dumps(review(replicaset_pod(containers=BULKY), uid=f"drain-{i}"))
+            for i in range(8)
+        ]
         sockets = [connect(server.port, server.ca_file, timeout=30) for _ in bodies]
         # Every request is half sent -- in flight -- when SIGTERM arrives.
         for sock, body in zip(sockets, bodies, strict=True):
@@ -224,11 +202,10 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(tmp_path: Path) 
 def test_a_request_still_in_flight_when_the_graceful_shutdown_time_is_over_is_cut_off(
     tmp_path: Path,
 ) -> None:
-    namespaces = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {sidecar-injection: enabled}}\n"
     # No drain, and a read deadline that cannot end the request first.
     args = ["--drain-seconds", "0", "--read-timeout", "600", "--graceful-shutdown-seconds", "0.5"]
-    with running_server(tmp_path, namespaces_yaml=namespaces, args=args) as server:
-        body = orjson.dumps(review("demo", uid="stuck"))
+    with running_server(tmp_path, namespaces_yaml=DEMO_NAMESPACES, args=args) as server:
+        body = orjson.dumps(review(namespace="demo", uid="stuck"))
         sock = connect(server.port, server.ca_file, timeout=30)
         head = (
             f"POST /mutate HTTP/1.1\r\nHost: {SERVICE_HOSTNAME}\r\n"
@@ -297,7 +274,7 @@ class Load:
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.body = orjson.dumps(review("default"))
+        self.body = orjson.dumps(review(namespace="default"))
         self.failures: list[str] = []
         self.count = 0
         self._stop = threading.Event()
@@ -406,68 +383,43 @@ def test_a_secret_volume_swap_under_load_fails_no_request(tmp_path: Path) -> Non
 # --- a namespace watch instead of a file --------------------------------------------------
 
 
-@pytest.fixture
-def kube_api() -> Iterator[FakeKubeAPI]:
-    api = FakeKubeAPI().start()
-    try:
-        yield api
-    finally:
-        api.stop()
-
-
-def kubeconfig_for(api: FakeKubeAPI, path: Path) -> Path:
-    path.write_text(
-        orjson.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "fake", "user": "u"}}],
-                "current-context": "c",
-            }
-        ).decode()
-    )
-    return path
-
-
 def test_a_watched_namespace_label_decides_and_a_change_applies_without_restart(
-    tmp_path: Path, kube_api: FakeKubeAPI
+    tmp_path: Path, fake_api: FakeKubeAPI
 ) -> None:
-    kube_api.add("shop", {"sidecar-injection": "enabled"})
-    kube_api.add("legacy")
-    config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
+    fake_api.add("shop", {"sidecar-injection": "enabled"})
+    fake_api.add("legacy")
+    config = fake_api.write_kubeconfig(tmp_path / "kubeconfig")
     with running_server(tmp_path, args=["--kubeconfig", str(config)]) as server:
         client = server.client()
 
         def patched(namespace: str) -> bool:
-            response = client.post("/mutate", orjson.dumps(review(namespace)))
+            response = client.post("/mutate", orjson.dumps(review(namespace=namespace)))
             assert response.status_code == 200
             return "patch" in response.json()["response"]
 
         assert patched("shop")
         assert not patched("legacy")
-        lists_before = kube_api.requests["list"]
+        lists_before = fake_api.requests["list"]
 
-        kube_api.modify("legacy", {"sidecar-injection": "enabled"})
+        fake_api.modify("legacy", {"sidecar-injection": "enabled"})
         end = time.monotonic() + 30
         while not patched("legacy"):
             assert time.monotonic() < end, "the MODIFIED event never reached the cache"
             time.sleep(0.05)
-        kube_api.modify("shop", {"sidecar-injection": "disabled"})
+        fake_api.modify("shop", {"sidecar-injection": "disabled"})
         end = time.monotonic() + 30
         while patched("shop"):
             assert time.monotonic() < end, "the MODIFIED event never reached the cache"
             time.sleep(0.05)
         # Decisions came from the watch, not from a new list per admission.
-        assert kube_api.requests["list"] == lists_before
+        assert fake_api.requests["list"] == lists_before
 
 
 def test_readyz_is_503_until_the_namespace_cache_has_listed(
-    tmp_path: Path, kube_api: FakeKubeAPI
+    tmp_path: Path, fake_api: FakeKubeAPI
 ) -> None:
-    kube_api.stop()  # the API server is down when the webhook starts
-    config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
+    fake_api.stop()  # the API server is down when the webhook starts
+    config = fake_api.write_kubeconfig(tmp_path / "kubeconfig")
     with running_server(tmp_path, args=["--kubeconfig", str(config)], ready=False) as server:
         client = server.client()
         end = time.monotonic() + START_DEADLINE
@@ -482,7 +434,7 @@ def test_readyz_is_503_until_the_namespace_cache_has_listed(
         assert "namespace source not synced yet" in response.json()["reasons"]
         # Admission answers meanwhile, and fails closed: a namespace it cannot
         # read could be opted in, so the pod is refused rather than unmeshed.
-        answer = client.post("/mutate", orjson.dumps(review("shop"))).json()["response"]
+        answer = client.post("/mutate", orjson.dumps(review(namespace="shop"))).json()["response"]
         assert answer["allowed"] is False
         assert answer["status"]["code"] == 503
         assert answer["status"]["reason"] == "ServiceUnavailable"
@@ -490,12 +442,12 @@ def test_readyz_is_503_until_the_namespace_cache_has_listed(
         # A preview changes nothing: it goes on with a warning instead.
         previewed = client.post(
             "/preview",
-            orjson.dumps(review("shop")["request"]["object"]),
+            orjson.dumps(review(namespace="shop")["request"]["object"]),
             params={"namespace": "shop"},
         )
         assert previewed.status_code == 200
         assert "namespace shop could not be read" in previewed.headers["warning"]
-        kube_api.restart()
+        fake_api.restart()
         end = time.monotonic() + START_DEADLINE
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < end, "never became ready after the API server came back"
@@ -511,61 +463,74 @@ def test_readyz_is_503_until_the_namespace_cache_has_listed(
     ],
 )
 def test_a_label_the_watch_has_not_delivered_yet_is_read_before_the_pod_is_skipped(
-    tmp_path: Path, kube_api: FakeKubeAPI, labels: dict[str, str]
+    tmp_path: Path, fake_api: FakeKubeAPI, labels: dict[str, str]
 ) -> None:
     """The apiserver called us because it saw the label; our cache has not seen it yet."""
-    kube_api.add("late", labels)
-    config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
+    fake_api.add("late", labels)
+    config = fake_api.write_kubeconfig(tmp_path / "kubeconfig")
     with running_server(tmp_path, args=["--kubeconfig", str(config)]) as server:
         client = server.client()
-        skipped = client.post("/mutate", orjson.dumps(review("late", uid="before"))).json()
+        skipped = client.post(
+            "/mutate", orjson.dumps(review(namespace="late", uid="before"))
+        ).json()
         assert "patch" not in skipped["response"]
-        gets = kube_api.requests["get"]
+        gets = fake_api.requests["get"]
 
         # The label lands in the API server, but the watch never reports it.
-        kube_api.modify("late", {"sidecar-injection": "enabled"}, emit=False)
-        injected = client.post("/mutate", orjson.dumps(review("late", uid="after"))).json()
+        fake_api.modify("late", {"sidecar-injection": "enabled"}, emit=False)
+        injected = client.post(
+            "/mutate", orjson.dumps(review(namespace="late", uid="after"))
+        ).json()
         assert injected["response"]["allowed"] is True
         assert "patch" in injected["response"]
-        assert kube_api.requests["get"] == gets + 1
+        assert fake_api.requests["get"] == gets + 1
         samples = server.metrics()
         recheck = 'sidecar_injector_namespace_fetches_total{reason="recheck",result="found"}'
         assert samples[recheck] == 2  # the skip before the label was rechecked too
 
 
-def pod_review(namespace: str, uid: str, *, spec: Any = None, **meta: Any) -> bytes:
-    doc = review(namespace, uid=uid)
-    doc["request"]["object"]["metadata"].update(meta)
-    doc["request"]["object"]["spec"].update(spec or {})
-    return orjson.dumps(doc)
-
-
 def test_with_the_api_server_gone_pods_no_label_could_mesh_are_admitted_and_others_refused(
-    tmp_path: Path, kube_api: FakeKubeAPI
+    tmp_path: Path, fake_api: FakeKubeAPI
 ) -> None:
-    config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
+    config = fake_api.write_kubeconfig(tmp_path / "kubeconfig")
     status = '{"version":"0","initContainers":["mesh-init"]}'
     label_free = {
-        "host-network": pod_review("new-team", "h", spec={"hostNetwork": True}),
-        "windows-pod": pod_review("new-team", "w", spec={"os": {"name": "windows"}}),
-        "mirror-pod": pod_review("new-team", "m", annotations={"kubernetes.io/config.mirror": "x"}),
-        "excluded-namespace": pod_review("kube-system", "k"),
-        "already-injected": pod_review(
-            "new-team",
-            "a",
-            spec={"initContainers": [{"name": "mesh-init", "image": "i"}]},
-            annotations={"sidecar.mesh.io/status": status},
+        "host-network": review_bytes(
+            replicaset_pod(spec={"hostNetwork": True}), namespace="new-team", uid="h"
         ),
-        "pod-opted-out": pod_review("new-team", "o", labels={"sidecar.mesh.io/inject": "false"}),
+        "windows-pod": review_bytes(
+            replicaset_pod(spec={"os": {"name": "windows"}}), namespace="new-team", uid="w"
+        ),
+        "mirror-pod": review_bytes(
+            replicaset_pod(annotations={"kubernetes.io/config.mirror": "x"}),
+            namespace="new-team",
+            uid="m",
+        ),
+        "excluded-namespace": review_bytes(replicaset_pod(), namespace="kube-system", uid="k"),
+        "already-injected": review_bytes(
+            replicaset_pod(
+                spec={"initContainers": [{"name": "mesh-init", "image": "i"}]},
+                annotations={"sidecar.mesh.io/status": status},
+            ),
+            namespace="new-team",
+            uid="a",
+        ),
+        "pod-opted-out": review_bytes(
+            replicaset_pod(labels={"sidecar.mesh.io/inject": "false"}),
+            namespace="new-team",
+            uid="o",
+        ),
     }
     with running_server(tmp_path, args=["--kubeconfig", str(config)]) as server:
         client = server.client()
-        kube_api.stop()
+        fake_api.stop()
         for code, body in label_free.items():
             answer = client.post("/mutate", body).json()["response"]
             assert answer["allowed"] is True, (code, answer)
             assert "patch" not in answer
-        refused = client.post("/mutate", pod_review("new-team", "plain")).json()["response"]
+        refused = client.post(
+            "/mutate", review_bytes(replicaset_pod(), namespace="new-team", uid="plain")
+        ).json()["response"]
         assert refused["allowed"] is False
         assert refused["status"]["code"] == 503
         samples = server.metrics()
@@ -579,17 +544,19 @@ def test_with_the_api_server_gone_pods_no_label_could_mesh_are_admitted_and_othe
 
 
 def test_with_the_api_server_gone_an_unknown_namespace_is_refused_until_it_is_back(
-    tmp_path: Path, kube_api: FakeKubeAPI
+    tmp_path: Path, fake_api: FakeKubeAPI
 ) -> None:
-    kube_api.add("shop", {"sidecar-injection": "enabled"})
-    config = kubeconfig_for(kube_api, tmp_path / "kubeconfig")
+    fake_api.add("shop", {"sidecar-injection": "enabled"})
+    config = fake_api.write_kubeconfig(tmp_path / "kubeconfig")
     with running_server(tmp_path, args=["--kubeconfig", str(config)]) as server:
         client = server.client()
-        kube_api.stop()
+        fake_api.stop()
         # Known namespaces are served from the cache meanwhile.
-        cached = client.post("/mutate", orjson.dumps(review("shop", uid="cached"))).json()
+        cached = client.post("/mutate", orjson.dumps(review(namespace="shop", uid="cached"))).json()
         assert "patch" in cached["response"]
-        refused = client.post("/mutate", orjson.dumps(review("new-team", uid="new"))).json()
+        refused = client.post(
+            "/mutate", orjson.dumps(review(namespace="new-team", uid="new"))
+        ).json()
         assert refused["response"]["allowed"] is False
         assert refused["response"]["status"]["code"] == 503
         assert "namespace new-team could not be read" in refused["response"]["status"]["message"]
@@ -597,11 +564,13 @@ def test_with_the_api_server_gone_an_unknown_namespace_is_refused_until_it_is_ba
         assert samples['sidecar_injector_decisions_total{code="namespace-unavailable"}'] == 1
         assert samples['sidecar_injector_requests_total{endpoint="mutate",outcome="refused"}'] == 1
 
-        kube_api.add("new-team", {"sidecar-injection": "enabled"})
-        kube_api.restart()
+        fake_api.add("new-team", {"sidecar-injection": "enabled"})
+        fake_api.restart()
         deadline = time.monotonic() + 30
         while True:
-            answer = client.post("/mutate", orjson.dumps(review("new-team", uid="retry"))).json()
+            answer = client.post(
+                "/mutate", orjson.dumps(review(namespace="new-team", uid="retry"))
+            ).json()
             if answer["response"]["allowed"]:
                 break
             assert time.monotonic() < deadline, "still refused after the API server came back"

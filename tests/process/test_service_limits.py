@@ -20,17 +20,14 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 from harness.server import Server, WebhookClient, running_server
 from harness.tls_client import SERVICE_HOSTNAME, connect
-from tests.builders import REPO
-from webhook.service.body import BodyBudget
+from tests.builders import DEMO_NAMESPACES, review
 from webhook.service.limits import Limits
-from webhook.service.server import MAX_OPEN_FILES
 
 MEMORY_BOUND_MIB = 400
 READ_TIMEOUT = 2.0
@@ -38,36 +35,10 @@ READ_TIMEOUT = 2.0
 # READ_TIMEOUT: generous, so a loaded machine is slow rather than failing.
 EVENTUALLY = 60.0
 
-NAMESPACES = (
-    "apiVersion: v1\nkind: Namespace\n"
-    "metadata: {name: demo, labels: {sidecar-injection: enabled}}\n"
-)
-
-
-def review(uid: str = "u-1", *, namespace: str = "demo", **request: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "operation": "CREATE",
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"generateName": "web-"},
-                "spec": {"containers": [{"name": "app", "image": "nginx"}]},
-            },
-            **request,
-        },
-    }
-
 
 def assert_admits(client: WebhookClient, uid: str) -> None:
     """One ordinary admission, answered in full with its patch."""
-    response = client.post("/mutate", orjson.dumps(review(uid)))
+    response = client.post("/mutate", orjson.dumps(review(uid=uid)))
     assert response.status_code == 200, response.text
     answer = response.json()["response"]
     assert answer["uid"] == uid
@@ -153,7 +124,7 @@ def requests_by_outcome(server: Server, endpoint: str) -> Counter[str]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with running_server(
         tmp_path_factory.mktemp("limits"),
-        namespaces_yaml=NAMESPACES,
+        namespaces_yaml=DEMO_NAMESPACES,
         args=["--read-timeout", str(READ_TIMEOUT)],
     ) as running:
         yield running
@@ -178,7 +149,9 @@ def test_70_stalled_7mb_uploads_and_20_stalled_heads_stay_under_400_mib_and_othe
     heads are dropped at the header deadline. Meanwhile ordinary reviews
     are answered in full.
     """
-    with running_server(tmp_path, namespaces_yaml=NAMESPACES, args=["--read-timeout", "5"]) as srv:
+    with running_server(
+        tmp_path, namespaces_yaml=DEMO_NAMESPACES, args=["--read-timeout", "5"]
+    ) as srv:
         client = srv.client()
         with ThreadPoolExecutor(max_workers=90) as pool:
             uploads = [pool.submit(stalled_upload, srv, 7_000_000, 6_500_000) for _ in range(70)]
@@ -219,7 +192,7 @@ def test_100_clients_announcing_1_mib_and_sending_nothing_block_no_admission(
     review a 503 until the body deadline dropped them, again and again.
     """
     with (
-        running_server(tmp_path, namespaces_yaml=NAMESPACES) as srv,
+        running_server(tmp_path, namespaces_yaml=DEMO_NAMESPACES) as srv,
         contextlib.ExitStack() as stack,
     ):
         client = srv.client()
@@ -232,7 +205,7 @@ def test_100_clients_announcing_1_mib_and_sending_nothing_block_no_admission(
         for number in range(5):
             assert_admits(client, f"while-heads-{number}")
         # A review over the large-body threshold is not blocked either.
-        big = review("while-heads-big")
+        big = review(uid="while-heads-big")
         big["request"]["object"]["metadata"]["annotations"] = {"note": "x" * 200_000}
         response = client.post("/mutate", orjson.dumps(big))
         assert response.status_code == 200, response.text[:300]
@@ -250,34 +223,6 @@ def test_100_clients_announcing_1_mib_and_sending_nothing_block_no_admission(
         )
         assert requests_by_outcome(srv, "mutate") == Counter(ok=6, aborted=100)
         assert srv.memory().peak_mib < MEMORY_BOUND_MIB
-
-
-def test_the_reserve_for_small_bodies_cannot_be_used_up_by_any_number_of_connections() -> None:
-    """The budget's arithmetic (webhook.service.limits.Limits): small bodies always fit.
-
-    Every connection may hold one small body, the large ones together at most
-    their share; all of that fits the budget, so a review of up to 64 KiB is
-    never refused for memory. Checked on the budget itself at the edge: the
-    large share full, every other connection holding a small body to the byte.
-    """
-    limits = Limits()
-    assert (
-        limits.large_budget_bytes + MAX_OPEN_FILES * limits.large_body_bytes
-        <= limits.body_budget_bytes
-    )
-    budget = BodyBudget(limits)
-    with contextlib.ExitStack() as stack:
-        large = stack.enter_context(budget.reservation())
-        large.announce(7 * 1024 * 1024)
-        large.grow_to(limits.large_budget_bytes)  # as far as large bodies may go
-        with pytest.raises(Exception, match="retry shortly"):
-            stack.enter_context(budget.reservation()).grow_to(limits.large_body_bytes + 1)
-        for _ in range(MAX_OPEN_FILES):
-            small = stack.enter_context(budget.reservation())
-            small.announce(limits.large_body_bytes)
-            small.grow_to(limits.large_body_bytes)
-        assert budget.in_use <= limits.body_budget_bytes
-    assert budget.in_use == 0
 
 
 def test_a_flood_of_connections_that_never_handshake_stays_bounded_and_then_clears(
@@ -353,7 +298,7 @@ def test_a_client_that_hangs_up_mid_body_is_aborted_logged_at_info_and_not_an_er
     server: Server, client: WebhookClient
 ) -> None:
     before = requests_by_outcome(server, "mutate")
-    body = orjson.dumps(review("hang-up"))
+    body = orjson.dumps(review(uid="hang-up"))
     with connect(server.port, server.ca_file, timeout=EVENTUALLY) as sock:
         sock.sendall(head("/mutate", len(body)) + body[: len(body) // 2])
         # The server must have the request in hand before we hang up, or
@@ -400,10 +345,10 @@ def test_idle_time_between_requests_is_not_held_against_the_next_request(
     """
     timeouts = 'sidecar_injector_read_timeouts_total{phase="headers"}'
     with connect(server.port, server.ca_file, timeout=EVENTUALLY) as kept:
-        assert exchange(kept, orjson.dumps(review("first"))) == 200
+        assert exchange(kept, orjson.dumps(review(uid="first"))) == 200
         before = server.metrics().get(timeouts, 0)
         assert stalled_head(server) == "closed by the server"
-        assert exchange(kept, orjson.dumps(review("second"))) == 200
+        assert exchange(kept, orjson.dumps(review(uid="second"))) == 200
     assert server.metrics()[timeouts] == before + 1
 
 
@@ -423,12 +368,12 @@ def test_a_uid_over_256_bytes_is_a_400_that_neither_echoes_nor_logs_it(
     server: Server, client: WebhookClient
 ) -> None:
     uid = "u" * 200 + "X" * 57  # 257 bytes
-    response = client.post("/mutate", orjson.dumps(review(uid)))
+    response = client.post("/mutate", orjson.dumps(review(uid=uid)))
     assert response.status_code == 400
     assert response.json() == {"error": "request.uid is longer than 256 bytes"}
     assert "X" * 57 not in server.log()
     exactly = "u" * 256
-    assert client.post("/mutate", orjson.dumps(review(exactly))).status_code == 200
+    assert client.post("/mutate", orjson.dumps(review(uid=exactly))).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -592,17 +537,3 @@ def test_a_preview_of_one_object_more_than_allowed_is_a_400_naming_the_limit_and
         "error": f"request body holds {MAX_PREVIEW_OBJECTS + 1} objects; a preview takes "
         f"at most {MAX_PREVIEW_OBJECTS} (inject more with: sidecar-injector inject -f FILE)"
     }
-
-
-def test_the_deadline_protocols_pin_note_names_the_versions_pyproject_pins() -> None:
-    """The read deadlines subclass uvicorn's internals; whoever moves the pin reads the note."""
-    import tomllib
-
-    from webhook.service import h11_deadlines
-
-    root = REPO
-    pins = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
-    note = " ".join((h11_deadlines.__doc__ or "").split())
-    for package in ("uvicorn", "h11"):
-        (pin,) = [p for p in pins if p.startswith(f"{package}>=")]
-        assert f"{package} to ``{pin.removeprefix(package)}``" in note

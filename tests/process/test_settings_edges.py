@@ -13,20 +13,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 from harness.server import Server, WebhookClient, running_server
+from tests.builders import DEMO_NAMESPACES, pod, review_bytes
 
 CLI = str(Path(sys.executable).parent / "sidecar-injector")
 INJECT = [CLI, "inject", "-f", "-", "--label", "sidecar-injection=enabled"]
 P = "sidecar.mesh.io/"
-NAMESPACES = (
-    "apiVersion: v1\nkind: Namespace\n"
-    "metadata: {name: demo, labels: {sidecar-injection: enabled}}\n"
-)
 
 # (annotation key, value, what the message must say)
 HOSTILE = [
@@ -55,35 +51,11 @@ HOSTILE = [
 ]
 
 
-def pod(annotations: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "web", "namespace": "demo", "annotations": annotations},
-        "spec": {"containers": [{"name": "app", "image": "nginx"}]},
-    }
-
-
-def review(obj: dict[str, Any], uid: str = "u-1") -> bytes:
-    return orjson.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": uid,
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": "demo",
-                "operation": "CREATE",
-                "object": obj,
-            },
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("edges"), namespaces_yaml=NAMESPACES) as running:
+    with running_server(
+        tmp_path_factory.mktemp("edges"), namespaces_yaml=DEMO_NAMESPACES
+    ) as running:
         yield running
 
 
@@ -96,8 +68,8 @@ def client(server: Server) -> WebhookClient:
 def test_a_hostile_pod_setting_is_a_one_line_400_from_mutate_and_preview(
     client: WebhookClient, key: str, value: str, message: str
 ) -> None:
-    obj = pod({P + key: value})
-    mutated = client.post("/mutate", review(obj))
+    obj = pod(namespace="demo", annotations={P + key: value})
+    mutated = client.post("/mutate", review_bytes(obj))
     assert mutated.status_code == 200, mutated.text
     answer = mutated.json()["response"]
     assert answer["allowed"] is False
@@ -109,7 +81,9 @@ def test_a_hostile_pod_setting_is_a_one_line_400_from_mutate_and_preview(
     assert previewed.status_code == 400, previewed.text
     assert message in previewed.json()["error"]
 
-    ordinary = client.post("/mutate", review(pod({}), uid="after"))
+    ordinary = client.post(
+        "/mutate", review_bytes(pod(namespace="demo", annotations={}), uid="after")
+    )
     assert ordinary.json()["response"]["allowed"] is True
 
 
@@ -119,14 +93,14 @@ def test_a_hostile_setting_is_one_line_and_exit_1_from_inject(
 ) -> None:
     as_pod = subprocess.run(
         INJECT,
-        input=orjson.dumps(pod({P + key: value})),
+        input=orjson.dumps(pod(namespace="demo", annotations={P + key: value})),
         capture_output=True,
         timeout=120,
         check=False,
     )
     as_namespace = subprocess.run(
         [*INJECT, "--annotation", f"{P}{key}={value}"],
-        input=orjson.dumps(pod({})),
+        input=orjson.dumps(pod(namespace="demo", annotations={})),
         capture_output=True,
         timeout=120,
         check=False,

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from harness.validation import validate_injected
+from tests.builders import enabled_namespace, namespace, replicaset_pod, review, review_bytes
 from webhook.cluster.namespaces_file import NamespaceInfo, NamespaceUnavailable
 from webhook.engine import NamespaceLike
 from webhook.engine.config import InjectorConfig
@@ -27,8 +28,8 @@ from webhook.service import admission
 from webhook.service.admission import BadRequest
 
 CONFIG = InjectorConfig()
-ENABLED = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "enabled"}))
-UNLABELLED = NamespaceInfo("demo")
+ENABLED = enabled_namespace()
+UNLABELLED = namespace()
 
 
 @dataclass
@@ -53,44 +54,6 @@ def admit(body: bytes, lookup: Lookup) -> admission.Reviewed:
     return asyncio.run(admission.admit(body, namespaces=lookup, config=CONFIG))
 
 
-def pod(**extra: Any) -> dict[str, Any]:
-    """A pod as the apiserver sends it for a ReplicaSet: generateName, no namespace."""
-    body: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"generateName": "web-7d9f-", "labels": {"app": "web"}},
-        "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]},
-    }
-    body.update(extra)
-    return body
-
-
-def review_doc(
-    obj: Any = None,
-    *,
-    api_version: str = "admission.k8s.io/v1",
-    operation: str = "CREATE",
-    kind: dict[str, str] | None = None,
-    resource: dict[str, str] | None = None,
-    sub_resource: str | None = None,
-    dry_run: bool = False,
-    uid: str = "705ab4f5-6393-11e8-b7cc-42010a800002",
-) -> dict[str, Any]:
-    request: dict[str, Any] = {
-        "uid": uid,
-        "kind": kind or {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": resource or {"group": "", "version": "v1", "resource": "pods"},
-        "namespace": "demo",
-        "operation": operation,
-        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-        "object": pod() if obj is None else obj,
-        "dryRun": dry_run,
-    }
-    if sub_resource is not None:
-        request["subResource"] = sub_resource
-    return {"apiVersion": api_version, "kind": "AdmissionReview", "request": request}
-
-
 def answer(doc: dict[str, Any], namespace: NamespaceLike = ENABLED) -> admission.Reviewed:
     """The answer with ``namespace`` cached (and the same in the source)."""
     known = {namespace.name: namespace}
@@ -104,11 +67,11 @@ def patch_of(response: Any) -> list[dict[str, Any]]:
 
 # --- the envelope -------------------------------------------------------------------------
 
-GOOD = orjson.dumps(review_doc())
+GOOD = orjson.dumps(review())
 
 
 def _replace(path: str, value: Any) -> bytes:
-    doc = review_doc()
+    doc = review()
     node = doc
     *parents, last = path.split(".")
     for key in parents:
@@ -230,7 +193,7 @@ def test_an_unreadable_namespace_refuses_the_pod_with_503_naming_it() -> None:
     assert reviewed.code == "namespace-unavailable"
 
 
-DISABLED = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "disabled"}))
+DISABLED = namespace("demo", {"sidecar-injection": "disabled"})
 # Cached labels that skip the pod: not opted in, or switched from disabled a moment ago.
 STALE = [pytest.param(UNLABELLED, id="unlabelled"), pytest.param(DISABLED, id="disabled")]
 
@@ -247,12 +210,12 @@ def test_a_namespace_cached_as_not_opted_in_is_read_again_and_a_new_label_counts
     assert "patch" in reviewed.response
 
 
-def test_a_recheck_that_confirms_the_cache_skips_the_pod() -> None:
+def test_a_recheck_that_confirms_the_cache_skips_the_replicaset_pod() -> None:
     lookup = Lookup(cache={"demo": UNLABELLED}, source={"demo": UNLABELLED})
     reviewed = admit(GOOD, lookup)
     assert lookup.fetched == [("demo", "recheck")]
     assert reviewed.code == "not-enabled"
-    assert reviewed.response == {"uid": review_doc()["request"]["uid"], "allowed": True}
+    assert reviewed.response == {"uid": review()["request"]["uid"], "allowed": True}
 
 
 @pytest.mark.parametrize("cached", STALE)
@@ -265,34 +228,16 @@ def test_a_recheck_that_cannot_reach_the_api_server_fails_closed_too(
     assert reviewed.code == "namespace-unavailable"
 
 
-def pod_with(**spec: Any) -> dict[str, Any]:
-    obj = pod()
-    obj["spec"].update(spec)
-    return obj
-
-
-def annotated(annotations: dict[str, str], spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    obj = pod_with(**(spec or {}))
-    obj["metadata"]["annotations"] = annotations
-    return obj
-
-
 INJECTED_STATUS = {"sidecar.mesh.io/status": '{"version":"0","initContainers":["mesh-init"]}'}
 # Pods no namespace label could get injected, each with the code it gets.
 LABEL_FREE = [
-    pytest.param("demo", pod_with(hostNetwork=True), "host-network", id="host network"),
-    pytest.param("demo", pod_with(os={"name": "windows"}), "windows-pod", id="windows"),
-    pytest.param("demo", annotated({"kubernetes.io/config.mirror": "x"}), "mirror-pod", id="mirror"),
-    pytest.param("kube-system", pod(), "excluded-namespace", id="excluded namespace"),
-    pytest.param("demo", annotated(INJECTED_STATUS, {"initContainers": [{"name": "mesh-init"}]}), "already-injected", id="already injected"),
-    pytest.param("demo", annotated({"sidecar.mesh.io/inject": "false"}), "pod-opted-out", id="opted out"),
+    pytest.param("demo", replicaset_pod(spec={"hostNetwork": True}), "host-network", id="host network"),
+    pytest.param("demo", replicaset_pod(spec={"os": {"name": "windows"}}), "windows-pod", id="windows"),
+    pytest.param("demo", replicaset_pod(annotations={"kubernetes.io/config.mirror": "x"}), "mirror-pod", id="mirror"),
+    pytest.param("kube-system", replicaset_pod(), "excluded-namespace", id="excluded namespace"),
+    pytest.param("demo", replicaset_pod(annotations=INJECTED_STATUS, spec={"initContainers": [{"name": "mesh-init"}]}), "already-injected", id="already injected"),
+    pytest.param("demo", replicaset_pod(annotations={"sidecar.mesh.io/inject": "false"}), "pod-opted-out", id="opted out"),
 ]  # fmt: skip
-
-
-def review_in(namespace: str, obj: dict[str, Any]) -> bytes:
-    doc = review_doc(obj)
-    doc["request"]["namespace"] = namespace
-    return orjson.dumps(doc)
 
 
 @pytest.mark.parametrize(("namespace", "obj", "code"), LABEL_FREE)
@@ -302,18 +247,21 @@ def test_a_skip_no_label_can_change_is_final_cached_or_not_and_needs_no_read(
     # Cached as enabled: no recheck. Not cached, the API server down: still answered.
     for cache in ({namespace: NamespaceInfo(namespace, MappingProxyType(ENABLED.labels))}, {}):
         lookup = Lookup(cache=cache, source=None)
-        reviewed = admit(review_in(namespace, obj), lookup)
+        reviewed = admit(review_bytes(obj, namespace=namespace), lookup)
         assert lookup.fetched == []
         assert reviewed.code == code
-        assert reviewed.response == {"uid": review_doc()["request"]["uid"], "allowed": True}
+        assert reviewed.response == {"uid": review()["request"]["uid"], "allowed": True}
 
 
 @pytest.mark.parametrize(
     "obj",
     [
-        pytest.param(pod(), id="plain pod"),
-        pytest.param(annotated({"sidecar.mesh.io/inject": "true"}), id="opted in"),
-        pytest.param(annotated({"sidecar.mesh.io/proxy-cpu-limit": "lots"}), id="bad setting"),
+        pytest.param(replicaset_pod(), id="plain pod"),
+        pytest.param(replicaset_pod(annotations={"sidecar.mesh.io/inject": "true"}), id="opted in"),
+        pytest.param(
+            replicaset_pod(annotations={"sidecar.mesh.io/proxy-cpu-limit": "lots"}),
+            id="bad setting",
+        ),
     ],
 )
 def test_with_the_api_server_down_a_pod_whose_labels_matter_is_refused_with_503(
@@ -322,23 +270,23 @@ def test_with_the_api_server_down_a_pod_whose_labels_matter_is_refused_with_503(
     # Opted in: settings and Pod Security come from the labels. A bad setting:
     # a disabled namespace would skip the pod rather than refuse it.
     lookup = Lookup(source=None)
-    reviewed = admit(review_in("demo", obj), lookup)
+    reviewed = admit(review_bytes(obj, namespace="demo"), lookup)
     assert lookup.fetched == [("demo", "miss")]
     assert reviewed.response["status"]["code"] == 503
     assert reviewed.code == "namespace-unavailable"
 
 
 def test_a_pod_that_opts_in_itself_needs_no_recheck() -> None:
-    obj = pod()
+    obj = replicaset_pod()
     obj["metadata"]["labels"]["sidecar.mesh.io/inject"] = "true"
     lookup = Lookup(cache={"demo": UNLABELLED}, source=None)
-    assert admit(orjson.dumps(review_doc(obj)), lookup).code == "pod-opted-in"
+    assert admit(orjson.dumps(review(obj)), lookup).code == "pod-opted-in"
     assert lookup.fetched == []
 
 
 def test_anything_but_a_pod_create_never_looks_a_namespace_up() -> None:
     lookup = Lookup(source=None)
-    assert admit(orjson.dumps(review_doc(operation="UPDATE")), lookup).code == "not-create"
+    assert admit(orjson.dumps(review(operation="UPDATE")), lookup).code == "not-create"
     assert lookup.fetched == []
 
 
@@ -347,7 +295,7 @@ def test_anything_but_a_pod_create_never_looks_a_namespace_up() -> None:
 
 @pytest.mark.parametrize("api_version", ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"])
 def test_the_answer_echoes_api_version_kind_and_uid(api_version: str) -> None:
-    reviewed = answer(review_doc(api_version=api_version, uid="abc-123"))
+    reviewed = answer(review(api_version=api_version, uid="abc-123"))
     assert reviewed.review["apiVersion"] == api_version
     assert reviewed.review["kind"] == "AdmissionReview"
     assert reviewed.response["uid"] == "abc-123"
@@ -370,8 +318,8 @@ def test_the_answer_echoes_api_version_kind_and_uid(api_version: str) -> None:
             "not-a-pod",
             id="a Deployment",
         ),
-        pytest.param({"sub_resource": "binding"}, "not-a-pod", id="pods/binding"),
-        pytest.param({"sub_resource": "ephemeralcontainers"}, "not-a-pod", id="pods/ephemeral"),
+        pytest.param({"subResource": "binding"}, "not-a-pod", id="pods/binding"),
+        pytest.param({"subResource": "ephemeralcontainers"}, "not-a-pod", id="pods/ephemeral"),
         pytest.param(
             {"kind": {"group": "example.com", "version": "v1", "kind": "Pod"}},
             "not-a-pod",
@@ -383,14 +331,14 @@ def test_anything_but_a_pod_create_is_allowed_without_a_patch(
     change: dict[str, Any], code: str
 ) -> None:
     lookup = Lookup()
-    reviewed = admit(orjson.dumps(review_doc(**change)), lookup)
-    assert reviewed.response == {"uid": review_doc()["request"]["uid"], "allowed": True}
+    reviewed = admit(orjson.dumps(review(**change)), lookup)
+    assert reviewed.response == {"uid": review()["request"]["uid"], "allowed": True}
     assert reviewed.code == code
     assert lookup.fetched == []
 
 
 def test_a_pod_in_an_unlabelled_namespace_is_allowed_unchanged_with_the_reason() -> None:
-    reviewed = answer(review_doc(), UNLABELLED)
+    reviewed = answer(review(), UNLABELLED)
     assert reviewed.response["allowed"] is True
     assert "patch" not in reviewed.response
     assert reviewed.code == "not-enabled"
@@ -398,14 +346,14 @@ def test_a_pod_in_an_unlabelled_namespace_is_allowed_unchanged_with_the_reason()
 
 
 def test_a_dry_run_gets_exactly_the_same_answer() -> None:
-    real = answer(review_doc())
-    dry = answer(review_doc(dry_run=True))
+    real = answer(review())
+    dry = answer(review(dryRun=True))
     assert dry.review == real.review
 
 
-def test_the_patch_applies_and_gives_a_schema_valid_pod() -> None:
-    obj = pod()
-    reviewed = answer(review_doc(obj))
+def test_the_patch_applies_and_gives_a_schema_valid_replicaset_pod() -> None:
+    obj = replicaset_pod()
+    reviewed = answer(review(obj))
     patched = jsonpatch.apply_patch(copy.deepcopy(obj), patch_of(reviewed.response))
     names = [c["name"] for c in patched["spec"]["containers"]]
     assert names == ["app"]
@@ -418,15 +366,15 @@ def test_the_patch_applies_and_gives_a_schema_valid_pod() -> None:
 def test_the_patch_is_the_engines_patch_for_that_namespace() -> None:
     from webhook.engine import inject
 
-    obj = pod()
+    obj = replicaset_pod()
     expected = inject(obj, namespace=ENABLED, config=CONFIG).patch
-    assert patch_of(answer(review_doc(obj)).response) == list(expected)
+    assert patch_of(answer(review(obj)).response) == list(expected)
 
 
 def test_a_refused_pod_is_denied_with_a_bad_request_status_naming_the_problem() -> None:
-    obj = pod()
+    obj = replicaset_pod()
     obj["spec"]["containers"].append({"name": "mesh-proxy", "image": "envoy"})
-    reviewed = answer(review_doc(obj))
+    reviewed = answer(review(obj))
     response = reviewed.response
     assert response["allowed"] is False
     assert "patch" not in response
@@ -439,27 +387,27 @@ def test_a_refused_pod_is_denied_with_a_bad_request_status_naming_the_problem() 
 
 
 def test_an_invalid_setting_is_refused_with_the_key_its_source_and_value() -> None:
-    obj = pod()
+    obj = replicaset_pod()
     obj["metadata"]["annotations"] = {"sidecar.mesh.io/proxy-cpu-request": "lots"}
-    message = answer(review_doc(obj)).response["status"]["message"]
+    message = answer(review(obj)).response["status"]["message"]
     assert "proxy-cpu-request" in message
     assert "lots" in message
     assert "pod annotation" in message
 
 
 def test_the_engines_warnings_are_returned() -> None:
-    obj = pod()
+    obj = replicaset_pod()
     obj["metadata"]["annotations"] = {"sidecar.mesh.io/inject": "maybe"}
-    warnings = answer(review_doc(obj)).response["warnings"]
+    warnings = answer(review(obj)).response["warnings"]
     assert any("maybe" in w for w in warnings)
 
 
 def test_the_pods_namespace_comes_from_the_request_then_the_pod_then_default() -> None:
-    reviewed = answer(review_doc())
+    reviewed = answer(review())
     assert (reviewed.request.namespace, reviewed.request.name) == ("demo", "web-7d9f-")
-    obj = pod()
+    obj = replicaset_pod()
     obj["metadata"]["namespace"] = "shop"
-    doc = review_doc(obj)
+    doc = review(obj)
     del doc["request"]["namespace"]
     lookup = Lookup(source={})
     assert admit(orjson.dumps(doc), lookup).request.namespace == "shop"
@@ -469,9 +417,9 @@ def test_the_pods_namespace_comes_from_the_request_then_the_pod_then_default() -
 
 
 def test_a_logged_pod_name_is_cut_to_kubernetes_length() -> None:
-    obj = pod()
+    obj = replicaset_pod()
     obj["metadata"]["generateName"] = "x" * 10_000
-    assert len(answer(review_doc(obj)).request.name) == 253
+    assert len(answer(review(obj)).request.name) == 253
 
 
 def test_the_response_constructors_have_the_wire_shape() -> None:
@@ -489,7 +437,7 @@ def test_the_response_constructors_have_the_wire_shape() -> None:
 
 
 def test_what_a_log_line_says_about_a_request_stays_short_whatever_it_carries() -> None:
-    doc = review_doc(operation="X" * 100_000)
+    doc = review(operation="X" * 100_000)
     doc["request"]["namespace"] = "n" * 100_000
     reviewed = admit(orjson.dumps(doc), Lookup())
     assert len(reviewed.request.operation) <= 16

@@ -10,20 +10,20 @@ gives, ``/mutate/`` the router's redirect, and the app stays a FastAPI app.
 
 from __future__ import annotations
 
-import orjson
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
-from webhook.cluster.namespaces_file import NamespaceInfo, StaticNamespaces
+from tests.builders import enabled_namespace, review_bytes
+from webhook.cluster.namespaces_file import StaticNamespaces
 from webhook.engine.config import InjectorConfig
 from webhook.service.app import create_app
 
 
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    source = StaticNamespaces({"demo": NamespaceInfo("demo", {"sidecar-injection": "enabled"})})
+    source = StaticNamespaces({"demo": enabled_namespace()})
     return TestClient(create_app(config=InjectorConfig(), namespaces=source))
 
 
@@ -43,27 +43,6 @@ def routed(client: TestClient) -> TestClient:
     return TestClient(_ThroughFastAPI(client.app))
 
 
-def _review(uid: str = "u-1") -> bytes:
-    return orjson.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": uid,
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "namespace": "demo",
-                "operation": "CREATE",
-                "object": {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {"name": "web"},
-                    "spec": {"containers": [{"name": "app", "image": "nginx"}]},
-                },
-            },
-        }
-    )
-
-
 def test_the_app_is_still_a_fastapi_app(client: TestClient) -> None:
     assert isinstance(client.app, FastAPI)
 
@@ -71,12 +50,12 @@ def test_the_app_is_still_a_fastapi_app(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("body", "content_type"),
     [
-        (_review(), "application/json"),
-        (_review(), "application/json; charset=utf-8"),
+        (review_bytes(), "application/json"),
+        (review_bytes(), "application/json; charset=utf-8"),
         (b"{not json", "application/json"),
         (b"", "application/json"),
-        (_review(), "text/plain"),
-        (_review(), "application/json; charset=latin-1"),
+        (review_bytes(), "text/plain"),
+        (review_bytes(), "application/json; charset=latin-1"),
     ],
     ids=["injected", "charset", "bad-json", "empty", "not-json", "bad-charset"],
 )
@@ -91,14 +70,14 @@ def test_the_fast_path_answers_exactly_as_the_fastapi_route(
 
 
 def test_a_trailing_slash_is_redirected_to_the_endpoint(client: TestClient) -> None:
-    answer = client.post("/mutate/", content=_review(), follow_redirects=False)
+    answer = client.post("/mutate/", content=review_bytes(), follow_redirects=False)
     assert answer.status_code == 307
     assert answer.headers["location"].endswith("/mutate")
 
 
 def test_an_injected_answer_is_a_json_review_with_its_length(client: TestClient) -> None:
     answer = client.post(
-        "/mutate", content=_review("u-9"), headers={"Content-Type": "application/json"}
+        "/mutate", content=review_bytes(uid="u-9"), headers={"Content-Type": "application/json"}
     )
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "application/json"

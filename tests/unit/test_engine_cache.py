@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import gc
 import tracemalloc
-from types import MappingProxyType
 from typing import Any
 
 import pytest
 
+from tests.builders import enabled_namespace
 from webhook.cluster.namespaces_file import NamespaceInfo
 from webhook.engine import InjectionRefused, inject
 from webhook.engine.config import InjectorConfig, ProxyConfig
@@ -34,22 +34,20 @@ def proxy_of(obj: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def namespace(**labels: str) -> NamespaceInfo:
-    return NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "enabled", **labels}))
-
-
 def test_different_configs_give_different_containers() -> None:
     older = InjectorConfig(proxy=ProxyConfig(version="v1.39.0"))
-    first = inject(POD, namespace=namespace(), config=InjectorConfig())
-    second = inject(POD, namespace=namespace(), config=older)
+    first = inject(POD, namespace=enabled_namespace(), config=InjectorConfig())
+    second = inject(POD, namespace=enabled_namespace(), config=older)
     assert proxy_of(patched(first))["image"].endswith(":v1.40.0")
     assert proxy_of(patched(second))["image"].endswith(":v1.39.0")
 
 
 def test_different_namespace_settings_give_different_containers() -> None:
-    plain = inject(POD, namespace=namespace(), config=InjectorConfig())
+    plain = inject(POD, namespace=enabled_namespace(), config=InjectorConfig())
     tuned = inject(
-        POD, namespace=namespace(**{"sidecar.mesh.io/log-level": "debug"}), config=InjectorConfig()
+        POD,
+        namespace=enabled_namespace(**{"sidecar.mesh.io/log-level": "debug"}),
+        config=InjectorConfig(),
     )
     assert "debug" not in proxy_of(patched(plain))["args"]
     assert "debug" in proxy_of(patched(tuned))["args"]
@@ -64,8 +62,8 @@ def test_pods_with_the_same_settings_share_equal_containers_and_nothing_else() -
     other = copy.deepcopy(POD)
     other["metadata"]["name"] = "api"
     other["spec"]["containers"][0]["name"] = "api"
-    first = inject(POD, namespace=namespace(), config=InjectorConfig())
-    second = inject(other, namespace=namespace(), config=InjectorConfig())
+    first = inject(POD, namespace=enabled_namespace(), config=InjectorConfig())
+    second = inject(other, namespace=enabled_namespace(), config=InjectorConfig())
     first_obj, second_obj = patched(first), patched(second)
     assert proxy_of(first_obj) == proxy_of(second_obj)
     annotations = second_obj["metadata"]["annotations"]
@@ -74,14 +72,14 @@ def test_pods_with_the_same_settings_share_equal_containers_and_nothing_else() -
 
 
 def test_an_invalid_setting_is_refused_every_time_not_only_the_first() -> None:
-    bad = namespace(**{"sidecar.mesh.io/log-level": "loud"})
+    bad = enabled_namespace(**{"sidecar.mesh.io/log-level": "loud"})
     for _ in range(2):
         with pytest.raises(InjectionRefused, match="log-level"):
             inject(POD, namespace=bad, config=InjectorConfig())
 
 
 def test_mutating_a_result_cannot_change_the_next_one() -> None:
-    first = inject(POD, namespace=namespace(), config=InjectorConfig())
+    first = inject(POD, namespace=enabled_namespace(), config=InjectorConfig())
     obj = patched(first)
     pristine = copy.deepcopy(obj)
     # A consumer edits the object it got, deep inside the injected containers ...
@@ -97,13 +95,13 @@ def test_mutating_a_result_cannot_change_the_next_one() -> None:
     with pytest.raises(TypeError, match="read-only"):
         shared[1]["securityContext"]["runAsUser"] = 0
 
-    second = inject(POD, namespace=namespace(), config=InjectorConfig())
+    second = inject(POD, namespace=enabled_namespace(), config=InjectorConfig())
     assert patched(second) == pristine
     assert second.patch == first.patch
 
 
 def test_the_object_is_private_to_whoever_asks_and_copies_are_plain() -> None:
-    result = inject(POD, namespace=namespace(), config=InjectorConfig())
+    result = inject(POD, namespace=enabled_namespace(), config=InjectorConfig())
     obj = patched(result)
     assert obj is not patched(result), "a new object for every caller"
     assert obj == patched(result)
@@ -120,7 +118,7 @@ def test_the_object_is_private_to_whoever_asks_and_copies_are_plain() -> None:
 
 def settings_for(index: int) -> NamespaceInfo:
     """A namespace whose settings differ from every other index's (one cache entry each)."""
-    return namespace(**{"sidecar.mesh.io/exclude-outbound-ports": str(1000 + index)})
+    return enabled_namespace(**{"sidecar.mesh.io/exclude-outbound-ports": str(1000 + index)})
 
 
 @pytest.fixture
@@ -162,8 +160,8 @@ def test_the_cache_is_bounded_in_bytes_and_an_oversized_entry_is_not_kept(
 
 def test_pods_with_the_same_settings_share_the_cached_containers(small_cache: Any) -> None:
     config = InjectorConfig()  # one per process, as serve has
-    first = inject(POD, namespace=namespace(), config=config)
-    second = inject(POD, namespace=namespace(), config=config)
+    first = inject(POD, namespace=enabled_namespace(), config=config)
+    second = inject(POD, namespace=enabled_namespace(), config=config)
     assert small_cache.entries == 1
 
     def values(result: Any) -> list[Any]:

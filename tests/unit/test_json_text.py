@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.profiles import examples
 from webhook.engine.frozen import freeze
 from webhook.engine.json_text import canonical, compact, strict_loads
 from webhook.engine.status import InjectionStatus, StatusError
@@ -31,7 +32,7 @@ documents = st.recursive(
     ),
     max_leaves=30,
 )
-PROPERTY = settings(max_examples=400, deadline=None)
+PROPERTY = settings(max_examples=examples(400), deadline=None)
 
 
 @PROPERTY
@@ -90,7 +91,7 @@ def test_strict_loads_accepts_what_orjson_accepts_and_nothing_else(text: str) ->
     assert _accepts(text) == _orjson_accepts(text)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(st.text(st.sampled_from('[]{}",:019.eE+-\\u dDfFNaIity'), max_size=24))
 def test_strict_loads_agrees_with_orjson_on_json_ish_noise(text: str) -> None:
     assert _accepts(text) == _orjson_accepts(text)

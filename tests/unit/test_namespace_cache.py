@@ -120,12 +120,10 @@ def _debug_log(caplog: pytest.LogCaptureFixture) -> None:
 
 
 @pytest.fixture
-def api() -> Iterator[FakeKubeAPI]:
-    server = FakeKubeAPI().start()
-    server.add("demo", {"sidecar-injection": "enabled"}, {"sidecar.mesh.io/log-level": "debug"})
-    server.add("legacy")
-    yield server
-    server.stop()
+def api(fake_api: FakeKubeAPI) -> FakeKubeAPI:
+    fake_api.add("demo", {"sidecar-injection": "enabled"}, {"sidecar.mesh.io/log-level": "debug"})
+    fake_api.add("legacy")
+    return fake_api
 
 
 @pytest.fixture
@@ -951,13 +949,7 @@ def test_stop_interrupts_a_backoff(
 
 
 def test_a_kubeconfig_selects_the_watch_backed_cache(api: FakeKubeAPI, tmp_path: Path) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
-        f"clusters: [{{name: fake, cluster: {{server: '{api.url}'}}}}]\n"
-        "users: [{name: fake, user: {token: secret}}]\n"
-        "contexts: [{name: fake, context: {cluster: fake, user: fake}}]\n"
-    )
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", token="secret")
     source = namespace_source_from_args(
         namespaces_file=None, kubeconfig=kubeconfig, in_cluster=False
     )

@@ -20,14 +20,11 @@ from typing import Any
 import pytest
 
 from harness.threads import PATIENCE, eventually, waiting_for_a_future
+from tests.builders import namespace
 from webhook.cluster.namespace_cache.fetcher import Fetcher
 from webhook.cluster.namespace_cache.store import NamespaceStore, estimated_bytes
 from webhook.cluster.namespace_cache.throttle import ThrottledLog
 from webhook.contract.namespaces import NamespaceInfo, NamespaceUnavailable
-
-
-def ns(name: str, **labels: str) -> NamespaceInfo:
-    return NamespaceInfo(name, labels)
 
 
 def big(name: str, size: int) -> NamespaceInfo:
@@ -35,7 +32,7 @@ def big(name: str, size: int) -> NamespaceInfo:
     return NamespaceInfo(name, {"padding": "x" * size})
 
 
-ONE = estimated_bytes(ns("team-00"))  # what one small namespace of these tests costs
+ONE = estimated_bytes(namespace("team-00"))  # what one small namespace of these tests costs
 
 
 # --- the store --------------------------------------------------------------------------
@@ -44,7 +41,7 @@ ONE = estimated_bytes(ns("team-00"))  # what one small namespace of these tests 
 def test_the_store_answers_what_was_put_and_forgets_what_was_removed() -> None:
     store = NamespaceStore(max_bytes=100 * ONE)
     assert store.get("demo") is None
-    demo = ns("demo", **{"sidecar-injection": "enabled"})
+    demo = namespace("demo", {"sidecar-injection": "enabled"})
     assert store.put(demo)
     assert store.get("demo") is demo
     assert len(store) == 1
@@ -55,7 +52,11 @@ def test_the_store_answers_what_was_put_and_forgets_what_was_removed() -> None:
 
 def test_the_byte_count_follows_puts_updates_and_removals_exactly() -> None:
     store = NamespaceStore(max_bytes=100 * ONE)
-    small, grown, other = ns("a"), ns("a", team="payments", tier="gold"), ns("b")
+    small, grown, other = (
+        namespace("a"),
+        namespace("a", {"team": "payments", "tier": "gold"}),
+        namespace("b"),
+    )
     store.put(small)
     store.put(other)
     assert store.bytes == estimated_bytes(small) + estimated_bytes(other)
@@ -79,8 +80,8 @@ def test_a_namespace_over_the_entry_bound_is_never_stored() -> None:
 def test_a_full_store_refuses_a_new_namespace_and_lets_a_grown_one_go() -> None:
     store = NamespaceStore(max_bytes=3 * ONE)
     for number in range(3):
-        assert store.put(ns(f"team-{number:02d}"))
-    assert not store.put(ns("team-03"))
+        assert store.put(namespace(f"team-{number:02d}"))
+    assert not store.put(namespace("team-03"))
     assert store.get("team-03") is None
     assert store.bytes <= store.max_bytes
     removals = store.removals
@@ -95,7 +96,7 @@ def test_a_full_store_refuses_a_new_namespace_and_lets_a_grown_one_go() -> None:
 def test_a_listing_keeps_what_fits_and_counts_what_it_left_out() -> None:
     store = NamespaceStore(max_bytes=3 * ONE)
     listing = store.listing()
-    added = [listing.add(ns(f"team-{number:02d}")) for number in range(5)]
+    added = [listing.add(namespace(f"team-{number:02d}")) for number in range(5)]
     assert added == [True, True, True, False, False]
     assert (listing.left_out, listing.first_left_out) == (2, "team-03")
     assert len(store) == 0  # nothing is visible before the swap
@@ -103,15 +104,15 @@ def test_a_listing_keeps_what_fits_and_counts_what_it_left_out() -> None:
 
 def test_replace_swaps_the_whole_contents_in_and_counts_as_a_removal() -> None:
     store = NamespaceStore(max_bytes=100 * ONE)
-    store.put(ns("deleted-while-away"))
-    store.put(ns("kept", old="yes"))
+    store.put(namespace("deleted-while-away"))
+    store.put(namespace("kept", {"old": "yes"}))
     removals = store.removals
     listing = store.listing()
-    listing.add(ns("kept", old="no"))
-    listing.add(ns("new"))
+    listing.add(namespace("kept", {"old": "no"}))
+    listing.add(namespace("new"))
     store.replace(listing)
     assert store.get("deleted-while-away") is None
-    assert store.get("kept") == ns("kept", old="no")
+    assert store.get("kept") == namespace("kept", {"old": "no"})
     assert store.get("new") is not None
     assert store.bytes == listing.bytes
     assert store.removals == removals + 1
@@ -130,7 +131,7 @@ def test_a_fetched_namespace_is_stored_only_if_nothing_was_removed_since_its_get
     removal: str,
 ) -> None:
     store = NamespaceStore(max_bytes=100 * ONE)
-    store.put(ns("other"))
+    store.put(namespace("other"))
     before = store.removals  # read before the GET is sent
     if removal == "the same name":
         store.remove("late")
@@ -138,47 +139,47 @@ def test_a_fetched_namespace_is_stored_only_if_nothing_was_removed_since_its_get
         store.remove("other")
     else:
         store.replace(store.listing())
-    assert not store.put_fetched(ns("late"), removals=before)
+    assert not store.put_fetched(namespace("late"), removals=before)
     assert store.get("late") is None
     # Without a removal in between, the same answer fills the gap.
-    assert store.put_fetched(ns("late"), removals=store.removals)
-    assert store.get("late") == ns("late")
+    assert store.put_fetched(namespace("late"), removals=store.removals)
+    assert store.get("late") == namespace("late")
 
 
 def test_a_fetched_namespace_never_replaces_the_copy_the_watch_holds() -> None:
     store = NamespaceStore(max_bytes=100 * ONE)
     before = store.removals
-    from_the_watch = ns("demo", **{"sidecar-injection": "enabled"})
+    from_the_watch = namespace("demo", {"sidecar-injection": "enabled"})
     store.put(from_the_watch)
-    assert not store.put_fetched(ns("demo"), removals=before)
+    assert not store.put_fetched(namespace("demo"), removals=before)
     assert store.get("demo") is from_the_watch
 
 
 def test_a_fetched_namespace_is_not_stored_past_the_budget() -> None:
     store = NamespaceStore(max_bytes=2 * ONE)
-    store.put(ns("team-00"))
-    store.put(ns("team-01"))
-    assert not store.put_fetched(ns("team-02"), removals=store.removals)
+    store.put(namespace("team-00"))
+    store.put(namespace("team-01"))
+    assert not store.put_fetched(namespace("team-02"), removals=store.removals)
     assert store.get("team-02") is None
 
 
 def test_reading_the_store_takes_no_lock_while_a_writer_holds_it() -> None:
     store = NamespaceStore(max_bytes=100 * ONE)
-    store.put(ns("demo"))
+    store.put(namespace("demo"))
     answers: list[NamespaceInfo | None] = []
     with store._lock:  # a writer in the middle of a write
         reader = threading.Thread(target=lambda: answers.append(store.get("demo")))
         reader.start()
         reader.join(PATIENCE)
         assert not reader.is_alive()
-    assert answers == [ns("demo")]
+    assert answers == [namespace("demo")]
 
 
 def test_synced_at_is_when_the_writer_last_said_the_store_was_current() -> None:
     store = NamespaceStore(max_bytes=100 * ONE)
     assert store.synced_at is None
     store.mark_synced(1000.0)
-    store.put(ns("demo"))  # a write alone says nothing about being in sync
+    store.put(namespace("demo"))  # a write alone says nothing about being in sync
     assert store.synced_at == 1000.0
     store.mark_synced(1042.5)
     assert store.synced_at == 1042.5
@@ -230,7 +231,7 @@ def store() -> NamespaceStore:
 
 @pytest.fixture
 def reads() -> Iterator[Reads]:
-    held = Reads(ns("demo", **{"sidecar-injection": "enabled"}))
+    held = Reads(namespace("demo", {"sidecar-injection": "enabled"}))
     yield held
     held.hold = False
     held.release()
@@ -313,11 +314,11 @@ def test_callers_arriving_while_a_read_is_under_way_share_the_next_one(
     make_fetcher: Any, reads: Reads
 ) -> None:
     fetcher = make_fetcher()
-    reads.namespaces["late"] = ns("late")
+    reads.namespaces["late"] = namespace("late")
     first, first_outcomes = fetch_in_threads(fetcher, "late", 1)
     eventually(lambda: reads.calls == ["late"], what="the first read to start")
     # The label lands now: callers from here on must see it.
-    reads.namespaces["late"] = ns("late", **{"sidecar-injection": "enabled"})
+    reads.namespaces["late"] = namespace("late", {"sidecar-injection": "enabled"})
     later, later_outcomes = fetch_in_threads(fetcher, "late", 5)
     eventually(lambda: all(map(waiting_for_a_future, later)), what="every later caller to wait")
     assert reads.calls == ["late"]  # single flight: nothing more sent yet
@@ -325,8 +326,8 @@ def test_callers_arriving_while_a_read_is_under_way_share_the_next_one(
     eventually(lambda: len(reads.calls) == 2, what="the one read queued for the later callers")
     reads.release()
     join(first + later)
-    assert first_outcomes == [ns("late")]
-    assert later_outcomes == [ns("late", **{"sidecar-injection": "enabled"})] * 5
+    assert first_outcomes == [namespace("late")]
+    assert later_outcomes == [namespace("late", {"sidecar-injection": "enabled"})] * 5
     assert reads.calls == ["late", "late"]
 
 
@@ -334,13 +335,13 @@ def test_callers_of_a_read_not_started_yet_share_it(make_fetcher: Any, reads: Re
     fetcher = make_fetcher(threads=1)
     busy, _ = fetch_in_threads(fetcher, "demo", 1)
     eventually(lambda: reads.calls == ["demo"], what="the only fetch thread to be busy")
-    reads.namespaces["queued"] = ns("queued")
+    reads.namespaces["queued"] = namespace("queued")
     waiting, outcomes = fetch_in_threads(fetcher, "queued", 4)
     eventually(lambda: all(map(waiting_for_a_future, waiting)), what="every caller to wait")
     reads.hold = False
     reads.release()
     join(busy + waiting)
-    assert outcomes == [ns("queued")] * 4
+    assert outcomes == [namespace("queued")] * 4
     assert reads.calls == ["demo", "queued"]
 
 
@@ -368,7 +369,7 @@ def test_a_namespace_removed_while_it_is_read_is_answered_but_not_stored(
     make_fetcher: Any, reads: Reads, store: NamespaceStore, removed_by: str
 ) -> None:
     fetcher = make_fetcher()
-    reads.namespaces["doomed"] = ns("doomed")
+    reads.namespaces["doomed"] = namespace("doomed")
     threads, outcomes = fetch_in_threads(fetcher, "doomed", 1)
     eventually(lambda: reads.calls == ["doomed"], what="the read to have taken the namespace")
     if removed_by == "a DELETED event":
@@ -377,7 +378,7 @@ def test_a_namespace_removed_while_it_is_read_is_answered_but_not_stored(
         store.replace(store.listing())
     reads.release()
     join(threads)
-    assert outcomes == [ns("doomed")]  # what it read
+    assert outcomes == [namespace("doomed")]  # what it read
     assert store.get("doomed") is None  # but the watch said it is gone
 
 
@@ -387,7 +388,7 @@ def test_a_read_does_not_replace_the_copy_the_watch_stored_meanwhile(
     fetcher = make_fetcher()
     threads, _ = fetch_in_threads(fetcher, "demo", 1)
     eventually(lambda: reads.calls == ["demo"], what="the read to start")
-    from_the_watch = ns("demo", **{"sidecar-injection": "disabled"})
+    from_the_watch = namespace("demo", {"sidecar-injection": "disabled"})
     store.put(from_the_watch)
     reads.release()
     join(threads)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.validation import pod_spec, validate_pod_rules
+from tests.profiles import examples
 from webhook.cluster.namespaces_file import NamespaceInfo
 from webhook.engine import (
     InjectionRefused,
@@ -125,7 +126,9 @@ def pod_meta(obj: dict[str, Any], *, create: bool = False) -> dict[str, Any]:
     return node.get("metadata") or {}
 
 
-PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @PROPERTY

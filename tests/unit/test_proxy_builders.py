@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from harness.kubelet import EXAMPLE_POD_FIELDS, container_env, expand_vars
 from tests.builders import proxy_settings
+from tests.profiles import examples
 from webhook.contract import constants
 from webhook.engine.bootstrap import _flow_document as flow_yaml
 from webhook.engine.bootstrap import bootstrap_config, render_bootstrap
@@ -211,7 +212,7 @@ SCALARS = (
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(
     st.recursive(
         SCALARS,

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from types import MappingProxyType
 from typing import Any
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.builders import enabled_namespace, replicaset_pod, review_bytes
 from webhook.cluster.namespaces_file import NamespaceInfo, StaticNamespaces
 from webhook.engine.config import InjectorConfig
 from webhook.service import admission
@@ -27,7 +27,6 @@ from webhook.service.limits import Limits
 
 # The module, not the function the package exports under the same name.
 inject_module = importlib.import_module("webhook.engine.inject")
-ENABLED = MappingProxyType({"sidecar-injection": "enabled"})
 
 
 class RecordingNamespaces(StaticNamespaces):
@@ -38,9 +37,7 @@ class RecordingNamespaces(StaticNamespaces):
     """
 
     def __init__(self) -> None:
-        super().__init__(
-            {"demo": NamespaceInfo("demo", ENABLED), "late": NamespaceInfo("late", ENABLED)}
-        )
+        super().__init__({"demo": enabled_namespace("demo"), "late": enabled_namespace("late")})
         self.on_loop: list[bool] = []
 
     def cached(self, name: str) -> NamespaceInfo | None:
@@ -52,32 +49,14 @@ class RecordingNamespaces(StaticNamespaces):
         return super().cached(name) if name == "demo" else None
 
 
-def review(uid: str, *, namespace: str = "demo", padding: int = 0, **pod_meta: Any) -> bytes:
+def padded_review(uid: str, *, namespace: str = "demo", padding: int = 0, **pod_meta: Any) -> bytes:
     """A pod CREATE; ``padding`` bytes of an unrelated annotation make it big."""
     annotations = dict(pod_meta.pop("annotations", {}))
     if padding:
         annotations["example.com/notes"] = "x" * padding
-    meta: dict[str, Any] = {"generateName": "web-", **pod_meta}
     if annotations:
-        meta["annotations"] = annotations
-    return orjson.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": uid,
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "namespace": namespace,
-                "operation": "CREATE",
-                "object": {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": meta,
-                    "spec": {"containers": [{"name": "app", "image": "nginx"}]},
-                },
-            },
-        }
-    )
+        pod_meta["annotations"] = annotations
+    return review_bytes(replicaset_pod(**pod_meta), uid=uid, namespace=namespace)
 
 
 THRESHOLD = Limits().thread_body_bytes
@@ -101,8 +80,8 @@ def test_a_review_over_the_threshold_is_worked_on_off_the_loop_a_small_one_on_it
     source: RecordingNamespaces,
 ) -> None:
     client = client_with(source)
-    small = review("small")
-    big = review("big", padding=THRESHOLD)
+    small = padded_review("small")
+    big = padded_review("big", padding=THRESHOLD)
     assert len(small) <= THRESHOLD < len(big)
 
     assert post(client, small).status_code == 200
@@ -114,22 +93,22 @@ def test_a_review_over_the_threshold_is_worked_on_off_the_loop_a_small_one_on_it
 
 
 def test_a_review_at_the_threshold_stays_on_the_loop(source: RecordingNamespaces) -> None:
-    body = review("edge", padding=THRESHOLD)
+    body = padded_review("edge", padding=THRESHOLD)
     client = client_with(source, thread_body_bytes=len(body))
     assert post(client, body).status_code == 200
     assert source.on_loop == [True]
 
 
 BODIES = {
-    "injected": review("a"),
-    "big injected": review("b", padding=200_000),
-    "not enabled": review("c", namespace="other"),
-    "fetched namespace": review("d", namespace="late"),
-    "big fetched namespace": review("e", namespace="late", padding=100_000),
-    "opted in, fetched": review(
+    "injected": padded_review("a"),
+    "big injected": padded_review("b", padding=200_000),
+    "not enabled": padded_review("c", namespace="other"),
+    "fetched namespace": padded_review("d", namespace="late"),
+    "big fetched namespace": padded_review("e", namespace="late", padding=100_000),
+    "opted in, fetched": padded_review(
         "f", namespace="other", annotations={"sidecar.mesh.io/inject": "true"}
     ),
-    "refused": review("g", annotations={"sidecar.mesh.io/proxy-cpu-request": "lots"}),
+    "refused": padded_review("g", annotations={"sidecar.mesh.io/proxy-cpu-request": "lots"}),
     "update": orjson.dumps(
         {
             "apiVersion": "admission.k8s.io/v1beta1",
@@ -191,7 +170,9 @@ def test_a_pod_in_a_namespace_not_yet_cached_is_injected_once_not_twice(
             return NamespaceInfo(name)
 
     lookup = Lookup()
-    body = review("opt-in", namespace="fresh", annotations={"sidecar.mesh.io/inject": "true"})
+    body = padded_review(
+        "opt-in", namespace="fresh", annotations={"sidecar.mesh.io/inject": "true"}
+    )
     reviewed = asyncio.run(admission.admit(body, namespaces=lookup, config=InjectorConfig()))
     assert reviewed.code == "pod-opted-in"
     assert "patch" in reviewed.response

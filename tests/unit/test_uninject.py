@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-from types import MappingProxyType
 from typing import Any
 
 import orjson
 import pytest
 
+from tests.builders import enabled_namespace, pod
 from webhook import __version__
-from webhook.cluster.namespaces_file import NamespaceInfo
 from webhook.engine import (
     InjectionRefused,
     InjectionStatus,
@@ -25,16 +24,7 @@ from webhook.manifests.patched import patched
 STATUS = "sidecar.mesh.io/status"
 DEFAULT = "kubectl.kubernetes.io/default-container"
 CONFIG = InjectorConfig()
-NAMESPACE = NamespaceInfo("demo", MappingProxyType({"sidecar-injection": "enabled"}))
-
-
-def pod(**meta: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "web", **meta},
-        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
-    }
+NAMESPACE = enabled_namespace()
 
 
 def status_of(obj: dict[str, Any]) -> dict[str, Any]:
