@@ -31,8 +31,10 @@ constraints:
 # The tiers (tests/conftest.py, README.md "Tests"): tests/unit runs in-process only,
 # tests/process starts real processes, tests/e2e runs the control plane, network
 # namespaces and the real node. test-fast is the unit tier, the loop to run
-# after every change; test is everything, the unit and process tiers spread
-# over $(TEST_WORKERS) processes (pytest-xdist), then the e2e tier on its own.
+# after every change; test is everything. Both spread the tests over
+# $(TEST_WORKERS) processes (pytest-xdist; TEST_WORKERS=0 runs them in this
+# one): a file is a unit of work, every user of the shared control plane
+# goes to one worker, and the longest e2e work starts first (tests/tiers.py).
 # HYPOTHESIS_PROFILE=ci (what .ci/run sets) runs the properties in full.
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest
@@ -41,8 +43,7 @@ test-fast: install
 	$(PYTEST) -q tests/unit -n $(TEST_WORKERS)
 
 test: install
-	$(PYTEST) -q tests/unit tests/process tests/test_check.py -n $(TEST_WORKERS) --dist loadfile
-	$(PYTEST) -q tests/e2e
+	$(PYTEST) -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: install
 	$(BIN)/ruff check webhook tests scripts bench harness

@@ -126,21 +126,42 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{tier}: {what}")
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its folder's tier, and run the tiers fastest first.
+    """Mark each test with its folder's tier, group it for pytest-xdist, and order the run.
 
-    Unit tests first: a broken build fails in seconds. E2E tests last: the
-    session's shared fixtures (the control plane) are torn down in the last
-    test's teardown, which must not be a guarded unit test's.
+    A file is one unit of work for ``--dist loadgroup`` (so its module-scoped
+    fixtures start once) unless a tier's conftest grouped it already (the
+    e2e tier puts every user of the shared control plane in one group).
+
+    A serial run goes unit, process, e2e: a broken build fails in seconds,
+    and the session's shared fixtures (the control plane) are torn down in
+    the last test's teardown, which is then not a guarded unit test's. Under
+    xdist the longest work goes first (the node, then the control plane's
+    group, then the rest of e2e), so no worker is left with it at the end.
     """
-    order = {tier: index for index, tier in enumerate(TIERS)}
+    parallel = hasattr(config, "workerinput")
     tiers = {}
     for item in items:
         tier = tier_of(item.path, config.rootpath)
-        tiers[item.nodeid] = order.get(tier or "", len(TIERS))
         if tier is not None:
             item.add_marker(getattr(pytest.mark, tier))
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(
+                pytest.mark.xdist_group(item.path.relative_to(config.rootpath).as_posix())
+            )
+        tiers[item.nodeid] = _rank(item, tier, parallel=parallel)
     items.sort(key=lambda item: tiers[item.nodeid])
+
+
+def _rank(item: pytest.Item, tier: str | None, *, parallel: bool) -> int:
+    if not parallel:
+        return TIERS.index(tier) if tier in TIERS else len(TIERS)
+    if item.get_closest_marker("node") is not None:
+        return 0
+    if item.get_closest_marker("cluster") is not None:
+        return 1
+    return {"e2e": 2, "process": 3, "unit": 5}.get(tier or "", 4)
 
 
 def _guarded(item: pytest.Item) -> Generator[None, object, object]:

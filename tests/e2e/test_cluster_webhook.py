@@ -711,7 +711,7 @@ def test_a_later_webhook_adding_a_container_leaves_exactly_one_injection(
     assert after.decided("already-injected") == before.decided("already-injected")
 
 
-# --- never unmeshed by accident (issue 11) --------------------------------------------------
+# --- never unmeshed by accident ----------------------------------------------------------
 
 
 def _deployment(name: str, namespace: str) -> Object:

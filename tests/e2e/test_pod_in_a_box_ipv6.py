@@ -1,4 +1,4 @@
-"""Issue 12 in pod-in-a-box: per-family CIDR settings, and nodes where IPv6 is off.
+"""Pod-in-a-box with IPv6 in play: per-family CIDR settings, and nodes where IPv6 is off.
 
 The interception test itself runs over IPv4 and IPv6 in test_pod_in_a_box.py
 (IPv4, dual-stack both ways, IPv6-only). Here:

@@ -1,4 +1,4 @@
-"""Issue 16: a real xDS control plane drives an injected proxy over ADS (pod-in-a-box).
+"""A real xDS control plane drives an injected proxy over ADS (pod-in-a-box).
 
 The control plane is ``xds-testserver`` (go-control-plane's ADS server over
 its snapshot cache, tests/e2e/xds/), on the host end of the box's veth where

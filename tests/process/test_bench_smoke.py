@@ -69,25 +69,6 @@ def test_sections_not_selected_say_so(report: str) -> None:
         assert "Skipped in this run: not selected (--only)." in _section(report, heading)
 
 
-# A control plane starts in ~15 s on a quiet machine, in minutes on a loaded one.
-@pytest.mark.timeout(900)
-def test_the_end_to_end_section_runs_against_a_real_control_plane(tmp_path: Path) -> None:
-    reason = cluster.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    text = _bench(tmp_path, "--only", "cluster", timeout=850)
-    section = _section(text, "## Pod creation end to end")
-    for case in (
-        "plain pod, no webhook call",
-        "injected pod created directly",
-        "through the webhook",
-    ):
-        assert case in section, section
-    assert "meshed:after / direct:after" in section
-    goals = _section(text, "## Goals")
-    assert "meshed pod creation vs creating the injected pod directly" in goals
-
-
 def _report_of_node_section(tmp_path: Path) -> str:
     assert run.main(["--quick", "--only", "node", "--out", str(tmp_path)]) == 0
     return _section((tmp_path / "BENCHMARKS.md").read_text(), "## Pod start-up on a node")

@@ -19,7 +19,7 @@ import pytest
 
 CLI = str(Path(sys.executable).parent / "sidecar-injector")
 ENABLE = ["--label", "sidecar-injection=enabled"]
-# Far above what inject needs (about 60 MiB), far below what the bomb would take.
+# Far above what inject needs (docs/testing.md), far below what the bomb would take.
 ADDRESS_SPACE_LIMIT = 1536 * 1024 * 1024
 PEAK_RSS_LIMIT_KIB = 200 * 1024
 

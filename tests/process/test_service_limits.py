@@ -141,7 +141,7 @@ def client(server: Server) -> WebhookClient:
 def test_70_stalled_7mb_uploads_and_20_stalled_heads_stay_under_400_mib_and_others_are_served(
     tmp_path: Path,
 ) -> None:
-    """The attack from issue 10: before the budget, RSS reached ~595 MiB and nothing was closed.
+    """Stalled uploads and heads cost their reservation, never unbounded memory (docs/testing.md).
 
     Each upload announces 7 MB (under the 7 MiB cap) and sends 6.5 MB. The
     server reserves bodies against its budget, so most are refused at their
@@ -403,7 +403,7 @@ def test_a_malformed_namespace_is_a_400_on_preview_and_mutate(
 def test_a_review_of_7_mib_of_empty_lists_is_refused_before_it_is_parsed(
     server: Server, client: WebhookClient
 ) -> None:
-    """Parsed, this body would be ~170 MB of list objects and take the event loop for seconds."""
+    """Parsed, this body would be far bigger as list objects and hold the event loop (docs/testing.md)."""
     body = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":' + b"[[]"
     body += b",[]" * ((7 * 1024 * 1024 - len(body) - 10) // 3) + b"]}"
     response = client.post("/mutate", body)
@@ -431,7 +431,7 @@ BIG_PREVIEWS = {
 def test_a_big_yaml_preview_is_answered_within_the_memory_bound(
     server: Server, client: WebhookClient, shape: str
 ) -> None:
-    """Issue 10: a 5 MB YAML body took 23 s and 420 MiB (7 MiB: 68 s and 735 MiB)."""
+    """Big YAML previews stay within the memory bound (what they cost unbounded: docs/testing.md)."""
     body = BIG_PREVIEWS[shape]().encode()
     response = client.post(
         "/preview", body, content_type="application/yaml", params={"namespace": "demo"}
@@ -499,7 +499,7 @@ MAX_PREVIEW_OBJECTS = Limits().max_preview_objects
 def test_a_preview_of_as_many_pods_as_allowed_with_the_longest_settings_stays_a_few_mib(
     server: Server, client: WebhookClient, output: str
 ) -> None:
-    """Issue 10: 3,638 minimal pods (340 KB) made a 67 MB answer and a 479 MiB process.
+    """Minimal pods within the input caps once made an answer far over them (docs/testing.md).
 
     The input was within its caps, the output was not: each pod gains a
     sidecar. The cap on objects bounds the answer to a few MiB.

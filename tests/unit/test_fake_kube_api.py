@@ -77,7 +77,8 @@ def test_a_held_answer_comes_only_after_the_release(fake_api: FakeKubeAPI) -> No
     caller = threading.Thread(target=lambda: answers.append(get_json(fake_api, "/version")))
     caller.start()
     fake_api.wait_for_calls("/version", 1)
-    assert caller.is_alive() and answers == []
+    assert caller.is_alive()
+    assert answers == []
     fake_api.release()
     caller.join(30)
     assert answers == [(200, {"gitVersion": "late"})]

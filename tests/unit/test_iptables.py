@@ -135,7 +135,7 @@ def test_long_lists_are_split_into_rules_of_15_ports_and_16_cidrs() -> None:
 
 
 def test_the_default_init_container_is_compact() -> None:
-    # Issue 17 wants the default injected pod under 6 KB; mesh-init's share stays small.
+    # The default injected pod should stay under 6 KB; mesh-init's share stays small.
     container = mesh_init_container(proxy_settings(), CONFIG)
     assert len(orjson.dumps(container)) < 1536
     script = container["command"][2]

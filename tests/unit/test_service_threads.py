@@ -1,7 +1,7 @@
 """Big reviews are worked on in a worker thread, small ones on the event loop; same answers.
 
 The engine walks every annotation and container in Python; on the event loop
-a 2 MB review held up every other admission for its 130-180 ms. Over
+a review of a few MB held up every other admission (docs/testing.md). Over
 ``Limits.thread_body_bytes`` the review is decoded, injected and encoded in
 a worker thread instead, so the loop keeps its turns. Nothing a client sees
 may depend on where it ran. No wall time is measured here: where the work

@@ -194,7 +194,7 @@ def test_unknown_keys_under_the_prefix_are_warnings_not_refusals() -> None:
     )
 
 
-# --- issue 10: hostile values are refused cheaply, with short messages -------------------
+# --- hostile values are refused cheaply, with short messages ----------------------------
 
 
 @pytest.mark.parametrize(
@@ -321,7 +321,7 @@ def test_cidr_lists_have_a_maximum_length(key: str) -> None:
 def test_an_oversized_value_is_refused_before_it_is_parsed_or_cached(key: str, limit: int) -> None:
     # A control character first: were the value parsed, that would be the
     # complaint. The length is what is reported, so it was checked first.
-    huge = "\x00" + "10.0.0.0/8," * 290_000  # 3.2 MB, the kind of list issue 10 saw
+    huge = "\x00" + "10.0.0.0/8," * 290_000  # 3.2 MB: a list the size of a hostile annotation
     entries = SETTINGS_CACHE.entries
     with pytest.raises(SettingsError) as caught:
         resolve(ns_annotations={P + key: huge})
@@ -512,7 +512,7 @@ def test_bounded_cache_evicts_least_recently_used_by_entries_and_bytes() -> None
     assert cache.bytes == 90
 
 
-# --- issue 11: include-outbound-cidrs warnings per family ---------------------------------
+# --- include-outbound-cidrs warnings per family -----------------------------------------
 
 
 @pytest.mark.parametrize(
