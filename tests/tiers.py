@@ -126,13 +126,18 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{tier}: {what}")
 
 
-@pytest.hookimpl(trylast=True)
+# The e2e tier's session-scoped control plane (tests/e2e/conftest.py).
+SHARED_FIXTURES = frozenset({"control_plane", "control_plane_bin_dir"})
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test with its folder's tier, group it for pytest-xdist, and order the run.
 
+    First of all hooks, so that ``-m unit`` and xdist's groups see the marks.
     A file is one unit of work for ``--dist loadgroup`` (so its module-scoped
-    fixtures start once) unless a tier's conftest grouped it already (the
-    e2e tier puts every user of the shared control plane in one group).
+    fixtures start once); every file with a test that uses the session's
+    control plane joins one group, so one worker starts one control plane.
 
     A serial run goes unit, process, e2e: a broken build fails in seconds,
     and the session's shared fixtures (the control plane) are torn down in
@@ -152,6 +157,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             )
         tiers[item.nodeid] = _rank(item, tier, parallel=parallel)
     items.sort(key=lambda item: tiers[item.nodeid])
+
+
+def _relative(path: Path, config: pytest.Config) -> str:
+    try:
+        return path.relative_to(config.rootpath).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def _rank(item: pytest.Item, tier: str | None, *, parallel: bool) -> int:

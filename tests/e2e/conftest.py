@@ -24,20 +24,14 @@ _FIXTURES = {"control_plane", "control_plane_bin_dir"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep the control plane's users on one xdist worker; give a cold build time to finish.
+    """Give the test that will trigger a cold build time to finish it.
 
-    Timeouts: only when the binaries are not cached yet, and only for tests that use
+    (Which xdist worker runs the control plane's users: tests/tiers.py.) Only when the binaries are not cached yet, and only for tests that use
     the fixtures below; everything else keeps its usual timeout. The real
     node's tests (marker ``node``) build their own binaries and images; the
     first of them gets the long timeout when any of those is not cached.
     """
     users = [i for i in items if _FIXTURES & set(getattr(i, "fixturenames", ()))]
-    # One worker runs every file that uses the session's control plane, so
-    # pytest-xdist starts one control plane, not one per worker.
-    sharing = {item.path for item in users}
-    for item in items:
-        if item.path in sharing:
-            item.add_marker(pytest.mark.xdist_group("control-plane"))
     if users and cached_bin_dir() is None:
         for item in users:
             item.add_marker(pytest.mark.timeout(_COLD_BUILD_TIMEOUT), append=False)

@@ -72,7 +72,6 @@ def test_a_pod_create_is_answered_with_a_patch_that_applies_to_a_valid_pod(
     client: WebhookClient, api_version: str
 ) -> None:
     obj = replicaset_pod()
-    del obj["metadata"]["name"]
     answer = mutate(client, review(obj, api_version=api_version, uid=f"uid-{api_version}"))
     assert answer["apiVersion"] == api_version
     assert answer["kind"] == "AdmissionReview"
