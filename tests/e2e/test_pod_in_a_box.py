@@ -20,10 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.hostside import HostServer, connect_from_host, http_get
 from tests.e2e.podbox import (
-    HostServer,
-    connect_from_host,
-    http_get,
     leftovers,
     missing_requirement,
     pod_box,

@@ -31,10 +31,9 @@ import pytest
 import yaml
 
 from harness import no_ipv6
+from tests.e2e.hostside import HostServer, connect_from_host
 from tests.e2e.podbox import (
     Box,
-    HostServer,
-    connect_from_host,
     leftovers,
     missing_requirement,
     pod_box,

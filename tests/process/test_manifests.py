@@ -26,11 +26,10 @@ import pytest
 import yaml
 from cryptography import x509
 
-from tests.builders import REPO
+from tests.builders import REPO as ROOT
 from webhook import __version__
 from webhook.manifests.config_file import load_config, parse_config
 
-ROOT = REPO
 MANIFESTS = ROOT / "manifests"
 OVERLAY = MANIFESTS / "cert-manager"
 SCRIPT = ROOT / "scripts" / "render_install.py"
