@@ -33,8 +33,9 @@ constraints:
 # namespaces and the real node. test-fast is the unit tier, the loop to run
 # after every change; test is everything. Both spread the tests over
 # $(TEST_WORKERS) processes (pytest-xdist; TEST_WORKERS=0 runs them in this
-# one): a file is a unit of work, every user of the shared control plane
-# goes to one worker, and the longest e2e work starts first (tests/tiers.py).
+# one). In test a file is a unit of work, so its module fixtures start once
+# (--dist loadgroup would not group: xdist 3.8 cannot rename pytest 9's node
+# ids), taken in the order tests/tiers.py gives, the longest e2e work first.
 # HYPOTHESIS_PROFILE=ci (what .ci/run sets) runs the properties in full.
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest
@@ -43,7 +44,7 @@ test-fast: install
 	$(PYTEST) -q tests/unit -n $(TEST_WORKERS)
 
 test: install
-	$(PYTEST) -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PYTEST) -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check webhook tests scripts bench harness

@@ -126,44 +126,26 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{tier}: {what}")
 
 
-# The e2e tier's session-scoped control plane (tests/e2e/conftest.py).
-SHARED_FIXTURES = frozenset({"control_plane", "control_plane_bin_dir"})
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its folder's tier, group it for pytest-xdist, and order the run.
+    """Mark each test with its folder's tier, and order the run.
 
-    First of all hooks, so that ``-m unit`` and xdist's groups see the marks.
-    A file is one unit of work for ``--dist loadgroup`` (so its module-scoped
-    fixtures start once); every file with a test that uses the session's
-    control plane joins one group, so one worker starts one control plane.
-
-    A serial run goes unit, process, e2e: a broken build fails in seconds,
-    and the session's shared fixtures (the control plane) are torn down in
-    the last test's teardown, which is then not a guarded unit test's. Under
-    xdist the longest work goes first (the node, then the control plane's
-    group, then the rest of e2e), so no worker is left with it at the end.
+    First of all hooks, so that ``-m unit`` sees the marks. A serial run goes
+    unit, process, e2e: a broken build fails in seconds. Under pytest-xdist
+    (``--dist loadfile --no-loadscope-reorder``, a file per unit of work in
+    this order) the longest work goes first: the node, then the files that
+    use the control plane, then the rest of e2e, so no worker is left with
+    them at the end, and the worker that is busy with the node leaves the
+    control plane's files to the other, which then starts one control plane.
     """
     parallel = hasattr(config, "workerinput")
-    tiers = {}
+    ranks = {}
     for item in items:
         tier = tier_of(item.path, config.rootpath)
         if tier is not None:
             item.add_marker(getattr(pytest.mark, tier))
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(
-                pytest.mark.xdist_group(item.path.relative_to(config.rootpath).as_posix())
-            )
-        tiers[item.nodeid] = _rank(item, tier, parallel=parallel)
-    items.sort(key=lambda item: tiers[item.nodeid])
-
-
-def _relative(path: Path, config: pytest.Config) -> str:
-    try:
-        return path.relative_to(config.rootpath).as_posix()
-    except ValueError:
-        return path.as_posix()
+        ranks[item.nodeid] = _rank(item, tier, parallel=parallel)
+    items.sort(key=lambda item: ranks[item.nodeid])
 
 
 def _rank(item: pytest.Item, tier: str | None, *, parallel: bool) -> int:
@@ -200,5 +182,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
+def pytest_runtest_teardown(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    if nextitem is None:
+        # The session's own fixtures (another tier's, e.g. the control plane)
+        # end in the last test's teardown; they are not the unit test's doing.
+        return (yield)
     return (yield from _guarded(item))

@@ -26,7 +26,7 @@ _FIXTURES = {"control_plane", "control_plane_bin_dir"}
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Give the test that will trigger a cold build time to finish it.
 
-    (Which xdist worker runs the control plane's users: tests/tiers.py.) Only when the binaries are not cached yet, and only for tests that use
+    Only when the binaries are not cached yet, and only for tests that use
     the fixtures below; everything else keeps its usual timeout. The real
     node's tests (marker ``node``) build their own binaries and images; the
     first of them gets the long timeout when any of those is not cached.
