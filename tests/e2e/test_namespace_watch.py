@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.e2e.cluster import ControlPlane
+from harness.kube.control_plane import ControlPlane
 from webhook.cluster.namespace_cache import KubeNamespaceCache, NamespaceCacheOptions
 
 pytestmark = pytest.mark.cluster
