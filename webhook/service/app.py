@@ -38,6 +38,7 @@ from webhook.service.limits import Limits
 from webhook.service.metrics import Metrics
 from webhook.service.mutate import Mutate
 from webhook.service.namespace_lookup import SourceLookup
+from webhook.service.preview_access import PreviewAccess
 from webhook.service.state import AppState, TLSState
 
 # The app's type for other modules, so that this stays the only fastapi import.
@@ -112,6 +113,7 @@ def create_app(
     tls: TLSState | None = None,
     metrics: Metrics | None = None,
     limits: Limits | None = None,
+    preview_access: PreviewAccess | None = None,
 ) -> FastAPI:
     """Build the app. The lifespan starts the namespace source and stops it on shutdown.
 
@@ -119,6 +121,8 @@ def create_app(
     the app is served some other way (e.g. in-process tests) and TLS is not
     part of readiness. ``metrics`` is shared with the server (read timeouts).
     ``limits`` (``webhook.service.limits.Limits``) bound what requests cost.
+    ``preview_access`` decides who may preview (``webhook.service.preview_access``);
+    ``None`` leaves ``/preview`` open, as it is with a namespaces file or no source.
     """
     metrics = metrics if metrics is not None else Metrics()
     limits = limits if limits is not None else Limits()
@@ -137,6 +141,7 @@ def create_app(
         lookup=SourceLookup(namespaces, metrics),
         preview_slots=anyio.Semaphore(limits.previews_at_once),
         review_threads=anyio.CapacityLimiter(limits.review_threads),
+        preview_access=preview_access,
     )
 
     @asynccontextmanager
@@ -152,6 +157,8 @@ def create_app(
                 tasks.cancel_scope.cancel()
         finally:
             service.started = False
+            if preview_access is not None:
+                preview_access.close()
             await anyio.to_thread.run_sync(namespaces.stop)
 
     mutate = Mutate(service)

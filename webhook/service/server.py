@@ -68,6 +68,7 @@ from webhook.service.h11_deadlines import (
     deadline_protocol,
 )
 from webhook.service.metrics import Metrics
+from webhook.service.preview_access import ClusterAccess, PreviewAccess
 from webhook.service.tls import ReloadingTLS, TLSError, uvicorn_config_with_tls
 
 log = logging.getLogger("webhook.server")
@@ -306,13 +307,45 @@ def _namespace_source(settings: ServeSettings) -> namespaces.NamespaceSource:
     return source
 
 
+def _preview_access(
+    settings: ServeSettings, source: namespaces.NamespaceSource
+) -> PreviewAccess | None:
+    """Who may preview: open with a file or no source; else callers the API server vouches for.
+
+    Decided by the source chosen, not by the flags again, so that no source
+    that reads the cluster can ever go with an open ``/preview``.
+    """
+    if isinstance(source, namespaces.StaticNamespaces):  # a file, or nothing
+        log.info("preview: open to every client (%s)", source.describe())
+        return None
+    # Imported here for the reason namespace_source_from_args gives.
+    from webhook.cluster.access import KubeAccessReviewer  # noqa: PLC0415
+    from webhook.cluster.kube import ConfigurationError  # noqa: PLC0415
+
+    try:
+        reviewer = KubeAccessReviewer.from_environment(settings.kubeconfig)
+    except ConfigurationError as err:
+        raise ServeError(str(err)) from None
+    log.info(
+        "preview: callers need a bearer token (TokenReview) and get on the namespaces"
+        " they preview (SubjectAccessReview), asked of %s",
+        reviewer.host,
+    )
+    return ClusterAccess(reviewer)
+
+
 def _build_app(settings: ServeSettings, tls: ReloadingTLS, metrics: Metrics) -> App:
     try:
         config = load_config(settings.config)
     except ConfigError as err:
         raise ServeError(str(err)) from None
+    source = _namespace_source(settings)
     return create_app(
-        config=config, namespaces=_namespace_source(settings), tls=tls, metrics=metrics
+        config=config,
+        namespaces=source,
+        tls=tls,
+        metrics=metrics,
+        preview_access=_preview_access(settings, source),
     )
 
 

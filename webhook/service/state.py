@@ -16,6 +16,7 @@ from webhook.service.body import BodyBudget
 from webhook.service.limits import Limits
 from webhook.service.metrics import Metrics
 from webhook.service.namespace_lookup import SourceLookup
+from webhook.service.preview_access import PreviewAccess
 
 T = TypeVar("T")
 
@@ -42,6 +43,8 @@ class AppState:
     lookup: SourceLookup
     preview_slots: anyio.Semaphore
     review_threads: anyio.CapacityLimiter
+    # Who may preview; None: anyone (no cluster namespaces to protect).
+    preview_access: PreviewAccess | None = None
     started: bool = False
 
     async def in_thread(self, func: Callable[[], T], /) -> T:
