@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -69,6 +70,28 @@ def trickle(*, interval: float = 0.05) -> Handler:
 
     def answer(request: Request, path: str, query: dict[str, str]) -> None:
         request.trickle(interval=interval)
+
+    return answer
+
+
+def endless_chunks(*, interval: float = 0.05, chunk: bytes = b" ") -> Handler:
+    """A 200 whose chunked body never ends: ``chunk`` every ``interval`` until released.
+
+    No Content-Length to refuse it by: a client learns it is too big, or too
+    late, only while reading (``interval=0`` floods, a small one trickles).
+    """
+
+    def answer(request: Request, path: str, query: dict[str, str]) -> None:
+        request.start_chunked(200)
+        deadline = time.monotonic() + MAX_HOLD_SECONDS
+        with contextlib.suppress(OSError):
+            request.chunk(b"{")
+            while time.monotonic() < deadline and not request.api.released.is_set():
+                request.chunk(chunk)
+                if interval:
+                    request.api.released.wait(interval)
+        # The body never ended properly: the connection cannot carry another answer.
+        request.close_connection = True
 
     return answer
 

@@ -146,7 +146,7 @@ def bearer_token(scope: Scope) -> str:
     if not values:
         raise unauthorized(f"this preview reads the cluster's namespaces: {_HOW}")
     if len(values) > 1:
-        raise unauthorized("more than one Authorization header")
+        raise unauthorized(f"more than one Authorization header: {_HOW}")
     match = _BEARER.fullmatch(values[0])
     if match is None:
         raise unauthorized(f"the Authorization header is not a bearer token: {_HOW}")
