@@ -21,6 +21,7 @@ import pytest
 from tests.unit.access_fakes import ALICE, FakeReviewer, scope
 from webhook.service.answers import HTTPError, error_answer
 from webhook.service.preview_access import (
+    MAX_AUTHORIZATION_BYTES,
     AccessOptions,
     Caller,
     ClusterAccess,
@@ -89,6 +90,19 @@ def test_a_missing_or_malformed_header_is_a_401_that_never_quotes_it(
     assert "c2VjcmV0" not in str(err)
     assert err.headers["WWW-Authenticate"].startswith("Bearer")
     assert err.close  # answered before the body: the connection is not drained
+
+
+def test_an_authorization_header_past_the_header_limit_is_a_431_and_never_reviewed() -> None:
+    reviewer = FakeReviewer(users={"x" * MAX_AUTHORIZATION_BYTES: ALICE})
+    gate = access(reviewer)
+    at_limit = "x" * (MAX_AUTHORIZATION_BYTES - len("Bearer "))
+    with pytest.raises(HTTPError) as caught:
+        run(lambda: gate.authenticate(scope(at_limit)))
+    assert caught.value.status == 401  # reviewed, not accepted
+    err = refusal(lambda: gate.authenticate(scope(at_limit + "x")))
+    assert (err.status, err.outcome) == (431, "headers_too_large")
+    assert str(err) == f"the Authorization header is over {MAX_AUTHORIZATION_BYTES} bytes"
+    assert reviewer.token_reviews == [at_limit]
 
 
 def test_a_401_is_a_one_line_json_error_with_the_bearer_challenge() -> None:

@@ -54,6 +54,11 @@ MiB: Final = 1024 * KiB
 # RFC 6750's "Bearer" scheme; the token itself may be any visible ASCII
 # (service account JWTs, static tokens, OIDC tokens all are).
 _BEARER: Final = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e]+) *")
+# The contract's bound on a request's whole header block (431 past it). A
+# token is at most that; real ones are a few KiB at most (a service
+# account's JWT about one), and a bigger one is refused before it is sent
+# to the API server in a review.
+MAX_AUTHORIZATION_BYTES: Final = 16 * KiB
 _CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="sidecar-injector"'}
 _HOW: Final = "send Authorization: Bearer TOKEN, e.g. TOKEN=$(kubectl create token NAME)"
 
@@ -138,7 +143,8 @@ def unauthorized(message: str) -> HTTPError:
 
 
 def bearer_token(scope: Scope) -> str:
-    """The request's bearer token; 401 when there is none, or more than one, or it is malformed.
+    """The request's bearer token; 401 when there is none, or more than one, or it is malformed,
+    431 when it is longer than the header limit allows.
 
     No message quotes the header: it is a credential even when malformed.
     """
@@ -147,6 +153,13 @@ def bearer_token(scope: Scope) -> str:
         raise unauthorized(f"this preview reads the cluster's namespaces: {_HOW}")
     if len(values) > 1:
         raise unauthorized(f"more than one Authorization header: {_HOW}")
+    if len(values[0]) > MAX_AUTHORIZATION_BYTES:
+        raise HTTPError(
+            431,
+            "headers_too_large",
+            f"the Authorization header is over {MAX_AUTHORIZATION_BYTES} bytes",
+            close=True,
+        )
     match = _BEARER.fullmatch(values[0])
     if match is None:
         raise unauthorized(f"the Authorization header is not a bearer token: {_HOW}")
