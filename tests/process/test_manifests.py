@@ -41,7 +41,14 @@ VENV_BIN = Path(sys.executable).parent
 # 1.27/1.31) and the newest schema kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.33", kubernetes_validate.utils.latest_version())
 EXCLUDED = {"kube-system", "kube-public", "kube-node-lease", "mesh-system"}
-BUILT_IN_GROUPS = ("v1", "apps/", "policy/", "rbac.authorization.k8s.io/", "admissionregistration")
+BUILT_IN_GROUPS = (
+    "v1",
+    "apps/",
+    "policy/",
+    "rbac.authorization.k8s.io/",
+    "admissionregistration",
+    "networking.k8s.io/",
+)
 
 Object = dict[str, Any]
 
@@ -128,9 +135,11 @@ def test_kubectl_kustomize_renders_every_object_of_the_base(base: list[Object]) 
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "ClusterRoleBinding",
             "ConfigMap",
             "Deployment",
             "Service",
+            "NetworkPolicy",
             "PodDisruptionBudget",
             "MutatingWebhookConfiguration",
         ]
@@ -415,6 +424,16 @@ def test_the_disruption_budget_keeps_one_replica_of_the_injector(base: list[Obje
 # --- RBAC ----------------------------------------------------------------------------
 
 
+def _binding_to(objects: Sequence[Object], role: str) -> Object:
+    (found,) = [
+        obj
+        for obj in _all(objects, "ClusterRoleBinding")
+        if obj["roleRef"]
+        == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}
+    ]
+    return found
+
+
 def test_rbac_grants_exactly_get_list_watch_on_namespaces_to_the_injector(
     base: list[Object],
 ) -> None:
@@ -424,16 +443,55 @@ def test_rbac_grants_exactly_get_list_watch_on_namespaces_to_the_injector(
     ]
     assert not _all(base, "Role")
     assert not _all(base, "RoleBinding")
-    binding = _one(base, "ClusterRoleBinding")
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "ClusterRole",
-        "name": role["metadata"]["name"],
-    }
+    binding = _binding_to(base, role["metadata"]["name"])
     account = _one(base, "ServiceAccount")["metadata"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
     ]
+
+
+def test_the_injector_may_review_tokens_and_access_for_preview_and_nothing_more(
+    base: list[Object],
+) -> None:
+    # system:auth-delegator is built in: create on tokenreviews and
+    # subjectaccessreviews, which /preview asks the API server in a cluster.
+    delegator = _binding_to(base, "system:auth-delegator")
+    account = _one(base, "ServiceAccount")["metadata"]
+    assert delegator["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
+    roles = {obj["roleRef"]["name"] for obj in _all(base, "ClusterRoleBinding")}
+    assert roles == {_one(base, "ClusterRole")["metadata"]["name"], "system:auth-delegator"}
+
+
+# --- the NetworkPolicy ---------------------------------------------------------------
+
+
+def test_the_network_policy_admits_ingress_to_the_injector_on_its_serving_ports_only(
+    base: list[Object],
+) -> None:
+    policy = _one(base, "NetworkPolicy")["spec"]
+    pod_labels = _one(base, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert _selects(policy["podSelector"], pod_labels)
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    # From anywhere (the apiserver's address depends on the cluster), to the
+    # container's named ports and no other: the webhook's and /metrics', one port.
+    assert "from" not in rule
+    container_ports = {p["name"]: p["containerPort"] for p in _container(base)["ports"]}
+    assert container_ports == {"https": 8443}
+    assert rule["ports"] == [{"protocol": "TCP", "port": name} for name in container_ports]
+    # What must get through does: the webhooks' Service port and the probes.
+    (service_port,) = _one(base, "Service")["spec"]["ports"]
+    assert service_port["targetPort"] in container_ports
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert _container(base)[probe]["httpGet"]["port"] in container_ports
+
+
+def test_the_network_policy_selects_no_other_pods_of_the_namespace(base: list[Object]) -> None:
+    policy = _one(base, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == _one(base, "Deployment")["metadata"]["namespace"]
+    assert not _selects(policy["spec"]["podSelector"], {"app.kubernetes.io/name": "other"})
 
 
 # --- the webhooks --------------------------------------------------------------------
