@@ -119,8 +119,13 @@ class KubeAccessReviewer:
                 what=f"the {kind} answer",
             )
         except kube.APIStatus as err:
-            # 403 here usually means the install's auth-delegator binding is missing.
-            raise ReviewUnavailable(f"the API server refused the {kind}: {err}") from None
+            hint = (
+                " (the injector's ServiceAccount needs the ClusterRole system:auth-delegator:"
+                " manifests/base/rbac.yaml binds it)"
+                if err.status == 403
+                else ""
+            )
+            raise ReviewUnavailable(f"the API server refused the {kind}: {err}{hint}") from None
         except Exception as err:  # connection refused, timeouts, TLS, garbled or huge bodies
             raise ReviewUnavailable(f"the {kind} failed: {kube.one_line(err)}") from None
         status = answer.get("status") if isinstance(answer, dict) else None
