@@ -214,7 +214,7 @@ def test_a_namespace_the_api_server_cannot_read_is_previewed_with_a_warning(
         pytest.param(handlers.endless_chunks(interval=0.05), "the TokenReview", id="endless"),
         pytest.param(
             handlers.status_reply(403, "Forbidden", "tokenreviews is forbidden"),
-            "the API server refused the TokenReview: HTTP 403: tokenreviews is forbidden",
+            "the API server answered the TokenReview with HTTP 403: tokenreviews is forbidden",
             id="forbidden",
         ),
     ],

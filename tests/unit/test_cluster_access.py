@@ -141,13 +141,13 @@ def test_an_explicit_deny_or_an_evaluation_error_is_a_no(
     [
         (
             handlers.status_reply(403, "Forbidden", "tokenreviews is forbidden"),
-            "the API server refused the TokenReview: HTTP 403: tokenreviews is forbidden (the"
+            "the API server answered the TokenReview with HTTP 403: tokenreviews is forbidden (the"
             " injector's ServiceAccount needs the ClusterRole system:auth-delegator:"
             " manifests/base/rbac.yaml binds it)",
         ),
         (
             handlers.status_reply(500, "InternalError", "etcd is down"),
-            "the API server refused the TokenReview: HTTP 500: etcd is down",
+            "the API server answered the TokenReview with HTTP 500: etcd is down",
         ),
         (handlers.huge_page(4 * MAX_ANSWER_BYTES), "over the 65536-byte limit"),
         (handlers.endless_chunks(interval=0, chunk=b" " * 4096), "over the 65536-byte limit"),

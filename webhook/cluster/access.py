@@ -125,7 +125,9 @@ class KubeAccessReviewer:
                 if err.status == 403
                 else ""
             )
-            raise ReviewUnavailable(f"the API server refused the {kind}: {err}{hint}") from None
+            raise ReviewUnavailable(
+                f"the API server answered the {kind} with {err}{hint}"
+            ) from None
         except Exception as err:  # connection refused, timeouts, TLS, garbled or huge bodies
             raise ReviewUnavailable(f"the {kind} failed: {kube.one_line(err)}") from None
         status = answer.get("status") if isinstance(answer, dict) else None
