@@ -73,17 +73,15 @@ def cluster(control_plane: ControlPlane, namespaces: Namespaces) -> Cluster:
     private = namespaces.create("private", labels=ENABLED)
     viewer = token_for(control_plane, shop, "viewer")
     stranger = token_for(control_plane, shop, "stranger")
-    # As for `kubectl get namespace SHOP`: a Role in that namespace suffices.
-    control_plane.kubectl(
-        "-n", shop, "create", "role", "namespace-reader", "--verb=get", "--resource=namespaces"
-    )
+    # As for `kubectl get namespace SHOP`: a RoleBinding in that namespace to
+    # the built-in `view` suffices (docs/service.md says so).
     control_plane.kubectl(
         "-n",
         shop,
         "create",
         "rolebinding",
         "viewer",
-        "--role=namespace-reader",
+        "--clusterrole=view",
         f"--serviceaccount={shop}:viewer",
     )
     # The answers are remembered for a few seconds, so ask only once RBAC agrees.
