@@ -17,9 +17,8 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -27,10 +26,15 @@ import yaml
 from cryptography import x509
 
 from tests.builders import REPO as ROOT
+from tests.process.manifest_objects import MANIFESTS, Object
+from tests.process.manifest_objects import all_of as _all
+from tests.process.manifest_objects import injector_container as _container
+from tests.process.manifest_objects import kustomize as _kustomize
+from tests.process.manifest_objects import one as _one
+from tests.process.manifest_objects import selects as _selects
 from webhook import __version__
 from webhook.manifests.config_file import load_config, parse_config
 
-MANIFESTS = ROOT / "manifests"
 OVERLAY = MANIFESTS / "cert-manager"
 SCRIPT = ROOT / "scripts" / "render_install.py"
 # The venv that runs the tests is the one `make manifests` should use in a clone.
@@ -50,21 +54,6 @@ BUILT_IN_GROUPS = (
     "networking.k8s.io/",
 )
 
-Object = dict[str, Any]
-
-
-def _kustomize(directory: Path) -> list[Object]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip(
-            "kubectl is not on PATH; these tests render with `kubectl kustomize` (CI has it)"
-        )
-    done = subprocess.run(
-        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return [obj for obj in yaml.safe_load_all(done.stdout) if obj]
-
 
 @pytest.fixture(scope="module")
 def base() -> list[Object]:
@@ -74,23 +63,6 @@ def base() -> list[Object]:
 @pytest.fixture(scope="module")
 def overlay() -> list[Object]:
     return _kustomize(OVERLAY)
-
-
-def _all(objects: Sequence[Object], kind: str) -> list[Object]:
-    return [obj for obj in objects if obj["kind"] == kind]
-
-
-def _one(objects: Sequence[Object], kind: str) -> Object:
-    found = _all(objects, kind)
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
-    return found[0]
-
-
-def _container(objects: Sequence[Object]) -> Object:
-    containers = _one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
-    result: Object = containers[0]
-    return result
 
 
 def _flag(args: Sequence[str], name: str) -> str:
@@ -106,23 +78,6 @@ def _flag(args: Sequence[str], name: str) -> str:
 def _webhooks(objects: Sequence[Object]) -> dict[str, Object]:
     config = _one(objects, "MutatingWebhookConfiguration")
     return {hook["name"]: hook for hook in config["webhooks"]}
-
-
-def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    """Evaluate a LabelSelector the way the apiserver does."""
-    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
-        return False
-    for expr in selector.get("matchExpressions", []):
-        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
-        ok = {
-            "In": key in labels and labels[key] in values,
-            "NotIn": key not in labels or labels[key] not in values,
-            "Exists": key in labels,
-            "DoesNotExist": key not in labels,
-        }[op]
-        if not ok:
-            return False
-    return True
 
 
 # --- rendering and schema -------------------------------------------------------------
@@ -419,79 +374,6 @@ def test_the_disruption_budget_keeps_one_replica_of_the_injector(base: list[Obje
     assert pdb["minAvailable"] == 1
     assert pdb["minAvailable"] < deployment["replicas"]  # else drains could never evict
     assert _selects(pdb["selector"], deployment["template"]["metadata"]["labels"])
-
-
-# --- RBAC ----------------------------------------------------------------------------
-
-
-def _binding_to(objects: Sequence[Object], role: str) -> Object:
-    (found,) = [
-        obj
-        for obj in _all(objects, "ClusterRoleBinding")
-        if obj["roleRef"]
-        == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}
-    ]
-    return found
-
-
-def test_rbac_grants_exactly_get_list_watch_on_namespaces_to_the_injector(
-    base: list[Object],
-) -> None:
-    role = _one(base, "ClusterRole")
-    assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}
-    ]
-    assert not _all(base, "Role")
-    assert not _all(base, "RoleBinding")
-    binding = _binding_to(base, role["metadata"]["name"])
-    account = _one(base, "ServiceAccount")["metadata"]
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
-    ]
-
-
-def test_the_injector_may_review_tokens_and_access_for_preview_and_nothing_more(
-    base: list[Object],
-) -> None:
-    # system:auth-delegator is built in: create on tokenreviews and
-    # subjectaccessreviews, which /preview asks the API server in a cluster.
-    delegator = _binding_to(base, "system:auth-delegator")
-    account = _one(base, "ServiceAccount")["metadata"]
-    assert delegator["subjects"] == [
-        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
-    ]
-    roles = {obj["roleRef"]["name"] for obj in _all(base, "ClusterRoleBinding")}
-    assert roles == {_one(base, "ClusterRole")["metadata"]["name"], "system:auth-delegator"}
-
-
-# --- the NetworkPolicy ---------------------------------------------------------------
-
-
-def test_the_network_policy_admits_ingress_to_the_injector_on_its_serving_ports_only(
-    base: list[Object],
-) -> None:
-    policy = _one(base, "NetworkPolicy")["spec"]
-    pod_labels = _one(base, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert _selects(policy["podSelector"], pod_labels)
-    assert policy["policyTypes"] == ["Ingress"]
-    (rule,) = policy["ingress"]
-    # From anywhere (the apiserver's address depends on the cluster), to the
-    # container's named ports and no other: the webhook's and /metrics', one port.
-    assert "from" not in rule
-    container_ports = {p["name"]: p["containerPort"] for p in _container(base)["ports"]}
-    assert container_ports == {"https": 8443}
-    assert rule["ports"] == [{"protocol": "TCP", "port": name} for name in container_ports]
-    # What must get through does: the webhooks' Service port and the probes.
-    (service_port,) = _one(base, "Service")["spec"]["ports"]
-    assert service_port["targetPort"] in container_ports
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert _container(base)[probe]["httpGet"]["port"] in container_ports
-
-
-def test_the_network_policy_selects_no_other_pods_of_the_namespace(base: list[Object]) -> None:
-    policy = _one(base, "NetworkPolicy")
-    assert policy["metadata"]["namespace"] == _one(base, "Deployment")["metadata"]["namespace"]
-    assert not _selects(policy["spec"]["podSelector"], {"app.kubernetes.io/name": "other"})
 
 
 # --- the webhooks --------------------------------------------------------------------
