@@ -172,6 +172,7 @@ def test_a_query_namespace_the_caller_may_not_get_is_a_403_before_the_body_is_re
         "error": "user 'alice' may not get namespace 'payments', which this preview reads"
     }
     assert reply.body_reads == 0
+    assert reply.headers["connection"] == "close"  # the unread body is not drained
     assert app.source.looked_up == []
     assert app.outcomes() == {"forbidden": 1.0}
 

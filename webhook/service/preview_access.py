@@ -286,11 +286,14 @@ class ClusterAccess:
             else:
                 allowed = remembered.value
             if not allowed:
+                # Closed, as every refusal here: the query's is answered
+                # before the body is read, and draining it would cost more.
                 raise HTTPError(
                     403,
                     "forbidden",
                     f"user {shown(caller.user.username)} may not get namespace {shown(name)},"
                     " which this preview reads",
+                    close=True,
                 )
             caller.granted.add(name)
 
@@ -328,7 +331,9 @@ class ClusterAccess:
                     limiter=self._threads,
                 )
         except ReviewUnavailable as err:
-            raise HTTPError(503, "unavailable", f"cannot check access now: {err}") from None
+            raise HTTPError(
+                503, "unavailable", f"cannot check access now: {err}", close=True
+            ) from None
         finally:
             budget.spent += time.monotonic() - start
         if waited.cancelled_caught:
@@ -382,4 +387,5 @@ def _late(kind: str, seconds: float) -> HTTPError:
         "unavailable",
         f"cannot check access now: the API server did not answer the {kind}"
         f" within this preview's {seconds:g} s for access reviews",
+        close=True,
     )
