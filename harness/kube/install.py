@@ -342,7 +342,11 @@ class InstalledWebhook:
                         "-f",
                         str(self.install_file),
                         "--ignore-not-found",
-                        "--wait=false",
+                        # Waited for: the next install in this control plane
+                        # (another test package on the same worker) creates the
+                        # same namespace, which must not still be terminating.
+                        "--wait=true",
+                        "--timeout=180s",
                         check=False,
                     )
             finally:

@@ -180,6 +180,7 @@ def test_the_init_container_shape() -> None:
     assert context["allowPrivilegeEscalation"] is False
     assert context["readOnlyRootFilesystem"] is True
     assert context["capabilities"] == {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["resources"] == {
         "limits": {"memory": "64Mi"},
         "requests": {"cpu": "10m", "memory": "16Mi"},
