@@ -34,6 +34,7 @@ from webhook.engine.config import InjectorConfig
 from webhook.service import expiry, preview_route, probes
 from webhook.service.answers import Answer, warning_header
 from webhook.service.body import BodyBudget
+from webhook.service.events import EventSink, NoEvents
 from webhook.service.limits import Limits
 from webhook.service.metrics import Metrics
 from webhook.service.mutate import Mutate
@@ -112,6 +113,7 @@ def create_app(
     tls: TLSState | None = None,
     metrics: Metrics | None = None,
     limits: Limits | None = None,
+    events: EventSink | None = None,
 ) -> FastAPI:
     """Build the app. The lifespan starts the namespace source and stops it on shutdown.
 
@@ -119,6 +121,8 @@ def create_app(
     the app is served some other way (e.g. in-process tests) and TLS is not
     part of readiness. ``metrics`` is shared with the server (read timeouts).
     ``limits`` (``webhook.service.limits.Limits``) bound what requests cost.
+    ``events`` records Events on the pods' owners (``webhook.service.events``);
+    the lifespan starts and stops its sender with the namespace source.
     """
     metrics = metrics if metrics is not None else Metrics()
     limits = limits if limits is not None else Limits()
@@ -137,12 +141,14 @@ def create_app(
         lookup=SourceLookup(namespaces, metrics),
         preview_slots=anyio.Semaphore(limits.previews_at_once),
         review_threads=anyio.CapacityLimiter(limits.review_threads),
+        events=events if events is not None else NoEvents(),
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # start() may open connections or read files; keep it off the loop.
         await anyio.to_thread.run_sync(namespaces.start)
+        service.events.start()
         service.started = True
         try:
             async with anyio.create_task_group() as tasks:
@@ -152,6 +158,8 @@ def create_app(
                 tasks.cancel_scope.cancel()
         finally:
             service.started = False
+            # Pending Events get a moment to be written; then the watch stops.
+            await anyio.to_thread.run_sync(service.events.stop)
             await anyio.to_thread.run_sync(namespaces.stop)
 
     mutate = Mutate(service)
