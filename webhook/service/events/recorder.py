@@ -170,6 +170,11 @@ class EventRecorder:
             )
         self._writer.close()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop()`` was called."""
+        return self._stopping
+
     # -- the sender thread -----------------------------------------------------
 
     def _run(self) -> None:
@@ -232,6 +237,8 @@ class EventRecorder:
                 done = self._table.done(write, ok=False, not_found=not_found, mono=self._mono())
             if done.failed:
                 self._metrics.event(reason, "failed", done.failed)
+            if not_found and write.kind == "patch":
+                return  # the Event expired: it is created again, nothing to report
             owner = write.series.occurrence.owner
             self._note_failure(
                 f"could not {write.kind} the {reason} Event for {owner.kind} "
