@@ -372,6 +372,14 @@ def test_the_deployment_mounts_the_token_it_needs_for_the_namespace_watch(
     assert pod["serviceAccountName"] == _one(base, "ServiceAccount")["metadata"]["name"]
 
 
+def test_the_injector_knows_its_pod_name_for_the_events_it_writes(base: list[Object]) -> None:
+    env = {item["name"]: item for item in _container(base).get("env") or []}
+    assert env["POD_NAME"] == {
+        "name": "POD_NAME",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    }
+
+
 def test_the_injectors_own_pods_and_namespace_opt_out_of_injection(base: list[Object]) -> None:
     labels = _one(base, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert labels["sidecar.mesh.io/inject"] == "false"
@@ -415,12 +423,14 @@ def test_the_disruption_budget_keeps_one_replica_of_the_injector(base: list[Obje
 # --- RBAC ----------------------------------------------------------------------------
 
 
-def test_rbac_grants_exactly_get_list_watch_on_namespaces_to_the_injector(
+def test_rbac_grants_exactly_namespace_reads_and_event_writes_to_the_injector(
     base: list[Object],
 ) -> None:
     role = _one(base, "ClusterRole")
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        # Events in series, as client-go writes them: create, then patch the count.
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     ]
     assert not _all(base, "Role")
     assert not _all(base, "RoleBinding")
@@ -462,7 +472,8 @@ def test_both_webhooks_fail_closed_quickly_and_are_called_once_per_pod(base: lis
     for hook in _webhooks(base).values():
         assert hook["failurePolicy"] == "Fail"
         assert hook["timeoutSeconds"] <= 10
-        assert hook["sideEffects"] == "None"
+        # Events on the pod's owner are the one side effect, and none on a dry run.
+        assert hook["sideEffects"] == "NoneOnDryRun"
         assert hook["matchPolicy"] == "Equivalent"
         assert hook["reinvocationPolicy"] == "Never"
         assert hook["admissionReviewVersions"] == ["v1", "v1beta1"]

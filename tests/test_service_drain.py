@@ -23,6 +23,7 @@ import yaml
 
 from tests.support.server import Server, running_server
 from tests.support.tls_client import SERVICE_HOSTNAME, connect
+from webhook.service.events import EventOptions
 from webhook.service.server import DRAIN_SECONDS, GRACEFUL_SHUTDOWN_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,13 +204,15 @@ def test_no_drain_when_turned_off(tmp_path: Path) -> None:
         assert "draining" not in server.log()
 
 
-def test_the_pods_grace_period_covers_pre_stop_drain_and_graceful_shutdown() -> None:
+def test_the_pods_grace_period_covers_pre_stop_drain_graceful_shutdown_and_pending_events() -> None:
     """Otherwise the kubelet SIGKILLs a replica that is still answering reviews."""
     documents = yaml.safe_load_all((ROOT / "manifests/base/deployment.yaml").read_text())
     (deployment,) = [d for d in documents if d and d["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    events = EventOptions().stop_timeout
     assert (
-        pod["terminationGracePeriodSeconds"] > pre_stop + DRAIN_SECONDS + GRACEFUL_SHUTDOWN_SECONDS
+        pod["terminationGracePeriodSeconds"]
+        > pre_stop + DRAIN_SECONDS + GRACEFUL_SHUTDOWN_SECONDS + events
     )
