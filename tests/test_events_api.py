@@ -81,12 +81,12 @@ def test_a_refused_write_says_why_in_one_line(api: FakeEventsAPI, events: Events
 
 def test_a_write_that_hangs_ends_at_its_timeout(api: FakeEventsAPI, events: EventsAPI) -> None:
     api.hold_writes.set()
-    with pytest.raises(EventWriteError, match="timed out|did not arrive"):
+    with pytest.raises(EventWriteError, match=r"timed out|did not arrive"):
         events.create(EVENT, timeout=0.3)
 
 
 def test_an_api_server_that_is_down_is_an_error_not_a_crash(api: FakeEventsAPI) -> None:
     api.stop()
     events = EventsAPI(client.Configuration(host=api.url), connect_timeout=1)
-    with pytest.raises(EventWriteError, match="Connection refused|NewConnectionError"):
+    with pytest.raises(EventWriteError, match=r"Connection refused|NewConnectionError"):
         events.create(EVENT, timeout=1)
