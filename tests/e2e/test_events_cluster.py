@@ -80,14 +80,27 @@ class ServiceAccountWebhook(InstalledWebhook):
         return self._server
 
 
+def _wait_until_the_install_namespace_is_gone(control_plane: ControlPlane) -> None:
+    """An install's teardown deletes mesh-system without waiting; nothing can be created
+    in it while it is terminating (returns at once when it does not exist)."""
+    control_plane.kubectl(
+        "wait", "--for=delete", f"namespace/{NAMESPACE}", "--timeout=120s",
+        check=False, timeout=150,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def webhook(control_plane: ControlPlane) -> Iterator[ServiceAccountWebhook]:
+    _wait_until_the_install_namespace_is_gone(control_plane)  # an earlier module's
     install = ServiceAccountWebhook(control_plane)
     try:
         install.start()
         yield install
     finally:
-        install.close()
+        try:
+            install.close()
+        finally:
+            _wait_until_the_install_namespace_is_gone(control_plane)
 
 
 @pytest.fixture(scope="module")
