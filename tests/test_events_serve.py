@@ -23,7 +23,6 @@ from tests.support.fake_events_api import FakeEventsAPI
 from tests.support.server import Server, WebhookClient, running_server
 from tests.support.threads import eventually
 from tests.support.tls_client import https_get
-from tests.test_service_lifecycle import kubeconfig_for
 
 # Long enough for a loaded machine; the sender writes a series count at most
 # every 10 s, so waits for a count allow for that.
@@ -76,6 +75,17 @@ def events_total(server: Server, outcome: str, reason: str = "Injected") -> floa
             }:
                 return float(sample.value)
     return 0.0
+
+
+def kubeconfig_for(api: FakeEventsAPI, path: Path) -> Path:
+    """A kubeconfig naming the fake API server (a token, as a service account has)."""
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{api.url}'}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: fake, user: u}}]\n"
+    )
+    return path
 
 
 @pytest.fixture
