@@ -336,6 +336,14 @@ def test_the_deployment_mounts_the_token_it_needs_for_the_namespace_watch(
     assert pod["serviceAccountName"] == _one(base, "ServiceAccount")["metadata"]["name"]
 
 
+def test_the_injector_knows_its_pod_name_for_the_events_it_writes(base: list[Object]) -> None:
+    env = {item["name"]: item for item in _container(base).get("env") or []}
+    assert env["POD_NAME"] == {
+        "name": "POD_NAME",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    }
+
+
 def test_the_injectors_own_pods_and_namespace_opt_out_of_injection(base: list[Object]) -> None:
     labels = _one(base, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert labels["sidecar.mesh.io/inject"] == "false"
@@ -402,7 +410,8 @@ def test_both_webhooks_fail_closed_quickly_and_are_called_once_per_pod(base: lis
     for hook in _webhooks(base).values():
         assert hook["failurePolicy"] == "Fail"
         assert hook["timeoutSeconds"] <= 10
-        assert hook["sideEffects"] == "None"
+        # Events on the pod's owner are the one side effect, and none on a dry run.
+        assert hook["sideEffects"] == "NoneOnDryRun"
         assert hook["matchPolicy"] == "Equivalent"
         assert hook["reinvocationPolicy"] == "Never"
         assert hook["admissionReviewVersions"] == ["v1", "v1beta1"]

@@ -44,12 +44,14 @@ def _binding_to(objects: Sequence[Object], role: str) -> Object:
     return found
 
 
-def test_rbac_grants_exactly_get_list_watch_on_namespaces_to_the_injector(
+def test_rbac_grants_exactly_namespace_reads_and_event_writes_to_the_injector(
     base: list[Object],
 ) -> None:
     role = one(base, "ClusterRole")
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        # Events in series, as client-go writes them: create, then patch the count.
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     ]
     assert not all_of(base, "Role")
     assert not all_of(base, "RoleBinding")

@@ -34,6 +34,7 @@ from webhook.engine.config import InjectorConfig
 from webhook.service import expiry, preview_route, probes
 from webhook.service.answers import Answer, warning_header
 from webhook.service.body import BodyBudget
+from webhook.service.events import EventSink, NoEvents
 from webhook.service.limits import Limits
 from webhook.service.metrics import Metrics
 from webhook.service.mutate import Mutate
@@ -114,6 +115,7 @@ def create_app(
     metrics: Metrics | None = None,
     limits: Limits | None = None,
     preview_access: PreviewAccess | None = None,
+    events: EventSink | None = None,
 ) -> FastAPI:
     """Build the app. The lifespan starts the namespace source and stops it on shutdown.
 
@@ -123,6 +125,8 @@ def create_app(
     ``limits`` (``webhook.service.limits.Limits``) bound what requests cost.
     ``preview_access`` decides who may preview (``webhook.service.preview_access``);
     ``None`` leaves ``/preview`` open, as it is with a namespaces file or no source.
+    ``events`` records Events on the pods' owners (``webhook.service.events``);
+    the lifespan starts and stops its sender with the namespace source.
     """
     metrics = metrics if metrics is not None else Metrics()
     limits = limits if limits is not None else Limits()
@@ -142,12 +146,14 @@ def create_app(
         preview_slots=anyio.Semaphore(limits.previews_at_once),
         review_threads=anyio.CapacityLimiter(limits.review_threads),
         preview_access=preview_access,
+        events=events if events is not None else NoEvents(),
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # start() may open connections or read files; keep it off the loop.
         await anyio.to_thread.run_sync(namespaces.start)
+        service.events.start()
         service.started = True
         try:
             async with anyio.create_task_group() as tasks:
@@ -157,6 +163,8 @@ def create_app(
                 tasks.cancel_scope.cancel()
         finally:
             service.started = False
+            # Pending Events get a moment to be written; then the watch stops.
+            await anyio.to_thread.run_sync(service.events.stop)
             if preview_access is not None:
                 preview_access.close()
             await anyio.to_thread.run_sync(namespaces.stop)

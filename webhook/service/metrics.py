@@ -140,6 +140,27 @@ class Metrics:
             ["reason", "result"],
             registry=self.registry,
         )
+        self.events = Counter(
+            "sidecar_injector_events",
+            "Admissions worth an Event (Injected, InjectionSkipped, InjectionRefused on the pod's "
+            "owner), by what became of them: sent (the API server has it, in an Event or its "
+            "series count), failed (its write failed), dropped (never written: the queue was "
+            "full, or serve stopped first).",
+            ["reason", "outcome"],
+            registry=self.registry,
+        )
+        self.event_writes = Counter(
+            "sidecar_injector_event_writes",
+            "Requests to the Events API: create (a new Event) or patch (a series count), "
+            "by result (ok, error).",
+            ["verb", "result"],
+            registry=self.registry,
+        )
+        self.events_pending = Gauge(
+            "sidecar_injector_events_pending",
+            "Admissions worth an Event that are counted but not written yet.",
+            registry=self.registry,
+        )
         self.body_bytes = Gauge(
             "sidecar_injector_request_body_bytes_held",
             "Bytes of request bodies held in memory (or reserved for them) right now.",
@@ -175,6 +196,14 @@ class Metrics:
     def namespace_fetch(self, reason: str, result: str) -> None:
         """Count one namespace read from the source during admission."""
         self.namespace_fetches.labels(reason, result).inc()
+
+    def event(self, reason: str, outcome: str, count: int = 1) -> None:
+        """Count ``count`` occurrences of an Event ``reason``: sent, failed or dropped."""
+        self.events.labels(reason, outcome).inc(count)
+
+    def event_write(self, verb: str, result: str) -> None:
+        """Count one request to the Events API (``create``/``patch``, ``ok``/``error``)."""
+        self.event_writes.labels(verb, result).inc()
 
     def watch_freshness(self, read: Callable[[], Freshness | None]) -> None:
         """Render the namespace source's freshness at every scrape (see ``_FreshnessCollector``)."""

@@ -86,6 +86,8 @@ class Mutate:
         outcome = "ok" if response["allowed"] else "refused"
         service.metrics.observe("mutate", outcome, time.perf_counter() - start)
         service.metrics.decision(reviewed.code)
+        # Off the request path: counted here, written by the sender's thread.
+        service.events.record(reviewed)
         summary = reviewed.request
         admission_log.info(
             "admission",

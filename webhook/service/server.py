@@ -61,6 +61,7 @@ from webhook.cluster.environment import running_in_cluster
 from webhook.manifests.config_file import ConfigError, load_config
 from webhook.service import logs
 from webhook.service.app import App, create_app
+from webhook.service.events import EventSink
 from webhook.service.h11_deadlines import (
     CONNECTION_CLOSE,
     READ_TIMEOUT_SECONDS,
@@ -334,6 +335,24 @@ def _preview_access(
     return ClusterAccess(reviewer)
 
 
+def _event_recorder(settings: ServeSettings, metrics: Metrics) -> EventSink | None:
+    """Events go to the cluster the namespaces come from; with a file, or no cluster, none."""
+    in_cluster = running_in_cluster()
+    if settings.namespaces_file is not None or not (
+        in_cluster or settings.kubeconfig is not None or os.environ.get("KUBECONFIG")
+    ):
+        log.info("events: none (no cluster to write them to)")
+        return None
+    # Imported here for the reason namespace_source_from_args gives.
+    from webhook.cluster.kube import ConfigurationError  # noqa: PLC0415
+    from webhook.service.events import recorder_from_environment  # noqa: PLC0415
+
+    try:
+        return recorder_from_environment(settings.kubeconfig, metrics, in_cluster=in_cluster)
+    except ConfigurationError as err:
+        raise ServeError(str(err)) from None
+
+
 def _build_app(settings: ServeSettings, tls: ReloadingTLS, metrics: Metrics) -> App:
     try:
         config = load_config(settings.config)
@@ -346,6 +365,7 @@ def _build_app(settings: ServeSettings, tls: ReloadingTLS, metrics: Metrics) -> 
         tls=tls,
         metrics=metrics,
         preview_access=_preview_access(settings, source),
+        events=_event_recorder(settings, metrics),
     )
 
 
