@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli_process import PEAK_RSS_LIMIT_KIB, Ran, run_cli
+from tests.process.cli_process import PEAK_RSS_LIMIT_KIB, Ran, run_cli
 from tests.support.fake_kube_api import FakeKubeAPI
 from webhook.cluster import kube
 from webhook.cluster.reader import LIST_LIMIT, Cluster, ClusterError, TimeUp

@@ -5,7 +5,7 @@ the real command line: ``inject``/``uninject -f`` (and stdin), ``--config``,
 ``--namespaces-file``, ``certs --out``, ``serve --cert-dir``. A FIFO used to
 hang the command, ``/dev/zero`` to grow it until a MemoryError traceback;
 now each is refused by what the open file is, before a byte is read, and
-the process stays small (tests.support.cli_process measures it).
+the process stays small (tests.process.cli_process measures it).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli_process import PEAK_RSS_LIMIT_KIB, Ran, run_cli
+from tests.process.cli_process import PEAK_RSS_LIMIT_KIB, Ran, run_cli
 from webhook.manifests import files
 from webhook.manifests.files import FileError, read_file, read_stream
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cli_process import PEAK_RSS_LIMIT_KIB, run_cli
+from tests.process.cli_process import PEAK_RSS_LIMIT_KIB, run_cli
 from tests.support.fake_kube_api import FakeKubeAPI
 from webhook.cluster import kube
 from webhook.cluster.kubeconfig import KubeconfigError, load_kubeconfig

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.support.cli_process import Ran, run_cli
+from tests.process.cli_process import Ran, run_cli
 from tests.support.fake_kube_api import FakeKubeAPI
 from webhook.cluster.namespaces_file import NamespaceInfo, StaticNamespaces
 from webhook.engine.config import InjectorConfig
