@@ -2,11 +2,12 @@
 
 A request is answered by the first route whose prefix its path starts with
 (:meth:`FakeKubeAPI.route`), else by ``GET /version`` (``version``), else by
-the Namespace endpoints, else with a 404 Status. A route handler is called as ``handler(request, path, query)``
-with the :class:`Request` (a ``BaseHTTPRequestHandler`` with helpers to send
-JSON, raw bytes and chunks, and to read the body), the path and the query
-(last value of each parameter); :mod:`harness.fake_kube_api.handlers` has
-ready-made ones. Every request is recorded in ``calls``.
+the Namespace endpoints, else with a 404 Status. A route handler is called
+as ``handler(request, path, query)`` with the :class:`Request` (a
+``BaseHTTPRequestHandler`` with helpers to send JSON, raw bytes and chunks,
+and to read the body), the path and the query (last value of each
+parameter); :mod:`harness.fake_kube_api.handlers` has ready-made ones.
+Every request is recorded in ``calls``.
 """
 
 from __future__ import annotations
