@@ -1,6 +1,6 @@
 """Fixtures for ``check``'s tests against the fake API server (``fake_api``, tests/conftest.py).
 
-``objects`` routes every path to a store of plain objects (what the
+``store`` routes every path to a store of plain objects (what the
 discovery steps read: the webhook configuration, Services, Deployments,
 EndpointSlices, pods, workloads), ``cluster`` is ``check``'s own bounded
 client of the server.
@@ -18,11 +18,11 @@ from webhook.cluster.reader import Cluster
 
 
 @pytest.fixture
-def objects(fake_api: FakeKubeAPI) -> ObjectStore:
+def store(fake_api: FakeKubeAPI) -> ObjectStore:
     """An empty object store that answers every path of ``fake_api``."""
-    store = ObjectStore()
-    fake_api.route("/", store)
-    return store
+    objects = ObjectStore()
+    fake_api.route("/", objects)
+    return objects
 
 
 @pytest.fixture
