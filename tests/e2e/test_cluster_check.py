@@ -1,6 +1,6 @@
 """``sidecar-injector check`` against the real install on a real kube-apiserver.
 
-The install is the rendered one (:mod:`tests.e2e.webhook_install`), served by
+The install is the rendered one (:mod:`harness.kube.install`), served by
 a local ``serve`` behind its Service. Each test breaks it in one way ``check``
 detects, runs the real command with ``-o json`` (and once as text), and puts
 it back. Where the API server itself is affected, the test also shows that a
@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import ControlPlane, KubectlError
-from tests.e2e.webhook_install import (
+from harness.kube.control_plane import ControlPlane, KubectlError
+from harness.kube.install import (
     CONFIGURATION,
     NAMESPACE,
     SERVICE,
@@ -40,7 +40,7 @@ from tests.e2e.webhook_install import (
     pod_manifest,
     wait_until_injecting,
 )
-from tests.support.server import CLI, running_server
+from harness.server import CLI, running_server
 from webhook.cli import main as cli
 from webhook.contract.constants import STATUS_ANNOTATION
 from webhook.pki import certs
