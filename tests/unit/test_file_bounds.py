@@ -1,11 +1,10 @@
 """Every file a command reads is a regular file of bounded size, or a one-line error.
 
-``webhook.manifests.files.read_file`` alone, then each place a path enters
-the real command line: ``inject``/``uninject -f`` (and stdin), ``--config``,
-``--namespaces-file``, ``certs --out``, ``serve --cert-dir``. A FIFO used to
-hang the command, ``/dev/zero`` to grow it until a MemoryError traceback;
-now each is refused by what the open file is, before a byte is read, and
-the process stays small (tests.process.cli_process measures it).
+``webhook.manifests.files.read_file`` and ``read_stream`` alone: a FIFO used
+to hang a command, ``/dev/zero`` to grow it until a MemoryError traceback;
+now each is refused by what the open file is, before a byte is read. Each
+place a path enters the real command line is in
+``tests/process/test_file_bounds.py``.
 """
 
 from __future__ import annotations
