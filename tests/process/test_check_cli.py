@@ -2,7 +2,7 @@
 
 An unusable kubeconfig is the first check failed (no traceback, the rest
 skipped); a bad argument is a one-line error and exit status 2. The checks
-against a cluster are in ``tests/unit/check/`` and ``tests/e2e/test_cluster_check.py``.
+against a cluster are in ``tests/unit/check/`` and ``tests/e2e/check/``.
 """
 
 from __future__ import annotations

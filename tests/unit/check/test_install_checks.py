@@ -4,7 +4,7 @@ with the message and hint people see.
 The namespace checks are in ``test_namespace_checks.py``, the discovery steps
 in ``test_discover_install.py`` and ``test_discover_pods.py``, the runner in
 ``test_runner.py``; the whole command runs against the real install in
-``tests/e2e/test_cluster_check.py``.
+``tests/e2e/check/``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``check``'s parts that need no cluster: selectors, endpoints, the config's volume, output, hints.
 
 The checks themselves run against the real install on kube-apiserver
-(``tests/e2e/test_cluster_check.py``) and each alone in ``test_install_checks.py``
+(``tests/e2e/check/``) and each alone in ``test_install_checks.py``
 and ``test_namespace_checks.py``; here are the rules they apply, table by
 table. The bounds that keep a hostile or huge API server from hanging or
 exhausting ``check`` are in ``test_bounds.py``.
