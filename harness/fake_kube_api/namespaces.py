@@ -4,13 +4,13 @@ The state half (:class:`NamespaceState`) is what tests drive: ``add``,
 ``modify``, ``delete`` (``emit=False`` for a change the watch never reports,
 as if history was lost), ``bookmark``, ``expire`` and ``compact`` to forget
 history, broken and silent watches, stalled, held, canned and trickling GETs,
-oversized lists and events, lists that never end, padded and slow lists. The
-protocol half (:func:`serve`) answers
-``/api/v1/namespaces`` the way kube-apiserver does: a paginated list
-(``limit``/``continue``) at a resourceVersion, a chunked newline-delimited
-watch held open until its ``timeoutSeconds``, ``BOOKMARK`` events, ``410
-Gone`` in both forms the API server uses (an HTTP 410 Status, or an ``ERROR``
-event carrying one), and a 404 ``NotFound`` Status for a missing namespace.
+oversized lists and events, lists that never end, padded and slow lists.
+The protocol half (:func:`serve`) answers ``/api/v1/namespaces`` the way
+kube-apiserver does: a paginated list (``limit``/``continue``) at a
+resourceVersion, a chunked newline-delimited watch held open until its
+``timeoutSeconds``, ``BOOKMARK`` events, ``410 Gone`` in both forms the API
+server uses (an HTTP 410 Status, or an ``ERROR`` event carrying one), and a
+404 ``NotFound`` Status for a missing namespace.
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ def _list(request: Request, query: dict[str, str]) -> None:
     if api.huge_lists is not None:
         _huge_list(request, api.huge_lists)
         return
-    # A slow page: answered after the delay, or at once once released.
+    # A slow page waits out its delay, unless the server is released first.
     if api.list_delay and api.released.wait(api.list_delay) and api.down:
         return  # the server went down meanwhile: no answer at all
     token = query.get("continue")

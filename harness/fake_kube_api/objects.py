@@ -10,7 +10,7 @@ where it should answer (``api.route("/", store)``):
   ``/apis/apps/v1/deployments``): the objects under it in pages
   (``limit``/``continue``), filtered by an equality ``labelSelector``
   (``a=b,c=d``);
-- ``errors``: a path that answers with that failure code and a Status;
+- ``errors``: a path whose ``GET`` answers with that failure code and a Status;
 - ``POST`` (a create, e.g. a dry-run pod): whatever ``dry_run(namespace,
   body)`` returns as ``(code, body)``; by default the body back, 201.
 """
