@@ -5,10 +5,13 @@ Every tier builds its inputs here, so a field kube-apiserver starts sending
 plain dicts, as the webhook receives them; keyword arguments named as the
 API names them (``generateName``, ``dryRun``, ``subResource``) go into the
 object unchanged, ``None`` included, so a test can send ``annotations: null``.
+Also here: the paths that are not the regular file a command expects (a
+FIFO, ``/dev/zero``, a directory, a sparse giant) for the bounds on reads.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -166,3 +169,31 @@ def worst_proxy_settings() -> ProxySettings:
 
 # The namespaces file most service tests serve: ``demo``, opted in.
 DEMO_NAMESPACES = namespaces_yaml(enabled_namespace())
+
+
+# --- paths that are not the regular file a command expects --------------------------
+
+
+def fifo(path: Path) -> Path:
+    """A FIFO at ``path``: reading it waits for a writer that never comes."""
+    os.mkfifo(path)
+    return path
+
+
+def dev_zero(path: Path) -> Path:
+    """A symlink at ``path`` to ``/dev/zero``, which never ends."""
+    path.symlink_to("/dev/zero")
+    return path
+
+
+def directory(path: Path) -> Path:
+    """A directory at ``path``."""
+    path.mkdir()
+    return path
+
+
+def sparse_file(path: Path, size: int) -> Path:
+    """A file of ``size`` bytes at ``path`` that takes no disk space (all holes)."""
+    with path.open("wb") as sparse:
+        sparse.truncate(size)
+    return path

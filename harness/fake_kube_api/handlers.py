@@ -109,6 +109,29 @@ def huge_page(size: int, *, kind: str = "List", item_bytes: int = 4096) -> Handl
     return answer
 
 
+def unframed(size: int, *, chunk: int = 64 * 1024) -> Handler:
+    """A 200 whose body is ``size`` bytes of blanks, with neither a Content-Length nor chunks.
+
+    The body ends only when the server closes the connection (as an HTTP/1.0
+    server or a proxy may send one), so nothing tells the client its size
+    up front: a bound on a body must hold while the body streams in.
+    """
+
+    def answer(request: Request, path: str, query: dict[str, str]) -> None:
+        request.send_response(200)
+        request.send_header("Content-Type", "application/json")
+        request.send_header("Connection", "close")
+        request.end_headers()
+        request.close_connection = True
+        data, sent = b" " * chunk, 0
+        with contextlib.suppress(OSError):  # the client stopped reading: what bounds are for
+            while sent < size:
+                request.wfile.write(data[: size - sent])
+                sent += min(chunk, size - sent)
+
+    return answer
+
+
 def big_list(size: int, *, kind: str = "List", item_bytes: int = 4096) -> bytes:
     """The body :func:`huge_page` sends: at least ``size`` bytes of valid JSON."""
     head = f'{{"kind":"{kind}","apiVersion":"v1","metadata":{{"resourceVersion":"1"}},"items":['

@@ -4,12 +4,13 @@ The state half (:class:`NamespaceState`) is what tests drive: ``add``,
 ``modify``, ``delete`` (``emit=False`` for a change the watch never reports,
 as if history was lost), ``bookmark``, ``expire`` and ``compact`` to forget
 history, broken and silent watches, stalled, held, canned and trickling GETs,
-oversized lists and events. The protocol half (:func:`serve`) answers
-``/api/v1/namespaces`` the way kube-apiserver does: a paginated list
-(``limit``/``continue``) at a resourceVersion, a chunked newline-delimited
-watch held open until its ``timeoutSeconds``, ``BOOKMARK`` events, ``410
-Gone`` in both forms the API server uses (an HTTP 410 Status, or an ``ERROR``
-event carrying one), and a 404 ``NotFound`` Status for a missing namespace.
+oversized lists and events, lists that never end, padded and slow lists.
+The protocol half (:func:`serve`) answers ``/api/v1/namespaces`` the way
+kube-apiserver does: a paginated list (``limit``/``continue``) at a
+resourceVersion, a chunked newline-delimited watch held open until its
+``timeoutSeconds``, ``BOOKMARK`` events, ``410 Gone`` in both forms the API
+server uses (an HTTP 410 Status, or an ``ERROR`` event carrying one), and a
+404 ``NotFound`` Status for a missing namespace.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def _copy(obj: Any) -> Any:
 class NamespaceState:
     """Namespaces, their history, and the knobs that make their endpoints misbehave.
 
+    Lists that never end: ``endless_lists`` (every page promises another,
+    empty ones once the namespaces run out), ``list_padding`` (each page also
+    carries about that many bytes of filler Namespaces, each with its own
+    name and many labels), ``list_delay`` (each page answered only after that
+    many seconds, or at once after ``release()``).
+
     Readable records: ``requests`` counts calls by kind (list, watch, get),
     ``authorizations`` the Authorization headers seen, ``list_limits`` each
     list's ``limit``, ``watch_versions`` the resourceVersion each watch
@@ -81,6 +88,9 @@ class NamespaceState:
         self.watch_error: tuple[int, str] | None = None
         self.huge_lists: int | None = None
         self.continue_gone_once = False
+        self.endless_lists = False
+        self.list_padding = 0
+        self.list_delay = 0.0
         self.list_bytes_sent = 0
         self.watch_versions: list[str | None] = []
         self.watch_timeouts: list[float] = []
@@ -257,9 +267,15 @@ def _list(request: Request, query: dict[str, str]) -> None:
     if api.huge_lists is not None:
         _huge_list(request, api.huge_lists)
         return
+    # A slow page waits out its delay, unless the server is released first.
+    if api.list_delay and api.released.wait(api.list_delay) and api.down:
+        return  # the server went down meanwhile: no answer at all
     token = query.get("continue")
+    remaining: list[dict[str, Any]]
     with api._cond:
-        if token:
+        if token and token.startswith("endless:"):
+            rv, remaining = api._rv, []
+        elif token:
             snapshot = api._snapshots.get(token.split(":")[0])
             if api.continue_gone_once:
                 api.continue_gone_once = False
@@ -278,9 +294,29 @@ def _list(request: Request, query: dict[str, str]) -> None:
             key = str(next(api._snapshot_ids))
             api._snapshots[key] = (rv, rest)
             metadata["continue"] = f"{key}:{len(rest)}"
+        elif api.endless_lists:
+            metadata["continue"] = f"endless:{next(api._snapshot_ids)}"
+        padding, number = api.list_padding, next(api._snapshot_ids)
+    items = page + _filler(padding, page=number)
     request.send_json(
-        200, {"kind": "NamespaceList", "apiVersion": "v1", "metadata": metadata, "items": page}
+        200, {"kind": "NamespaceList", "apiVersion": "v1", "metadata": metadata, "items": items}
     )
+
+
+def _filler(size: int, *, page: int) -> list[dict[str, Any]]:
+    """Namespaces of about ``size`` bytes in all as JSON, each named apart, each with 50 labels."""
+    if size <= 0:
+        return []
+    labels = {f"filler.example.com/label-{i:02d}": "v" * 40 for i in range(50)}
+    one = len(json.dumps(labels)) + 120
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": f"filler-{page}-{index}", "labels": labels},
+        }
+        for index in range(size // one)
+    ]
 
 
 def _huge_list(request: Request, size: int) -> None:

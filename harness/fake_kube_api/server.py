@@ -1,12 +1,13 @@
 """The fake API server itself: a threaded HTTP server on 127.0.0.1, its routes and its record.
 
 A request is answered by the first route whose prefix its path starts with
-(:meth:`FakeKubeAPI.route`), else by the Namespace endpoints, else with a
-404 Status. A route handler is called as ``handler(request, path, query)``
-with the :class:`Request` (a ``BaseHTTPRequestHandler`` with helpers to send
-JSON, raw bytes and chunks, and to read the body), the path and the query
-(last value of each parameter); :mod:`harness.fake_kube_api.handlers` has
-ready-made ones. Every request is recorded in ``calls``.
+(:meth:`FakeKubeAPI.route`), else by ``GET /version`` (``version``), else by
+the Namespace endpoints, else with a 404 Status. A route handler is called
+as ``handler(request, path, query)`` with the :class:`Request` (a
+``BaseHTTPRequestHandler`` with helpers to send JSON, raw bytes and chunks,
+and to read the body), the path and the query (last value of each
+parameter); :mod:`harness.fake_kube_api.handlers` has ready-made ones.
+Every request is recorded in ``calls``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from harness.fake_kube_api import namespaces
 from harness.fake_kube_api.namespaces import NamespaceState
-from harness.fake_kube_api.wire import MAX_HOLD_SECONDS
+from harness.fake_kube_api.wire import MAX_HOLD_SECONDS, version_info
 
 Handler = Callable[["Request", str, dict[str, str]], None]
 
@@ -58,6 +59,9 @@ class FakeKubeAPI(NamespaceState):
     as a crashed API server), :meth:`restart`. ``released`` is set by
     :meth:`stop` and :meth:`release`, so handlers that hold a request wait
     on it and never outlive the test.
+
+    ``version`` is the ``gitVersion`` that ``GET /version`` reports, as every
+    kube-apiserver does and as clients ask first (``None``: a 404 instead).
     """
 
     def __init__(self) -> None:
@@ -65,6 +69,7 @@ class FakeKubeAPI(NamespaceState):
         self.routes: list[tuple[str, Handler]] = []
         self.calls: list[Call] = []
         self.released = threading.Event()
+        self.version: str | None = "v1.33.0"
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
 
@@ -205,6 +210,9 @@ class Request(BaseHTTPRequestHandler):
             if parts.path.startswith(prefix):
                 handler(self, parts.path, query)
                 return
+        if self.command == "GET" and parts.path == "/version" and api.version is not None:
+            self.send_json(200, version_info(api.version))
+            return
         if self.command == "GET" and parts.path.startswith(namespaces.PREFIX):
             namespaces.serve(self, parts.path, query)
             return

@@ -1,4 +1,4 @@
-"""What every endpoint of the fake API server shares: Status bodies, canned replies, the hold cap."""
+"""Shared by every endpoint of the fake API server: Status, version, canned replies, hold cap."""
 
 from __future__ import annotations
 
@@ -29,3 +29,9 @@ def status(code: int, reason: str, message: str) -> dict[str, Any]:
         "reason": reason,
         "code": code,
     }
+
+
+def version_info(git_version: str) -> dict[str, str]:
+    """What ``GET /version`` answers for ``git_version`` (``v1.33.0``): major, minor, gitVersion."""
+    major, minor = git_version.lstrip("v").split(".")[:2]
+    return {"major": major, "minor": minor, "gitVersion": git_version}

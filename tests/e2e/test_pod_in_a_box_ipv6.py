@@ -15,7 +15,7 @@ The interception test itself runs over IPv4 and IPv6 in test_pod_in_a_box.py
   sockets (harness/no_ipv6.py). ``mesh-init`` skips its IPv6 half and
   says so; with ``ipv6: false`` in the injector config the proxy starts and
   intercepts IPv4. (With the default ``ipv6: true`` Envoy refuses its
-  bootstrap there: tests/test_listeners.py.)
+  bootstrap there: tests/process/test_listeners_envoy.py.)
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 The Namespace endpoints are exercised by the namespace cache's tests through
 the real ``kubernetes`` client; these cover the scripting around them:
-routes, the record of calls, held and endless answers, huge pages, and the
-review endpoints.
+routes, the record of calls, held and endless answers, huge pages, the
+review endpoints, ``/version``, the namespace lists' endless, padded and slow
+modes, unframed bodies, and the object store.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from harness.fake_kube_api import FakeKubeAPI, handlers
+from harness.fake_kube_api import FakeKubeAPI, ObjectStore, handlers, status
 from harness.threads import eventually
+
+NAMESPACES = "/api/v1/namespaces"
 
 
 def request(
@@ -194,3 +197,112 @@ def test_the_kubeconfig_it_writes_reaches_it_with_its_token(
         api.api_client.close()
     assert names == ["demo"]
     eventually(lambda: fake_api.authorizations == {"Bearer abc"}, what="the token")
+
+
+def test_version_is_built_in_and_can_be_changed_or_taken_away(fake_api: FakeKubeAPI) -> None:
+    assert get_json(fake_api, "/version") == (
+        200,
+        {"major": "1", "minor": "33", "gitVersion": "v1.33.0"},
+    )
+    fake_api.version = "v1.37.2-extra"
+    assert get_json(fake_api, "/version")[1]["gitVersion"] == "v1.37.2-extra"
+    fake_api.version = None
+    assert get_json(fake_api, "/version")[0] == 404
+
+
+def test_endless_namespace_lists_promise_another_page_once_the_namespaces_run_out(
+    fake_api: FakeKubeAPI,
+) -> None:
+    fake_api.add("a")
+    fake_api.add("b")
+    fake_api.endless_lists = True
+    names, token = [], ""
+    for _ in range(5):
+        page = get_json(fake_api, f"/api/v1/namespaces?limit=1&continue={token}")[1]
+        names += [item["metadata"]["name"] for item in page["items"]]
+        token = page["metadata"]["continue"]
+        assert token
+    assert names == ["a", "b"]
+    assert fake_api.requests["list"] == 5
+
+
+def test_padded_namespace_lists_carry_about_that_many_bytes_of_namespaces_named_apart(
+    fake_api: FakeKubeAPI,
+) -> None:
+    fake_api.add("shop")
+    fake_api.list_padding = 100_000
+    pages = [request(fake_api, "GET", "/api/v1/namespaces")[1] for _ in range(2)]
+    assert all(90_000 < len(body) < 110_000 for body in pages)
+    names = [[i["metadata"]["name"] for i in json.loads(body)["items"]] for body in pages]
+    assert names[0][0] == names[1][0] == "shop"
+    assert len(set(names[0] + names[1])) == len(names[0]) + len(names[1]) - 1 > 20
+
+
+def test_a_slow_namespace_list_answers_after_its_delay_or_the_release(
+    fake_api: FakeKubeAPI,
+) -> None:
+    fake_api.add("shop")
+    fake_api.list_delay = 60
+    answers: list[tuple[int, Any]] = []
+    caller = threading.Thread(target=lambda: answers.append(get_json(fake_api, NAMESPACES)))
+    caller.start()
+    fake_api.wait_for_calls(NAMESPACES, 1)
+    assert caller.is_alive()
+    assert answers == []
+    fake_api.release()
+    caller.join(30)
+    assert [(code, [i["metadata"]["name"] for i in body["items"]]) for code, body in answers] == [
+        (200, ["shop"])
+    ]
+
+
+def test_an_unframed_body_streams_until_the_connection_closes(fake_api: FakeKubeAPI) -> None:
+    fake_api.route("/api/v1/pods", handlers.unframed(300_000, chunk=4096))
+    connection = http.client.HTTPConnection("127.0.0.1", fake_api.port, timeout=30)
+    connection.request("GET", "/api/v1/pods")
+    answer = connection.getresponse()
+    assert answer.getheader("Content-Length") is None
+    assert answer.getheader("Transfer-Encoding") is None
+    assert answer.read() == b" " * 300_000
+    connection.close()
+
+
+def test_an_object_store_serves_objects_lists_by_label_errors_and_creates(
+    fake_api: FakeKubeAPI,
+) -> None:
+    store = ObjectStore()
+    fake_api.route("/", store)
+    apps = "/apis/apps/v1/namespaces"
+    for namespace, name, app in (
+        ("shop", "web", "web"),
+        ("shop", "db", "db"),
+        ("cart", "web", "web"),
+    ):
+        store.objects[f"{apps}/{namespace}/deployments/{name}"] = {
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": app}}
+        }
+    assert get_json(fake_api, f"{apps}/shop/deployments/db")[1]["metadata"]["name"] == "db"
+    missing = get_json(fake_api, f"{apps}/shop/deployments/gone")
+    assert (missing[0], missing[1]["reason"]) == (404, "NotFound")
+    assert get_json(fake_api, "/version")[0] == 404  # the store answers every path it is routed
+    # A namespace's collection, and the cluster-wide one, in pages and by label.
+    first = get_json(fake_api, f"{apps}/shop/deployments?limit=1")[1]
+    second = get_json(fake_api, f"{apps}/shop/deployments?limit=1&continue=1")[1]
+    assert [o["metadata"]["name"] for o in first["items"] + second["items"]] == ["db", "web"]
+    assert "continue" not in second["metadata"]
+    everywhere = get_json(fake_api, "/apis/apps/v1/deployments?labelSelector=app%3Dweb")[1]
+    assert [o["metadata"]["namespace"] for o in everywhere["items"]] == ["cart", "shop"]
+    store.errors[f"{apps}/shop/deployments"] = 403
+    assert get_json(fake_api, f"{apps}/shop/deployments") == (
+        403,
+        status(403, "Forbidden", f"{apps}/shop/deployments says no"),
+    )
+    pod = {"metadata": {"generateName": "probe-"}}
+    assert request(fake_api, "POST", "/api/v1/namespaces/shop/pods?dryRun=All", pod) == (
+        201,
+        json.dumps(pod).encode(),
+    )
+    store.dry_run = lambda namespace, _body: (400, status(400, "BadRequest", f"not in {namespace}"))
+    refused = request(fake_api, "POST", "/api/v1/namespaces/shop/pods", pod)
+    assert (refused[0], json.loads(refused[1])["message"]) == (400, "not in shop")
+    assert [c.body for c in fake_api.calls if c.method == "POST"] == [pod, pod]

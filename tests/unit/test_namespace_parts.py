@@ -1,6 +1,6 @@
 """The namespace cache's store and fetcher, each alone: no server, no watch thread.
 
-``tests/test_namespace_cache.py`` drives the whole cache against a fake API
+``tests/unit/namespace_cache/`` drives the whole cache against the fake API
 server; here the store is written to directly, as the reflector and the
 fetcher would, and the fetcher reads through a function the test holds
 (``Reads``): each read takes the namespace as it is when the read starts and

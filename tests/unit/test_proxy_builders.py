@@ -170,7 +170,7 @@ def test_builders_do_not_mutate_and_are_deterministic() -> None:
     assert dict(settings.provenance) == provenance_before
 
 
-# mesh-init's rules and script: tests/test_iptables.py.
+# mesh-init's rules and script: tests/unit/test_iptables.py.
 
 
 # --- the bootstrap's text ----------------------------------------------------------------

@@ -29,10 +29,11 @@ share the pin: ``webhook.service.server.DrainingServer`` (``on_tick``,
 ``connections``) and ``webhook.service.tls`` (``ssl_context_factory``, new
 in 0.54). Upgrading either package is a deliberate step: read the new
 ``h11_impl.py`` and ``server.py`` against the list above, then re-run
-tests/test_service_limits.py (the deadlines, trickled heads and bodies,
-idle keep-alive), tests/test_service_drain.py and
-tests/test_service_lifecycle.py (draining and shutdown), tests/test_tls.py
-(the TLS context) and ``make bench`` (the hot path's cost).
+tests/process/test_service_limits.py (the deadlines, trickled heads and
+bodies, idle keep-alive), tests/process/test_service_drain.py and
+tests/process/test_service_lifecycle.py (draining and shutdown),
+tests/unit/test_tls.py (the TLS context) and ``make bench`` (the hot path's
+cost).
 """
 
 from __future__ import annotations

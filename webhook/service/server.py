@@ -114,7 +114,7 @@ MAX_GRACEFUL_SHUTDOWN_SECONDS: Final = 300
 #
 # Budget: manifests/base/deployment.yaml's terminationGracePeriodSeconds (30)
 # covers preStop (5) + DRAIN_SECONDS (5) + GRACEFUL_SHUTDOWN_SECONDS (15) +
-# the namespace watch stopping and the exit (tests/test_service_drain.py
+# the namespace watch stopping and the exit (tests/unit/test_service_drain.py
 # checks the sum).
 DRAIN_SECONDS: Final = 5.0
 

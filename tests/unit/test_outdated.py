@@ -2,18 +2,18 @@
 would be injected now, why a pod is outdated, and the workload to restart.
 
 Pure rules over plain dicts; ``check``'s pod scan that applies them is tested in
-``tests/test_check_discovery.py`` and against a misbehaving server in ``tests/test_check.py``.
+``tests/unit/check/test_discover_pods.py`` and against a misbehaving server in
+``tests/unit/check/test_bounds.py``.
 """
 
 from __future__ import annotations
 
-from types import MappingProxyType
 from typing import Any
 
 import pytest
 
+from tests.builders import enabled_namespace, namespace, pod
 from webhook import __version__
-from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine.config import InjectorConfig
 from webhook.ops.outdated import (
     Expected,
@@ -72,7 +72,7 @@ def test_a_sidecar_is_outdated_by_version_or_digest(
 
 
 def _pod(name: str, *owners: dict[str, Any]) -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": "shop", "ownerReferences": list(owners)}}
+    return pod(name, namespace="shop", ownerReferences=list(owners))
 
 
 def _owner(kind: str, name: str, *, controller: bool = True) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def test_outdated_pods_are_grouped_by_the_workload_to_restart() -> None:
         "batch-1": _pod("batch-1", _owner("Job", "batch")),
         "custom-0": _pod("custom-0", _owner("Rollout", "r", controller=False)),
     }
-    workloads = {name: owning_workload(pod, lookup) for name, pod in cases.items()}
+    workloads = {name: owning_workload(obj, lookup) for name, obj in cases.items()}
     assert workloads == {
         "web-7d9f-x": Workload("shop", "Deployment", "web"),
         "report-28-y": Workload("shop", "CronJob", "report"),
@@ -122,37 +122,30 @@ def test_outdated_pods_are_grouped_by_the_workload_to_restart() -> None:
     assert "ReplicaSet orphan-rs re-creates them" in restarts["orphan-rs-q"]
 
 
-def _namespace(name: str, **labels: str) -> NamespaceInfo:
-    return NamespaceInfo(name, MappingProxyType(labels), MappingProxyType({}))
-
-
 def test_what_would_be_injected_now_follows_namespace_and_pod_settings() -> None:
     config = InjectorConfig()
-    plain = expected(_namespace("shop", **{"sidecar-injection": "enabled"}), {}, config)
+    plain = expected(enabled_namespace("shop"), {}, config)
     assert plain.version == __version__
     assert not plain.skip
     # PodSecurity is the pod-security check's business, not a reason to skip here.
     strict = expected(
-        _namespace(
-            "strict",
-            **{"sidecar-injection": "enabled", "pod-security.kubernetes.io/enforce": "restricted"},
-        ),
+        enabled_namespace("strict", **{"pod-security.kubernetes.io/enforce": "restricted"}),
         {},
         config,
     )
     assert not strict.skip
     assert strict.digest == plain.digest
-    disabled = expected(_namespace("off", **{"sidecar-injection": "disabled"}), {}, config)
+    disabled = expected(namespace("off", {"sidecar-injection": "disabled"}), {}, config)
     assert "would not be injected now" in disabled.skip
-    refused = expected(_namespace("shop"), {"sidecar.mesh.io/proxy-cpu-request": "lots"}, config)
+    refused = expected(namespace("shop"), {"sidecar.mesh.io/proxy-cpu-request": "lots"}, config)
     assert "would be refused now" in refused.skip
-    excluded = expected(_namespace("kube-system"), {}, config)
+    excluded = expected(namespace("kube-system"), {}, config)
     assert excluded.skip
 
 
 def test_the_digest_changes_with_a_setting() -> None:
     config = InjectorConfig()
-    shop = _namespace("shop", **{"sidecar-injection": "enabled"})
+    shop = enabled_namespace("shop")
     default = expected(shop, {}, config)
     assert default.digest is not None
     assert default.digest.startswith("sha256:")

@@ -1,6 +1,7 @@
-"""``sidecar-injector check`` against the real install on a real kube-apiserver.
+"""``sidecar-injector check`` against the real install on a real kube-apiserver: healthy, then
+broken one way at a time.
 
-The install is the rendered one (:mod:`tests.e2e.webhook_install`), served by
+The install is the rendered one (:mod:`harness.kube.install`), served by
 a local ``serve`` behind its Service. Each test breaks it in one way ``check``
 detects, runs the real command with ``-o json`` (and once as text), and puts
 it back. Where the API server itself is affected, the test also shows that a
@@ -11,179 +12,36 @@ the API server would be worse than none.
 from __future__ import annotations
 
 import base64
-import contextlib
-import datetime
-import io
 import json
-import os
 import subprocess
-import threading
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.e2e.cluster import ControlPlane, KubectlError
-from tests.e2e.webhook_install import (
-    CONFIGURATION,
+from harness.kube.control_plane import ControlPlane
+from harness.kube.install import (
     NAMESPACE,
     SERVICE,
     InstalledWebhook,
     Object,
-    create,
-    installed_webhook,
-    is_injected,
-    pod_manifest,
     wait_until_injecting,
 )
-from tests.support.server import CLI, running_server
-from webhook.cli import main as cli
+from harness.server import CLI, running_server
+from tests.e2e.check.shared import (
+    EFFECT_TIMEOUT,
+    MESHED,
+    configuration_restored,
+    creation_error,
+    patch_configuration,
+    run_check,
+    run_cli,
+    write_leaf,
+)
 from webhook.contract.constants import STATUS_ANNOTATION
 from webhook.pki import certs
 
 pytestmark = pytest.mark.cluster
-
-MESHED = "check-shop"
-EFFECT_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class CheckRun:
-    """One run of ``sidecar-injector check``: exit code, the JSON document, stderr."""
-
-    returncode: int
-    document: dict[str, Any]
-    stderr: str
-
-    def check(self, name: str) -> dict[str, Any]:
-        found: dict[str, Any] = next(c for c in self.document["checks"] if c["name"] == name)
-        return found
-
-    def status(self, name: str) -> str:
-        status: str = self.check(name)["status"]
-        return status
-
-    def statuses(self) -> dict[str, str]:
-        return {c["name"]: c["status"] for c in self.document["checks"]}
-
-    def __repr__(self) -> str:
-        # What an assertion message needs: the checks that did not pass.
-        lines = [f"exit {self.returncode}"]
-        for c in self.document["checks"]:
-            if c["status"] != "pass":
-                lines.append(f"{c['status']} {c['name']}: {c['message']} | {c['details']}")
-        return "\n".join(lines)
-
-
-def run_check(control_plane: ControlPlane, *args: str) -> CheckRun:
-    """``sidecar-injector check -o json`` through the CLI's own ``main``, in this process.
-
-    The same code path as the console script minus the interpreter start and
-    imports (seconds each on a loaded machine, and these tests run it about
-    thirty times); the console script itself is run by the text-output test.
-    """
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli(["check", "--kubeconfig", str(control_plane.kubeconfig), "-o", "json", *args])
-    assert out.getvalue(), err.getvalue()
-    return CheckRun(code, json.loads(out.getvalue()), err.getvalue())
-
-
-def _run_cli(control_plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    return subprocess.run(
-        [CLI, "check", "--kubeconfig", str(control_plane.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def install(control_plane: ControlPlane) -> Iterator[InstalledWebhook]:
-    try:
-        with installed_webhook(control_plane) as installed:
-            control_plane.create_namespace(MESHED, labels={"sidecar-injection": "enabled"})
-            wait_until_injecting(control_plane, MESHED, timeout=60)
-            try:
-                yield installed
-            finally:
-                control_plane.kubectl("delete", "namespace", MESHED, "--wait=false", check=False)
-    finally:
-        # The install's teardown deletes mesh-system without waiting; the next
-        # module to install into this session's control plane could not
-        # create anything in it while it is terminating.
-        control_plane.kubectl(
-            "wait", "--for=delete", f"namespace/{NAMESPACE}", "--timeout=120s",
-            check=False, timeout=150,
-        )  # fmt: skip
-
-
-def _configuration(install: InstalledWebhook) -> Object:
-    found: Object = next(
-        o for o in install.objects if o.get("kind") == "MutatingWebhookConfiguration"
-    )
-    return found
-
-
-@contextlib.contextmanager
-def configuration_restored(install: InstalledWebhook) -> Iterator[None]:
-    """Put the rendered MutatingWebhookConfiguration back afterwards, and wait until it works."""
-    try:
-        yield
-    finally:
-        install.control_plane.kubectl(
-            "apply", "-f", "-", input=yaml.safe_dump(_configuration(install))
-        )
-        wait_until_injecting(install.control_plane, MESHED, timeout=60)
-
-
-def patch_configuration(control_plane: ControlPlane, *operations: Object) -> None:
-    control_plane.kubectl(
-        "patch",
-        "mutatingwebhookconfiguration",
-        CONFIGURATION,
-        "--type=json",
-        "-p",
-        json.dumps(list(operations)),
-    )
-
-
-def creation_error(control_plane: ControlPlane) -> str:
-    """Create a pod in the meshed namespace until it fails; the error (the API server's view)."""
-    errors: list[str] = []
-
-    def fails() -> bool:
-        try:
-            create(control_plane, MESHED, pod_manifest(f"probe-{uuid.uuid4().hex[:6]}"))
-        except KubectlError as error:
-            errors.append(error.stderr)
-            return True
-        return False
-
-    control_plane.wait_for(fails, what="pod creation to fail", timeout=EFFECT_TIMEOUT)
-    return errors[-1]
-
-
-def write_leaf(cert_dir: Path, *, days: int, started_days_ago: float = 0.0) -> None:
-    """A serving certificate under the directory's CA (key first, as ``certs`` writes)."""
-    ca = certs.load_ca(cert_dir / "ca.crt", cert_dir / "ca.key")
-    dns, ips = certs.service_names(SERVICE, NAMESPACE)
-    leaf = certs.make_serving_cert(
-        ca,
-        dns_names=dns,
-        ips=ips,
-        days=days,
-        now=datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=started_days_ago),
-    )
-    (cert_dir / "tls.key").write_bytes(leaf.key_pem())
-    (cert_dir / "tls.crt").write_bytes(leaf.cert_pem())
 
 
 # --- healthy --------------------------------------------------------------------------
@@ -213,7 +71,7 @@ def test_a_healthy_install_passes_and_a_lone_replica_is_a_warning(
 def test_the_text_output_has_one_line_per_check_and_a_summary(
     control_plane: ControlPlane, install: InstalledWebhook
 ) -> None:
-    done = _run_cli(control_plane)
+    done = run_cli(control_plane)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     verdicts = [line for line in lines if line[:4] in ("PASS", "WARN", "FAIL", "SKIP")]
@@ -524,185 +382,3 @@ def test_an_unreachable_api_server_fails_the_first_check_and_skips_the_rest(
     assert set(statuses[1:]) == {"skip"}
     assert "refused" in document["checks"][0]["message"].lower()
     assert "Traceback" not in done.stderr
-
-
-class PodCreator:
-    """Creates pods in the meshed namespace back to back until stopped; records each outcome."""
-
-    def __init__(self, control_plane: ControlPlane) -> None:
-        self.control_plane = control_plane
-        self.outcomes: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PodCreator:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            name = f"rotation-{uuid.uuid4().hex[:6]}"
-            try:
-                pod = create(self.control_plane, MESHED, pod_manifest(name))
-            except KubectlError as error:
-                self.outcomes.append(f"{name}: refused: {error.stderr.strip()}")
-            else:
-                self.outcomes.append(
-                    f"{name}: {'injected' if is_injected(pod) else 'NOT injected'}"
-                )
-
-    def wait_for_more(self, count: int) -> None:
-        """Until ``count`` more pods were created (so each step is really exercised)."""
-        target = len(self.outcomes) + count
-        self.control_plane.wait_for(
-            lambda: len(self.outcomes) >= target, what=f"{count} more pods", timeout=60
-        )
-
-
-def _set_ca_bundle(control_plane: ControlPlane, pem: bytes) -> None:
-    value = base64.b64encode(pem).decode()
-    patch_configuration(
-        control_plane,
-        {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": value},
-        {"op": "replace", "path": "/webhooks/1/clientConfig/caBundle", "value": value},
-    )
-
-
-def _issuers(run: CheckRun) -> set[str]:
-    return {
-        d.split(" issued by ")[1].split(",")[0]
-        for d in run.check("ca-bundle")["details"]
-        if " issued by " in d
-    }
-
-
-def test_a_ca_rotation_in_the_documented_order_refuses_no_pod(
-    control_plane: ControlPlane, install: InstalledWebhook, tmp_path: Path
-) -> None:
-    old_dir, new_dir = install.certs, tmp_path / "certs-next"
-    subprocess.run(
-        [CLI, "certs", "--out", str(new_dir), "--service", SERVICE, "--namespace", NAMESPACE],
-        check=True,
-        capture_output=True,
-    )
-    old_ca, new_ca = (old_dir / "ca.crt").read_bytes(), (new_dir / "ca.crt").read_bytes()
-    old_pair = ((old_dir / "tls.key").read_bytes(), (old_dir / "tls.crt").read_bytes())
-    old_name = certs.load_ca(old_dir / "ca.crt", old_dir / "ca.key").cert.subject
-    new_name = certs.load_ca(new_dir / "ca.crt", new_dir / "ca.key").cert.subject
-    old_cn, new_cn = (
-        n.rfc4514_string().split("CN=")[1].split(",")[0] for n in (old_name, new_name)
-    )
-    try:
-        with configuration_restored(install), PodCreator(control_plane) as pods:
-            pods.wait_for_more(2)
-            # 1. Trust both.
-            _set_ca_bundle(control_plane, old_ca + new_ca)
-            run = run_check(control_plane)
-            assert run.status("ca-bundle") == "pass", run
-            assert _issuers(run) == {old_cn}
-            pods.wait_for_more(2)
-            # 2. Serve the new CA's certificate (key first, as certs writes).
-            (old_dir / "tls.key").write_bytes((new_dir / "tls.key").read_bytes())
-            (old_dir / "tls.crt").write_bytes((new_dir / "tls.crt").read_bytes())
-            run = run_check(control_plane)
-            assert run.status("ca-bundle") == "pass", run
-            assert _issuers(run) == {new_cn}
-            pods.wait_for_more(2)
-            # 3. Trust only the new CA.
-            _set_ca_bundle(control_plane, new_ca)
-            run = run_check(control_plane)
-            assert run.status("ca-bundle") == "pass", run
-            pods.wait_for_more(2)
-        assert pods.outcomes, "no pod was created"
-        assert all(o.endswith(": injected") for o in pods.outcomes), pods.outcomes
-
-        # The wrong order: the old certificate served while only the new CA is trusted.
-        (old_dir / "tls.key").write_bytes(old_pair[0])
-        (old_dir / "tls.crt").write_bytes(old_pair[1])
-        with configuration_restored(install):
-            _set_ca_bundle(control_plane, new_ca)
-            run = run_check(control_plane)
-            assert run.status("ca-bundle") == "fail", run
-            # The API server still holds a connection handshaken in step 3 for
-            # this very bundle; a replica restart ends it, as any would.
-            install.stop_process()
-            install.start_process()
-            assert "x509" in creation_error(control_plane)
-    finally:
-        (old_dir / "tls.key").write_bytes(old_pair[0])
-        (old_dir / "tls.crt").write_bytes(old_pair[1])
-
-
-def _web_deployment(name: str, replicas: int) -> Object:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            # Pods never become ready without a kubelet, so a rolling update
-            # would wait forever; Recreate replaces them at once.
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
-            },
-        },
-    }
-
-
-def _pod_names(control_plane: ControlPlane, namespace: str, selector: str) -> set[str]:
-    done = control_plane.kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "json")
-    items = json.loads(done.stdout)["items"]
-    return {p["metadata"]["name"] for p in items if not p["metadata"].get("deletionTimestamp")}
-
-
-def test_a_changed_namespace_setting_makes_sidecars_outdated_until_the_rollout_restart(
-    control_plane: ControlPlane, install: InstalledWebhook
-) -> None:
-    namespace = "check-settings"
-    name = "web"
-    control_plane.create_namespace(namespace, labels={"sidecar-injection": "enabled"})
-    try:
-        control_plane.kubectl(
-            "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(_web_deployment(name, 2))
-        )
-        control_plane.wait_for(
-            lambda: len(_pod_names(control_plane, namespace, f"app={name}")) == 2,
-            what="the Deployment's pods",
-            timeout=EFFECT_TIMEOUT,
-        )
-        run = run_check(control_plane, "--namespace", namespace)
-        assert run.status("outdated-sidecars") == "pass", run
-
-        # Same injector, same version: only the digest can tell these pods apart.
-        control_plane.kubectl("label", "namespace", namespace, "sidecar.mesh.io/log-level=debug")
-        wait_until_injecting(control_plane, namespace, timeout=60)  # the label has reached us
-        run = run_check(control_plane, "--namespace", namespace)
-        result = run.check("outdated-sidecars")
-        assert result["status"] == "warn", run
-        (workload,) = [w for w in result["data"]["workloads"] if w["name"] == name]
-        assert workload["kind"] == "Deployment"
-        assert workload["pods"] == 2
-        assert any("containers differ" in reason for reason in workload["reasons"])
-        old = _pod_names(control_plane, namespace, f"app={name}")
-
-        # What the line says to run; without a kubelet, old pods go at once.
-        control_plane.kubectl(*workload["restart"].split()[1:])
-
-        def replaced() -> bool:
-            now = _pod_names(control_plane, namespace, f"app={name}")
-            return len(now) == 2 and not (now & old)
-
-        control_plane.wait_for(replaced, what="the restarted pods", timeout=60)
-        run = run_check(control_plane, "--namespace", namespace)
-        outdated = run.check("outdated-sidecars")["data"]["workloads"]
-        assert [w for w in outdated if w["name"] == name] == [], run
-    finally:
-        control_plane.kubectl("label", "namespace", namespace, "sidecar-injection-")
-        control_plane.kubectl("delete", "namespace", namespace, "--wait=false")

@@ -1,30 +1,26 @@
-"""The locks and the container refusals through every path: ``/preview`` and ``/mutate``
-(the in-process app), and the real ``inject`` command.
+"""The locks and the container refusals through ``/preview`` and ``/mutate`` (the in-process app).
 
 ``/preview`` marks each locked setting ``"locked": true``; a refused pod is a
-400 with the one-line message on every path, and ``inject`` prints it on stderr
-with nothing on stdout.
+400 with the one-line message on every path. The real ``inject`` command's
+side is in ``tests/process/test_locks_paths.py``.
 """
 
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from webhook.cluster.namespaces_file import NamespaceInfo, StaticNamespaces
+from tests import builders
+from webhook.cluster.namespaces_file import StaticNamespaces
 from webhook.manifests.config_file import parse_config
 from webhook.service.app import create_app
 
 P = "sidecar.mesh.io/"
 CONFIG_YAML = "lockedSettings: [xds-address, include-outbound-cidrs]\n"
-CLI = str(Path(sys.executable).parent / "sidecar-injector")
 XDS = {P + "xds-address": "xds.mesh-system:15010"}
 ATTACKER = {P + "xds-address": "attacker.example.com:443"}
 LOCK_MESSAGE = (
@@ -36,19 +32,14 @@ LOCK_MESSAGE = (
 
 
 def pod(annotations: dict[str, str] | None = None, **container: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "web", "annotations": annotations or {}},
-        "spec": {"containers": [{"name": "app", "image": "nginx", **container}]},
-    }
+    """Pod ``web`` with these annotations, its one container ``app`` with these fields."""
+    app = {"name": "app", "image": "nginx", **container}
+    return builders.pod(containers=[app], annotations=annotations or {})
 
 
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    source = StaticNamespaces(
-        {"demo": NamespaceInfo("demo", {"sidecar-injection": "enabled"}, XDS)}
-    )
+    source = StaticNamespaces({"demo": builders.namespace("demo", builders.ENABLED, XDS)})
     return TestClient(create_app(config=parse_config(CONFIG_YAML), namespaces=source))
 
 
@@ -82,19 +73,7 @@ def test_preview_refuses_a_pod_that_changes_a_locked_setting(client: TestClient)
 
 
 def review(obj: dict[str, Any]) -> bytes:
-    return orjson.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "u-1",
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "namespace": "demo",
-                "operation": "CREATE",
-                "object": obj,
-            },
-        }
-    )
+    return builders.review_bytes(obj, uid="u-1")
 
 
 @pytest.mark.parametrize(
@@ -134,56 +113,3 @@ def test_mutate_injects_a_pod_that_repeats_the_locked_value(client: TestClient) 
     assert response["allowed"] is True
     patch = orjson.loads(base64.b64decode(response["patch"]))
     assert any(op["path"] == "/spec/initContainers" for op in patch)
-
-
-def run_inject(tmp_path: Path, obj: dict[str, Any]) -> subprocess.CompletedProcess[bytes]:
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG_YAML)
-    return subprocess.run(
-        [
-            CLI,
-            "inject",
-            "-f",
-            "-",
-            "--config",
-            str(config),
-            "--label",
-            "sidecar-injection=enabled",
-            "--annotation",
-            f"{P}xds-address=xds.mesh-system:15010",
-        ],
-        input=orjson.dumps(obj),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def test_inject_exits_non_zero_with_the_one_line_refusal_and_nothing_on_stdout(
-    tmp_path: Path,
-) -> None:
-    refused = run_inject(tmp_path, pod(ATTACKER))
-    assert refused.returncode != 0
-    assert refused.stdout == b""
-    assert refused.stderr.decode() == f"sidecar-injector: error: {LOCK_MESSAGE}\n"
-    same = run_inject(tmp_path, pod(XDS))
-    assert (same.returncode, same.stderr) == (0, b"")
-    assert b"mesh-proxy" in same.stdout
-
-
-def test_inject_refuses_a_config_with_an_unknown_locked_setting(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text("lockedSettings: [inject]\n")
-    refused = subprocess.run(
-        [CLI, "inject", "-f", "-", "--config", str(config)],
-        input=orjson.dumps(pod()),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert refused.returncode != 0
-    assert refused.stdout == b""
-    assert refused.stderr.decode().count("\n") == 1
-    assert (
-        "lockedSettings: Value error, entry 1 'inject' is not a setting" in refused.stderr.decode()
-    )

@@ -6,14 +6,14 @@ depends on it skipped), the fatal skip, the time budget.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
-from webhook.cluster import kube
+from harness.fake_kube_api import FakeKubeAPI
+from tests.unit.check.support import cluster_of
 from webhook.cluster.reader import Cluster
 from webhook.ops.check import CHECK_NAMES, CHECKS, Check, Discovery, Options, run
 from webhook.ops.check import context as c
@@ -28,18 +28,12 @@ def test_the_checks_print_in_their_documented_order() -> None:
     )  # fmt: skip
 
 
-def test_a_failed_fatal_check_skips_every_check_after_it(tmp_path: Path) -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    (tmp_path / "kubeconfig").write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
-        "users: [{name: u, user: {token: t}}]\n"
-        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
-    )
-    connection = kube.Connection(kube.load_configuration(tmp_path / "kubeconfig"))
-    first, *rest = run(Cluster(connection, timeout=5), Options(), CHECKS)
+def test_a_failed_fatal_check_skips_every_check_after_it(
+    fake_api: FakeKubeAPI, tmp_path: Path
+) -> None:
+    cluster = cluster_of(fake_api, tmp_path, timeout=5)
+    fake_api.stop()  # nothing listens on its port any more
+    first, *rest = run(cluster, Options(), CHECKS)
     assert (first.name, first.status) == ("kubernetes-api", "fail")
     assert "Connection refused" in first.message
     assert {(r.status, r.message) for r in rest} == {("skip", "the API server cannot be reached")}

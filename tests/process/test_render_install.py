@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.server import CLI
+from tests.builders import REPO
 from webhook import __version__
 from webhook.manifests.config_file import parse_config
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "render_install.py"
-CLI = Path(sys.executable).parent / "sidecar-injector"
+SCRIPT = REPO / "scripts" / "render_install.py"
 MOVED = "registry.example.com:5000/mesh"
 
 Object = dict[str, Any]
@@ -41,7 +41,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _render(certs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, str(SCRIPT), "--manifests", str(ROOT / "manifests")]
+    command = [sys.executable, str(SCRIPT), "--manifests", str(REPO / "manifests")]
     command += ["--certs", str(certs), "--out", str(out), *extra]
     return subprocess.run(command, capture_output=True, text=True, check=False)
 

@@ -8,11 +8,11 @@ one pod with several problems at once, to pin which refusal comes first.
 from __future__ import annotations
 
 import copy
-from types import MappingProxyType
 from typing import Any
 
 import pytest
 
+from tests import builders
 from webhook.contract import constants
 from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine import InjectionRefused, inject
@@ -21,7 +21,7 @@ from webhook.engine.refusals import intercepted
 from webhook.manifests.patched import patched
 
 P = "sidecar.mesh.io/"
-ENABLED = NamespaceInfo("shop", MappingProxyType({"sidecar-injection": "enabled"}))
+ENABLED = builders.enabled_namespace("shop")
 CONFIG = InjectorConfig()
 CLASSIC = {P + "native-sidecar": "false"}
 
@@ -34,15 +34,16 @@ def pod(
     labels: dict[str, str] | None = None,
     **spec: Any,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"containers": containers or [{"name": "app", "image": "app"}], **spec}
+    """:func:`tests.builders.pod` with these containers, spec fields, and metadata maps always
+    present (the refusal order's fixes edit them in place)."""
     if init is not None:
-        body["initContainers"] = init
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "web", "annotations": annotations or {}, "labels": labels or {}},
-        "spec": body,
-    }
+        spec["initContainers"] = init
+    return builders.pod(
+        containers=containers or [container("app")],
+        spec=spec,
+        annotations=annotations or {},
+        labels=labels or {},
+    )
 
 
 def container(name: str = "app", *ports: Any, **fields: Any) -> dict[str, Any]:
@@ -217,11 +218,8 @@ def test_mesh_init_has_its_own_runtime_default_profile_whatever_the_pod_sets(
 
 # --- the order of refusals ------------------------------------------------------------------
 
-RESTRICTED = NamespaceInfo(
-    "shop",
-    MappingProxyType(
-        {"sidecar-injection": "enabled", "pod-security.kubernetes.io/enforce": "restricted"}
-    ),
+RESTRICTED = builders.enabled_namespace(
+    "shop", **{"pod-security.kubernetes.io/enforce": "restricted"}
 )
 LOCKED = InjectorConfig(locked_settings=frozenset({"xds-address"}))
 

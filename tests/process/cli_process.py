@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.server import CLI
+from harness.server import CLI
 
 # Far above what any command needs (check with the Kubernetes client, about
 # 100 MiB resident), far below what an unbounded read would take.

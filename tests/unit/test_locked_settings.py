@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import pytest
 
-from webhook.contract.namespaces import NamespaceInfo
+from tests.builders import ENABLED, REPO, namespace
 from webhook.engine import InjectionRefused, inject
 from webhook.engine.config import InjectorConfig
 from webhook.engine.settings import (
@@ -288,11 +286,7 @@ def test_the_cache_charge_covers_entries_that_carry_a_pods_copy_of_a_locked_valu
 
 # --- through inject ---------------------------------------------------------------------
 
-ENABLED = NamespaceInfo(
-    "shop",
-    MappingProxyType({"sidecar-injection": "enabled"}),
-    MappingProxyType({P + "xds-address": "xds.mesh:15010"}),
-)
+SHOP = namespace("shop", ENABLED, {P + "xds-address": "xds.mesh:15010"})
 
 
 def deployment(annotations: dict[str, str], labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -312,14 +306,14 @@ def deployment(annotations: dict[str, str], labels: dict[str, str] | None = None
 def test_inject_refuses_a_template_that_changes_a_locked_key_naming_the_workload() -> None:
     pod = deployment({P + "xds-address": "attacker.example.com:443"})
     with pytest.raises(InjectionRefused) as refused:
-        inject(pod, namespace=ENABLED, config=locking("xds-address"))
+        inject(pod, namespace=SHOP, config=locking("xds-address"))
     assert str(refused.value).startswith(
         "Deployment shop/web: pod annotation sidecar.mesh.io/xds-address="
         "'attacker.example.com:443' is refused: the injector config locks"
     )
     same = inject(
         deployment({P + "xds-address": "xds.mesh:15010"}),
-        namespace=ENABLED,
+        namespace=SHOP,
         config=locking("xds-address"),
     )
     assert same.injected
@@ -329,13 +323,13 @@ def test_inject_refuses_a_template_that_changes_a_locked_key_naming_the_workload
 
 def test_a_pod_that_would_not_be_injected_is_never_refused_for_a_lock() -> None:
     opted_out = deployment({P + "xds-address": "attacker.example.com:443"}, {P + "inject": "false"})
-    result = inject(opted_out, namespace=ENABLED, config=locking("xds-address"))
+    result = inject(opted_out, namespace=SHOP, config=locking("xds-address"))
     assert (result.injected, result.decision.code) == (False, "pod-opted-out")
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/settings.md"])
 def test_the_documented_lock_examples_are_valid_configs(doc: str) -> None:
-    text = (Path(__file__).parent.parent / doc).read_text()
+    text = (REPO / doc).read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
     examples = [b for b in blocks if "lockedSettings" in b]
     assert examples

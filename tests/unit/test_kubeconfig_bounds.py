@@ -3,22 +3,20 @@
 The Kubernetes client used to read ``tokenFile: /dev/zero`` whole (1.9 GB and
 climbing). ``webhook.cluster.kubeconfig`` now reads the kubeconfig and the
 files its current context names (regular files, bounded) and gives the
-client their contents; exec plugins are still run by the client.
+client their contents. Exec plugins, still run by the client, and the real
+commands are in ``tests/process/test_kubeconfig_bounds.py``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.cli_process import PEAK_RSS_LIMIT_KIB, run_cli
-from tests.support.fake_kube_api import FakeKubeAPI
+from tests.builders import dev_zero, fifo, sparse_file
 from webhook.cluster import kube
 from webhook.cluster.kubeconfig import KubeconfigError, load_kubeconfig
 from webhook.manifests import files
@@ -51,16 +49,6 @@ def kubeconfig(
     return path
 
 
-def fifo(path: Path) -> Path:
-    os.mkfifo(path)
-    return path
-
-
-def zero(path: Path) -> Path:
-    path.symlink_to("/dev/zero")
-    return path
-
-
 FIELDS = [
     ("user", "tokenFile"),
     ("user", "client-certificate"),
@@ -73,7 +61,7 @@ FIELDS = [
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
-        (zero, "a character device, not a regular file"),
+        (dev_zero, "a character device, not a regular file"),
         (fifo, "a FIFO, not a regular file"),
     ],
 )
@@ -95,7 +83,7 @@ def test_a_credential_file_over_1_mib_is_refused(tmp_path: Path) -> None:
         load_kubeconfig(path)
 
 
-@pytest.mark.parametrize(("make", "reason"), [(zero, "a character device"), (fifo, "a FIFO")])
+@pytest.mark.parametrize(("make", "reason"), [(dev_zero, "a character device"), (fifo, "a FIFO")])
 def test_the_kubeconfig_itself_must_be_a_regular_file(
     tmp_path: Path, make: Any, reason: str
 ) -> None:
@@ -107,9 +95,7 @@ def test_the_kubeconfig_itself_must_be_a_regular_file(
 
 
 def test_a_kubeconfig_over_4_mib_is_refused_by_its_size(tmp_path: Path) -> None:
-    path = tmp_path / "config"
-    with path.open("wb") as sparse:
-        sparse.truncate(files.KUBECONFIG_LIMIT + 1)
+    path = sparse_file(tmp_path / "config", files.KUBECONFIG_LIMIT + 1)
     with pytest.raises(KubeconfigError, match="cannot read: over the 4 MiB limit"):
         load_kubeconfig(path)
 
@@ -137,7 +123,7 @@ def test_files_are_inlined_relative_to_the_kubeconfig_and_the_token_trimmed(
 
 
 def test_only_the_current_contexts_files_are_read(tmp_path: Path) -> None:
-    zero(tmp_path / "zero")
+    dev_zero(tmp_path / "zero")
     document = json.loads(kubeconfig(tmp_path / "config").read_text())
     document["users"].append({"name": "other", "user": {"tokenFile": "zero"}})
     (tmp_path / "config").write_text(json.dumps(document))
@@ -180,79 +166,3 @@ def test_a_broken_kubeconfig_is_one_line_naming_the_file(
     with pytest.raises(KubeconfigError) as caught:
         load_kubeconfig(path)
     assert str(caught.value) == f"{path}: {message}"
-
-
-def test_an_exec_plugin_is_still_run_by_the_client(tmp_path: Path) -> None:
-    # Exec plugins are programs the kubeconfig runs with the user's rights:
-    # left to the client, with the kubeconfig's directory as their cwd.
-    plugin = tmp_path / "plugin.py"
-    plugin.write_text(
-        "import json, os\n"
-        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', 'kind':"
-        " 'ExecCredential', 'status': {'token': os.path.basename(os.getcwd())}}))\n"
-    )
-    exec_config = {
-        "apiVersion": "client.authentication.k8s.io/v1",
-        "command": sys.executable,
-        "args": [str(plugin)],
-        "interactiveMode": "Never",
-    }
-    path = kubeconfig(tmp_path / "config", user={"exec": exec_config})
-    configuration = kube.load_configuration(path)
-    assert configuration.api_key == {"BearerToken": f"Bearer {tmp_path.name}"}
-
-
-# --- the real command line ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize("make", [zero, fifo])
-def test_check_with_a_token_file_that_never_ends_fails_its_first_check_small_and_fast(
-    tmp_path: Path, make: Any
-) -> None:
-    api = FakeKubeAPI().start()
-    try:
-        bad = make(tmp_path / "token")
-        path = kubeconfig(tmp_path / "config", server=api.url, user={"tokenFile": "token"})
-        ran = run_cli("check", "--kubeconfig", str(path), "-o", "json", tmp_path=tmp_path)
-    finally:
-        api.stop()
-    assert ran.code == 1
-    assert ran.err == b""
-    first, *rest = json.loads(ran.out)["checks"]
-    assert first["status"] == "fail"
-    assert first["message"] == (
-        f"cannot configure the Kubernetes client: {path}: user 'u': tokenFile: {bad}:"
-        f" cannot read: {'a character device' if make is zero else 'a FIFO'}, not a regular file"
-    )
-    assert {check["status"] for check in rest} == {"skip"}
-    assert ran.peak_kib < PEAK_RSS_LIMIT_KIB
-    assert api.requests == {}  # nothing was sent with a half-read credential
-
-
-def test_serve_with_a_kubeconfig_naming_dev_zero_is_a_one_line_error(tmp_path: Path) -> None:
-    certs_dir = tmp_path / "certs"
-    assert run_cli("certs", "--out", str(certs_dir), tmp_path=tmp_path).code == 0
-    bad = zero(tmp_path / "ca.crt")
-    path = kubeconfig(tmp_path / "config", cluster={"certificate-authority": "ca.crt"})
-    ran = run_cli(
-        "serve", "--cert-dir", str(certs_dir), "--port", "1", "--kubeconfig", str(path),
-        tmp_path=tmp_path,
-    )  # fmt: skip
-    assert ran.code == 1
-    assert ran.out == b""
-    assert ran.err_lines[-1] == (
-        f"sidecar-injector: error: cannot configure the Kubernetes client: {path}:"
-        f" cluster 'c': certificate-authority: {bad}: cannot read: a character device,"
-        " not a regular file"
-    )
-    assert ran.peak_kib < PEAK_RSS_LIMIT_KIB
-
-
-def test_check_reads_kubeconfig_from_the_environment_within_the_same_bounds(
-    tmp_path: Path,
-) -> None:
-    bad = fifo(tmp_path / "token")
-    path = kubeconfig(tmp_path / "config", user={"tokenFile": str(bad)})
-    ran = run_cli("check", tmp_path=tmp_path, env={"KUBECONFIG": str(path)})
-    assert ran.code == 1
-    assert f"tokenFile: {bad}: cannot read: a FIFO, not a regular file" in ran.out.decode()

@@ -5,7 +5,8 @@ bounded but the list was not: 7 MB pages that always carried a continue
 token grew ``check`` to 2.75 GB (then a MemoryError called "a list page is
 not JSON"), and empty pages with continue tokens never ended despite
 ``--timeout 3``. Against the shared fake API server (endless, huge and slow
-lists), through the real command and through ``Cluster.list`` alone.
+lists) through the real command, its memory measured; ``Cluster.list``
+alone is in ``tests/unit/check/test_list_bounds.py``.
 """
 
 from __future__ import annotations
@@ -14,50 +15,31 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli_process import PEAK_RSS_LIMIT_KIB, Ran, run_cli
-from tests.support.fake_kube_api import FakeKubeAPI
-from webhook.cluster import kube
-from webhook.cluster.reader import LIST_LIMIT, Cluster, ClusterError, TimeUp
+from harness.fake_kube_api import FakeKubeAPI
+from tests.process.cli_process import PEAK_RSS_LIMIT_KIB, Ran, run_cli
+from webhook.cluster.reader import LIST_LIMIT
 from webhook.manifests.files import size_text
 
 NAMESPACES = "/api/v1/namespaces"
 
 
 @pytest.fixture
-def api() -> Iterator[FakeKubeAPI]:
-    fake = FakeKubeAPI().start()
-    fake.add("shop", {"sidecar-injection": "enabled"})
-    fake.endless_lists = True
-    yield fake
-    fake.stop()
-
-
-def write_kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        f"clusters: [{{name: c, cluster: {{server: '{server}'}}}}]\n"
-        "users: [{name: u, user: {token: t}}]\n"
-        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
-    )
-    return path
+def api(fake_api: FakeKubeAPI) -> FakeKubeAPI:
+    """One opted-in namespace, in lists that never end."""
+    fake_api.add("shop", {"sidecar-injection": "enabled"})
+    fake_api.endless_lists = True
+    return fake_api
 
 
 def check(api: FakeKubeAPI, tmp_path: Path, *args: str) -> tuple[Ran, dict[str, dict[str, str]]]:
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
     ran = run_cli("check", "--kubeconfig", str(kubeconfig), "-o", "json", *args, tmp_path=tmp_path)
     assert ran.err == b"", ran.err[-2000:]
     return ran, {c["name"]: c for c in json.loads(ran.out)["checks"]}
-
-
-def cluster(api: FakeKubeAPI, tmp_path: Path, *, timeout: float = 30.0) -> Cluster:
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
-    return Cluster(kube.Connection(kube.load_configuration(kubeconfig)), timeout=timeout)
 
 
 # --- the real command --------------------------------------------------------------------
@@ -103,37 +85,7 @@ def test_7_mb_pages_without_end_stop_at_the_lists_byte_bound_and_the_process_sta
     assert ran.peak_kib < PEAK_RSS_LIMIT_KIB
 
 
-# --- Cluster.list alone ------------------------------------------------------------------
-
-
-def test_a_list_is_cut_after_its_page_bound(api: FakeKubeAPI, tmp_path: Path) -> None:
-    with pytest.raises(ClusterError, match=f"^the list {NAMESPACES} goes on past 5 pages$"):
-        list(cluster(api, tmp_path).list(NAMESPACES, max_pages=5))
-    assert api.requests["list"] == 5
-
-
-def test_a_list_is_cut_after_its_byte_bound(api: FakeKubeAPI, tmp_path: Path) -> None:
-    api.list_padding = 100_000  # a little under, with its JSON
-    with pytest.raises(ClusterError, match=r"is over 250000 bytes in all \(3 pages read\)$"):
-        list(cluster(api, tmp_path).list(NAMESPACES, max_bytes=250_000))
-
-
-def test_a_deadline_the_caller_gives_is_time_up_to_keep_what_was_read(
-    api: FakeKubeAPI, tmp_path: Path
-) -> None:
-    api.list_delay = 0.2
-    items = cluster(api, tmp_path).list(NAMESPACES, until=time.monotonic() + 3)
-    assert next(items)["metadata"]["name"] == "shop"
-    with pytest.raises(TimeUp):
-        list(items)
-
-
-def test_a_list_that_ends_is_read_whole(api: FakeKubeAPI, tmp_path: Path) -> None:
-    api.endless_lists = False
-    for index in range(7):
-        api.add(f"ns-{index}")
-    names = [o["metadata"]["name"] for o in cluster(api, tmp_path).list(NAMESPACES, page_size=2)]
-    assert names == sorted(["shop", *(f"ns-{index}" for index in range(7))])
+# --- parsing where memory is short ---------------------------------------------------
 
 
 def test_a_page_that_does_not_fit_in_memory_is_not_called_malformed() -> None:
