@@ -124,9 +124,17 @@ class DeadlineH11Protocol(H11Protocol):
         self._follow(idle_means_waiting=bool(self.conn.trailing_data[0]))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """No deadline outlives its connection."""
+        """No deadline, and no keep-alive timer, outlives its connection."""
         self._disarm()
         super().connection_lost(exc)
+        # uvicorn cancels its keep-alive timer only for a connection that ended
+        # without an error. A client that resets the connection after a
+        # response would otherwise stay referenced by the timer, with its TLS
+        # state and buffers, for the whole keep-alive time (120 s).
+        keep_alive = self.timeout_keep_alive_task
+        if keep_alive is not None:
+            keep_alive.cancel()
+            self.timeout_keep_alive_task = None
 
     def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's generic text
         """Answer a request the parser refused, with the status and reason it chose, and close.

@@ -145,6 +145,28 @@ class Metrics:
             "Bytes of request bodies held in memory (or reserved for them) right now.",
             registry=self.registry,
         )
+        self.connections_refused = Counter(
+            "sidecar_injector_connections_refused",
+            "Connections reset as soon as accepted because their client (source address) "
+            "already held as many as one client may (--max-connections-per-client).",
+            registry=self.registry,
+        )
+        self.connections_open = Gauge(
+            "sidecar_injector_connections_open",
+            "Connections open right now (TLS handshakes under way included).",
+            registry=self.registry,
+        )
+        self.heap_trims = Counter(
+            "sidecar_injector_heap_trims",
+            "Full garbage collections and C heap trims after connections closed.",
+            registry=self.registry,
+        )
+        self.connections_busiest_client = Gauge(
+            "sidecar_injector_connections_busiest_client",
+            "The most connections one client (source address) holds right now; "
+            "compare with --max-connections-per-client.",
+            registry=self.registry,
+        )
 
         # Children by label values, looked up once: ``labels()`` validates and
         # locks on every call, which cost as much as the rest of recording an
@@ -175,6 +197,15 @@ class Metrics:
     def namespace_fetch(self, reason: str, result: str) -> None:
         """Count one namespace read from the source during admission."""
         self.namespace_fetches.labels(reason, result).inc()
+
+    def connection_refused(self) -> None:
+        """Count one connection refused at accept for its client's cap."""
+        self.connections_refused.inc()
+
+    def connection_counts(self, *, total: Callable[[], int], busiest: Callable[[], int]) -> None:
+        """Read the open connections (all, and the busiest client's) at every scrape."""
+        self.connections_open.set_function(total)
+        self.connections_busiest_client.set_function(busiest)
 
     def watch_freshness(self, read: Callable[[], Freshness | None]) -> None:
         """Render the namespace source's freshness at every scrape (see ``_FreshnessCollector``)."""
