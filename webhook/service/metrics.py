@@ -140,6 +140,22 @@ class Metrics:
             ["reason", "result"],
             registry=self.registry,
         )
+        self.namespace_waits = Counter(
+            "sidecar_injector_namespace_waits",
+            "Reviews that waited for the namespace watch to deliver a namespace the cache did "
+            "not know, instead of reading it: result arrived or not_arrived (then read, or "
+            "refused).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.namespace_reads_refused = Counter(
+            "sidecar_injector_namespace_reads_refused",
+            "Namespace reads refused during admission (the pod refused with a 503): reason "
+            "client_busy (its client has as many reads under way as allowed) or absent (read "
+            "as missing moments ago, not delivered by the watch since).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.body_bytes = Gauge(
             "sidecar_injector_request_body_bytes_held",
             "Bytes of request bodies held in memory (or reserved for them) right now.",
@@ -197,6 +213,14 @@ class Metrics:
     def namespace_fetch(self, reason: str, result: str) -> None:
         """Count one namespace read from the source during admission."""
         self.namespace_fetches.labels(reason, result).inc()
+
+    def namespace_wait(self, result: str) -> None:
+        """Count one wait for the watch to deliver a namespace (``arrived``/``not_arrived``)."""
+        self.namespace_waits.labels(result).inc()
+
+    def namespace_read_refused(self, reason: str) -> None:
+        """Count one namespace read refused during admission (``client_busy``/``absent``)."""
+        self.namespace_reads_refused.labels(reason).inc()
 
     def connection_refused(self) -> None:
         """Count one connection refused at accept for its client's cap."""
