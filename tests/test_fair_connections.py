@@ -18,6 +18,7 @@ import resource
 import selectors
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.support.server import Server, running_server
+from tests.support.server import CLI, Server, running_server
 from tests.support.tls_client import SERVICE_HOSTNAME, client_context, connect
 from webhook.service.connections import (
     MAX_CONNECTIONS_PER_CLIENT,
@@ -320,10 +321,24 @@ def test_the_per_client_cap_is_a_serve_flag_from_1_to_the_descriptor_limit() -> 
         log_level = "info"
         max_connections_per_client: int | None = None
 
-    assert ServeSettings.from_args(Args()).max_connections_per_client == 256  # type: ignore[arg-type]
+    default = ServeSettings.from_args(Args())  # type: ignore[arg-type]
+    assert default.max_connections_per_client == MAX_CONNECTIONS_PER_CLIENT == 256
     for bad in (0, -1, MAX_OPEN_FILES + 1):
         Args.max_connections_per_client = bad
         with pytest.raises(ServeError, match="--max-connections-per-client"):
             ServeSettings.from_args(Args())  # type: ignore[arg-type]
     Args.max_connections_per_client = 1
     assert ServeSettings.from_args(Args()).max_connections_per_client == 1  # type: ignore[arg-type]
+
+
+def test_the_per_client_cap_is_documented_with_its_default() -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [CLI, "serve", "--help"], capture_output=True, text=True, timeout=30, check=True
+    )
+    help_text = " ".join(result.stdout.split())
+    assert "--max-connections-per-client N" in help_text
+    assert f"(default {MAX_CONNECTIONS_PER_CLIENT})" in help_text
+    usage = f"[--max-connections-per-client {MAX_CONNECTIONS_PER_CLIENT}]"
+    for doc in ("README.md", "docs/service.md"):
+        assert usage in (root / doc).read_text(), doc
