@@ -2,14 +2,14 @@
 
 Two things kept memory after connections closed, so that churn (or a crowd
 of connections that had come and gone) left the process tens of MB larger,
-for good (docs/service.md, "Limits", has the figures):
+for good (docs/service.md, "Fairness between clients", has the figures):
 
 - **Reference cycles.** A connection whose TLS handshake fails (a client that
   connects and leaves, or does not speak TLS) ends in an exception that
   asyncio's accept path keeps in a cycle with the objects of the connection
   (its protocol, transport, TLS state and 32 KiB read buffer); CPython
-  fixed that in later patch releases (gh-109534), not in every 3.11 this may
-  run on. Such a cycle is freed only by a collection of the oldest
+  fixed that in later patch releases, not in every 3.11 this may run on.
+  Such a cycle is freed only by a collection of the oldest
   generation its objects reached, and a connection lives long enough to
   reach it; ``serve`` makes full collections rare on purpose
   (``webhook.service.server.GC_THRESHOLDS``), so they piled up.

@@ -17,9 +17,12 @@ within ``read_timeout``, deadlines that uvicorn does not have and that
 why uvicorn and h11 are pinned). This module passes that protocol to uvicorn.
 
 Process-wide settings belong here, not in the app factory: logging, the fd
-limit and TLS buffer size that bound what connections cost, freezing
-the start-up heap for the garbage collector, and the interpreter's switch
-interval (how soon the event loop gets its turn back from a worker thread).
+limit and TLS buffer size that bound what connections cost, the listening
+socket that caps connections per client (``webhook.service.connections``),
+giving back what closed connections leave (``webhook.service.heap``, on
+the server's tick), freezing the start-up heap for the garbage collector,
+and the interpreter's switch interval (how soon the event loop gets its
+turn back from a worker thread).
 
 Shutdown. On the first SIGTERM the server first *drains*
 (:class:`DrainingServer`): for up to :data:`DRAIN_SECONDS` it goes on
