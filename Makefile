@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint fmt clean
+.PHONY: install test test-fast lint fmt clean
 
 install: $(STAMP)
 
@@ -28,18 +28,33 @@ constraints:
 	mv constraints.txt.new constraints.txt
 	rm -rf build/constraints-venv
 
+# The tiers (tests/conftest.py, README.md "Tests"): tests/unit runs in-process only,
+# tests/process starts real processes, tests/e2e runs the control plane, network
+# namespaces and the real node. test-fast is the unit tier, the loop to run
+# after every change; test is everything. Both spread the tests over
+# $(TEST_WORKERS) processes (pytest-xdist; TEST_WORKERS=0 runs them in this
+# one). In test a file is a unit of work, so its module fixtures start once
+# (--dist loadgroup would not group: xdist 3.8 cannot rename pytest 9's node
+# ids), taken in the order tests/tiers.py gives, the longest e2e work first.
+# HYPOTHESIS_PROFILE=ci (what .ci/run sets) runs the properties in full.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest
+
+test-fast: install
+	$(PYTEST) -q tests/unit -n $(TEST_WORKERS)
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(PYTEST) -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install
-	$(BIN)/ruff check webhook tests scripts bench
-	$(BIN)/ruff format --check webhook tests scripts bench
+	$(BIN)/ruff check webhook tests scripts bench harness
+	$(BIN)/ruff format --check webhook tests scripts bench harness
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 fmt: install
-	$(BIN)/ruff format webhook tests scripts bench
-	$(BIN)/ruff check --fix webhook tests scripts bench
+	$(BIN)/ruff format webhook tests scripts bench harness
+	$(BIN)/ruff check --fix webhook tests scripts bench harness
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
@@ -89,7 +104,7 @@ manifests: install $(CERTS_DIR)/tls.crt policy-manifests
 
 # Policy mode (docs/policy.md): manifests/policy/policy.yaml is what
 # `sidecar-injector policy` prints for the install's config; committed (it holds
-# no secret), re-rendered here after a config change (tests/test_policy_manifests.py
+# no secret), re-rendered here after a config change (tests/process/test_policy_manifests.py
 # fails while the two differ). Written to a temporary file first, so a failed
 # render leaves the committed one as it was.
 .PHONY: policy-manifests
@@ -110,20 +125,20 @@ deploy: manifests
 	$(KUBECTL) apply -f manifests/install.yaml
 	$(KUBECTL) -n mesh-system rollout status deployment/sidecar-injector --timeout=180s
 
-# --- Local control plane for e2e tests (tests/e2e/cluster.py) ---
+# --- Local control plane for e2e tests (harness/kube/control_plane.py) ---
 # kube-apiserver and kube-controller-manager are built from the pinned
-# k8s.io/kubernetes module (tests/e2e/controlplane/go.mod) and cached in
+# k8s.io/kubernetes module (harness/kube/controlplane/go.mod) and cached in
 # $SIDECAR_INJECTOR_CACHE (default ~/.cache/sidecar-injector); a cold build needs Go
 # and takes minutes, a cached one returns at once.
 .PHONY: control-plane cluster
 
 control-plane:
-	bash tests/e2e/build_control_plane.sh
+	bash harness/kube/build_control_plane.sh
 
 # Foreground etcd + kube-apiserver + kube-controller-manager on 127.0.0.1;
 # prints an `export KUBECONFIG=...` line; Ctrl-C tears it all down.
 cluster: install control-plane
-	$(BIN)/python -m tests.e2e.run_cluster
+	$(BIN)/python -m harness.kube.run_cluster
 
 # --- xDS test server for pod-in-a-box (tests/e2e/xds/, docs/xds.md) ---
 # go-control-plane's ADS server with a JSON control port, built (CGO off) and
@@ -134,7 +149,7 @@ cluster: install control-plane
 xds-server:
 	bash tests/e2e/build_xds_server.sh
 
-# --- A real one-node cluster (tests/e2e/node.py, docs/e2e.md) ---
+# --- A real one-node cluster (harness/kube/node.py, docs/e2e.md) ---
 # kubelet, kube-scheduler and kube-proxy from the same pinned module, cached in
 # $SIDECAR_INJECTOR_CACHE/kube-node-<version>; the project's images and the
 # base-image stand-ins built with buildah, cached by the hash of their inputs
@@ -146,13 +161,13 @@ xds-server:
 .PHONY: node-binaries images node e2e-node
 
 node-binaries:
-	bash tests/e2e/build_control_plane.sh node
+	bash harness/kube/build_control_plane.sh node
 
 images: install
-	$(BIN)/python -m tests.e2e.images
+	$(BIN)/python -m harness.kube.images
 
 node: install control-plane node-binaries images
-	$(BIN)/python -m tests.e2e.run_node
+	$(BIN)/python -m harness.kube.run_node
 
 e2e-node: install control-plane node-binaries images
 	$(BIN)/python -m pytest -m node tests/e2e -q
@@ -162,17 +177,17 @@ e2e-node: install control-plane node-binaries images
 # wrk and taskset: apt-get install wrk util-linux, and 2 cores); pod creation end
 # to end through kube-apiserver (the e2e control plane, `make control-plane`);
 # pod start-up on a real node (root and the node's parts, docs/e2e.md). A
-# section that cannot run here is skipped with its reason. BENCH_BEFORE is
-# the commit whose webhook is measured next to the current one ("before": the
-# webhook ahead of the performance work BENCHMARKS.md's "Profiling" describes),
-# installed once into a virtualenv of its own; set it empty to skip. Rewrites
-# BENCHMARKS.md (raw figures and logs: bench/results/; its header says how long
-# the run took, most of it the node section); run it on a quiet machine.
-BENCH_BEFORE ?= 6ae0950
+# section that cannot run here is skipped with its reason. BEFORE names a git
+# ref (commit, tag, branch) whose webhook is measured next to the current one,
+# installed once into a virtualenv of its own: `make bench BEFORE=v0.1.0`;
+# empty (the default) leaves the "before" column out. Rewrites BENCHMARKS.md
+# (raw figures and logs: bench/results/). Most of the run is the node section;
+# run it on a quiet machine.
+BEFORE ?=
 .PHONY: bench
 
 bench: install
-	$(BIN)/python -m bench.run --out . $(if $(BENCH_BEFORE),--before $(BENCH_BEFORE))
+	$(BIN)/python -m bench.run --out . $(if $(BEFORE),--before $(BEFORE))
 
 # --- Pod-in-a-box (tests/e2e/podbox.py) ---
 # An injected pod's mesh-init and mesh-proxy run for real in a network namespace,

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e.cluster import cache_root
+from harness.kube.binaries import cache_root
 
 ROOT = Path(__file__).resolve().parent.parent
 

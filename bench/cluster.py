@@ -1,8 +1,8 @@
 """Pod creation end to end: what the mesh costs kube-apiserver, etcd and the webhook.
 
-Built from the e2e parts: the control plane of ``tests/e2e/cluster.py`` (real
+Built from the e2e parts: the control plane of ``harness/kube/control_plane.py`` (real
 etcd and kube-apiserver), the real install rendered from ``manifests/`` and
-applied as ``make deploy`` would (``tests/e2e/webhook_install.py``), and the
+applied as ``make deploy`` would (``harness/kube/install.py``), and the
 webhook as a local ``sidecar-injector serve`` (with the install's config and
 a watch on this apiserver) reached through the install's Service.
 
@@ -60,16 +60,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench import cluster_policy, workload
 from bench.cluster_load import ClusterBenchError, measure
 from bench.service import cpu_seconds
-from tests.e2e.cluster import ControlPlane, ControlPlaneError, build_binaries, cached_bin_dir
-from tests.e2e.webhook_install import (
+from harness.kube.binaries import ControlPlaneError, build_binaries, cached_bin_dir
+from harness.kube.control_plane import ControlPlane
+from harness.kube.install import (
     NAMESPACE,
     SERVICE,
     make_certs,
     render_install,
     service_port_name,
 )
-from tests.support.server import free_port, parse_metrics, wait_ready
-from tests.support.tls_client import https_get
+from harness.server import free_port, parse_metrics, wait_ready
+from harness.tls_client import https_get
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN_NS: Final = "bench-plain"

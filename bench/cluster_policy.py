@@ -19,8 +19,8 @@ import yaml
 
 from bench import workload
 from bench.cluster_load import ClusterBenchError
-from tests.e2e.cluster import ControlPlane
-from tests.e2e.webhook_install import CONFIGURATION
+from harness.kube.control_plane import ControlPlane
+from harness.kube.install import CONFIGURATION
 from webhook.contract import constants
 from webhook.manifests.config_file import load_config
 from webhook.policy.render import render_policy

@@ -1,9 +1,9 @@
 """Pod start-up with and without the mesh on a real one-node cluster.
 
-A thin wrapper around ``tests/e2e/node_bench.py``: the node of
-``tests/e2e/node.py`` (containerd, kubelet, scheduler, kube-proxy, the
+A thin wrapper around ``harness/kube/node_bench.py``: the node of
+``harness/kube/node.py`` (containerd, kubelet, scheduler, kube-proxy, the
 install running from its own images), deployed with ``node_bench.BENCH_CONFIG``,
-then :func:`~tests.e2e.node_bench.replicaset_startup`: a ReplicaSet of
+then :func:`~harness.kube.node_bench.replicaset_startup`: a ReplicaSet of
 ``replicas`` pods in an unmeshed namespace, then in a meshed one; seconds to
 all Pod objects created and to all Ready, and their ratios.
 
@@ -33,8 +33,8 @@ class Plan:
 
 def unavailable_reason() -> str | None:
     """Why this machine cannot run the node, else None (checked before anything starts)."""
-    from tests.e2e.cluster import cached_bin_dir
-    from tests.e2e.node import cached_node_bin_dir, missing_packages, unsupported_reason
+    from harness.kube.binaries import cached_bin_dir
+    from harness.kube.node import cached_node_bin_dir, missing_packages, unsupported_reason
 
     reason = unsupported_reason()
     if reason is not None:
@@ -50,11 +50,11 @@ def unavailable_reason() -> str | None:
 
 def run(plan: Plan) -> dict[str, Any]:
     """Start a node, deploy, measure once; :class:`NodeUnavailable` if the node cannot start."""
-    from tests.e2e.cluster import ControlPlaneError, build_binaries
-    from tests.e2e.images import BUSYBOX_TAG, ImageBuildError, build_images
-    from tests.e2e.node import Node, NodeError, build_node_binaries
-    from tests.e2e.node_bench import BENCH_CONFIG, replicaset_startup
-    from tests.e2e.node_install import node_install
+    from harness.kube.binaries import ControlPlaneError, build_binaries
+    from harness.kube.images import BUSYBOX_TAG, ImageBuildError, build_images
+    from harness.kube.node import Node, NodeError, build_node_binaries
+    from harness.kube.node_bench import BENCH_CONFIG, replicaset_startup
+    from harness.kube.node_install import node_install
 
     try:
         node = Node(

@@ -392,8 +392,8 @@ def _cluster(outcome: Outcome, before: str | None) -> list[str]:
         return [*lines, outcome.note(), ""]
     plan, summary = cluster["plan"], cluster["summary"]
     lines += [
-        "The e2e control plane (`tests/e2e/cluster.py`: real etcd and kube-apiserver), the",
-        "install rendered from `manifests/` and applied, and `sidecar-injector serve` on this",
+        "The e2e control plane (`harness/kube/control_plane.py`: real etcd and kube-apiserver),",
+        "the install rendered from `manifests/` and applied, and `sidecar-injector serve` on this",
         "host with the install's config and a namespace watch, reached by the apiserver through",
         f"the install's Service. {plan['clients']} clients (one kept-alive TLS connection each)"
         f" create {plan['pods']} one-container pods per case; cases alternated in {plan['rounds']}"
@@ -472,8 +472,8 @@ def _node(outcome: Outcome) -> list[str]:
         return [*lines, outcome.note(), ""]
     unmeshed, meshed = node["unmeshed"], node["meshed"]
     lines += [
-        "A real one-node cluster (`tests/e2e/node.py`: containerd, kubelet, scheduler,",
-        "kube-proxy, the install running from its own images), `tests/e2e/node_bench.py`: a",
+        "A real one-node cluster (`harness/kube/node.py`: containerd, kubelet, scheduler,",
+        "kube-proxy, the install running from its own images), `harness/kube/node_bench.py`: a",
         f"ReplicaSet of {unmeshed['replicas']} busybox pods in an unmeshed namespace, then in a",
         "meshed one (proxy and init requests lowered so that they fit on 2 CPUs, see",
         "docs/e2e.md); seconds from `kubectl apply` to all Pod objects existing, and to all Ready.",

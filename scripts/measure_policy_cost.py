@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.worst_settings import (  # noqa: E402
+from tests.worst_settings import (  # noqa: E402
     LOCKED_EVERYTHING,
     worst_pod,
     worst_settings,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import ControlPlane, build_binaries, cached_bin_dir
+from harness.kube.binaries import build_binaries, cached_bin_dir
+from harness.kube.control_plane import ControlPlane
 
 # A cold build of kube-apiserver and kube-controller-manager takes far longer
 # than the suite-wide per-test timeout, and pytest-timeout counts fixture
@@ -40,8 +41,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _node_parts_cached() -> bool:
-    from tests.e2e.images import images_cached
-    from tests.e2e.node import cached_node_bin_dir
+    from harness.kube.images import images_cached
+    from harness.kube.node import cached_node_bin_dir
 
     return cached_bin_dir() is not None and cached_node_bin_dir() is not None and images_cached()
 

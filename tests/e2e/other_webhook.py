@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.cluster import write_serving_cert
+from harness.kube.pki import write_serving_cert
 
 ADDED_CONTAINER = "audit-agent"
 

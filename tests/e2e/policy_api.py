@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote
 
-from tests.e2e.cluster import ControlPlane
+from harness.kube.control_plane import ControlPlane
 
 Object = dict[str, Any]
 

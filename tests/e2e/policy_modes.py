@@ -31,9 +31,9 @@ from typing import Any, Final
 
 import pytest
 
-from tests.e2e.cluster import ControlPlane
+from harness.kube.control_plane import ControlPlane
+from harness.kube.install import CONFIGURATION, InstalledWebhook, installed_webhook
 from tests.e2e.policy_api import MODE_LABEL, Api, ApiError, Namespaces
-from tests.e2e.webhook_install import CONFIGURATION, InstalledWebhook, installed_webhook
 from webhook.contract import constants
 from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine import InjectionRefused, inject

@@ -24,12 +24,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import (
-    ControlPlane,
-    ControlPlaneError,
-    KubectlError,
-    write_serving_cert,
-)
+from harness.kube.binaries import ControlPlaneError
+from harness.kube.control_plane import ControlPlane, KubectlError
+from harness.kube.pki import write_serving_cert
 
 pytestmark = pytest.mark.cluster
 

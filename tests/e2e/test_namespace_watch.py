@@ -1,6 +1,6 @@
 """The watch-backed namespace cache against a real kube-apiserver (the e2e control plane).
 
-The fake API server of ``tests/test_namespace_cache.py`` says what the cache
+The fake API server of ``tests/unit/namespace_cache/`` says what the cache
 does with each answer; this file checks that the answers it assumes are the
 ones kube-apiserver gives: TLS and client-certificate credentials from a
 kubeconfig through the client's pool, paginated lists with continue tokens,
@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.e2e.cluster import ControlPlane
+from harness.kube.control_plane import ControlPlane
 from webhook.cluster.namespace_cache import KubeNamespaceCache, NamespaceCacheOptions
 
 pytestmark = pytest.mark.cluster

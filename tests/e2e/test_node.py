@@ -1,9 +1,9 @@
 """The install on a real one-node cluster: what users see first, on kind or a real cluster.
 
-The node (:mod:`tests.e2e.node`) is containerd + kubelet + kube-scheduler +
+The node (:mod:`harness.kube.node`) is containerd + kubelet + kube-scheduler +
 kube-proxy next to the e2e control plane, and the install is the rendered
 ``make deploy`` one, running from the images the project's Dockerfiles
-build (:mod:`tests.e2e.images`). Every test asserts behaviour: pods Running
+build (:mod:`harness.kube.images`). Every test asserts behaviour: pods Running
 and Ready, init containers Completed, Envoy's own counters, creations that
 succeed and come back injected; never the exact injected spec, which the
 engine's own tests pin down.
@@ -27,15 +27,16 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import build_binaries, cached_bin_dir
-from tests.e2e.images import BUSYBOX_TAG, ImageBuildError, build_images, product_tags
-from tests.e2e.node import (
+from harness.kube.binaries import build_binaries, cached_bin_dir
+from harness.kube.images import BUSYBOX_TAG, ImageBuildError, build_images, product_tags
+from harness.kube.install import NAMESPACE, PROXY, is_injected
+from harness.kube.node import (
     Node,
     build_node_binaries,
     missing_packages,
     unsupported_reason,
 )
-from tests.e2e.node_install import (
+from harness.kube.node_install import (
     NodeInstall,
     PodStream,
     apply,
@@ -49,8 +50,7 @@ from tests.e2e.node_install import (
     serves_through_both_proxies,
     summarize,
 )
-from tests.e2e.webhook_install import NAMESPACE, PROXY, is_injected
-from tests.support.server import CLI
+from harness.server import CLI
 from webhook.contract.constants import STATUS_ANNOTATION
 from webhook.pki import certs
 

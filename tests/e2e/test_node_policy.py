@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.node import Node
-from tests.e2e.node_install import delete_namespace, serves_through_both_proxies
+from harness.kube.install import NAMESPACE
+from harness.kube.node import Node
+from harness.kube.node_install import delete_namespace, serves_through_both_proxies
 from tests.e2e.test_node import node
-from tests.e2e.webhook_install import NAMESPACE
 
 pytestmark = [pytest.mark.node]
 __all__ = ["node"]  # the fixture

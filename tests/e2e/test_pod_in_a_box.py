@@ -1,4 +1,4 @@
-"""Issue 5: an injected pod really intercepts its traffic (pod-in-a-box, see podbox.py).
+"""An injected pod really intercepts its traffic (pod-in-a-box, see podbox.py).
 
 The pod is injected through the public CLI, then its ``mesh-init`` and
 ``mesh-proxy`` run as specified in a network namespace. Each test gets a fresh
@@ -20,10 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.hostside import HostServer, connect_from_host, http_get
 from tests.e2e.podbox import (
-    HostServer,
-    connect_from_host,
-    http_get,
     leftovers,
     missing_requirement,
     pod_box,

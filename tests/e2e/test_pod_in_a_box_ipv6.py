@@ -1,4 +1,4 @@
-"""Issue 12 in pod-in-a-box: per-family CIDR settings, and nodes where IPv6 is off.
+"""Pod-in-a-box with IPv6 in play: per-family CIDR settings, and nodes where IPv6 is off.
 
 The interception test itself runs over IPv4 and IPv6 in test_pod_in_a_box.py
 (IPv4, dual-stack both ways, IPv6-only). Here:
@@ -12,10 +12,10 @@ The interception test itself runs over IPv4 and IPv6 in test_pod_in_a_box.py
 * a kernel without IPv6 (booted ``ipv6.disable=1``). This one has IPv6, so
   the box shows the script what such a kernel shows a container: no
   ``/proc/net/if_inet6`` (podbox ``hide_ipv6``), and Envoy cannot create IPv6
-  sockets (tests/support/no_ipv6.py). ``mesh-init`` skips its IPv6 half and
+  sockets (harness/no_ipv6.py). ``mesh-init`` skips its IPv6 half and
   says so; with ``ipv6: false`` in the injector config the proxy starts and
   intercepts IPv4. (With the default ``ipv6: true`` Envoy refuses its
-  bootstrap there: tests/test_listeners.py.)
+  bootstrap there: tests/process/test_listeners_envoy.py.)
 """
 
 from __future__ import annotations
@@ -30,15 +30,14 @@ from typing import Any
 import pytest
 import yaml
 
+from harness import no_ipv6
+from tests.e2e.hostside import HostServer, connect_from_host
 from tests.e2e.podbox import (
     Box,
-    HostServer,
-    connect_from_host,
     leftovers,
     missing_requirement,
     pod_box,
 )
-from tests.support import no_ipv6
 from webhook.engine.iptables import SKIPPED_IPV6
 
 _MISSING = missing_requirement()
@@ -173,7 +172,7 @@ def test_on_a_kernel_without_ipv6_mesh_init_skips_its_ipv6_half_and_the_pod_work
         # With ipv6: false the proxy names no IPv6 address and starts without IPv6 sockets.
         init = container(pod, "mesh-init")
         assert "ip6tables" not in init["command"][2]
-        wrapper = [sys.executable, "-m", "tests.support.no_ipv6"]
+        wrapper = [sys.executable, "-m", "harness.no_ipv6"]
         box.start_proxy(pod, container(pod, "mesh-proxy"), wrapper=wrapper)
         box.start_app_server(APP_PORT)
         box.wait_ready()

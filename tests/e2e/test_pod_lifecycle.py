@@ -1,4 +1,4 @@
-"""Issue 13: what the proxy does when its pod stops, driven as the kubelet would (pod-in-a-box).
+"""What the proxy does when its pod stops, driven as the kubelet would (pod-in-a-box).
 
 The kubelet's order, which these tests replay step by step:
 

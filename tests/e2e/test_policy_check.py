@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import ControlPlane
+from harness.kube.control_plane import ControlPlane
+from harness.server import CLI
+from tests.e2e.check.shared import CheckRun, run_check
 from tests.e2e.policy_api import Api
 from tests.e2e.policy_modes import normalised, pod_with, wait_until
-from tests.e2e.test_cluster_check import CheckRun, run_check
-from tests.support.server import CLI
 from webhook.contract import constants
 from webhook.manifests.config_file import load_config
 from webhook.policy.render import render_policy

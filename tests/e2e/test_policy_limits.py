@@ -4,7 +4,7 @@ The API server does not estimate a MutatingAdmissionPolicy's cost when it is
 created, so the limits are tested by evaluating: the policy for the worst
 config (every setting locked, so the pod's values are judged as well as the
 namespace's) and for the default one, and a pod with the most expensive
-settings the limits accept (tests/support/worst_settings.py), dry-run
+settings the limits accept (tests/worst_settings.py), dry-run
 created: it must be admitted, injected, and equal to what the webhook stores
 (a cost error would be a 403 naming the policy). Then each expression's cost,
 counted by the API server's own admission CEL code (celcost, built like the
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.policy_modes import Case, Modes, modes
-from tests.support.worst_settings import LOCKED_EVERYTHING, worst_pod, worst_settings
+from tests.worst_settings import LOCKED_EVERYTHING, worst_pod, worst_settings
 from webhook.contract import constants
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]

@@ -1,12 +1,12 @@
 """Every case of the engine's decision and settings tables, in both modes on a real API server.
 
 The cases come from the unit tests themselves (tests/e2e/recorded.py runs
-them with the engine's entry points recorded): tests/test_decision.py
-(``decide`` and ``inject``), tests/test_settings.py and
-tests/test_value_rules.py (``resolve_settings`` and the value parsers),
-tests/test_locked_settings.py and tests/test_container_refusals.py (each with
+them with the engine's entry points recorded): tests/unit/test_decision.py
+(``decide`` and ``inject``), tests/unit/test_settings.py and
+tests/unit/test_value_rules.py (``resolve_settings`` and the value parsers),
+tests/unit/test_locked_settings.py and tests/unit/test_container_refusals.py (each with
 the config it uses: a policy is rendered and installed per config), and the
-hostile values of tests/test_settings_edges.py. Each becomes a pod in a
+hostile values of tests/process/test_settings_edges.py. Each becomes a pod in a
 namespace with the case's labels and annotations, dry-run created where the
 policy is bound and through the simulated webhook (tests/e2e/policy_modes.py);
 a difference is a failure. Cases a namespace cannot hold (label values
@@ -46,7 +46,9 @@ def _check_all(modes: Modes, cases: list[Case]) -> tuple[int, list[str]]:
 
 
 def test_every_decision_table_case_is_decided_alike(modes: Modes) -> None:
-    cases = recorded_cases("tests.test_decision", {"decide": from_decide, "inject": from_inject})
+    cases = recorded_cases(
+        "tests.unit.test_decision", {"decide": from_decide, "inject": from_inject}
+    )
     assert len(cases) >= 60
     left_out, differences = _check_all(modes, cases)
     assert not differences, "\n".join(differences)
@@ -55,14 +57,14 @@ def test_every_decision_table_case_is_decided_alike(modes: Modes) -> None:
 
 def test_every_settings_table_case_is_resolved_alike(modes: Modes) -> None:
     cases = recorded_cases(
-        "tests.test_settings",
+        "tests.unit.test_settings",
         {
             "resolve_settings": from_resolve,
             "parse_quantity": from_value("proxy-cpu-request"),
             "parse_cidr": from_value("exclude-outbound-cidrs"),
         },
     ) + recorded_cases(
-        "tests.test_value_rules",
+        "tests.unit.test_value_rules",
         {
             "resolve_settings": from_resolve,
             "parse_quantity": from_value("proxy-cpu-request"),
@@ -77,8 +79,8 @@ def test_every_settings_table_case_is_resolved_alike(modes: Modes) -> None:
 
 def test_every_lock_and_container_refusal_case_is_refused_alike(modes: Modes) -> None:
     recorders = {"resolve_settings": from_resolve, "inject": from_inject}
-    cases = recorded_cases("tests.test_locked_settings", recorders) + recorded_cases(
-        "tests.test_container_refusals", {"inject": from_inject}
+    cases = recorded_cases("tests.unit.test_locked_settings", recorders) + recorded_cases(
+        "tests.unit.test_container_refusals", {"inject": from_inject}
     )
     assert len({case.config for case in cases}) >= 3  # several configs: a policy each
     assert len(cases) >= 60
@@ -88,7 +90,7 @@ def test_every_lock_and_container_refusal_case_is_refused_alike(modes: Modes) ->
 
 
 def test_the_hostile_values_are_refused_alike(modes: Modes) -> None:
-    from tests.test_settings_edges import HOSTILE
+    from tests.process.test_settings_edges import HOSTILE
 
     cases = [
         Case(

@@ -17,9 +17,10 @@ Tests drive it in-process:
   ``break_watches`` (streams cut mid-way, as a network blip), ``silence_watches``
   (streams that stay open and say nothing, as a half-open connection),
   ``end_watches`` (streams ended politely, as the server-side timeout);
-- bad answers: ``stall_gets`` (a GET that hangs), ``hold_get_replies`` (a GET
-  that has read the object but not answered yet), ``get_reply`` (a canned raw
-  answer), ``trickle_gets`` (a body that never finishes), ``huge_lists`` and
+- bad answers: ``stall_gets`` (a GET that hangs), ``get_delay`` (every GET
+  answered only after that long, as a slow API server), ``hold_get_replies``
+  (a GET that has read the object but not answered yet), ``get_reply`` (a
+  canned raw answer), ``trickle_gets`` (a body that never finishes), ``huge_lists`` and
   ``huge_event`` (bodies far over any sane size), ``continue_gone_once`` (a
   list's continue token that expires between two pages);
 - lists that never end: ``endless_lists`` (every page promises another,
@@ -29,6 +30,8 @@ Tests drive it in-process:
 - ``version``: what ``GET /version`` says (``None``: 404), so ``check`` gets
   past its first check;
 - what happened: ``requests`` counts calls by kind (list, watch, get),
+  ``get_names`` the namespace each GET asked for, ``max_gets_at_once`` the
+  most GETs being answered at one time,
   ``authorizations`` the Authorization headers seen, ``list_limits`` each
   list's ``limit``,
   ``watch_versions`` the resourceVersion each watch resumed from and
@@ -130,6 +133,10 @@ class FakeKubeAPI:
         self._snapshot_ids = itertools.count(1)
         self.gone_as: GoneAs = "event"
         self.stall_gets = threading.Event()
+        self.get_delay = 0.0
+        self.get_names: list[str] = []
+        self.gets_at_once = 0
+        self.max_gets_at_once = 0
         self.hold_get_replies = threading.Event()
         self.held_gets = 0
         self.get_reply: CannedReply | None = None
@@ -367,7 +374,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self._list(query)
         elif parts.path.startswith(_PREFIX + "/"):
             api.requests["get"] += 1
-            self._get(parts.path[len(_PREFIX) + 1 :])
+            name = parts.path[len(_PREFIX) + 1 :]
+            with api._cond:
+                api.get_names.append(name)
+                api.gets_at_once += 1
+                api.max_gets_at_once = max(api.max_gets_at_once, api.gets_at_once)
+            try:
+                self._get(name)
+            finally:
+                with api._cond:
+                    api.gets_at_once -= 1
         else:
             self._send_json(404, _status(404, "NotFound", f"no route for {parts.path}"))
 
@@ -455,6 +471,10 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.owner
         if not api._wait_while(api.stall_gets):
             return
+        with api._cond:
+            answer_at = time.monotonic() + api.get_delay
+            while not api._down and (left := answer_at - time.monotonic()) > 0:
+                api._cond.wait(left)
         canned = api.get_reply
         if canned is not None:
             self._send_raw(canned.status, canned.body, canned.headers)

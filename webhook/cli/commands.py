@@ -1,4 +1,4 @@
-"""The ``sidecar-injector`` command: ``inject``/``uninject``, ``serve``, ``certs``, ``check``.
+"""The ``sidecar-injector`` command: inject, uninject, serve, certs, check and why.
 
 Errors are one line on stderr and a non-zero exit, never a traceback; output
 is produced in full before anything is written, so a failure leaves stdout
@@ -35,6 +35,22 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {escape_controls(message)}\n")
+
+
+def _add_policy_parser(commands: Any) -> None:
+    """``policy``: print the admission policies of policy mode."""
+    policy = commands.add_parser(
+        "policy",
+        help="print the admission policies that inject in the API server (policy mode)",
+        description="Print, generated from the injector config, a MutatingAdmissionPolicy "
+        "and a ValidatingAdmissionPolicy with their bindings (Kubernetes 1.36+): injection "
+        "without a webhook. Apply the output with kubectl.",
+    )
+    policy.add_argument("--config", type=Path, metavar="FILE", help="injector config file")
+    policy.add_argument(
+        "--revision", metavar="NAME", help="revision whose policies these are (name suffix)"
+    )
+    policy.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -154,6 +170,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="after the drain, let requests in flight finish for up to this long, then cut "
         "them off (default 15; 0: do not wait; at most 300)",
     )
+    serve.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        metavar="N",
+        help="connections one client (source address) may hold open; more are reset as "
+        "soon as accepted (default 256)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     certs = commands.add_parser("certs", help="make a CA and a serving certificate")
@@ -175,18 +198,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "stays valid); refuse when there is no CA to reuse",
     )
 
-    policy = commands.add_parser(
-        "policy",
-        help="print the admission policies that inject in the API server (policy mode)",
-        description="Print, generated from the injector config, a MutatingAdmissionPolicy "
-        "and a ValidatingAdmissionPolicy with their bindings (Kubernetes 1.36+): injection "
-        "without a webhook. Apply the output with kubectl.",
-    )
-    policy.add_argument("--config", type=Path, metavar="FILE", help="injector config file")
-    policy.add_argument(
-        "--revision", metavar="NAME", help="revision whose policies these are (name suffix)"
-    )
-    policy.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    _add_policy_parser(commands)
 
     check = commands.add_parser(
         "check",
@@ -237,6 +249,54 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the MutatingWebhookConfiguration to check, or in policy mode the admission"
         " policies and bindings of that name (default sidecar-injector)",
+    )
+
+    why = commands.add_parser(
+        "why",
+        help="would this pod or workload be injected now, and why (in a live cluster)",
+        description="Explain, for a pod or a workload in the cluster, whether a pod created now "
+        "gets the sidecar and why, every setting with its value and source (locks shown), the "
+        "revision that serves it, and whether its running pods' sidecars are outdated, with the "
+        "command that replaces them. Decided by the same engine as the webhook, with the "
+        "namespace's labels and annotations and the install's config read from the cluster.",
+    )
+    why.add_argument(
+        "target",
+        metavar="KIND/NAME",
+        help="pod, deployment, statefulset, daemonset, replicaset, job or cronjob (or their "
+        "plurals and short names: po, deploy, sts, ds, rs, cj), then / and the name",
+    )
+    why.add_argument(
+        "-n",
+        "--namespace",
+        type=_namespace,
+        help="the object's namespace (default: the kubeconfig context's, else default)",
+    )
+    why.add_argument(
+        "--kubeconfig",
+        type=Path,
+        metavar="FILE",
+        help="kubeconfig to use (default: in-cluster, $KUBECONFIG or ~/.kube/config)",
+    )
+    why.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    why.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="decide with this injector config instead of the one the install mounts",
+    )
+    why.add_argument(
+        "--webhook-configuration",
+        default="sidecar-injector",
+        metavar="NAME",
+        help="the install's MutatingWebhookConfiguration (default sidecar-injector)",
+    )
+    why.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=15.0,
+        metavar="SECONDS",
+        help="per request, and per paged list as a whole (default 15)",
     )
     return parser
 
@@ -424,6 +484,25 @@ def _run_check(args: argparse.Namespace) -> int:
     return EXIT_ERROR if summary(results)["fail"] else 0
 
 
+def _run_why(args: argparse.Namespace) -> int:
+    from webhook.ops.why import TargetError, WhyError, WhyOptions, render_json, render_text, why
+
+    options = WhyOptions(
+        namespace=args.namespace,
+        configuration=args.webhook_configuration,
+        config_file=args.config,
+        timeout=args.timeout,
+    )
+    try:
+        answer, host = why(args.target, kubeconfig=args.kubeconfig, options=options)
+    except (TargetError, WhyError) as err:
+        return _fail(str(err))
+    render = render_json if args.output == "json" else render_text
+    sys.stdout.write(render(answer, host=host))
+    sys.stdout.flush()
+    return 0
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from webhook.service.server import ServeError, serve
 
@@ -463,6 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _run_serve,
         "check": _run_check,
         "policy": _run_policy,
+        "why": _run_why,
     }
     try:
         return runners[args.command](args)

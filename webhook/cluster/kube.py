@@ -1,9 +1,11 @@
 """The project's one door to the Kubernetes API: the only module that imports ``kubernetes``.
 
-Two parts of the product talk to an API server: the namespace cache of
-``serve`` (``webhook.cluster.namespace_cache``) and ``sidecar-injector check``
-(``webhook.ops.check``). Both get their plumbing here, so there is one place that
-configures the client and one set of bounds on what a server may send.
+Several parts of the product talk to an API server: ``serve``'s namespace
+cache (``webhook.cluster.namespace_cache``) and the Events it writes
+(``webhook.cluster.events_api``), and the commands that look at a live cluster
+(``sidecar-injector check`` and ``why``, through ``webhook.cluster.reader``).
+All get their plumbing here, so there is one place that configures the client
+and one set of bounds on what a server may send.
 
 The ``kubernetes`` package supplies the configuration (kubeconfig or service
 account, TLS, tokens and their refresh; the kubeconfig and the files it names
@@ -141,11 +143,15 @@ class Connection:
         read_timeout: float,
         body: bytes | None = None,
         accept: str = "application/json",
+        content_type: str = "application/json",
     ) -> urllib3.BaseHTTPResponse:
-        """Send one request; the response is not read yet (``preload_content=False``)."""
+        """Send one request; the response is not read yet (``preload_content=False``).
+
+        ``content_type`` is the body's (a PATCH says which patch it is).
+        """
         headers = {"Accept": accept, "User-Agent": f"sidecar-injector/{__version__}"}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         # auth_settings() runs the configuration's refresh hook, so rotated
         # service-account tokens and exec-plugin credentials stay current.
         for setting in self.config.auth_settings().values():
@@ -176,6 +182,7 @@ class Connection:
         timeout: float,
         body: Any = None,
         accept: str = "application/json",
+        content_type: str = "application/json",
         what: str = "the answer",
     ) -> Any:
         """One request whose JSON answer (at most ``limit`` bytes, within ``timeout``) is parsed.
@@ -186,7 +193,15 @@ class Connection:
         ``one_line``).
         """
         raw = self.call_bytes(
-            method, path, query, limit=limit, timeout=timeout, body=body, accept=accept, what=what
+            method,
+            path,
+            query,
+            limit=limit,
+            timeout=timeout,
+            body=body,
+            accept=accept,
+            content_type=content_type,
+            what=what,
         )
         return parse_json(raw, what=what)
 
@@ -200,11 +215,20 @@ class Connection:
         timeout: float,
         body: Any = None,
         accept: str = "application/json",
+        content_type: str = "application/json",
         what: str = "the answer",
     ) -> bytes:
         """``call`` without the parsing: the body as it came, for callers that count bytes."""
         data = None if body is None else orjson.dumps(body)
-        response = self.request(method, path, query, read_timeout=timeout, body=data, accept=accept)
+        response = self.request(
+            method,
+            path,
+            query,
+            read_timeout=timeout,
+            body=data,
+            accept=accept,
+            content_type=content_type,
+        )
         complete = False
         try:
             with deadline(timeout, response) as expired:

@@ -39,12 +39,25 @@ _METADATA: Final = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1
 
 
 class ClusterError(Exception):
-    """A request failed; one line. ``status`` is the HTTP status when there was one."""
+    """A request failed; one line. ``status`` is the HTTP status when there was one.
 
-    def __init__(self, message: str, *, status: int | None = None, not_found: bool = False) -> None:
+    ``answered``: the server answered, but with something unusable (a body
+    over its bound, not JSON, late); false with no status when it could not
+    be reached at all (refused, timed out, TLS).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        not_found: bool = False,
+        answered: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.not_found = not_found
+        self.answered = answered or status is not None
 
 
 class TimeUp(Exception):
@@ -67,7 +80,8 @@ class Cluster:
         except kube.APIStatus as err:
             raise ClusterError(str(err), status=err.status, not_found=err.not_found) from None
         except Exception as err:  # connection refused, timeouts, TLS, garbled bodies
-            raise ClusterError(kube.one_line(err)) from None
+            answered = isinstance(err, kube.ResponseError)
+            raise ClusterError(kube.one_line(err), answered=answered) from None
 
     def get(self, path: str, *, metadata_only: bool = False) -> dict[str, Any] | None:
         """One object (at most 4 MiB), or ``None`` when the API server says NotFound."""

@@ -181,7 +181,7 @@ class Built:
 # entries and in bytes, like the settings cache (webhook/engine/bounded_cache.py).
 # An entry is charged its JSON length plus ENTRY_OVERHEAD, which covers the
 # dicts, lists and small strings of the two containers beyond the JSON text
-# (tests/test_engine_cache.py holds the charge to what tracemalloc sees;
+# (tests/unit/test_engine_cache.py holds the charge to what tracemalloc sees;
 # docs/engine.md, "Caches").
 CACHE_MAX_ENTRIES: Final = 1024
 CACHE_MAX_BYTES: Final = 16 << 20

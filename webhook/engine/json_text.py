@@ -8,7 +8,7 @@ contracts), so these encoders are set up to write what orjson writes for the
 engine's data (strings, integers, booleans, ``None``, dicts and lists,
 including the read-only subclasses in ``frozen``, and tuples): no spaces, text
 as UTF-8 rather than ``\\u`` escapes, control characters escaped alike, keys
-sorted only where asked. tests/test_json_text.py holds them to orjson.
+sorted only where asked. tests/unit/test_json_text.py holds them to orjson.
 
 ``strict_loads`` reads as strictly as orjson did, so that a status annotation
 refused before is refused still: no ``NaN``/``Infinity``, no number beyond a

@@ -373,7 +373,7 @@ class _Entry:
 # and in bytes: each entry is charged five times the raw text it was parsed
 # from (the key keeps the text; parsed tuples and provenance strings repeat
 # it) plus 4 KiB for the objects themselves, which covers what an entry
-# really keeps alive (tests/test_settings.py checks it with tracemalloc;
+# really keeps alive (tests/unit/test_settings.py checks it with tracemalloc;
 # docs/settings.md, "Limits", has the figures), so distinct big settings are
 # evicted rather than kept for ever.
 SETTINGS_CACHE: Final[BoundedCache[tuple[int, _Winners, _Pinned], _Entry]] = BoundedCache(

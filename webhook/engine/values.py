@@ -31,7 +31,7 @@ AllOr = Literal["*"]
 # Items per list. 128 ports or CIDRs is far beyond what a pod needs (a few to a
 # few dozen), and with these the worst accepted settings still render a
 # ``mesh-init`` script well under ``iptables.MAX_SCRIPT_BYTES``
-# (tests/test_iptables.py renders it).
+# (tests/unit/test_iptables.py renders it).
 MAX_PORTS: Final = 128
 MAX_CIDRS: Final = 128
 # Raw characters per value, checked before any parsing, so a multi-megabyte

@@ -328,5 +328,5 @@ _REUSED: Final[dict[str, tuple[int, ...]]] = {
     "yaml_scalar": (0,),
 }
 
-if set(_RENDER) != set(OPS):  # pragma: no cover - tests/test_policy.py says which
+if set(_RENDER) != set(OPS):  # pragma: no cover - tests/unit/test_policy.py says which
     raise RuntimeError(f"CEL renderings and expr.OPS differ: {set(_RENDER) ^ set(OPS)}")

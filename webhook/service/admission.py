@@ -61,6 +61,7 @@ from webhook.engine.config import InjectorConfig
 from webhook.engine.values import escape_controls, is_namespace_name, shorten
 from webhook.engine.workloads import ObjectError, locate_pod, pod_parts
 from webhook.manifests.documents import json_value_bound
+from webhook.service.events.model import Owner, controller_owner
 
 # Decision codes for reviews the engine never sees; they join the engine's
 # codes as metric labels and in logs.
@@ -268,13 +269,18 @@ class NamespaceLookup(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RequestSummary:
-    """What logs say about a request: never the pod itself (it may hold secrets)."""
+    """What logs say about a request: never the pod itself (it may hold secrets).
+
+    ``owner``: the pod's controlling owner that gets its Events, if any
+    (``webhook.service.events``).
+    """
 
     uid: str
     namespace: str
     name: str
     operation: str
     dry_run: bool
+    owner: Owner | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,12 +381,14 @@ def _pod_name(request: AdmissionRequest) -> str:
 
 
 def _summary(request: AdmissionRequest, namespace: str) -> RequestSummary:
+    shown = shorten(namespace, 63, quote=False)
     return RequestSummary(
         uid=request["uid"],
-        namespace=shorten(namespace, 63, quote=False),
+        namespace=shown,
         name=_pod_name(request),
         operation=shorten(str(request.get("operation") or ""), 16, quote=False),
         dry_run=bool(request.get("dryRun")),
+        owner=controller_owner(request.get("object") or {}, shown),
     )
 
 
@@ -514,9 +522,10 @@ async def admit(
     ``run`` runs the CPU-bound steps (decoding, the engine, encoding the
     answer): the HTTP edge passes a worker thread for big bodies, so that
     the event loop keeps its turns while they run. The namespace read, when
-    one is needed, is awaited between them. ``dryRun`` needs nothing
-    special: the injector has no side effects, so a dry run gets exactly the
-    same answer.
+    one is needed, is awaited between them. A dry run gets exactly the same
+    answer: the one side effect, an Event on the pod's owner, is the HTTP
+    edge's to make, and it makes none for a dry run (``sideEffects:
+    NoneOnDryRun``).
     """
     first = await run(lambda: review_cached(body, cached=namespaces.cached, config=config))
     if isinstance(first, Reviewed):

@@ -9,10 +9,15 @@ Status codes (docs/service.md documents them for users):
 
 * 400 ``{"error": ...}`` -- a body or query that is not usable (both endpoints),
   and a pod the engine refuses on ``/preview``
+* 401 -- ``/preview`` in a cluster without a bearer token the API server accepts
+  (``webhook.service.preview_access``)
+* 403 -- ``/preview`` in a cluster for a namespace the caller may not get
 * 413 -- body over ``webhook.service.limits.Limits.max_body_bytes``
 * 415 -- ``/mutate`` body not declared JSON; ``/preview`` body neither JSON nor YAML
+* 429 -- ``/preview``: too many access reviews for the client's address under way
 * 503 -- the memory budget for request bodies is in use (``Retry-After: 1``),
-  or no preview slot came free in time
+  or no preview slot came free in time, or the API server cannot answer a
+  preview's access reviews
 * 500 -- only for bugs in this program (tests show no input reaches it)
 """
 
@@ -39,12 +44,22 @@ JSON: Final = "application/json"
 class HTTPError(Exception):
     """A client error answered as ``{"error": message}`` with ``status``."""
 
-    def __init__(self, status: int, outcome: str, message: str, *, close: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        outcome: str,
+        message: str,
+        *,
+        close: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.outcome = outcome
         # Answered before the body was read: closing is cheaper than draining it.
         self.close = close
+        # Sent with the answer (a 401's WWW-Authenticate, a 429's Retry-After).
+        self.headers: Mapping[str, str] = headers or {}
 
 
 class Aborted(Exception):
@@ -104,6 +119,7 @@ def error_answer(err: HTTPError) -> Answer:
     headers = {"Connection": "close"} if err.close else {}
     if err.status == 503:
         headers["Retry-After"] = "1"
+    headers.update(err.headers)
     # JSON escapes control characters, but ``jq -r .error`` prints them raw.
     return json_answer({"error": escape_controls(str(err))}, err.status, headers=headers)
 

@@ -34,10 +34,12 @@ from webhook.engine.config import InjectorConfig
 from webhook.service import expiry, preview_route, probes
 from webhook.service.answers import Answer, warning_header
 from webhook.service.body import BodyBudget
+from webhook.service.events import EventSink, NoEvents
 from webhook.service.limits import Limits
 from webhook.service.metrics import Metrics
 from webhook.service.mutate import Mutate
 from webhook.service.namespace_lookup import SourceLookup
+from webhook.service.preview_access import PreviewAccess
 from webhook.service.state import AppState, TLSState
 
 # The app's type for other modules, so that this stays the only fastapi import.
@@ -112,6 +114,8 @@ def create_app(
     tls: TLSState | None = None,
     metrics: Metrics | None = None,
     limits: Limits | None = None,
+    preview_access: PreviewAccess | None = None,
+    events: EventSink | None = None,
 ) -> FastAPI:
     """Build the app. The lifespan starts the namespace source and stops it on shutdown.
 
@@ -119,6 +123,10 @@ def create_app(
     the app is served some other way (e.g. in-process tests) and TLS is not
     part of readiness. ``metrics`` is shared with the server (read timeouts).
     ``limits`` (``webhook.service.limits.Limits``) bound what requests cost.
+    ``preview_access`` decides who may preview (``webhook.service.preview_access``);
+    ``None`` leaves ``/preview`` open, as it is with a namespaces file or no source.
+    ``events`` records Events on the pods' owners (``webhook.service.events``);
+    the lifespan starts and stops its sender with the namespace source.
     """
     metrics = metrics if metrics is not None else Metrics()
     limits = limits if limits is not None else Limits()
@@ -137,12 +145,15 @@ def create_app(
         lookup=SourceLookup(namespaces, metrics),
         preview_slots=anyio.Semaphore(limits.previews_at_once),
         review_threads=anyio.CapacityLimiter(limits.review_threads),
+        preview_access=preview_access,
+        events=events if events is not None else NoEvents(),
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # start() may open connections or read files; keep it off the loop.
         await anyio.to_thread.run_sync(namespaces.start)
+        service.events.start()
         service.started = True
         try:
             async with anyio.create_task_group() as tasks:
@@ -152,6 +163,10 @@ def create_app(
                 tasks.cancel_scope.cancel()
         finally:
             service.started = False
+            # Pending Events get a moment to be written; then the watch stops.
+            await anyio.to_thread.run_sync(service.events.stop)
+            if preview_access is not None:
+                preview_access.close()
             await anyio.to_thread.run_sync(namespaces.stop)
 
     mutate = Mutate(service)
@@ -164,10 +179,14 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # No redirects: Starlette would answer ``/mutate/`` with a 307 to a URL
+        # built from the request's Host header, an open redirect for anyone
+        # who can reach the Service. Unknown paths, trailing slashes included,
+        # are 404.
+        redirect_slashes=False,
     )
     # Never called for POST /mutate (_WebhookApp takes it first): the route
-    # makes the router answer other methods with 405, and redirect
-    # ``/mutate/`` to ``/mutate`` (307), as it does for every route.
+    # makes the router answer other methods with 405.
     app.router.routes.append(Route("/mutate", mutate, methods=["POST"]))
     for router in (_preview_router(service), _ops_router(service)):
         app.include_router(router)

@@ -44,7 +44,7 @@ class Limits:
     # few KiB) is therefore never refused for memory, whatever other clients
     # do; bigger ones share 32 MiB (four 7 MiB bodies at once), which a
     # client with 32 MiB to upload every read deadline can keep full.
-    # tests/test_service_limits.py holds these numbers to that inequality.
+    # tests/unit/test_service_limits.py holds these numbers to that inequality.
     large_body_bytes: int = 64 * KiB
     large_budget_bytes: int = 32 * MiB
     # (A review may hold ``webhook.service.admission.MAX_JSON_VALUES`` values.)

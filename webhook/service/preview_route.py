@@ -7,6 +7,13 @@ slow to parse (YAML), so it runs in a worker thread, one at a time
 (``Limits.preview_lookup_seconds``, see ``webhook.service.namespace_lookup``),
 so that every preview is answered within 15 s.
 
+In a cluster the app is given a ``PreviewAccess``
+(``webhook.service.preview_access``): the caller is authenticated before
+anything else, the ``namespace=`` query authorized before the body is read,
+and the namespaces only the body names (objects' ``metadata.namespace``, an
+AdmissionReview's ``request.namespace``, ``default``) right after parsing,
+before any namespace is read. The reviews' time comes off the reads' budget.
+
 Framework-free like ``/mutate``: it reads the request from the ASGI scope and
 ``receive`` and returns an :class:`~webhook.service.answers.Answer`, which
 ``webhook.service.app`` hands to FastAPI.
@@ -28,7 +35,14 @@ from webhook.contract.wire import API_VERSIONS, KIND
 from webhook.engine import InjectionRefused, InjectionResult, NamespaceLike
 from webhook.engine.values import NAMESPACE_NAME_RULE, is_namespace_name
 from webhook.manifests.documents import ManifestError, exact_json, load_objects, objects_of
-from webhook.manifests.preview import Assumptions, Output, inject_all, parse_pairs, render_bytes
+from webhook.manifests.preview import (
+    Assumptions,
+    Output,
+    inject_all,
+    namespace_of,
+    parse_pairs,
+    render_bytes,
+)
 from webhook.service import admission
 from webhook.service.admission import BadRequest
 from webhook.service.answers import (
@@ -43,6 +57,7 @@ from webhook.service.answers import (
 )
 from webhook.service.asgi import Receive, Scope
 from webhook.service.body import check_charset, content_headers, media_type, read_body
+from webhook.service.preview_access import Caller
 from webhook.service.state import AppState
 
 log = logging.getLogger("webhook.app")
@@ -136,12 +151,11 @@ def _unwrap_review(
     return [request["object"]], review_ns or namespace
 
 
-def _preview(service: AppState, body: bytearray, query: PreviewQuery) -> tuple[bytes, list[str]]:
-    """Parse, inject and render; runs in a worker thread (YAML parsing can take a while).
-
-    The answer is made here, as the bytes to send: the event loop only hands
-    them to the connection, never encodes or copies them.
-    """
+def _parse(
+    service: AppState, body: bytearray, query: PreviewQuery
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The objects to preview and the namespace they default to; in a worker thread (YAML
+    parsing can take a while)."""
     limits = service.limits
     if query.json_declared:
         # JSON declared: no YAML fallback, and JSON's own error messages.
@@ -160,8 +174,41 @@ def _preview(service: AppState, body: bytearray, query: PreviewQuery) -> tuple[b
             f"request body holds {len(objects)} objects; a preview takes at most "
             f"{limits.max_preview_objects} (inject more with: sidecar-injector inject -f FILE)"
         )
-    objects, namespace = _unwrap_review(objects, query.namespace)
-    reads = service.lookup.within(limits.preview_lookup_seconds)
+    return _unwrap_review(objects, query.namespace)
+
+
+def namespaces_read(objects: Sequence[dict[str, Any]], namespace: str | None) -> list[str]:
+    """The namespaces a preview of ``objects`` looks up, in order of first use.
+
+    What ``inject_all`` will ask for, up to the first object it refuses
+    before reading its namespace (a namespace that differs from the
+    requested one, or an invalid name): nothing after that is read.
+    """
+    names: list[str] = []
+    for obj in objects:
+        try:
+            name = namespace_of(obj, namespace)
+        except InjectionRefused:
+            break
+        if not is_namespace_name(name):
+            break
+        names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def _render(
+    service: AppState,
+    objects: list[dict[str, Any]],
+    namespace: str | None,
+    query: PreviewQuery,
+    read_seconds: float,
+) -> tuple[bytes, list[str]]:
+    """Inject and render; in a worker thread.
+
+    The answer is made here, as the bytes to send: the event loop only hands
+    them to the connection, never encodes or copies them.
+    """
+    reads = service.lookup.within(read_seconds)
 
     def lookup(name: str) -> NamespaceLike | None:
         if not is_namespace_name(name):
@@ -185,7 +232,7 @@ def _with_warnings(result: InjectionResult, warnings: Sequence[str]) -> Injectio
 
 
 async def _run_preview(
-    service: AppState, body: bytearray, query: PreviewQuery
+    service: AppState, body: bytearray, query: PreviewQuery, caller: Caller | None
 ) -> tuple[bytes, list[str]]:
     # One preview at a time (Limits.previews_at_once); a preview that
     # cannot start soon is turned away rather than left to queue. Only
@@ -197,7 +244,16 @@ async def _run_preview(
     if not acquired:
         raise busy("another preview is being rendered; retry shortly")
     try:
-        return await anyio.to_thread.run_sync(_preview, service, body, query)
+        objects, namespace = await anyio.to_thread.run_sync(_parse, service, body, query)
+        read_seconds = service.limits.preview_lookup_seconds
+        if caller is not None and service.preview_access is not None:
+            # Namespaces only the body names: known now, before any is read.
+            await service.preview_access.authorize(caller, namespaces_read(objects, namespace))
+            # Reviews and reads share one time budget (docs/service.md, "Limits").
+            read_seconds = max(0.0, read_seconds - caller.budget.spent)
+        return await anyio.to_thread.run_sync(
+            _render, service, objects, namespace, query, read_seconds
+        )
     finally:
         service.preview_slots.release()
 
@@ -205,8 +261,12 @@ async def _run_preview(
 async def answer(service: AppState, scope: Scope, receive: Receive) -> Answer:
     """Answer one preview request: never raises, every failure is an answer."""
     start = time.perf_counter()
+    access = service.preview_access
     with service.budget.reservation() as held:
         try:
+            # Who is asking comes first: a caller the cluster does not know
+            # learns nothing else, not even what is wrong with the request.
+            caller = await access.authenticate(scope) if access is not None else None
             content_type, declared = content_headers(scope)
             media, charset = media_type(content_type)
             if media != JSON and media not in YAML_TYPES and media not in SNIFF_TYPES:
@@ -217,8 +277,10 @@ async def answer(service: AppState, scope: Scope, receive: Receive) -> Answer:
                 )
             check_charset(charset)
             query = preview_query(_query_pairs(scope), json_declared=media == JSON)
+            if caller is not None and query.namespace is not None and access is not None:
+                await access.authorize(caller, [query.namespace])
             body = await read_body(receive, declared, held, service.limits.max_body_bytes)
-            rendered, warnings = await _run_preview(service, body, query)
+            rendered, warnings = await _run_preview(service, body, query, caller)
         except (HTTPError, BadRequest, ManifestError, InjectionRefused, Aborted) as err:
             return observe_failure(service.metrics, "preview", err, start)
         except RecursionError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import anyio
@@ -13,9 +13,11 @@ import anyio.to_thread
 from webhook.cluster.namespaces_file import NamespaceSource
 from webhook.engine.config import InjectorConfig
 from webhook.service.body import BodyBudget
+from webhook.service.events import EventSink, NoEvents
 from webhook.service.limits import Limits
 from webhook.service.metrics import Metrics
 from webhook.service.namespace_lookup import SourceLookup
+from webhook.service.preview_access import PreviewAccess
 
 T = TypeVar("T")
 
@@ -42,6 +44,10 @@ class AppState:
     lookup: SourceLookup
     preview_slots: anyio.Semaphore
     review_threads: anyio.CapacityLimiter
+    # Who may preview; None: anyone (no cluster namespaces to protect).
+    preview_access: PreviewAccess | None = None
+    # Events on the pods' owners; none without a cluster to write them to.
+    events: EventSink = field(default_factory=NoEvents)
     started: bool = False
 
     async def in_thread(self, func: Callable[[], T], /) -> T:

@@ -91,8 +91,9 @@ Adding a check:
    one of them crashed, the check is skipped, pointing at the check that
    reported the crash.
 3. Add it to ``CHECKS`` in ``checks.py`` where its line should print.
-4. Test it alone (``tests/test_check_units.py``): build the context it reads,
-   call the check, assert on status, message and hint.
+4. Test it alone (``tests/unit/check/test_install_checks.py`` or
+   ``test_namespace_checks.py``): build the context it reads, call the
+   check, assert on status, message and hint.
 """
 
 from __future__ import annotations
