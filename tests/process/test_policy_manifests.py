@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 POLICY = ROOT / "manifests" / "policy"
 CONFIG = ROOT / "manifests" / "base" / "injector-config.yaml"
 CLI = str(Path(sys.executable).parent / "sidecar-injector")
