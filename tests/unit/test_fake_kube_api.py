@@ -4,7 +4,8 @@ The Namespace endpoints are exercised by the namespace cache's tests through
 the real ``kubernetes`` client; these cover the scripting around them:
 routes, the record of calls, held and endless answers, huge pages, the
 review endpoints, ``/version``, the namespace lists' endless, padded and slow
-modes, unframed bodies, the object store, and the Events API's writes.
+modes and slow GETs, unframed bodies, the object store, and the Events API's
+writes.
 """
 
 from __future__ import annotations
@@ -265,6 +266,30 @@ def test_a_slow_namespace_list_answers_after_its_delay_or_the_release(
     assert [(code, [i["metadata"]["name"] for i in body["items"]]) for code, body in answers] == [
         (200, ["shop"])
     ]
+
+
+def test_slow_namespace_gets_answer_after_the_release_counted_by_name_and_at_once(
+    fake_api: FakeKubeAPI,
+) -> None:
+    fake_api.add("shop")
+    fake_api.get_delay = 60
+    answers: list[int] = []
+    callers = [
+        threading.Thread(target=lambda n=name: answers.append(get_json(fake_api, n)[0]))
+        for name in (f"{NAMESPACES}/shop", f"{NAMESPACES}/nowhere")
+    ]
+    for caller in callers:
+        caller.start()
+    eventually(lambda: fake_api.gets_at_once == 2, what="both GETs under way")
+    assert answers == []
+    fake_api.release()
+    for caller in callers:
+        caller.join(30)
+    assert sorted(answers) == [200, 404]
+    assert sorted(fake_api.get_names) == ["nowhere", "shop"]
+    assert fake_api.max_gets_at_once == 2
+    eventually(lambda: fake_api.gets_at_once == 0, what="both GETs done")
+    assert get_json(fake_api, f"{NAMESPACES}/shop")[0] == 200  # released: no wait any more
 
 
 def test_an_unframed_body_streams_until_the_connection_closes(fake_api: FakeKubeAPI) -> None:
