@@ -64,6 +64,22 @@ def test_a_few_closed_connections_are_trimmed_after_a_quiet_spell() -> None:
     assert heap.maybe_trim()
 
 
+def test_a_trim_after_closes_is_followed_by_one_more_once_quiet_and_then_none() -> None:
+    # What a closed connection frees after the trim that counted it is given
+    # back by the next one, though nothing closes after it.
+    closed, clock, calls = [0], Clock(), []
+    heap = trimmer(closed, clock, calls)
+    closed[0] = TRIM_AFTER_CLOSED
+    assert heap.maybe_trim()
+    clock.now += TRIM_INTERVAL_SECONDS
+    assert not heap.maybe_trim()  # not yet quiet for long enough
+    clock.now += QUIET_TRIM_SECONDS
+    assert heap.maybe_trim()
+    clock.now += 10 * QUIET_TRIM_SECONDS
+    assert not heap.maybe_trim()  # nothing closed since: done
+    assert heap.trims == 2
+
+
 def test_a_slow_trim_spaces_the_next_one_further_apart() -> None:
     closed, clock = [0], Clock()
 

@@ -28,7 +28,12 @@ is alive outside the frozen start-up heap (so it costs more while many
 connections are open), the trim what was freed. So trims are spaced at
 least a second apart, and further when they take longer, keeping them to
 a small share of the loop's time under steady churn; a server whose clients
-keep their connections, as kube-apiserver does, trims now and then. Where
+keep their connections, as kube-apiserver does, trims now and then. A trim
+that followed closed connections is followed by one more after a quiet
+spell, even if nothing closes meanwhile: a connection is counted closed
+when its protocol hears of it, but its transport and TLS state can be freed
+a moment later, after that trim ran, and with no further closes that
+memory would stay until the next burst. Where
 ``malloc_trim`` does not exist (a C library other than glibc, such as musl)
 only the collection runs.
 """
@@ -73,7 +78,8 @@ class HeapTrimmer:
     count). A trim follows ``interval`` seconds of ``clock`` after the last
     one (or :data:`TRIM_SPACING` times the last one's duration, if longer)
     once ``every`` connections have closed since, or ``quiet`` seconds after
-    it for fewer. ``on_trim`` is called after each (for counting);
+    it for fewer, and once more ``quiet`` seconds after a trim that followed
+    closes. ``on_trim`` is called after each (for counting);
     ``collect`` is the full garbage collection and ``trim`` glibc's
     ``malloc_trim`` (None: no trim, only the collection).
     """
@@ -101,12 +107,14 @@ class HeapTrimmer:
         self._closed_at_last = closed()
         self._last = float("-inf")
         self._spacing = interval
+        # Whether the last trim followed closes, so one more is due.
+        self._settling = False
         self.trims = 0
 
     def maybe_trim(self) -> bool:
         """Collect and trim if enough connections closed, and time passed, since the last time."""
         closed = self._closed() - self._closed_at_last
-        if closed <= 0:
+        if closed <= 0 and not self._settling:
             return False
         wait = self._spacing if closed >= self._every else max(self._spacing, self._quiet)
         now = self._clock()
@@ -118,6 +126,7 @@ class HeapTrimmer:
             self._trim(0)
         self._last = self._clock()
         self._spacing = max(self._interval, TRIM_SPACING * (self._last - now))
+        self._settling = closed > 0
         self.trims += 1
         self._on_trim()
         return True
