@@ -147,7 +147,15 @@ cluster: install control-plane
 .PHONY: xds-server
 
 xds-server:
-	bash tests/e2e/build_xds_server.sh
+	bash tests/e2e/build_go_tool.sh xds xds-testserver
+
+# --- celcost for the policy mode's cost tests (tests/e2e/celcost/, docs/policy.md) ---
+# The API server's admission CEL code with a cost counter, built and cached
+# like the xDS test server; .ci/run calls it before `make test`.
+.PHONY: celcost
+
+celcost:
+	bash tests/e2e/build_go_tool.sh celcost celcost
 
 # --- A real one-node cluster (harness/kube/node.py, docs/e2e.md) ---
 # kubelet, kube-scheduler and kube-proxy from the same pinned module, cached in

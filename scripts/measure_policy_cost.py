@@ -42,7 +42,7 @@ PER_EVALUATION: int = 10_000_000
 
 def celcost() -> Path:
     done = subprocess.run(
-        ["bash", str(ROOT / "tests/e2e/build_celcost.sh")],
+        ["bash", str(ROOT / "tests/e2e/build_go_tool.sh"), "celcost", "celcost"],
         check=False,
         capture_output=True,
         text=True,

@@ -1,7 +1,7 @@
 """Drive ``xds-testserver`` (tests/e2e/xds/): go-control-plane's ADS server for pod-in-a-box.
 
 The binary is built from the module in ``tests/e2e/xds`` by
-``build_xds_server.sh`` and cached by a hash of its sources (``make
+``build_go_tool.sh`` and cached by a hash of its sources (``make
 xds-server``). ``XdsServer`` runs it on the host with the ADS port where the
 box's proxy will dial it and its JSON control port on a free loopback port,
 and talks to that port: ``set_snapshot`` replaces what a node is served,
@@ -26,7 +26,8 @@ from typing import Any, Final
 
 from tests.e2e.podbox import STARTED_PIDS
 
-BUILD_SCRIPT: Final = Path(__file__).with_name("build_xds_server.sh")
+BUILD_SCRIPT: Final = Path(__file__).with_name("build_go_tool.sh")
+BUILD_ARGS: Final = ("xds", "xds-testserver")
 
 LISTENER: Final = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE: Final = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -42,7 +43,7 @@ class XdsServerError(RuntimeError):
 def cached_binary() -> Path | None:
     """The binary for the current sources if it is cached, without building."""
     result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--cached"],
+        ["bash", str(BUILD_SCRIPT), *BUILD_ARGS, "--cached"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -60,7 +61,7 @@ def can_build() -> bool:
 def build_binary(*, timeout: float = 3600.0) -> Path:
     """Build (or reuse) the binary; build output goes to our stderr, so a cold build shows progress."""
     result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)],
+        ["bash", str(BUILD_SCRIPT), *BUILD_ARGS],
         stdout=subprocess.PIPE,
         text=True,
         timeout=timeout,
