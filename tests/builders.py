@@ -11,6 +11,7 @@ FIFO, ``/dev/zero``, a directory, a sparse giant) for the bounds on reads.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -196,4 +197,28 @@ def sparse_file(path: Path, size: int) -> Path:
     """A file of ``size`` bytes at ``path`` that takes no disk space (all holes)."""
     with path.open("wb") as sparse:
         sparse.truncate(size)
+    return path
+
+
+def kubeconfig(
+    path: Path,
+    *,
+    server: str = "https://127.0.0.1:6443",
+    user: dict[str, Any] | None = None,
+    cluster: dict[str, Any] | None = None,
+    current: str = "c",
+) -> Path:
+    """A one-context kubeconfig (JSON, which is YAML) at ``path``."""
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": current,
+                "clusters": [{"name": "c", "cluster": {"server": server, **(cluster or {})}}],
+                "users": [{"name": "u", "user": user if user is not None else {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )
     return path

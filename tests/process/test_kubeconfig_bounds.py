@@ -16,33 +16,9 @@ from typing import Any
 import pytest
 
 from harness.fake_kube_api import FakeKubeAPI
-from tests.builders import dev_zero, fifo
+from tests.builders import dev_zero, fifo, kubeconfig
 from tests.process.cli_process import PEAK_RSS_LIMIT_KIB, run_cli
 from webhook.cluster import kube
-
-
-def kubeconfig(
-    path: Path,
-    *,
-    server: str = "https://127.0.0.1:6443",
-    user: dict[str, Any] | None = None,
-    cluster: dict[str, Any] | None = None,
-    current: str = "c",
-) -> Path:
-    """A one-context kubeconfig (JSON, which is YAML) at ``path``."""
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": current,
-                "clusters": [{"name": "c", "cluster": {"server": server, **(cluster or {})}}],
-                "users": [{"name": "u", "user": user if user is not None else {"token": "t"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-            }
-        )
-    )
-    return path
 
 
 def test_an_exec_plugin_is_still_run_by_the_client(tmp_path: Path) -> None:

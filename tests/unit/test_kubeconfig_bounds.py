@@ -16,37 +16,13 @@ from typing import Any
 
 import pytest
 
-from tests.builders import dev_zero, fifo, sparse_file
+from tests.builders import dev_zero, fifo, kubeconfig, sparse_file
 from webhook.cluster import kube
 from webhook.cluster.kubeconfig import KubeconfigError, load_kubeconfig
 from webhook.manifests import files
 from webhook.pki import certs
 
 CA = certs.make_ca()
-
-
-def kubeconfig(
-    path: Path,
-    *,
-    server: str = "https://127.0.0.1:6443",
-    user: dict[str, Any] | None = None,
-    cluster: dict[str, Any] | None = None,
-    current: str = "c",
-) -> Path:
-    """A one-context kubeconfig (JSON, which is YAML) at ``path``."""
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": current,
-                "clusters": [{"name": "c", "cluster": {"server": server, **(cluster or {})}}],
-                "users": [{"name": "u", "user": user if user is not None else {"token": "t"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-            }
-        )
-    )
-    return path
 
 
 FIELDS = [
