@@ -18,8 +18,10 @@ from webhook.contract import constants
 from webhook.engine import InjectionRefused, NamespaceLike
 from webhook.engine.values import (
     NAMESPACE_NAME_RULE,
+    REVISION_NAME_RULE,
     escape_controls,
     is_namespace_name,
+    is_revision_name,
     shorten,
 )
 from webhook.manifests.config_file import ConfigError, load_config
@@ -122,6 +124,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="directory with tls.crt and tls.key, reloaded when they change (default certs/)",
     )
     serve.add_argument("--config", type=Path, metavar="FILE", help="injector config (YAML)")
+    serve.add_argument(
+        "--revision",
+        type=_revision,
+        metavar="NAME",
+        help="the injector revision served, recorded on every pod it injects (default: the "
+        "config's revision, else default)",
+    )
     serve.add_argument(
         "--namespaces-file",
         type=Path,
@@ -314,6 +323,14 @@ def _namespace(text: str) -> str:
     if not is_namespace_name(text):
         raise argparse.ArgumentTypeError(
             f"{shorten(text, 80)} is not a valid namespace name ({NAMESPACE_NAME_RULE})"
+        )
+    return text
+
+
+def _revision(text: str) -> str:
+    if not is_revision_name(text):
+        raise argparse.ArgumentTypeError(
+            f"{shorten(text, 80)} is not a revision name ({REVISION_NAME_RULE})"
         )
     return text
 

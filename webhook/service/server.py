@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import asyncio.constants
 import asyncio.sslproto
+import dataclasses
 import errno
 import gc
 import logging
@@ -153,6 +154,8 @@ class ServeSettings:
     read_timeout: float = READ_TIMEOUT_SECONDS
     drain_seconds: float = DRAIN_SECONDS
     graceful_shutdown_seconds: float = GRACEFUL_SHUTDOWN_SECONDS
+    # The injector revision served (docs/upgrade.md); None: the config's.
+    revision: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeSettings:
@@ -183,6 +186,7 @@ class ServeSettings:
             read_timeout=read_timeout,
             drain_seconds=drain_seconds,
             graceful_shutdown_seconds=graceful_seconds,
+            revision=getattr(args, "revision", None),
         )
 
 
@@ -358,6 +362,9 @@ def _build_app(settings: ServeSettings, tls: ReloadingTLS, metrics: Metrics) -> 
         config = load_config(settings.config)
     except ConfigError as err:
         raise ServeError(str(err)) from None
+    if settings.revision is not None:
+        config = dataclasses.replace(config, revision=settings.revision)
+    log.info("injector revision: %s", config.revision)
     source = _namespace_source(settings)
     return create_app(
         config=config,
