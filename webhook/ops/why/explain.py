@@ -33,7 +33,7 @@ from webhook.engine.settings import SettingsError, resolve_settings
 from webhook.engine.status import MAX_STATUS_CHARS
 from webhook.engine.workloads import ObjectError, locate_pod, pod_parts
 from webhook.manifests.patched import patched
-from webhook.ops.check.namespace_checks import selector_matches
+from webhook.manifests.revisions import selector_matches
 from webhook.ops.outdated import (
     Expected,
     StatusUnreadable,
