@@ -1,4 +1,4 @@
-"""The ``sidecar-injector`` command: inject, uninject, serve, certs, check and why.
+"""The ``sidecar-injector`` command: inject, uninject, serve, certs, check, why and tag.
 
 Errors are one line on stderr and a non-zero exit, never a traceback; output
 is produced in full before anything is written, so a failure leaves stdout
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from webhook import __version__
+from webhook.cli import tag
 from webhook.contract import constants
 from webhook.engine import InjectionRefused, NamespaceLike
 from webhook.engine.values import (
@@ -281,6 +282,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="per request, and per paged list as a whole (default 15)",
     )
+    tag.add_parser(commands, revision=_revision, timeout=_timeout)
     return parser
 
 
@@ -494,6 +496,15 @@ def _run_why(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_tag(args: argparse.Namespace) -> int:
+    text, error = tag.run(args)
+    if error is not None:
+        return _fail(error)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return 0
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from webhook.service.server import ServeError, serve
 
@@ -513,6 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _run_serve,
         "check": _run_check,
         "why": _run_why,
+        "tag": _run_tag,
     }
     try:
         return runners[args.command](args)
