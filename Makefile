@@ -138,6 +138,16 @@ cluster: install control-plane
 xds-server:
 	bash tests/e2e/build_xds_server.sh
 
+# --- Helm (charts/sidecar-injector) ---
+# helm v4, built from its Go module like the binaries above (go install, about
+# three minutes cold) and cached in $SIDECAR_INJECTOR_CACHE/helm-<version>;
+# returns at once when cached. The chart tests and the real node's
+# `helm install` use it; .ci/run calls it before `make test`.
+.PHONY: helm
+
+helm:
+	bash harness/kube/build_helm.sh
+
 # --- A real one-node cluster (harness/kube/node.py, docs/e2e.md) ---
 # kubelet, kube-scheduler and kube-proxy from the same pinned module, cached in
 # $SIDECAR_INJECTOR_CACHE/kube-node-<version>; the project's images and the
