@@ -17,7 +17,10 @@ where it should answer (``api.route("/", store)``):
   ``metadata.resourceVersion``, when the body carries the one stored (else a
   409 Conflict, as the API server answers a write based on a stale read);
   ``conflicts`` makes the next that many replaces of a path conflict anyway;
-- ``PATCH`` with a JSON merge patch: merged into the stored object.
+- ``PATCH``: a JSON Patch (``application/json-patch+json``, a failed ``test``
+  answers 422) or else a JSON merge patch, applied to the stored object;
+- ``creates``: set it, and a ``POST`` that is not a dry run stores the body
+  under the collection's path (409 AlreadyExists when there is one).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import json
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
+
+import jsonpatch
 
 from harness.fake_kube_api.wire import status
 
@@ -57,6 +62,7 @@ class ObjectStore:
         self.objects: dict[str, dict[str, Any]] = {}
         self.errors: dict[str, int] = {}
         self.conflicts: dict[str, int] = {}
+        self.creates = False
         self.dry_run: DryRun = _created
         self.resources = frozenset(resources)
         self._versions = 100
@@ -64,11 +70,18 @@ class ObjectStore:
     def __call__(self, request: Request, path: str, query: dict[str, str]) -> None:
         if request.command == "POST":
             body = json.loads(request.body or b"{}")
-            request.send_json(*self.dry_run(path.split("/")[4], body))
+            if self.creates and query.get("dryRun") != "All":
+                request.send_json(*self.create(path, body))
+            else:
+                request.send_json(*self.dry_run(path.split("/")[4], body))
         elif request.command == "PUT":
             request.send_json(*self.replace(path, json.loads(request.body or b"{}")))
         elif request.command == "PATCH":
-            request.send_json(*self.merge(path, json.loads(request.body or b"{}")))
+            body = json.loads(request.body or b"{}")
+            if request.headers.get("Content-Type") == "application/json-patch+json":
+                request.send_json(*self.json_patch(path, body))
+            else:
+                request.send_json(*self.merge(path, body))
         else:
             request.send_json(*self.get(path, query))
 
@@ -89,6 +102,25 @@ class ObjectStore:
             self.conflicts[path] = max(0, self.conflicts.get(path, 0) - 1)
             return 409, status(409, "Conflict", f"{path}: the object has been modified")
         return self._stored(path, body)
+
+    def create(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """A POST to a collection: stored under it by name."""
+        target = f"{path}/{(body.get('metadata') or {}).get('name')}"
+        if target in self.objects:
+            return 409, status(409, "AlreadyExists", f"{target} already exists")
+        _, stored = self._stored(target, body)
+        return 201, stored
+
+    def json_patch(self, path: str, patch: list[dict[str, Any]]) -> tuple[int, Any]:
+        """A PATCH as a JSON Patch (RFC 6902)."""
+        current = self.objects.get(path)
+        if current is None:
+            return 404, status(404, "NotFound", f"{path} not found")
+        try:
+            patched = jsonpatch.apply_patch(current, patch)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+            return 422, status(422, "Invalid", str(err))
+        return self._stored(path, patched)
 
     def merge(self, path: str, patch: dict[str, Any]) -> tuple[int, Any]:
         """A PATCH, as a JSON merge patch (RFC 7386)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from webhook import __version__
-from webhook.cli import tag
+from webhook.cli import certs, tag
 from webhook.contract import constants
 from webhook.engine import InjectionRefused, NamespaceLike
 from webhook.engine.values import (
@@ -166,24 +166,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
-    certs = commands.add_parser("certs", help="make a CA and a serving certificate")
-    certs.add_argument("--out", type=Path, default=Path("certs"), metavar="DIR")
-    certs.add_argument(
-        "--service",
-        help=f"Service name (default {constants.SERVICE_NAME}; with --renew, the current one)",
-    )
-    certs.add_argument(
-        "--namespace",
-        help=f"its namespace (default {constants.SERVICE_NAMESPACE}; with --renew, the"
-        " current one)",
-    )
-    certs.add_argument("--days", type=_days, default=365, help="validity (1 to 36500, default 365)")
-    certs.add_argument(
-        "--renew",
-        action="store_true",
-        help="reissue only the serving certificate under the existing CA in --out (caBundle "
-        "stays valid); refuse when there is no CA to reuse",
-    )
+    certs.add_parser(commands, timeout=_timeout)
 
     check = commands.add_parser(
         "check",
@@ -306,21 +289,6 @@ def _port(text: str) -> int:
     return value
 
 
-# A century: far past any sane certificate, and far inside what X.509 dates
-# (and Python's datetime) can hold.
-MAX_CERT_DAYS = 36_500
-
-
-def _days(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
-    if not 1 <= value <= MAX_CERT_DAYS:
-        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_CERT_DAYS} days")
-    return value
-
-
 def _namespace(text: str) -> str:
     if not is_namespace_name(text):
         raise argparse.ArgumentTypeError(
@@ -437,26 +405,10 @@ def _run_uninject(args: argparse.Namespace) -> int:
 
 
 def _run_certs(args: argparse.Namespace) -> int:
-    from webhook.pki.certs import CertError, renew_certs, write_certs
-
-    try:
-        if args.renew:
-            renewed = renew_certs(
-                args.out, service=args.service, namespace=args.namespace, days=args.days
-            )
-            _say(
-                f"renewed {renewed.cert} for {renewed.service}.{renewed.namespace}"
-                f" under the existing CA (caBundle unchanged), valid until"
-                f" {renewed.not_after:%Y-%m-%d %H:%M} UTC"
-            )
-            return 0
-        service = args.service or constants.SERVICE_NAME
-        namespace = args.namespace or constants.SERVICE_NAMESPACE
-        files = write_certs(args.out, service=service, namespace=namespace, days=args.days)
-    except CertError as err:
-        return _fail(str(err))
-    reused = "reused the existing CA" if files.ca_reused else "made a new CA"
-    _say(f"wrote {args.out}/ ({reused}) for {service}.{namespace}")
+    message, error = certs.run(args)
+    if error is not None:
+        return _fail(error)
+    _say(message)
     return 0
 
 
