@@ -278,6 +278,16 @@ def sees(entry: Entry, pod: Mapping[str, Any], namespace_labels: Mapping[str, st
     )
 
 
+def picked(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str]) -> str | None:
+    """The ``rev`` value that picks a pod's revision: the pod's label, else its namespace's.
+
+    ``None``: neither has one, and the default revision serves the pod if
+    anything does (sidecar-injection=enabled, or the pod's own opt-in).
+    """
+    found = pod_labels.get(REVISION_LABEL)
+    return found if found is not None else namespace_labels.get(REVISION_LABEL)
+
+
 # --- a revision's values, as its selectors hold them ----------------------------------------
 
 

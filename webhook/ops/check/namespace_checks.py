@@ -17,6 +17,7 @@ from webhook.manifests.revisions import selector_matches
 from webhook.ops.check.context import Context
 from webhook.ops.check.discover_install import INJECTOR, WEBHOOK
 from webhook.ops.check.discover_pods import DRY_RUNS, NAMESPACES, PODS
+from webhook.ops.check.discover_revisions import REVISIONS
 from webhook.ops.check.discover_templates import TEMPLATES
 from webhook.ops.check.model import (
     Outcome,
@@ -76,13 +77,13 @@ def excluded_namespaces(context: Context) -> Outcome:
     "pod-security",
     hint=f"label it {ENFORCE_LABEL}=privileged, or opt it out"
     f" ({constants.NAMESPACE_INJECTION_LABEL}=disabled)",
-    needs=[NAMESPACES],
+    needs=[REVISIONS, NAMESPACES],
 )
 def pod_security(context: Context) -> Outcome:
-    """No opted-in namespace enforces PodSecurity baseline or restricted."""
+    """No opted-in namespace (of any revision) enforces PodSecurity baseline or restricted."""
     if context.namespaces.error:
         return warned(context.namespaces.error, "")
-    opted = context.opted_in
+    opted = context.meshed
     conflicts = [
         f"{info.name} enforces {info.labels[ENFORCE_LABEL]}"
         for info in opted
@@ -108,7 +109,7 @@ def pod_security(context: Context) -> Outcome:
     "dry-run-injection",
     hint="see the other checks; kubectl create --dry-run=server -o yaml shows what the"
     " API server makes of a pod",
-    needs=[NAMESPACES, DRY_RUNS],
+    needs=[REVISIONS, NAMESPACES, DRY_RUNS],
 )
 def dry_run_injection(context: Context) -> Outcome:
     """A server-side dry-run pod in each opted-in namespace comes back injected."""
