@@ -212,10 +212,18 @@ def _build_parser() -> argparse.ArgumentParser:
         " after four times this",
     )
     check.add_argument(
-        "--webhook-configuration",
-        default="sidecar-injector",
+        "--revision",
+        type=_revision,
+        default=constants.DEFAULT_REVISION,
         metavar="NAME",
-        help="the MutatingWebhookConfiguration to check (default sidecar-injector)",
+        help="the revision whose install to check (default: default); the revision checks "
+        "look at every revision",
+    )
+    check.add_argument(
+        "--webhook-configuration",
+        metavar="NAME",
+        help="the MutatingWebhookConfiguration to check (default: the revision's, "
+        "sidecar-injector for default)",
     )
 
     why = commands.add_parser(
@@ -413,11 +421,13 @@ def _run_certs(args: argparse.Namespace) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> int:
+    from webhook.manifests.revisions import object_name
     from webhook.ops.check import Options, check_cluster, render_json, render_text, summary
 
     options = Options(
         namespace=args.namespace,
-        configuration=args.webhook_configuration,
+        configuration=args.webhook_configuration or object_name(args.revision),
+        revision=args.revision,
         connect=args.connect,
         max_namespaces=args.max_namespaces,
         timeout=args.timeout,
