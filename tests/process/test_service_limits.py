@@ -355,12 +355,12 @@ def test_idle_time_between_requests_is_not_held_against_the_next_request(
 # --- shape of the request -------------------------------------------------------------------
 
 
-def test_request_headers_over_16_kib_are_a_400_and_the_connection_closes(
+def test_request_headers_over_16_kib_are_a_431_and_the_connection_closes(
     server: Server, client: WebhookClient
 ) -> None:
     with connect(server.port, server.ca_file, timeout=EVENTUALLY) as sock:
         sock.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 20_000)
-        assert how_it_ended(sock) == "answered HTTP/1.1 400 Bad Request"
+        assert how_it_ended(sock) == "answered HTTP/1.1 431 Request Header Fields Too Large"
     assert_admits(client, "after-big-head")
 
 

@@ -164,6 +164,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="after the drain, let requests in flight finish for up to this long, then cut "
         "them off (default 15; 0: do not wait; at most 300)",
     )
+    serve.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        metavar="N",
+        help="connections one client (source address) may hold open; more are reset as "
+        "soon as accepted (default 256)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     certs.add_parser(commands, timeout=_timeout)

@@ -11,7 +11,7 @@ watch-backed cache, ``check``) may take them from here. Nothing here imports
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
@@ -137,6 +137,28 @@ class NamespaceSource(Protocol):
 
     def freshness(self) -> Freshness | None:
         """How current the source is; ``None`` for sources that do not sync (static, file)."""
+        ...
+
+
+@runtime_checkable
+class WatchedSource(Protocol):
+    """A ``NamespaceSource`` kept current by a watch, which can be waited on instead of read.
+
+    kube-apiserver never sends a pod whose namespace does not exist, and a
+    new namespace reaches a live watch within moments: so a namespace the
+    source lacks is better awaited than read (a read per unknown name would
+    let any client turn reviews into API requests).
+    """
+
+    def on_arrival(self, name: str, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` (from another thread) once ``name`` arrives or the watch stops.
+
+        Returns a canceller, or ``None`` when waiting makes no sense now (read instead).
+        """
+        ...
+
+    def known_absent(self, name: str) -> bool:
+        """Whether the source read ``name`` as missing moments ago and has not seen it since."""
         ...
 
 

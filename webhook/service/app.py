@@ -179,10 +179,14 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # No redirects: Starlette would answer ``/mutate/`` with a 307 to a URL
+        # built from the request's Host header, an open redirect for anyone
+        # who can reach the Service. Unknown paths, trailing slashes included,
+        # are 404.
+        redirect_slashes=False,
     )
     # Never called for POST /mutate (_WebhookApp takes it first): the route
-    # makes the router answer other methods with 405, and redirect
-    # ``/mutate/`` to ``/mutate`` (307), as it does for every route.
+    # makes the router answer other methods with 405.
     app.router.routes.append(Route("/mutate", mutate, methods=["POST"]))
     for router in (_preview_router(service), _ops_router(service)):
         app.include_router(router)

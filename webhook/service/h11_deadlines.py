@@ -14,37 +14,51 @@ body bytes may be held at once is the app's budget
 Kept apart from the server process (``webhook.service.server``) because it
 is protocol code built on another project's internals.
 
+Refusals. The protocol also parses with
+``webhook.service.http_hygiene.StrictConnection`` (a request with both
+``Content-Length`` and ``Transfer-Encoding``, or a head over 16 KiB, is
+refused) and answers every request the parser refuses with the status it
+chose (400 or 431) and ``Connection: close``; bytes arriving after that are
+never parsed.
+
 Pins. pyproject.toml holds uvicorn to ``>=0.54,<0.55`` and h11 to
 ``>=0.16,<0.17`` because this module subclasses ``H11Protocol``, which is
 not a public API: it relies on uvicorn calling ``connection_made``,
 ``data_received`` (handling each chunk before it returns),
-``on_response_complete`` and ``connection_lost``; on the attributes
-``conn``, ``cycle`` (``response_started``, ``default_headers``),
-``transport``, ``loop`` and ``client``; and on uvicorn instantiating the
-class passed as its ``http`` option. Of h11 it reads the client's state
-(``their_state``: ``IDLE``, ``SEND_BODY``, the rest) and ``trailing_data``
-(a pipelined request waiting). The other two uses of uvicorn's internals
+``on_response_complete``, ``connection_lost`` and ``send_400_response``
+(for every ``h11.RemoteProtocolError``); on the attributes ``conn`` (set in
+``__init__`` and used for every later event, so replacing it replaces the
+parser), ``cycle`` (``response_started``, ``default_headers``),
+``transport``, ``loop``, ``client`` and ``timeout_keep_alive_task``; and on
+uvicorn instantiating the class passed as its ``http`` option. Of h11 it
+reads the client's state (``their_state``: ``IDLE``, ``SEND_BODY``, the
+rest) and ``trailing_data`` (a pipelined request waiting), and subclasses
+``Connection`` (public). The other uses of uvicorn's internals
 share the pin: ``webhook.service.server.DrainingServer`` (``on_tick``,
 ``handle_exit``, ``server_state``'s ``default_headers`` and
 ``connections``) and ``webhook.service.tls`` (``ssl_context_factory``, new
 in 0.54). Upgrading either package is a deliberate step: read the new
 ``h11_impl.py`` and ``server.py`` against the list above, then re-run
 tests/process/test_service_limits.py (the deadlines, trickled heads and
-bodies, idle keep-alive), tests/process/test_service_drain.py and
-tests/process/test_service_lifecycle.py (draining and shutdown),
-tests/unit/test_tls.py (the TLS context) and ``make bench`` (the hot path's
-cost).
+bodies, idle keep-alive), tests/process/test_http_hygiene.py (the refusals),
+tests/process/test_service_drain.py and tests/process/test_service_lifecycle.py
+(draining and shutdown), tests/unit/test_tls.py (the TLS context) and
+``make bench`` (the hot path's cost).
 """
 
 from __future__ import annotations
 
 import asyncio
+import http
 import logging
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
 import h11
+import orjson
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from webhook.service.http_hygiene import StrictConnection
 
 log = logging.getLogger("webhook.server")
 
@@ -78,6 +92,9 @@ class DeadlineH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # h11 with the framing and head-size refusals of http_hygiene.
+        self._strict = StrictConnection()
+        self.conn = self._strict
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
 
@@ -91,6 +108,11 @@ class DeadlineH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Start the head's clock at the first byte of a kept-alive request, then follow h11."""
+        if self.transport.is_closing():
+            # Refused (or answered with Connection: close) and closing: what
+            # the client sends now, a request smuggled after a refused one
+            # included, is never read.
+            return
         if self._phase is None and self.conn.their_state is h11.IDLE:
             self._arm("headers")
         super().data_received(data)
@@ -102,9 +124,48 @@ class DeadlineH11Protocol(H11Protocol):
         self._follow(idle_means_waiting=bool(self.conn.trailing_data[0]))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """No deadline outlives its connection."""
+        """No deadline, and no keep-alive timer, outlives its connection."""
         self._disarm()
         super().connection_lost(exc)
+        # uvicorn cancels its keep-alive timer only for a connection that ended
+        # without an error. A client that resets the connection after a
+        # response would otherwise stay referenced by the timer, with its TLS
+        # state and buffers, for the whole keep-alive time (120 s).
+        keep_alive = self.timeout_keep_alive_task
+        if keep_alive is not None:
+            keep_alive.cancel()
+            self.timeout_keep_alive_task = None
+
+    def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's generic text
+        """Answer a request the parser refused, with the status and reason it chose, and close.
+
+        uvicorn calls this for every ``h11.RemoteProtocolError`` (with a
+        generic ``msg``); its own version always says 400, in plain text.
+        """
+        status, reason = self._strict.refusal_status, self._strict.refusal_message
+        log.info(
+            "refusing a request: %s",
+            reason,
+            extra={"fields": {"client": self._client_text(), "status": status}},
+        )
+        body = orjson.dumps({"error": reason})
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            CONNECTION_CLOSE,
+        ]
+        for event in (
+            h11.Response(
+                status_code=status, headers=headers, reason=http.HTTPStatus(status).phrase
+            ),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
+
+    def _client_text(self) -> str | None:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else None
 
     def close_after_response(self) -> None:
         """Answer the request being read (if its response has not started) with
@@ -155,9 +216,7 @@ class DeadlineH11Protocol(H11Protocol):
             "closing a connection: request %s not received within %g s",
             phase,
             self.read_timeout,
-            extra={
-                "fields": {"client": f"{self.client[0]}:{self.client[1]}" if self.client else None}
-            },
+            extra={"fields": {"client": self._client_text()}},
         )
         # abort, not close: a TLS close waits up to 30 s for the peer's
         # close_notify, and this peer is the one that stopped talking. The

@@ -161,9 +161,47 @@ class Metrics:
             "Admissions worth an Event that are counted but not written yet.",
             registry=self.registry,
         )
+        self.namespace_waits = Counter(
+            "sidecar_injector_namespace_waits",
+            "Reviews that waited for the namespace watch to deliver a namespace the cache did "
+            "not know, instead of reading it: result arrived or not_arrived (then read, or "
+            "refused).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.namespace_reads_refused = Counter(
+            "sidecar_injector_namespace_reads_refused",
+            "Namespace reads refused during admission (the pod refused with a 503): reason "
+            "client_busy (its client has as many reads under way as allowed) or absent (read "
+            "as missing moments ago, not delivered by the watch since).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.body_bytes = Gauge(
             "sidecar_injector_request_body_bytes_held",
             "Bytes of request bodies held in memory (or reserved for them) right now.",
+            registry=self.registry,
+        )
+        self.connections_refused = Counter(
+            "sidecar_injector_connections_refused",
+            "Connections reset as soon as accepted because their client (source address) "
+            "already held as many as one client may (--max-connections-per-client).",
+            registry=self.registry,
+        )
+        self.connections_open = Gauge(
+            "sidecar_injector_connections_open",
+            "Connections open right now (TLS handshakes under way included).",
+            registry=self.registry,
+        )
+        self.heap_trims = Counter(
+            "sidecar_injector_heap_trims",
+            "Full garbage collections and C heap trims after connections closed.",
+            registry=self.registry,
+        )
+        self.connections_busiest_client = Gauge(
+            "sidecar_injector_connections_busiest_client",
+            "The most connections one client (source address) holds right now; "
+            "compare with --max-connections-per-client.",
             registry=self.registry,
         )
 
@@ -204,6 +242,23 @@ class Metrics:
     def event_write(self, verb: str, result: str) -> None:
         """Count one request to the Events API (``create``/``patch``, ``ok``/``error``)."""
         self.event_writes.labels(verb, result).inc()
+
+    def namespace_wait(self, result: str) -> None:
+        """Count one wait for the watch to deliver a namespace (``arrived``/``not_arrived``)."""
+        self.namespace_waits.labels(result).inc()
+
+    def namespace_read_refused(self, reason: str) -> None:
+        """Count one namespace read refused during admission (``client_busy``/``absent``)."""
+        self.namespace_reads_refused.labels(reason).inc()
+
+    def connection_refused(self) -> None:
+        """Count one connection refused at accept for its client's cap."""
+        self.connections_refused.inc()
+
+    def connection_counts(self, *, total: Callable[[], int], busiest: Callable[[], int]) -> None:
+        """Read the open connections (all, and the busiest client's) at every scrape."""
+        self.connections_open.set_function(total)
+        self.connections_busiest_client.set_function(busiest)
 
     def watch_freshness(self, read: Callable[[], Freshness | None]) -> None:
         """Render the namespace source's freshness at every scrape (see ``_FreshnessCollector``)."""

@@ -68,9 +68,11 @@ class Mutate:
                 check_charset(charset)
                 body = await read_body(receive, declared, held, service.limits.max_body_bytes)
                 big = len(body) > service.limits.thread_body_bytes
+                client = scope.get("client")
                 reviewed = await admission.admit(
                     body,
-                    namespaces=service.lookup,
+                    # Namespace reads are bounded per client address.
+                    namespaces=service.lookup.for_client(client[0] if client else None),
                     config=service.config,
                     run=service.in_thread if big else admission.inline,
                 )

@@ -17,9 +17,12 @@ within ``read_timeout``, deadlines that uvicorn does not have and that
 why uvicorn and h11 are pinned). This module passes that protocol to uvicorn.
 
 Process-wide settings belong here, not in the app factory: logging, the fd
-limit and TLS buffer size that bound what connections cost, freezing
-the start-up heap for the garbage collector, and the interpreter's switch
-interval (how soon the event loop gets its turn back from a worker thread).
+limit and TLS buffer size that bound what connections cost, the listening
+socket that caps connections per client (``webhook.service.connections``),
+giving back what closed connections leave (``webhook.service.heap``, on
+the server's tick), freezing the start-up heap for the garbage collector,
+and the interpreter's switch interval (how soon the event loop gets its
+turn back from a worker thread).
 
 Shutdown. On the first SIGTERM the server first *drains*
 (:class:`DrainingServer`): for up to :data:`DRAIN_SECONDS` it goes on
@@ -62,6 +65,11 @@ from webhook.cluster.environment import running_in_cluster
 from webhook.manifests.config_file import ConfigError, load_config
 from webhook.service import logs
 from webhook.service.app import App, create_app
+from webhook.service.connections import (
+    MAX_CONNECTIONS_PER_CLIENT,
+    ClientConnections,
+    GatedListener,
+)
 from webhook.service.events import EventSink
 from webhook.service.h11_deadlines import (
     CONNECTION_CLOSE,
@@ -69,6 +77,7 @@ from webhook.service.h11_deadlines import (
     DeadlineH11Protocol,
     deadline_protocol,
 )
+from webhook.service.heap import HeapTrimmer
 from webhook.service.metrics import Metrics
 from webhook.service.preview_access import ClusterAccess, PreviewAccess
 from webhook.service.tls import ReloadingTLS, TLSError, uvicorn_config_with_tls
@@ -154,6 +163,7 @@ class ServeSettings:
     read_timeout: float = READ_TIMEOUT_SECONDS
     drain_seconds: float = DRAIN_SECONDS
     graceful_shutdown_seconds: float = GRACEFUL_SHUTDOWN_SECONDS
+    max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT
     # The injector revision served (docs/upgrade.md); None: the config's.
     revision: str | None = None
 
@@ -175,6 +185,12 @@ class ServeSettings:
                 "--graceful-shutdown-seconds must be a number of seconds from 0 to "
                 f"{MAX_GRACEFUL_SHUTDOWN_SECONDS}"
             )
+        per_client = getattr(args, "max_connections_per_client", None)
+        per_client = MAX_CONNECTIONS_PER_CLIENT if per_client is None else per_client
+        if not 1 <= per_client <= MAX_OPEN_FILES:
+            raise ServeError(
+                f"--max-connections-per-client must be a whole number from 1 to {MAX_OPEN_FILES}"
+            )
         return cls(
             host=args.host,
             port=args.port,
@@ -186,6 +202,7 @@ class ServeSettings:
             read_timeout=read_timeout,
             drain_seconds=drain_seconds,
             graceful_shutdown_seconds=graceful_seconds,
+            max_connections_per_client=per_client,
             revision=getattr(args, "revision", None),
         )
 
@@ -206,9 +223,16 @@ class DrainingServer(uvicorn.Server):
     the request.
     """
 
-    def __init__(self, config: uvicorn.Config, *, drain_seconds: float = DRAIN_SECONDS) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        drain_seconds: float = DRAIN_SECONDS,
+        heap: HeapTrimmer | None = None,
+    ) -> None:
         super().__init__(config)
         self.drain_seconds = drain_seconds
+        self.heap = heap
         self._drain_requested = False
         self._drain_started: float | None = None
 
@@ -220,9 +244,11 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
-        """uvicorn's tick, plus starting, keeping up and ending the drain."""
+        """uvicorn's tick, plus trimming the heap after connection churn and the drain."""
         if await super().on_tick(counter):
             return True
+        if self.heap is not None:
+            self.heap.maybe_trim()
         if not self._drain_requested:
             return False
         # Every tick: uvicorn rebuilds the default headers every second (for Date).
@@ -376,15 +402,14 @@ def _build_app(settings: ServeSettings, tls: ReloadingTLS, metrics: Metrics) -> 
     )
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """Bind before starting, so "address in use" is a ServeError rather than a log line."""
+def _bind(host: str, port: int, gate: ClientConnections) -> GatedListener:
+    """Bind before starting, so "address in use" is a ServeError rather than a log line.
+
+    The listener accepts only what ``gate`` admits: the per-client cap is
+    decided before the TLS handshake (``webhook.service.connections``).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on accepted sockets
-    # whose proto is IPPROTO_TCP, and accepted sockets copy the listener's proto
-    # (0 by default). Without it, Nagle holds each response body behind its
-    # headers until the client's delayed ACK, which delays every admission
-    # (BENCHMARKS.md, "Profiling").
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = GatedListener(gate, family)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -394,12 +419,16 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_server(settings: ServeSettings) -> tuple[DrainingServer, socket.socket]:
+def build_server(settings: ServeSettings) -> tuple[DrainingServer, GatedListener]:
     """The uvicorn server and its bound socket; raises :class:`ServeError` for bad settings."""
     tls = _load_tls(settings)
     metrics = Metrics()
+    gate = ClientConnections(
+        settings.max_connections_per_client, on_refused=metrics.connection_refused
+    )
+    metrics.connection_counts(total=lambda: gate.total, busiest=gate.busiest)
     app = _build_app(settings, tls, metrics)
-    sock = _bind(settings.host, settings.port)
+    sock = _bind(settings.host, settings.port, gate)
     config = uvicorn_config_with_tls(
         app,
         host=settings.host,
@@ -418,7 +447,9 @@ def build_server(settings: ServeSettings) -> tuple[DrainingServer, socket.socket
         lifespan="on",
         loop="webhook.service.server:new_event_loop",
     )
-    return DrainingServer(config, drain_seconds=settings.drain_seconds), sock
+    heap = HeapTrimmer(lambda: gate.closed, on_trim=metrics.heap_trims.inc)
+    server = DrainingServer(config, drain_seconds=settings.drain_seconds, heap=heap)
+    return server, sock
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -12,10 +12,13 @@ every Namespace's labels and (sidecar) annotations. As client-go's
   when (freshness);
 - ``fetcher``: single-flight reads of one namespace the watch has not
   delivered yet, bounded in threads and in names, that never resurrect a
-  namespace the watch deleted;
+  namespace the watch deleted, and remember one found missing;
+- ``arrivals``: who waits for the watch to deliver a namespace rather than
+  reading it, and whether the watch is live;
 - ``api``: the requests the reflector and the fetcher make, bounded in bytes
   and time;
-- ``cache``: ``KubeNamespaceCache``, the facade admission sees, configured by
+- ``cache``: ``KubeNamespaceCache``, the facade admission sees (a
+  ``WatchedSource``: it can be waited on), configured by
   one ``NamespaceCacheOptions`` (``options``, where the bounds and their
   reasons live).
 

@@ -1,9 +1,11 @@
 """``KubeNamespaceCache``: the namespace source ``serve`` uses in a cluster, over its three parts.
 
-The facade admission sees (``webhook.contract.namespaces.NamespaceSource``):
-``cached`` reads the store, ``fetch`` goes through the fetcher, ``start``,
-``stop``, ``is_ready`` and ``freshness`` follow the reflector. It owns the
-parts' lifetimes and their one connection pool, and nothing else.
+The facade admission sees (``webhook.contract.namespaces.NamespaceSource``,
+and ``WatchedSource``): ``cached`` reads the store, ``fetch`` goes through
+the fetcher, ``on_arrival`` and ``known_absent`` let a caller wait for the
+watch instead of reading, ``start``, ``stop``, ``is_ready`` and
+``freshness`` follow the reflector. It owns the parts' lifetimes and their
+one connection pool, and nothing else.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from webhook.cluster import kube
 from webhook.cluster.namespace_cache.api import NamespaceAPI
+from webhook.cluster.namespace_cache.arrivals import Arrivals
 from webhook.cluster.namespace_cache.fetcher import Fetcher
 from webhook.cluster.namespace_cache.options import NamespaceCacheOptions
 from webhook.cluster.namespace_cache.reflector import Reflector
@@ -57,6 +60,7 @@ class KubeNamespaceCache:
         self._clock = clock
         notes = ThrottledLog(opts.warn_every, clock)
         self._store = NamespaceStore(max_bytes=opts.max_cache_bytes)
+        self._arrivals = Arrivals(opts.max_arrival_waiters)
         self._reflector = Reflector(
             self._api,
             self._store,
@@ -64,6 +68,7 @@ class KubeNamespaceCache:
             clock=clock,
             rng=rng if rng is not None else random.Random(),  # noqa: S311 - jitter
             notes=notes,
+            arrivals=self._arrivals,
         )
         self._fetcher = Fetcher(
             functools.partial(self._api.get, timeout=opts.fetch_timeout),
@@ -72,6 +77,8 @@ class KubeNamespaceCache:
             threads=opts.fetch_threads,
             max_in_flight=opts.max_fetches_in_flight,
             notes=notes,
+            absent_seconds=opts.absent_seconds,
+            clock=clock,
         )
 
     @classmethod
@@ -127,6 +134,29 @@ class KubeNamespaceCache:
         per name at a time, and each gets an answer read after it arrived.
         """
         return self._fetcher.fetch(name)
+
+    # -- WatchedSource ----------------------------------------------------------
+
+    def on_arrival(self, name: str, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` (from the watch's thread) once ``name`` arrives or the watch stops.
+
+        Returns the canceller, or ``None`` when waiting makes no sense: the
+        watch is not live, the namespace is known to exist but is not cached
+        (too large, or past the cache's budget: read it), or as many callers
+        wait as ``max_arrival_waiters`` allows. Check ``cached`` again after
+        registering: it may have arrived just before.
+        """
+        if self._store.uncached(name):
+            return None
+        return self._arrivals.wait(name, wake)
+
+    def known_absent(self, name: str) -> bool:
+        """Whether a GET found ``name`` missing within ``absent_seconds``, the watch live since.
+
+        Forgotten as soon as the watch delivers the name, on a relist, and
+        whenever the watch stops being live (it could miss a creation then).
+        """
+        return self._arrivals.live and self._store.absent(name, self._clock())
 
     def is_ready(self) -> bool:
         """True once the first list succeeded (and from then on)."""

@@ -12,13 +12,16 @@ way. Any number of callers cost at most two GETs per name at a time.
 Each caller waits at most ``timeout``, or until ``stop()``. A namespace read
 this way is put in the store only under the store's removal rule
 (``NamespaceStore.put_fetched``), so a read never resurrects a namespace the
-watch deleted while the GET was in flight.
+watch deleted while the GET was in flight; one the GET found missing is
+remembered as absent for ``absent_seconds`` under the mirror rule
+(``NamespaceStore.put_absent``).
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -71,9 +74,13 @@ class Fetcher:
         threads: int,
         max_in_flight: int,
         notes: ThrottledLog,
+        absent_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._read = read
         self._store = store
+        self._absent_seconds = absent_seconds
+        self._clock = clock
         self._timeout = timeout
         self._max_in_flight = max_in_flight
         self._notes = notes
@@ -153,6 +160,8 @@ class Fetcher:
         info = self._read(name)
         if info is not None:
             self._store.put_fetched(info, removals=removals)
+        elif self._absent_seconds > 0:
+            self._store.put_absent(name, now=self._clock(), seconds=self._absent_seconds)
         return info
 
     def _submit(self, name: str) -> Future[NamespaceInfo | None]:

@@ -28,7 +28,22 @@ MAX_CACHE_BYTES = 32 * _MiB
 # once: a burst of new namespaces (or /preview?namespace= calls) neither
 # queues without end nor opens a connection each.
 MAX_FETCHES_IN_FLIGHT = 64
-FETCH_THREADS = 4
+# Eight, so that a client at its own bound on reads (four at once, see
+# webhook.service.namespace_lookup) leaves half of them to the others.
+FETCH_THREADS = 8
+
+# Reviews waiting at once for the watch to deliver a namespace it does not
+# know yet (each holds a connection, and the server has about 1,000).
+MAX_ARRIVAL_WAITERS = 2048
+# A name a GET found missing is not read again for this long, while the watch
+# is live; a review naming it waits for the watch, and is refused (fail
+# closed) if the watch does not deliver it either.
+ABSENT_SECONDS = 10.0
+# Names remembered as missing, and names of namespaces that exist but are not
+# cached (too large, or past the cache's budget): each set at most this many,
+# the oldest forgotten first.
+MAX_ABSENT_NAMES = 4096
+MAX_UNCACHED_NAMES = 16_384
 
 # How long a watch may stay silent before it counts as a dead connection (a
 # half-open TCP connection after a node or network change never says so).
@@ -81,6 +96,11 @@ class NamespaceCacheOptions:
     - ``max_fetches_in_flight``: distinct namespaces being read at once;
       a fetch of one more is refused rather than queued.
 
+    Waiting for the watch instead (``Arrivals``, ``KubeNamespaceCache.on_arrival``):
+
+    - ``max_arrival_waiters``: how many may wait at once; more read at once.
+    - ``absent_seconds``: how long a name a GET found missing is remembered.
+
     The rest: ``connect_timeout`` for every request, ``stop_timeout`` for
     joining the watch thread in ``stop()``, ``max_cache_bytes`` for what the
     store may hold (estimated).
@@ -97,6 +117,8 @@ class NamespaceCacheOptions:
     fetch_timeout: float = 2.0
     fetch_threads: int = FETCH_THREADS
     max_fetches_in_flight: int = MAX_FETCHES_IN_FLIGHT
+    max_arrival_waiters: int = MAX_ARRIVAL_WAITERS
+    absent_seconds: float = ABSENT_SECONDS
     connect_timeout: float = 5.0
     stop_timeout: float = 2.0
     max_cache_bytes: int = MAX_CACHE_BYTES

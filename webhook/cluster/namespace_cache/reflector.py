@@ -10,8 +10,11 @@ what it last knew: a webhook that refused pods whenever the API server
 blinked would turn an API server hiccup into an outage.
 
 Every event is applied in one place (``_apply``) and every state change of
-the stream (opened, ended, failed) happens in ``_run`` and ``_watch``: what
-waits on the watch (a name to arrive, the next event) would be told there.
+the stream (opened, ended, failed) happens in ``_run`` and ``_watch``; what
+waits on the watch is told there (``Arrivals``): each name applied, and the
+watch becoming live or ceasing to be. While it is not live, absences a GET
+noted are forgotten too (``NamespaceStore.forget_absent``): a creation could
+go unseen.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import orjson
 
 from webhook.cluster import kube
 from webhook.cluster.namespace_cache.api import Expired, NamespaceAPI, Stopping, WatchError
+from webhook.cluster.namespace_cache.arrivals import Arrivals
 from webhook.cluster.namespace_cache.options import NamespaceCacheOptions
 from webhook.cluster.namespace_cache.store import NamespaceStore, estimated_bytes, parse
 from webhook.cluster.namespace_cache.throttle import ThrottledLog, log
@@ -78,7 +82,8 @@ class Reflector:
 
     Ready after the first successful list, and stays ready while the API
     server is unreachable. ``clock`` (monotonic seconds) times backoff resets,
-    freshness and log throttling; ``rng`` the jitter.
+    freshness and log throttling; ``rng`` the jitter; ``arrivals`` hears of
+    every name applied and of the watch's liveness.
     """
 
     def __init__(
@@ -90,9 +95,11 @@ class Reflector:
         clock: Callable[[], float],
         rng: random.Random,
         notes: ThrottledLog,
+        arrivals: Arrivals | None = None,
     ) -> None:
         self._api = api
         self._store = store
+        self._arrivals = arrivals if arrivals is not None else Arrivals(0)
         self._watch_timeout = max(1.0, options.watch_timeout_seconds)
         self._read_timeout = options.read_timeout
         self._list_timeout = options.list_timeout
@@ -188,6 +195,18 @@ class Reflector:
     # -- the watch thread -----------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._run_until_stopped()
+        finally:
+            self._not_live()
+        log.debug("namespace watch stopped")
+
+    def _not_live(self) -> None:
+        """Tell waiters the watch stopped delivering, and forget what it can no longer vouch for."""
+        self._arrivals.set_live(False)
+        self._store.forget_absent()
+
+    def _run_until_stopped(self) -> None:
         expired_in_a_row = 0
         while not self._stopping.is_set():
             try:
@@ -196,6 +215,7 @@ class Reflector:
                 self._watch()
                 expired_in_a_row = 0
             except Expired as err:
+                self._not_live()
                 # Normal after a long disconnect or an etcd compaction; the
                 # relist's own log line gives the reason.
                 log.debug("namespace watch: %s; listing again", err)
@@ -209,13 +229,13 @@ class Reflector:
             except Exception as err:
                 if self._stopping.is_set():
                     break  # stop() cut the connection; that is not a failure
+                self._not_live()
                 delay = self._backoff.failure(self._clock())
                 self._failed(err, delay)
                 # Keep the resume point (the last version applied, not the one
                 # this watch started at): resuming is cheaper than a relist,
                 # and the server says 410 if it has forgotten that version.
                 self._stopping.wait(delay)
-        log.debug("namespace watch stopped")
 
     def _list(self) -> None:
         """List every namespace, a page at a time, and swap the result into the store."""
@@ -231,7 +251,7 @@ class Reflector:
         for version, items in pages:
             resource_version = resource_version or version
             for obj in items:
-                info = self._usable(obj)
+                info = self._usable(obj, uncached=listing.skip)
                 if info is not None:
                     listing.add(info)
         # A swap, not an update: namespaces deleted while we were away vanish.
@@ -276,7 +296,9 @@ class Reflector:
                 timeout,
             )
             # Not a recovery yet: a server can accept every watch and fail it
-            # at once. Only data (an applied event) counts, see _apply.
+            # at once. Only data (an applied event) counts, see _apply. But
+            # the stream is open: what it delivers can be waited for.
+            self._arrivals.set_live(True)
             for line in lines:
                 self._apply(line)
                 events += 1
@@ -313,13 +335,7 @@ class Reflector:
         metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
         name = metadata.get("name")
         if kind in ("ADDED", "MODIFIED"):
-            info = self._usable(obj)
-            if info is None:
-                if isinstance(name, str):
-                    # What cannot be cached must not stay cached as it was before.
-                    self._store.remove(name)
-            elif not self._store.put(info):
-                self._cache_full(info.name, 1)
+            self._put(obj, name)
         elif kind == "DELETED":
             if isinstance(name, str):
                 self._store.remove(name)
@@ -338,8 +354,23 @@ class Reflector:
             # broken stream continues here rather than where it started.
             self._resume_from = latest
 
-    def _usable(self, obj: Any) -> NamespaceInfo | None:
-        """What the store keeps of a Namespace object; None (logged) when it cannot keep it."""
+    def _put(self, obj: dict[str, Any], name: Any) -> None:
+        """Apply an ADDED or MODIFIED namespace, and tell whoever waits for it."""
+        info = self._usable(obj, uncached=self._store.put_uncached)
+        if info is None:
+            if isinstance(name, str) and not self._store.uncached(name):
+                # What cannot be cached must not stay cached as it was before.
+                self._store.remove(name)
+        elif not self._store.put(info):
+            self._cache_full(info.name, 1)
+        if isinstance(name, str):
+            self._arrivals.arrived(name)
+
+    def _usable(self, obj: Any, *, uncached: Callable[[str], None]) -> NamespaceInfo | None:
+        """What the store keeps of a Namespace object; None (logged) when it cannot keep it.
+
+        A namespace too large to keep is passed to ``uncached``: it exists.
+        """
         try:
             info = parse(obj)
         except (ValueError, AttributeError) as err:
@@ -348,6 +379,7 @@ class Reflector:
             )
             return None
         if not self._store.fits(info):
+            uncached(info.name)
             self._notes.warn(
                 "oversized",
                 "namespace %s: its labels and sidecar annotations take about %d KiB, over the"

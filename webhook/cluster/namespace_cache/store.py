@@ -16,9 +16,19 @@ last-applied-configuration alone may be 256 KiB.
 
 Every write that takes a namespace away (a removal, a relist, an entry pushed
 out for want of room) bumps ``removals``: a reader that saw the count before
-its GET knows whether the store may have lost something since. A name known
-to be absent would be one more kind of entry under the same budget, with an
-expiry, written under the mirror of that rule (nothing added since the GET).
+its GET knows whether the store may have lost something since.
+
+Two sets of names complete the picture, each bounded in count, oldest
+forgotten first:
+
+- **uncached**: namespaces the watch delivered that do not fit (too large,
+  or the store is full). They exist; admission reads them instead of
+  waiting for the watch to deliver them.
+- **absent**: names a GET found missing, remembered for a short while so
+  that naming them again costs no read. Written under the mirror of the
+  fetch rule (only if the watch has not delivered the name meanwhile) and
+  dropped the moment the watch delivers it, on a relist, or when told
+  (the watch stopped, so it could miss a creation).
 """
 
 from __future__ import annotations
@@ -28,7 +38,11 @@ import threading
 from types import MappingProxyType
 from typing import Any
 
-from webhook.cluster.namespace_cache.options import MAX_NAMESPACE_BYTES
+from webhook.cluster.namespace_cache.options import (
+    MAX_ABSENT_NAMES,
+    MAX_NAMESPACE_BYTES,
+    MAX_UNCACHED_NAMES,
+)
 from webhook.contract import constants
 from webhook.contract.namespaces import NamespaceInfo
 
@@ -44,6 +58,14 @@ def parse(obj: Any) -> NamespaceInfo:
     if len(kept) == len(info.annotations):
         return info
     return NamespaceInfo(info.name, info.labels, MappingProxyType(kept))
+
+
+def _remember(names: dict[str, Any], name: str, value: Any, limit: int) -> None:
+    """Put ``name`` last in an insertion-ordered dict of at most ``limit``, oldest out first."""
+    names.pop(name, None)
+    while len(names) >= limit:
+        del names[next(iter(names))]
+    names[name] = value
 
 
 def estimated_bytes(info: NamespaceInfo) -> int:
@@ -73,6 +95,8 @@ class Listing:
         # What the budget left out: how many, and the first one's name (for the log).
         self.left_out = 0
         self.first_left_out = ""
+        # Every namespace listed but not kept (the budget's and too-large ones).
+        self.uncached: dict[str, None] = {}
 
     def add(self, info: NamespaceInfo) -> bool:
         """Keep ``info`` if it fits in what is left of the budget; whether it did."""
@@ -80,10 +104,15 @@ class Listing:
         if self.bytes + cost > self._budget:
             self.left_out += 1
             self.first_left_out = self.first_left_out or info.name
+            self.skip(info.name)
             return False
         self.items[info.name] = info
         self.bytes += cost
         return True
+
+    def skip(self, name: str) -> None:
+        """Note a listed namespace that is not kept (it exists, uncached)."""
+        _remember(self.uncached, name, None, MAX_UNCACHED_NAMES)
 
 
 class NamespaceStore:
@@ -104,6 +133,10 @@ class NamespaceStore:
         self._lock = threading.Lock()
         self._removals = 0
         self._synced_at: float | None = None
+        # Names that exist but are not stored, and names read as missing (with
+        # until when they are remembered); see the module docstring.
+        self._uncached: dict[str, None] = {}
+        self._absent: dict[str, float] = {}
 
     # -- reading (no lock) --------------------------------------------------------
 
@@ -129,6 +162,15 @@ class NamespaceStore:
         """When the store last held everything the server had (None: never yet)."""
         return self._synced_at
 
+    def uncached(self, name: str) -> bool:
+        """Whether ``name`` exists as far as the watch knows, but is not stored (no lock)."""
+        return name in self._uncached
+
+    def absent(self, name: str, now: float) -> bool:
+        """Whether a GET found ``name`` missing recently, and nothing has said otherwise since."""
+        until = self._absent.get(name)
+        return until is not None and now < until
+
     def fits(self, info: NamespaceInfo) -> bool:
         """Whether ``info`` is small enough to be stored at all (``max_entry_bytes``)."""
         return estimated_bytes(info) <= self.max_entry_bytes
@@ -145,6 +187,8 @@ class NamespaceStore:
             self._items = listing.items
             self._bytes = listing.bytes
             self._removals += 1
+            self._uncached = listing.uncached
+            self._absent.clear()
 
     def put(self, info: NamespaceInfo) -> bool:
         """Store (or update) ``info`` if it fits; whether it did.
@@ -160,11 +204,25 @@ class NamespaceStore:
             if fits:
                 self._items[info.name] = info
                 self._bytes += cost - freed
-            elif old is not None:
-                del self._items[info.name]
-                self._bytes -= freed
-                self._removals += 1
+                self._uncached.pop(info.name, None)
+            else:
+                if old is not None:
+                    del self._items[info.name]
+                    self._bytes -= freed
+                    self._removals += 1
+                _remember(self._uncached, info.name, None, MAX_UNCACHED_NAMES)
+            self._absent.pop(info.name, None)
         return fits
+
+    def put_uncached(self, name: str) -> None:
+        """Note a namespace the watch delivered that cannot be stored at all (too large)."""
+        with self._lock:
+            old = self._items.pop(name, None)
+            if old is not None:
+                self._bytes -= estimated_bytes(old)
+                self._removals += 1
+            _remember(self._uncached, name, None, MAX_UNCACHED_NAMES)
+            self._absent.pop(name, None)
 
     def remove(self, name: str) -> None:
         """Forget ``name``; counted as a removal even when it was not stored.
@@ -176,6 +234,32 @@ class NamespaceStore:
             if old is not None:
                 self._bytes -= estimated_bytes(old)
             self._removals += 1
+            self._uncached.pop(name, None)
+
+    def put_absent(self, name: str, *, now: float, seconds: float) -> bool:
+        """Remember that a GET found ``name`` missing, for ``seconds``; whether it was noted.
+
+        The mirror of ``put_fetched``'s rule: the watch is the authority on
+        what exists, so the absence is not noted if the watch has delivered
+        the name by now (stored or uncached): that GET was older than the
+        creation. Delivered later, the name is dropped from here as it
+        arrives (``put``).
+        """
+        with self._lock:
+            if name in self._items or name in self._uncached:
+                return False
+            # Same lifetime for all, so the oldest noted are the first to expire.
+            for old in list(self._absent):
+                if self._absent[old] > now:
+                    break
+                del self._absent[old]
+            _remember(self._absent, name, now + seconds, MAX_ABSENT_NAMES)
+        return True
+
+    def forget_absent(self) -> None:
+        """Drop every remembered absence (the watch stopped: it may miss a creation)."""
+        with self._lock:
+            self._absent.clear()
 
     def put_fetched(self, info: NamespaceInfo, *, removals: int) -> bool:
         """Store a namespace read by a GET, if nothing says it may be gone by now; whether it was.
@@ -193,9 +277,10 @@ class NamespaceStore:
         admission, or none once the watch delivers the namespace.
         """
         cost = estimated_bytes(info)
-        if cost > self.max_entry_bytes:
-            return False
         with self._lock:
+            self._absent.pop(info.name, None)  # it exists
+            if cost > self.max_entry_bytes:
+                return False
             if (
                 self._removals == removals
                 and info.name not in self._items
