@@ -53,13 +53,17 @@ class NamespaceState:
     empty ones once the namespaces run out), ``list_padding`` (each page also
     carries about that many bytes of filler Namespaces, each with its own
     name and many labels), ``list_delay`` (each page answered only after that
-    many seconds, or at once after ``release()``).
+    many seconds, or at once after ``release()``). A slow API server's GETs:
+    ``get_delay`` (each namespace GET answered only after that many seconds,
+    or at once after ``release()``).
 
     Readable records: ``requests`` counts calls by kind (list, watch, get),
     ``authorizations`` the Authorization headers seen, ``list_limits`` each
     list's ``limit``, ``watch_versions`` the resourceVersion each watch
     resumed from and ``watch_timeouts`` the timeoutSeconds it asked for,
-    ``list_bytes_sent`` what the last oversized list managed to send.
+    ``list_bytes_sent`` what the last oversized list managed to send,
+    ``get_names`` the namespace each GET asked for, ``gets_at_once`` the GETs
+    being answered now and ``max_gets_at_once`` the most at any one time.
     """
 
     def __init__(self) -> None:
@@ -91,6 +95,10 @@ class NamespaceState:
         self.endless_lists = False
         self.list_padding = 0
         self.list_delay = 0.0
+        self.get_delay = 0.0
+        self.get_names: list[str] = []
+        self.gets_at_once = 0
+        self.max_gets_at_once = 0
         self.list_bytes_sent = 0
         self.watch_versions: list[str | None] = []
         self.watch_timeouts: list[float] = []
@@ -255,7 +263,16 @@ def serve(request: Request, path: str, query: dict[str, str]) -> None:
             _list(request, query)
     elif path.startswith(PREFIX + "/"):
         api.requests["get"] += 1
-        _get(request, path[len(PREFIX) + 1 :])
+        name = path[len(PREFIX) + 1 :]
+        with api._cond:
+            api.get_names.append(name)
+            api.gets_at_once += 1
+            api.max_gets_at_once = max(api.max_gets_at_once, api.gets_at_once)
+        try:
+            _get(request, name)
+        finally:
+            with api._cond:
+                api.gets_at_once -= 1
     else:
         request.send_json(404, status(404, "NotFound", f"no route for {path}"))
 
@@ -342,6 +359,9 @@ def _get(request: Request, name: str) -> None:
     api = request.api
     if not api.wait_while(api.stall_gets):
         return
+    # A slow GET waits out its delay, unless the server is released first.
+    if api.get_delay and api.released.wait(api.get_delay) and api.down:
+        return  # the server went down meanwhile: no answer at all
     canned = api.get_reply
     if canned is not None:
         request.send_raw(canned.status, canned.body, canned.headers)

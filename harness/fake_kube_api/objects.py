@@ -10,7 +10,8 @@ where it should answer (``api.route("/", store)``):
   ``/apis/apps/v1/deployments``): the objects under it in pages
   (``limit``/``continue``), filtered by a ``labelSelector`` of equalities
   and existences (``a=b,c,!d``);
-- ``errors``: a path whose ``GET`` answers with that failure code and a Status;
+- ``errors``: a path whose ``GET`` answers with that failure code and a Status
+  (``403``, or ``(403, message)`` for the Status to carry that message);
 - ``POST`` (a create, e.g. a dry-run pod): whatever ``dry_run(namespace,
   body)`` returns as ``(code, body)``; by default the body back, 201;
 - ``PUT`` of an object's path (a replace): stored, with a new
@@ -60,7 +61,7 @@ class ObjectStore:
 
     def __init__(self, resources: Iterable[str] = RESOURCES) -> None:
         self.objects: dict[str, dict[str, Any]] = {}
-        self.errors: dict[str, int] = {}
+        self.errors: dict[str, int | tuple[int, str]] = {}
         self.conflicts: dict[str, int] = {}
         self.creates = False
         self.dry_run: DryRun = _created
@@ -132,8 +133,9 @@ class ObjectStore:
     def get(self, path: str, query: dict[str, str]) -> tuple[int, Any]:
         """The answer to ``GET path?query``: an error, an object, a list page, or NotFound."""
         if path in self.errors:
-            code = self.errors[path]
-            return code, status(code, HTTPStatus(code).phrase.replace(" ", ""), f"{path} says no")
+            error = self.errors[path]
+            code, message = error if isinstance(error, tuple) else (error, f"{path} says no")
+            return code, status(code, HTTPStatus(code).phrase.replace(" ", ""), message)
         if path in self.objects:
             return 200, self.objects[path]
         head, _, resource = path.rpartition("/")

@@ -1,8 +1,9 @@
 """The fake API server itself: a threaded HTTP server on 127.0.0.1, its routes and its record.
 
-A request is answered by the first route whose prefix its path starts with
-(:meth:`FakeKubeAPI.route`), else by ``GET /version`` (``version``), else by
-the Namespace endpoints, else with a 404 Status. A route handler is called
+A request (``GET``, ``POST`` or ``PATCH``) is answered by the first route
+whose prefix its path starts with (:meth:`FakeKubeAPI.route`), else by
+``GET /version`` (``version``), else by the Namespace endpoints, else with a
+404 Status. A route handler is called
 as ``handler(request, path, query)`` with the :class:`Request` (a
 ``BaseHTTPRequestHandler`` with helpers to send JSON, raw bytes and chunks,
 and to read the body), the path and the query (last value of each
@@ -33,12 +34,17 @@ Handler = Callable[["Request", str, dict[str, str]], None]
 
 @dataclass(frozen=True)
 class Call:
-    """One request as the server saw it (``body`` parsed when it was JSON)."""
+    """One request as the server saw it (``body`` parsed when it was JSON).
+
+    ``content_type`` is the request's Content-Type header (``None`` without
+    one): what tells a merge patch from a JSON patch of the same body.
+    """
 
     method: str
     path: str
     query: dict[str, str]
     body: Any = None
+    content_type: str | None = None
 
 
 class _Server(ThreadingHTTPServer):
@@ -137,8 +143,16 @@ class FakeKubeAPI(NamespaceState):
         self.routes.append((prefix, handler))
         return self
 
-    def write_kubeconfig(self, path: Path, *, token: str = "t") -> Path:
-        """A kubeconfig for this server with a bearer ``token``; returns ``path``."""
+    def write_kubeconfig(
+        self, path: Path, *, token: str = "t", namespace: str | None = None
+    ) -> Path:
+        """A kubeconfig for this server with a bearer ``token``; returns ``path``.
+
+        ``namespace``: the context's namespace, which commands use when not given one.
+        """
+        context = {"cluster": "fake", "user": "fake"}
+        if namespace is not None:
+            context["namespace"] = namespace
         path.write_text(
             json.dumps(
                 {
@@ -146,7 +160,7 @@ class FakeKubeAPI(NamespaceState):
                     "kind": "Config",
                     "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
                     "users": [{"name": "fake", "user": {"token": token}}],
-                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                    "contexts": [{"name": "fake", "context": context}],
                     "current-context": "fake",
                 }
             )
@@ -211,7 +225,8 @@ class Request(BaseHTTPRequestHandler):
         if self.headers.get("Authorization"):
             api.authorizations.add(self.headers["Authorization"])
         self.body = self._read_body()
-        api.calls.append(Call(self.command, parts.path, query, _parsed(self.body)))
+        content_type = self.headers.get("Content-Type")
+        api.calls.append(Call(self.command, parts.path, query, _parsed(self.body), content_type))
         for prefix, handler in list(api.routes):
             if parts.path.startswith(prefix):
                 handler(self, parts.path, query)

@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -377,6 +378,62 @@ def restore_host(
             shutil.rmtree(path, ignore_errors=True)
     if workdir is not None:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+WORKDIR_PREFIX: Final = "sidecar-injector-node-"
+
+
+def _bridged_veths() -> set[str]:
+    return {
+        link
+        for link in links()
+        if link.startswith("veth")
+        and os.path.realpath(f"/sys/class/net/{link}/master").endswith(f"/{BRIDGE}")
+    }
+
+
+def _without_ours(state: HostState) -> HostState:
+    """``state`` as it would be with no node's leftovers in it."""
+    return HostState(
+        iptables={
+            family: {
+                table: (
+                    [c for c in chains if ":" in c or not c.startswith(OUR_CHAIN_PREFIXES)],
+                    [r for r in rules if not _is_ours(r)],
+                )
+                for table, (chains, rules) in tables.items()
+            }
+            for family, tables in state.iptables.items()
+        },
+        sysctls=state.sysctls,
+        mounts=frozenset(),
+        links=state.links - {BRIDGE} - _bridged_veths(),
+        netns=frozenset(),
+        paths=state.paths,
+        cgroups=frozenset(),
+    )
+
+
+def reclaim_leftovers(*, containerd_root: Path, kube_proxy: Path) -> list[str]:
+    """Undo what a node stopped without teardown left (its run was killed); say what it was.
+
+    Called with the host lock held, so no node is running and every node
+    directory, bridge, ``cni-*`` namespace and KUBE-/CNI- chain is a
+    leftover. Sysctls and fixed paths stay as found: what they were before
+    the killed run is not known.
+    """
+    now = HostState.capture()
+    clean = _without_ours(now)
+    stale = sorted(Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"))
+    found = [f"directory {d}" for d in stale] + clean.differences(now)
+    if not found:
+        return []
+    workdirs: list[Path | None] = [*stale] if stale else [None]
+    for workdir in workdirs:
+        if workdir is not None:
+            kill_leftover_processes(workdir)
+        restore_host(clean, workdir=workdir, containerd_root=containerd_root, kube_proxy=kube_proxy)
+    return found
 
 
 def remove_cgroups(before: HostState) -> None:

@@ -66,6 +66,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,11 +79,13 @@ from harness.kube.binaries import ControlPlaneError, cache_root, pinned_version
 from harness.kube.control_plane import log_tails, terminate
 from harness.kube.host import (
     BRIDGE,
+    WORKDIR_PREFIX,
     HostState,
     NodeError,
     kill_leftover_processes,
     links,
     missing_packages,
+    reclaim_leftovers,
     restore_host,
     rss_mib,
     run,
@@ -284,8 +287,19 @@ class Node:
         if missing:
             raise NodeError("missing packages for the node: apt-get install " + " ".join(missing))
         self._stack.enter_context(host_lock(self.lock_timeout))
+        reclaimed = reclaim_leftovers(
+            containerd_root=self.containerd_root(), kube_proxy=self.node_bin_dir / "kube-proxy"
+        )
+        if reclaimed:
+            warnings.warn(
+                f"a node killed before its teardown had left {len(reclaimed)} changes on this"
+                " host, undone now: "
+                + "; ".join(reclaimed[:3])
+                + ("; ..." if len(reclaimed) > 3 else ""),
+                stacklevel=2,
+            )
         self._before = HostState.capture()
-        self._workdir = Path(tempfile.mkdtemp(prefix="sidecar-injector-node-"))
+        self._workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         try:
             self._start_all()
         except BaseException as error:

@@ -1,6 +1,6 @@
 """Telling users why, against the real API server and controller-manager: Events and ``why``.
 
-The install is applied as in ``test_cluster_webhook`` and served by a local
+The install is applied as in ``tests/e2e/webhook/`` and served by a local
 ``serve``, which here authenticates as the install's own ServiceAccount (a
 client certificate for ``system:serviceaccount:mesh-system:sidecar-injector``,
 which RBAC treats as that account): what it may do is exactly what the
@@ -27,8 +27,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.cluster import ControlPlane
-from tests.e2e.webhook_install import (
+from harness.kube.control_plane import ControlPlane
+from harness.kube.install import (
     NAMESPACE,
     SERVICE,
     InstalledWebhook,
@@ -37,8 +37,8 @@ from tests.e2e.webhook_install import (
     is_injected,
     wait_until_injecting,
 )
-from tests.support.server import CLI, Server, running_server
-from tests.support.tls_client import https_get
+from harness.server import CLI, Server, running_server
+from harness.tls_client import https_get
 
 pytestmark = pytest.mark.cluster
 
@@ -81,8 +81,9 @@ class ServiceAccountWebhook(InstalledWebhook):
 
 
 def _wait_until_the_install_namespace_is_gone(control_plane: ControlPlane) -> None:
-    """An install's teardown deletes mesh-system without waiting; nothing can be created
-    in it while it is terminating (returns at once when it does not exist)."""
+    """Nothing can be created in mesh-system while it is terminating (returns at once when
+    it does not exist). An install's close waits for it too, but gives up at its timeout
+    without failing, so an earlier module's may still be going."""
     control_plane.kubectl(
         "wait", "--for=delete", f"namespace/{NAMESPACE}", "--timeout=120s",
         check=False, timeout=150,

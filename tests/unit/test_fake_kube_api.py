@@ -4,7 +4,8 @@ The Namespace endpoints are exercised by the namespace cache's tests through
 the real ``kubernetes`` client; these cover the scripting around them:
 routes, the record of calls, held and endless answers, huge pages, the
 review endpoints, ``/version``, the namespace lists' endless, padded and slow
-modes, unframed bodies, and the object store.
+modes and slow GETs, unframed bodies, the object store, and the Events API's
+writes.
 """
 
 from __future__ import annotations
@@ -18,19 +19,25 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from harness.fake_kube_api import FakeKubeAPI, ObjectStore, handlers, status
+from harness.fake_kube_api import EventStore, FakeKubeAPI, ObjectStore, events, handlers, status
 from harness.threads import eventually
 
 NAMESPACES = "/api/v1/namespaces"
 
 
 def request(
-    api: FakeKubeAPI, method: str, path: str, body: Any = None, *, timeout: float = 30
+    api: FakeKubeAPI,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    timeout: float = 30,
+    content_type: str = "application/json",
 ) -> tuple[int, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=timeout)
     try:
         data = None if body is None else json.dumps(body).encode()
-        headers = {} if data is None else {"Content-Type": "application/json"}
+        headers = {} if data is None else {"Content-Type": content_type}
         connection.request(method, path, body=data, headers=headers)
         answer = connection.getresponse()
         return answer.status, answer.read()
@@ -197,6 +204,11 @@ def test_the_kubeconfig_it_writes_reaches_it_with_its_token(
         api.api_client.close()
     assert names == ["demo"]
     eventually(lambda: fake_api.authorizations == {"Bearer abc"}, what="the token")
+    (context,) = json.loads(kubeconfig.read_text())["contexts"]
+    assert "namespace" not in context["context"]
+    with_namespace = fake_api.write_kubeconfig(tmp_path / "shop", namespace="shop")
+    (context,) = json.loads(with_namespace.read_text())["contexts"]
+    assert context["context"]["namespace"] == "shop"
 
 
 def test_version_is_built_in_and_can_be_changed_or_taken_away(fake_api: FakeKubeAPI) -> None:
@@ -256,6 +268,30 @@ def test_a_slow_namespace_list_answers_after_its_delay_or_the_release(
     ]
 
 
+def test_slow_namespace_gets_answer_after_the_release_counted_by_name_and_at_once(
+    fake_api: FakeKubeAPI,
+) -> None:
+    fake_api.add("shop")
+    fake_api.get_delay = 60
+    answers: list[int] = []
+    callers = [
+        threading.Thread(target=lambda n=name: answers.append(get_json(fake_api, n)[0]))
+        for name in (f"{NAMESPACES}/shop", f"{NAMESPACES}/nowhere")
+    ]
+    for caller in callers:
+        caller.start()
+    eventually(lambda: fake_api.gets_at_once == 2, what="both GETs under way")
+    assert answers == []
+    fake_api.release()
+    for caller in callers:
+        caller.join(30)
+    assert sorted(answers) == [200, 404]
+    assert sorted(fake_api.get_names) == ["nowhere", "shop"]
+    assert fake_api.max_gets_at_once == 2
+    eventually(lambda: fake_api.gets_at_once == 0, what="both GETs done")
+    assert get_json(fake_api, f"{NAMESPACES}/shop")[0] == 200  # released: no wait any more
+
+
 def test_an_unframed_body_streams_until_the_connection_closes(fake_api: FakeKubeAPI) -> None:
     fake_api.route("/api/v1/pods", handlers.unframed(300_000, chunk=4096))
     connection = http.client.HTTPConnection("127.0.0.1", fake_api.port, timeout=30)
@@ -297,6 +333,11 @@ def test_an_object_store_serves_objects_lists_by_label_errors_and_creates(
         403,
         status(403, "Forbidden", f"{apps}/shop/deployments says no"),
     )
+    store.errors[f"{apps}/shop/deployments/web"] = (403, 'deployments.apps "web" is forbidden')
+    assert get_json(fake_api, f"{apps}/shop/deployments/web") == (
+        403,
+        status(403, "Forbidden", 'deployments.apps "web" is forbidden'),
+    )
     pod = {"metadata": {"generateName": "probe-"}}
     assert request(fake_api, "POST", "/api/v1/namespaces/shop/pods?dryRun=All", pod) == (
         201,
@@ -306,3 +347,108 @@ def test_an_object_store_serves_objects_lists_by_label_errors_and_creates(
     refused = request(fake_api, "POST", "/api/v1/namespaces/shop/pods", pod)
     assert (refused[0], json.loads(refused[1])["message"]) == (400, "not in shop")
     assert [c.body for c in fake_api.calls if c.method == "POST"] == [pod, pod]
+
+
+# --- the Events API's writes ------------------------------------------------------------
+
+SHOP_EVENTS = "/apis/events.k8s.io/v1/namespaces/shop/events"
+EVENT = {"metadata": {"name": "web.17a", "namespace": "shop"}, "reason": "Injected"}
+
+
+@pytest.fixture
+def event_store(fake_api: FakeKubeAPI) -> EventStore:
+    store = EventStore()
+    fake_api.route(events.PREFIX, store)
+    return store
+
+
+def test_an_event_store_keeps_creates_and_merges_merge_patches_into_them(
+    fake_api: FakeKubeAPI, event_store: EventStore
+) -> None:
+    assert request(fake_api, "POST", SHOP_EVENTS, EVENT) == (201, json.dumps(EVENT).encode())
+    taken = request(fake_api, "POST", SHOP_EVENTS, EVENT)
+    assert (taken[0], json.loads(taken[1])["reason"]) == (409, "AlreadyExists")
+    series = {"series": {"count": 3, "lastObservedTime": "2025-01-01T00:00:00.000000Z"}}
+    merged = request(
+        fake_api, "PATCH", f"{SHOP_EVENTS}/web.17a", series, content_type=events.MERGE_PATCH
+    )
+    assert (merged[0], json.loads(merged[1])) == (200, {**EVENT, **series})
+    removed = request(
+        fake_api,
+        "PATCH",
+        f"{SHOP_EVENTS}/web.17a",
+        {"reason": None, "series": {"count": 4}},
+        content_type=events.MERGE_PATCH,
+    )
+    assert json.loads(removed[1]) == {
+        "metadata": EVENT["metadata"],
+        "series": {"count": 4, "lastObservedTime": "2025-01-01T00:00:00.000000Z"},
+    }
+    assert event_store.events == {("shop", "web.17a"): json.loads(removed[1])}
+    assert event_store.series_counts() == [4]
+    gone = request(fake_api, "PATCH", f"{SHOP_EVENTS}/gone", {}, content_type=events.MERGE_PATCH)
+    assert (gone[0], json.loads(gone[1])["reason"]) == (404, "NotFound")
+    # Only merge patches are applied; anything but a create or a patch is not an Event write.
+    json_patch = request(fake_api, "PATCH", f"{SHOP_EVENTS}/web.17a", [], content_type="x")
+    assert json_patch[0] == 415
+    assert request(fake_api, "GET", f"{SHOP_EVENTS}/web.17a")[0] == 405
+    assert request(fake_api, "POST", f"{SHOP_EVENTS}/web.17a", EVENT)[0] == 405
+    assert [(c.method, c.content_type) for c in fake_api.calls_to(events.PREFIX)][:4] == [
+        ("POST", "application/json"),
+        ("POST", "application/json"),
+        ("PATCH", events.MERGE_PATCH),
+        ("PATCH", events.MERGE_PATCH),
+    ]
+
+
+def test_an_event_store_told_to_refuse_answers_every_write_with_that_status(
+    fake_api: FakeKubeAPI, event_store: EventStore
+) -> None:
+    event_store.refuse(403, "events are refused here")
+    code, body = request(fake_api, "POST", SHOP_EVENTS, EVENT)
+    assert (code, json.loads(body)) == (403, status(403, "Forbidden", "events are refused here"))
+    patch = request(fake_api, "PATCH", f"{SHOP_EVENTS}/x", {}, content_type=events.MERGE_PATCH)
+    assert patch[0] == 403
+    assert event_store.events == {}
+
+
+def test_an_event_store_holds_writes_until_released_then_answers_them_as_ever(
+    fake_api: FakeKubeAPI, event_store: EventStore
+) -> None:
+    event_store.hold = True
+    answers: list[int] = []
+    caller = threading.Thread(
+        target=lambda: answers.append(request(fake_api, "POST", SHOP_EVENTS, EVENT)[0])
+    )
+    caller.start()
+    eventually(lambda: event_store.held == 1, what="the write to be held")
+    assert caller.is_alive()
+    assert (answers, event_store.events) == ([], {})
+    fake_api.release()
+    caller.join(30)
+    assert answers == [201]
+    assert event_store.held == 0
+    assert list(event_store.events) == [("shop", "web.17a")]
+
+
+def test_a_held_event_write_is_cut_unanswered_when_the_server_stops(
+    fake_api: FakeKubeAPI, event_store: EventStore
+) -> None:
+    event_store.hold = True
+    failures: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            request(fake_api, "POST", SHOP_EVENTS, EVENT)
+        except (OSError, http.client.HTTPException) as error:
+            failures.append(error)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    eventually(lambda: event_store.held == 1, what="the write to be held")
+    fake_api.stop()
+    caller.join(30)
+    assert not caller.is_alive()
+    assert len(failures) == 1
+    eventually(lambda: event_store.held == 0, what="the held write to end")
+    assert event_store.events == {}

@@ -3,7 +3,8 @@
 Each case is sent over a raw verified TLS connection, so the bytes are
 exactly what a hostile client would send (httpx would fix the framing), and
 the test reads everything the server writes until it closes: a request
-smuggled after a refused one must get no answer at all.
+smuggled after a refused one must get no answer at all. The parser's
+measure of each head alone is ``tests/unit/test_http_hygiene.py``.
 """
 
 from __future__ import annotations
@@ -12,46 +13,25 @@ import ssl
 from collections.abc import Iterator
 
 import h11
-import orjson
 import pytest
 
-from tests.support.server import Server, WebhookClient, running_server
-from tests.support.tls_client import SERVICE_HOSTNAME, connect
-from webhook.service.http_hygiene import MAX_HEAD_BYTES, StrictConnection
+from harness.server import Server, WebhookClient, running_server
+from harness.tls_client import SERVICE_HOSTNAME, connect
+from tests.builders import DEMO_NAMESPACES, pod, review_bytes
+from webhook.service.http_hygiene import MAX_HEAD_BYTES
 
 EVENTUALLY = 60.0
 
-NAMESPACES = (
-    "apiVersion: v1\nkind: Namespace\n"
-    "metadata: {name: demo, labels: {sidecar-injection: enabled}}\n"
-)
-
-REVIEW = orjson.dumps(
-    {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "u-1",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "demo",
-            "operation": "CREATE",
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"generateName": "web-"},
-                "spec": {"containers": [{"name": "app", "image": "nginx"}]},
-            },
-        },
-    }
-)
+REVIEW = review_bytes(pod(None, image="nginx", generateName="web-"), namespace="demo")
 
 SMUGGLED = f"GET /metrics HTTP/1.1\r\nHost: {SERVICE_HOSTNAME}\r\n\r\n".encode()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("hygiene"), namespaces_yaml=NAMESPACES) as running:
+    with running_server(
+        tmp_path_factory.mktemp("hygiene"), namespaces_yaml=DEMO_NAMESPACES
+    ) as running:
         yield running
 
 
@@ -195,32 +175,6 @@ def test_a_head_that_never_ends_gets_431_once_past_16_kib(server: Server) -> Non
             sock.sendall(b"a" * 5000)  # never a blank line
         data = everything_until_closed(sock)
     assert status_line(data) == b"HTTP/1.1 431 Request Header Fields Too Large", data
-
-
-def get_head(size: int) -> bytes:
-    """A GET head of ``size`` bytes."""
-    start = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: "
-    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
-
-
-def answer_one(conn: StrictConnection) -> None:
-    assert isinstance(conn.next_event(), h11.Request)
-    assert isinstance(conn.next_event(), h11.EndOfMessage)
-    conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
-    conn.send(h11.EndOfMessage())
-    conn.start_next_cycle()
-
-
-def test_each_head_on_a_kept_alive_connection_is_measured_from_its_own_start() -> None:
-    """The parser in-process: two pipelined 9 KiB heads in one read pass, 17 KiB does not."""
-    conn = StrictConnection()
-    conn.receive_data(get_head(9 * 1024) + get_head(9 * 1024))
-    answer_one(conn)
-    answer_one(conn)
-    conn.receive_data(get_head(MAX_HEAD_BYTES + 1))
-    with pytest.raises(h11.RemoteProtocolError, match="larger than"):
-        conn.next_event()
-    assert conn.refusal_status == 431
 
 
 # --- no redirects ----------------------------------------------------------------------------

@@ -3,24 +3,24 @@
 The recorder is real and its writer a fake (``test_events_recorder``); the
 reviews go through the whole ``/mutate`` path, so the owner is read from the
 review the way the API server sends it. Also: ``serve`` makes a recorder
-only where there is a cluster to write to.
+only where there is a cluster to write to (that choosing none imports no
+Kubernetes client is asked of a fresh interpreter, in
+``tests/process/test_events_imports.py``).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support.fake_events_api import FakeWriter
-from tests.support.threads import eventually
-from webhook.cluster.namespaces_file import NamespaceInfo, StaticNamespaces
+from harness.threads import eventually
+from tests import builders
+from tests.unit.events_fakes import FakeWriter
+from webhook.cluster.namespaces_file import StaticNamespaces
 from webhook.engine.config import InjectorConfig
 from webhook.service.admission import Reviewed
 from webhook.service.app import create_app
@@ -37,10 +37,7 @@ RS_REF = {
     "blockOwnerDeletion": True,
 }
 NAMESPACES = StaticNamespaces(
-    {
-        "shop": NamespaceInfo("shop", {"sidecar-injection": "enabled"}),
-        "legacy": NamespaceInfo("legacy"),
-    }
+    {"shop": builders.enabled_namespace("shop"), "legacy": builders.namespace("legacy")}
 )
 
 
@@ -52,29 +49,12 @@ def review(
     annotations: dict[str, str] | None = None,
     uid: str = "u-1",
 ) -> bytes:
-    metadata: dict[str, Any] = {"generateName": "web-7d9f-", "annotations": annotations or {}}
+    """A ReplicaSet's pod for review, its controller ``owner`` (``None``: a bare pod)."""
+    metadata: dict[str, Any] = {"annotations": annotations or {}}
     if owner is not None:
         metadata["ownerReferences"] = [owner]
-    return orjson.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": uid,
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": namespace,
-                "operation": "CREATE",
-                "dryRun": dry_run,
-                "object": {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": metadata,
-                    "spec": {"containers": [{"name": "app", "image": "nginx"}]},
-                },
-            },
-        }
-    )
+    pod = builders.replicaset_pod(**metadata)
+    return builders.review_bytes(pod, namespace=namespace, uid=uid, dryRun=dry_run)
 
 
 class Recording(NoEvents):
@@ -180,18 +160,3 @@ def test_serve_writes_events_to_the_cluster_its_kubeconfig_names(tmp_path: Path)
     recorder = _event_recorder(ServeSettings(kubeconfig=kubeconfig), Metrics())
     assert isinstance(recorder, EventRecorder)
     recorder.stop()
-
-
-def test_choosing_no_cluster_does_not_import_the_kubernetes_client() -> None:
-    code = (
-        "import sys\n"
-        "from webhook.service.metrics import Metrics\n"
-        "from webhook.service.server import ServeSettings, _event_recorder\n"
-        "assert _event_recorder(ServeSettings(), Metrics()) is None\n"
-        "assert 'kubernetes' not in sys.modules, 'kubernetes was imported'\n"
-    )
-    env = {"PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
-    )
-    assert done.returncode == 0, done.stderr

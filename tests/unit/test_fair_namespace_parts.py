@@ -18,8 +18,9 @@ import anyio
 import pytest
 from kubernetes import client
 
-from tests.support.fake_kube_api import FakeKubeAPI
-from tests.support.threads import PATIENCE, eventually
+from harness.fake_kube_api import FakeKubeAPI
+from harness.threads import PATIENCE, eventually
+from tests.builders import namespace
 from webhook.cluster.namespace_cache import KubeNamespaceCache, NamespaceCacheOptions
 from webhook.cluster.namespace_cache.arrivals import Arrivals
 from webhook.cluster.namespace_cache.options import MAX_ABSENT_NAMES, MAX_UNCACHED_NAMES
@@ -32,20 +33,16 @@ from webhook.service.namespace_lookup import SourceLookup
 ENABLED = {"sidecar-injection": "enabled"}
 
 
-def ns(name: str, **labels: str) -> NamespaceInfo:
-    return NamespaceInfo(name, labels)
-
-
 # --- the store: uncached and absent names ------------------------------------------------
 
 
 def test_a_namespace_too_large_to_store_is_known_to_exist() -> None:
     store = NamespaceStore(max_bytes=1 << 20, max_entry_bytes=2000)
-    huge = NamespaceInfo("huge", {"padding": "x" * 5000})
+    huge = namespace("huge", {"padding": "x" * 5000})
     assert not store.put(huge)
     assert store.get("huge") is None
     assert store.uncached("huge")
-    store.put(ns("huge"))  # trimmed down: stored again
+    store.put(namespace("huge"))  # trimmed down: stored again
     assert not store.uncached("huge")
     store.put_uncached("huge")  # too large once more, as the watch saw it
     assert store.get("huge") is None
@@ -55,11 +52,11 @@ def test_a_namespace_too_large_to_store_is_known_to_exist() -> None:
 
 
 def test_a_listing_notes_what_it_leaves_out_and_the_relist_replaces_both_sets() -> None:
-    store = NamespaceStore(max_bytes=3 * estimated_bytes(ns("team-00")))
+    store = NamespaceStore(max_bytes=3 * estimated_bytes(namespace("team-00")))
     store.put_uncached("older")
     listing = store.listing()
     for index in range(5):
-        listing.add(ns(f"team-{index:02d}"))
+        listing.add(namespace(f"team-{index:02d}"))
     listing.skip("oversized")
     store.replace(listing)
     assert [store.uncached(f"team-{i:02d}") for i in range(5)] == [False] * 3 + [True] * 2
@@ -73,7 +70,7 @@ def test_an_absence_is_remembered_for_its_time_and_not_over_what_the_watch_deliv
     assert store.absent("gone", 105.0)
     assert not store.absent("gone", 110.0)
     # The watch delivered it before the GET's answer was noted: not absent.
-    store.put(ns("here"))
+    store.put(namespace("here"))
     assert not store.put_absent("here", now=100.0, seconds=10.0)
     store.put_uncached("big")
     assert not store.put_absent("big", now=100.0, seconds=10.0)
@@ -82,9 +79,11 @@ def test_an_absence_is_remembered_for_its_time_and_not_over_what_the_watch_deliv
 @pytest.mark.parametrize(
     "delivered",
     [
-        pytest.param(lambda s: s.put(ns("soon")), id="watch-event"),
+        pytest.param(lambda s: s.put(namespace("soon")), id="watch-event"),
         pytest.param(lambda s: s.put_uncached("soon"), id="watch-event-too-large"),
-        pytest.param(lambda s: s.put_fetched(ns("soon"), removals=s.removals), id="a-later-get"),
+        pytest.param(
+            lambda s: s.put_fetched(namespace("soon"), removals=s.removals), id="a-later-get"
+        ),
         pytest.param(lambda s: s.replace(s.listing()), id="relist"),
         pytest.param(lambda s: s.forget_absent(), id="watch-stopped"),
     ],
@@ -182,11 +181,9 @@ class FakeClock:
 
 
 @pytest.fixture
-def api() -> Iterator[FakeKubeAPI]:
-    server = FakeKubeAPI().start()
-    server.add("demo", ENABLED)
-    yield server
-    server.stop()
+def api(fake_api: FakeKubeAPI) -> FakeKubeAPI:
+    fake_api.add("demo", ENABLED)
+    return fake_api
 
 
 @pytest.fixture
@@ -226,7 +223,7 @@ def test_the_cache_is_a_watched_source_live_once_its_watch_is_open(
     assert cancel is not None
     api.add("new-team", ENABLED)
     assert woken.wait(PATIENCE)
-    assert cache.cached("new-team") == NamespaceInfo("new-team", ENABLED)
+    assert cache.cached("new-team") == namespace("new-team", ENABLED)
 
 
 def test_a_broken_watch_wakes_every_waiter_and_forgets_absences(
@@ -342,8 +339,8 @@ def test_an_unknown_namespace_is_awaited_on_the_watch_and_not_read() -> None:
             while not source.waiters:
                 await anyio.sleep(0.01)
             # Delivered from another thread, as the watch does.
-            threading.Thread(target=source.deliver, args=(ns("new-team", **ENABLED),)).start()
-        assert found == [ns("new-team", **ENABLED)]
+            threading.Thread(target=source.deliver, args=(namespace("new-team", ENABLED),)).start()
+        assert found == [namespace("new-team", ENABLED)]
 
     anyio.run(run)
     assert source.reads == []

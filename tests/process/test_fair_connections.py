@@ -6,8 +6,9 @@ short, a finished handshake and nothing after it), reopening each as soon as
 the server drops it, while reviews arrive from 127.0.0.1 on new TLS
 connections, each with the client deadline kube-apiserver would give it
 (5 s). Before the per-client cap, 5 of 9 such reviews timed out. The cap
-itself (``webhook.service.connections``) is also tested in-process, on a
-real listening socket.
+itself (``webhook.service.connections``) is tested in-process, on a real
+listening socket, in ``tests/unit/test_fair_connections.py``; here also the
+flag's documentation, read from ``serve --help``.
 """
 
 from __future__ import annotations
@@ -24,18 +25,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 
-from tests.support.server import CLI, Server, running_server
-from tests.support.tls_client import SERVICE_HOSTNAME, client_context, connect
-from webhook.service.connections import (
-    MAX_CONNECTIONS_PER_CLIENT,
-    REFUSALS_PER_ACCEPT,
-    ClientConnections,
-    GatedListener,
-)
-from webhook.service.server import MAX_OPEN_FILES, ServeError, ServeSettings
+from harness.server import CLI, Server, running_server
+from harness.tls_client import SERVICE_HOSTNAME, client_context, connect
+from tests.builders import DEMO_NAMESPACES, REPO, pod, review_bytes
+from webhook.service.connections import MAX_CONNECTIONS_PER_CLIENT
 
 EVENTUALLY = 60.0
 # kube-apiserver's deadline for one review in our install (timeoutSeconds: 5).
@@ -43,28 +38,8 @@ CLIENT_DEADLINE = 5.0
 FLOOD = 1200
 FLOODER = "127.0.0.2"
 
-NAMESPACES = (
-    "apiVersion: v1\nkind: Namespace\n"
-    "metadata: {name: demo, labels: {sidecar-injection: enabled}}\n"
-)
-REVIEW = orjson.dumps(
-    {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "from-another-client",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "demo",
-            "operation": "CREATE",
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"generateName": "web-"},
-                "spec": {"containers": [{"name": "app", "image": "nginx"}]},
-            },
-        },
-    }
+REVIEW = review_bytes(
+    pod(None, image="nginx", generateName="web-"), namespace="demo", uid="from-another-client"
 )
 # The first bytes of a TLS ClientHello record promising more than follows.
 CUT_CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32
@@ -200,7 +175,9 @@ def descriptors(wanted: int) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("fair-conns"), namespaces_yaml=NAMESPACES) as s:
+    with running_server(
+        tmp_path_factory.mktemp("fair-conns"), namespaces_yaml=DEMO_NAMESPACES
+    ) as s:
         yield s
 
 
@@ -229,110 +206,7 @@ def test_1200_idle_or_half_open_connections_from_one_address_do_not_delay_anothe
         assert tls.version() is not None
 
 
-# --- the cap in-process --------------------------------------------------------------------
-
-
-@pytest.fixture
-def listener() -> Iterator[GatedListener]:
-    refusals: list[None] = []
-    gate = ClientConnections(2, on_refused=lambda: refusals.append(None))
-    sock = GatedListener(gate, socket.AF_INET)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
-    sock.settimeout(EVENTUALLY)
-    yield sock
-    sock.close()
-
-
-def dial(listener: GatedListener, source: str) -> socket.socket:
-    return socket.create_connection(
-        listener.getsockname(), timeout=EVENTUALLY, source_address=(source, 0)
-    )
-
-
-def was_reset(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-
-
-def test_a_client_at_its_cap_is_reset_at_accept_and_others_still_get_in(
-    listener: GatedListener,
-) -> None:
-    gate = listener.gate
-    first, second, third = (dial(listener, "127.0.0.2") for _ in range(3))
-    other = dial(listener, "127.0.0.3")
-    accepted_first, _ = listener.accept()
-    accepted_second, _ = listener.accept()
-    # The third from .2 is reset inside accept(); the next one returned is .3's.
-    accepted_other, address = listener.accept()
-    assert address[0] == "127.0.0.3"
-    assert was_reset(third)
-    assert gate.open_from("127.0.0.2") == 2
-    assert gate.busiest() == 2
-    assert gate.total == 3
-    # Closing one gives its place back, once.
-    accepted_first.close()
-    accepted_first.close()
-    assert gate.open_from("127.0.0.2") == 1
-    again = dial(listener, "127.0.0.2")
-    accepted_again, _ = listener.accept()
-    assert gate.open_from("127.0.0.2") == 2
-    for sock in (first, second, third, other, again, accepted_second, accepted_other):
-        sock.close()
-    assert gate.total == 1
-    accepted_again.close()
-    assert gate.total == 0
-    assert gate.closed == 4
-
-
-def test_a_connection_dropped_without_close_gives_its_place_back(
-    listener: GatedListener,
-) -> None:
-    client = dial(listener, "127.0.0.2")
-    accepted, _ = listener.accept()
-    assert listener.gate.total == 1
-    del accepted  # as asyncio would, were it to fail before making a transport
-    assert listener.gate.total == 0
-    client.close()
-
-
-def test_a_stream_of_refusals_hands_the_loop_back_after_a_bounded_number(
-    listener: GatedListener,
-) -> None:
-    kept = [dial(listener, "127.0.0.2") for _ in range(2)]
-    accepted = [listener.accept()[0] for _ in range(2)]
-    refused = [dial(listener, "127.0.0.2") for _ in range(REFUSALS_PER_ACCEPT + 5)]
-    listener.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        listener.accept()  # REFUSALS_PER_ACCEPT of them, then "nothing more now"
-    with pytest.raises(BlockingIOError):
-        listener.accept()  # the rest, then really nothing
-    assert all(was_reset(sock) for sock in refused)
-    for sock in kept + accepted + refused:
-        sock.close()
-
-
-def test_the_per_client_cap_is_a_serve_flag_from_1_to_the_descriptor_limit() -> None:
-    class Args:
-        host, port, cert_dir, config = "127.0.0.1", 8443, Path("certs"), None
-        namespaces_file = kubeconfig = read_timeout = None
-        log_level = "info"
-        max_connections_per_client: int | None = None
-
-    default = ServeSettings.from_args(Args())  # type: ignore[arg-type]
-    assert default.max_connections_per_client == MAX_CONNECTIONS_PER_CLIENT == 256
-    for bad in (0, -1, MAX_OPEN_FILES + 1):
-        Args.max_connections_per_client = bad
-        with pytest.raises(ServeError, match="--max-connections-per-client"):
-            ServeSettings.from_args(Args())  # type: ignore[arg-type]
-    Args.max_connections_per_client = 1
-    assert ServeSettings.from_args(Args()).max_connections_per_client == 1  # type: ignore[arg-type]
-
-
 def test_the_per_client_cap_is_documented_with_its_default() -> None:
-    root = Path(__file__).resolve().parent.parent
     result = subprocess.run(
         [CLI, "serve", "--help"], capture_output=True, text=True, timeout=30, check=True
     )
@@ -341,4 +215,4 @@ def test_the_per_client_cap_is_documented_with_its_default() -> None:
     assert f"(default {MAX_CONNECTIONS_PER_CLIENT})" in help_text
     usage = f"[--max-connections-per-client {MAX_CONNECTIONS_PER_CLIENT}]"
     for doc in ("README.md", "docs/service.md"):
-        assert usage in (root / doc).read_text(), doc
+        assert usage in (REPO / doc).read_text(), doc

@@ -26,9 +26,10 @@ import httpx
 import orjson
 import pytest
 
-from tests.support.fake_kube_api import FakeKubeAPI
-from tests.support.server import Server, WebhookClient, running_server
-from tests.support.tls_client import SERVICE_HOSTNAME, client_context, connect
+from harness.fake_kube_api import FakeKubeAPI
+from harness.server import Server, WebhookClient, running_server
+from harness.tls_client import SERVICE_HOSTNAME, client_context, connect
+from tests.builders import pod, review_bytes
 from webhook.service.namespace_lookup import READS_PER_CLIENT
 
 FLOODER = "127.0.0.2"
@@ -41,53 +42,18 @@ ENABLED = {"sidecar-injection": "enabled"}
 
 
 def review(namespace: str, uid: str) -> bytes:
-    return orjson.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": uid,
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": namespace,
-                "operation": "CREATE",
-                "object": {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {"generateName": "web-"},
-                    "spec": {"containers": [{"name": "app", "image": "nginx"}]},
-                },
-            },
-        }
-    )
-
-
-def kubeconfig_for(api: FakeKubeAPI, path: Path) -> Path:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "fake", "user": "u"}}],
-        "current-context": "c",
-    }
-    path.write_text(orjson.dumps(config).decode())
-    return path
+    return review_bytes(pod(None, image="nginx", generateName="web-"), namespace=namespace, uid=uid)
 
 
 @pytest.fixture
-def api() -> Iterator[FakeKubeAPI]:
-    fake = FakeKubeAPI().start()
-    fake.get_delay = GET_SECONDS
-    try:
-        yield fake
-    finally:
-        fake.stop()
+def api(fake_api: FakeKubeAPI) -> FakeKubeAPI:
+    fake_api.get_delay = GET_SECONDS
+    return fake_api
 
 
 @pytest.fixture
 def server(tmp_path: Path, api: FakeKubeAPI) -> Iterator[Server]:
-    config = kubeconfig_for(api, tmp_path / "kubeconfig")
+    config = api.write_kubeconfig(tmp_path / "kubeconfig")
     with running_server(tmp_path, args=["--kubeconfig", str(config)]) as running:
         yield running
 

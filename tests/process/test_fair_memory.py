@@ -13,7 +13,9 @@ above what the test ever holds open, so every connection is served rather
 than refused at accept: what is measured is what a served connection leaves.
 
 A second test holds a crowd of idle TLS connections, lets them go, and
-checks the memory they took is given back.
+checks the memory they took is given back. When the server collects and
+trims (``HeapTrimmer``) is tested in-process, on a fake clock, in
+``tests/unit/test_fair_memory.py``.
 """
 
 from __future__ import annotations
@@ -28,15 +30,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.server import Server, running_server
-from tests.support.tls_client import SERVICE_HOSTNAME, client_context
-from webhook.service.heap import (
-    QUIET_TRIM_SECONDS,
-    TRIM_AFTER_CLOSED,
-    TRIM_INTERVAL_SECONDS,
-    TRIM_SPACING,
-    HeapTrimmer,
-)
+from harness.server import Server, running_server
+from harness.tls_client import SERVICE_HOSTNAME, client_context
 
 EVENTUALLY = 120.0
 # Longer than the quiet spell after which the server trims for a few closed
@@ -142,70 +137,3 @@ def test_the_memory_a_crowd_of_idle_connections_took_is_given_back_when_they_go(
     assert end <= start + MARGIN_MIB, (
         f"RSS {start:.1f} MiB, {crowded:.1f} with them, {end:.1f} after"
     )
-
-
-# --- the trimmer in-process ----------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def trimmer(closed: list[int], clock: Clock, calls: list[str]) -> HeapTrimmer:
-    def collect() -> int:
-        calls.append("collect")
-        return 0
-
-    def trim(_pad: int) -> int:
-        calls.append("trim")
-        return 1
-
-    return HeapTrimmer(lambda: closed[0], clock=clock, collect=collect, trim=trim)
-
-
-def test_the_trimmer_collects_then_trims_after_enough_closed_connections_a_second_apart() -> None:
-    closed, clock, calls = [0], Clock(), []
-    heap = trimmer(closed, clock, calls)
-    assert not heap.maybe_trim()  # nothing closed
-    closed[0] = TRIM_AFTER_CLOSED
-    assert heap.maybe_trim()
-    assert calls == ["collect", "trim"]
-    closed[0] += TRIM_AFTER_CLOSED
-    clock.now += TRIM_INTERVAL_SECONDS / 2
-    assert not heap.maybe_trim()  # too soon
-    clock.now += TRIM_INTERVAL_SECONDS / 2
-    assert heap.maybe_trim()
-    assert heap.trims == 2
-
-
-def test_a_few_closed_connections_are_trimmed_after_a_quiet_spell() -> None:
-    closed, clock, calls = [0], Clock(), []
-    heap = trimmer(closed, clock, calls)
-    closed[0] = TRIM_AFTER_CLOSED
-    assert heap.maybe_trim()
-    closed[0] += 3
-    clock.now += TRIM_INTERVAL_SECONDS
-    assert not heap.maybe_trim()
-    clock.now += QUIET_TRIM_SECONDS
-    assert heap.maybe_trim()
-
-
-def test_a_slow_trim_spaces_the_next_one_further_apart() -> None:
-    closed, clock = [0], Clock()
-
-    def slow_collect() -> int:
-        clock.now += 0.1  # a collection of 100 ms
-        return 0
-
-    heap = HeapTrimmer(lambda: closed[0], clock=clock, collect=slow_collect, trim=None)
-    closed[0] = TRIM_AFTER_CLOSED
-    assert heap.maybe_trim()
-    closed[0] += TRIM_AFTER_CLOSED
-    clock.now += TRIM_SPACING * 0.1 - 0.01
-    assert not heap.maybe_trim()
-    clock.now += 0.02
-    assert heap.maybe_trim()

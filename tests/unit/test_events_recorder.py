@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.fake_events_api import FakeWriter, WriteFailed
-from tests.support.threads import eventually
+from harness.threads import eventually
+from tests.unit.events_fakes import FakeWriter, WriteFailed
 from webhook.service.admission import RequestSummary, Reviewed
 from webhook.service.events import EventOptions, EventRecorder
 from webhook.service.events.model import Owner

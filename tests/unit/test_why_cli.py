@@ -1,37 +1,32 @@
 """``sidecar-injector why`` against an API server serving the objects a test puts there.
 
-The command is run in-process (``main``), its kubeconfig pointing at a small
-HTTP server that answers GETs of objects and lists from a dict, and errors
-on request: the same requests the real command makes of a cluster. The
-install is the repository's own (``manifests/base``: the webhook
-configuration, Service, Deployment) with a ConfigMap the test writes; the
-pods carry status annotations the engine itself wrote.
+The command is run in-process (``main``), its kubeconfig pointing at the fake
+API server with an object store routed everywhere: GETs of objects, lists
+(by label selector, as the API server filters them) and errors on request,
+the same requests the real command makes of a cluster. The install is the
+repository's own (``manifests/base``: the webhook configuration, Service,
+Deployment) with a ConfigMap the test writes; the pods carry status
+annotations the engine itself wrote.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
+from harness.fake_kube_api import FakeKubeAPI, ObjectStore
+from tests import builders
 from webhook.cli import main
-from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine import inject
 from webhook.engine.config import InjectorConfig
 from webhook.manifests.config_file import parse_config
 from webhook.manifests.patched import patched
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / "manifests" / "base"
+BASE = builders.REPO / "manifests" / "base"
 CONFIG = """\
 proxy:
   version: v1.40.0
@@ -42,101 +37,40 @@ ENABLED = {"sidecar-injection": "enabled", "kubernetes.io/metadata.name": "shop"
 Object = dict[str, Any]
 
 
-# --- the fake API server ----------------------------------------------------------------
-
-
-@dataclass
-class FakeAPI:
-    """Objects by path; a list path answers with the objects under it."""
-
-    objects: dict[str, Object] = field(default_factory=dict)
-    errors: dict[str, tuple[int, str]] = field(default_factory=dict)
-    server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def put(self, path: str, obj: Object) -> None:
-        self.objects[path] = obj
-
-    def answer(self, path: str) -> tuple[int, Object]:
-        if path in self.errors:
-            code, message = self.errors[path]
-            return code, {"kind": "Status", "code": code, "message": message, "reason": "X"}
-        if path in self.objects:
-            return 200, self.objects[path]
-        items = [obj for key, obj in sorted(self.objects.items()) if key.rsplit("/", 1)[0] == path]
-        if items or path.endswith(("/pods", "/replicasets", "/jobs", "/deployments")):
-            return 200, {"kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}
-        return 404, {"kind": "Status", "code": 404, "reason": "NotFound", "message": "not found"}
+@pytest.fixture
+def api(fake_api: FakeKubeAPI) -> ObjectStore:
+    """The objects the fake API server serves, at every path."""
+    store = ObjectStore()
+    fake_api.route("/", store)
+    return store
 
 
 @pytest.fixture
-def api() -> Iterator[FakeAPI]:
-    fake = FakeAPI()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            code, body = fake.answer(urlsplit(self.path).path)
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    class Server(ThreadingHTTPServer):
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            pass  # a client that stops reading (a body over its bound) is expected here
-
-    fake.server = Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=fake.server.serve_forever, daemon=True).start()
-    try:
-        yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
-
-
-@pytest.fixture
-def kubeconfig(tmp_path: Path, api: FakeAPI) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        f"clusters: [{{name: c, cluster: {{server: '{api.url}'}}}}]\n"
-        "users: [{name: u, user: {token: t}}]\n"
-        "contexts: [{name: c, context: {cluster: c, user: u, namespace: shop}}]\n"
-    )
-    return path
+def kubeconfig(tmp_path: Path, fake_api: FakeKubeAPI) -> Path:
+    return fake_api.write_kubeconfig(tmp_path / "kubeconfig", namespace="shop")
 
 
 def _base(name: str) -> list[Object]:
     return [d for d in yaml.safe_load_all((BASE / name).read_text()) if d]
 
 
-def install(api: FakeAPI, config: str = CONFIG) -> None:
+def install(api: ObjectStore, config: str = CONFIG) -> None:
     """The repository's install, as the API server would serve it."""
     (hooks,) = _base("mutatingwebhook.yaml")
-    api.put(
-        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/sidecar-injector",
-        hooks,
-    )
+    api.objects[
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/sidecar-injector"
+    ] = hooks
     (service,) = _base("service.yaml")
-    api.put("/api/v1/namespaces/mesh-system/services/sidecar-injector", service)
+    api.objects["/api/v1/namespaces/mesh-system/services/sidecar-injector"] = service
     (deployment,) = _base("deployment.yaml")
-    api.put("/apis/apps/v1/namespaces/mesh-system/deployments/sidecar-injector", deployment)
+    api.objects["/apis/apps/v1/namespaces/mesh-system/deployments/sidecar-injector"] = deployment
     config_map = {"metadata": {"name": "sidecar-injector-config"}, "data": {"config.yaml": config}}
-    api.put("/api/v1/namespaces/mesh-system/configmaps/sidecar-injector-config", config_map)
+    api.objects["/api/v1/namespaces/mesh-system/configmaps/sidecar-injector-config"] = config_map
 
 
-def namespace(api: FakeAPI, name: str = "shop", labels: dict[str, str] | None = None) -> None:
+def namespace(api: ObjectStore, name: str = "shop", labels: dict[str, str] | None = None) -> None:
     labels = ENABLED if labels is None else {"kubernetes.io/metadata.name": name, **labels}
-    api.put(f"/api/v1/namespaces/{name}", {"metadata": {"name": name, "labels": labels}})
+    api.objects[f"/api/v1/namespaces/{name}"] = {"metadata": {"name": name, "labels": labels}}
 
 
 def deployment(
@@ -160,11 +94,13 @@ def deployment(
 
 
 def replicaset(name: str = "web-7d9f") -> Object:
+    """The Deployment's ReplicaSet, labelled with its pod template's labels as the controller does."""
     return {
         "metadata": {
             "name": name,
             "namespace": "shop",
             "uid": f"{name}-uid",
+            "labels": {"app": "web", "pod-template-hash": name.rpartition("-")[2]},
             "ownerReferences": [
                 {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "deploy-uid",
                  "controller": True}
@@ -177,23 +113,19 @@ def pod(
     name: str, *, owner: str = "web-7d9f", injected_with: dict[str, str] | None = None
 ) -> Object:
     """A running pod of the ReplicaSet; ``injected_with``: namespace labels it was injected under."""
-    obj: Object = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": "shop",
-            "labels": {"app": "web"},
-            "ownerReferences": [
-                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": owner,
-                 "uid": f"{owner}-uid", "controller": True}
-            ],
-        },
-        "spec": {"containers": [{"name": "app", "image": "nginx"}]},
-    }  # fmt: skip
+    reference = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "name": owner,
+        "uid": f"{owner}-uid",
+        "controller": True,
+    }
+    obj = builders.pod(
+        name, image="nginx", namespace="shop", labels={"app": "web"}, ownerReferences=[reference]
+    )
     if injected_with is None:
         return obj
-    info = NamespaceInfo("shop", MappingProxyType(injected_with), MappingProxyType({}))
+    info = builders.namespace("shop", injected_with)
     return patched(inject(obj, namespace=info, config=parse_config(CONFIG, origin="test")))
 
 
@@ -207,25 +139,27 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def test_an_injected_deployment_with_outdated_and_missing_sidecars(
-    api: FakeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    fake_api: FakeKubeAPI, api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     install(api)
     namespace(api)
-    api.put("/apis/apps/v1/namespaces/shop/deployments/web", deployment())
-    api.put("/apis/apps/v1/namespaces/shop/replicasets/web-7d9f", replicaset())
-    api.put(
-        "/api/v1/namespaces/shop/pods/web-7d9f-aaaaa", pod("web-7d9f-aaaaa", injected_with=ENABLED)
+    api.objects["/apis/apps/v1/namespaces/shop/deployments/web"] = deployment()
+    api.objects["/apis/apps/v1/namespaces/shop/replicasets/web-7d9f"] = replicaset()
+    api.objects["/api/v1/namespaces/shop/pods/web-7d9f-aaaaa"] = pod(
+        "web-7d9f-aaaaa", injected_with=ENABLED
     )
     old = {**ENABLED, "sidecar.mesh.io/log-level": "debug"}
-    api.put("/api/v1/namespaces/shop/pods/web-7d9f-bbbbb", pod("web-7d9f-bbbbb", injected_with=old))
-    api.put("/api/v1/namespaces/shop/pods/web-7d9f-ccccc", pod("web-7d9f-ccccc"))
-    api.put("/api/v1/namespaces/shop/pods/other", pod("other", owner="someone-else"))
+    api.objects["/api/v1/namespaces/shop/pods/web-7d9f-bbbbb"] = pod(
+        "web-7d9f-bbbbb", injected_with=old
+    )
+    api.objects["/api/v1/namespaces/shop/pods/web-7d9f-ccccc"] = pod("web-7d9f-ccccc")
+    api.objects["/api/v1/namespaces/shop/pods/other"] = pod("other", owner="someone-else")
 
     code, out, err = run(capsys, "deploy/web", "--kubeconfig", str(kubeconfig))
 
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0] == f"deployment/web in namespace shop (API server {api.url})"
+    assert lines[0] == f"deployment/web in namespace shop (API server {fake_api.url})"
     assert lines[1] == "injected now: yes: namespace shop is labelled sidecar-injection=enabled"
     assert lines[2] == "webhook: namespace.sidecar.mesh.io (sidecar-injector) is called for it"
     assert lines[3] == "revision: default (no sidecar.mesh.io/rev label)"
@@ -252,11 +186,11 @@ def test_an_injected_deployment_with_outdated_and_missing_sidecars(
 
 
 def test_json_for_scripts(
-    api: FakeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     install(api)
     namespace(api)
-    api.put("/apis/apps/v1/namespaces/shop/deployments/web", deployment())
+    api.objects["/apis/apps/v1/namespaces/shop/deployments/web"] = deployment()
 
     code, out, _ = run(capsys, "deployment.apps/web", "--kubeconfig", str(kubeconfig), "-o", "json")
 
@@ -282,13 +216,12 @@ def test_json_for_scripts(
 
 
 def test_a_skip_says_why_and_shows_what_an_injected_pod_would_get(
-    api: FakeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     install(api)
     namespace(api)
-    api.put(
-        "/apis/apps/v1/namespaces/shop/deployments/web",
-        deployment(annotations={"sidecar.mesh.io/inject": "false"}),
+    api.objects["/apis/apps/v1/namespaces/shop/deployments/web"] = deployment(
+        annotations={"sidecar.mesh.io/inject": "false"}
     )
     code, out, _ = run(capsys, "deploy/web", "--kubeconfig", str(kubeconfig))
     assert code == 0
@@ -297,13 +230,12 @@ def test_a_skip_says_why_and_shows_what_an_injected_pod_would_get(
 
 
 def test_a_refusal_names_the_key_where_it_was_set_and_the_value(
-    api: FakeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     install(api)
     namespace(api)
-    api.put(
-        "/apis/apps/v1/namespaces/shop/deployments/web",
-        deployment(annotations={"sidecar.mesh.io/proxy-cpu-request": "lots"}),
+    api.objects["/apis/apps/v1/namespaces/shop/deployments/web"] = deployment(
+        annotations={"sidecar.mesh.io/proxy-cpu-request": "lots"}
     )
     code, out, _ = run(capsys, "deploy/web", "--kubeconfig", str(kubeconfig), "-o", "json")
     answer = json.loads(out)
@@ -319,13 +251,12 @@ def test_a_refusal_names_the_key_where_it_was_set_and_the_value(
 
 
 def test_an_opt_in_the_webhooks_selectors_cannot_see_is_not_injected(
-    api: FakeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     install(api)
     namespace(api, labels={})
-    api.put(
-        "/apis/apps/v1/namespaces/shop/deployments/web",
-        deployment(annotations={"sidecar.mesh.io/inject": "true"}),
+    api.objects["/apis/apps/v1/namespaces/shop/deployments/web"] = deployment(
+        annotations={"sidecar.mesh.io/inject": "true"}
     )
     _code, out, _ = run(capsys, "deploy/web", "--kubeconfig", str(kubeconfig), "-o", "json")
     answer = json.loads(out)
@@ -337,9 +268,8 @@ def test_an_opt_in_the_webhooks_selectors_cannot_see_is_not_injected(
         "object.sidecar.mesh.io's objectSelector does not match the pod's labels",
     ]
     # With the label the object webhook is called.
-    api.put(
-        "/apis/apps/v1/namespaces/shop/deployments/web",
-        deployment(labels={"sidecar.mesh.io/inject": "true"}),
+    api.objects["/apis/apps/v1/namespaces/shop/deployments/web"] = deployment(
+        labels={"sidecar.mesh.io/inject": "true"}
     )
     _, out, _ = run(capsys, "deploy/web", "--kubeconfig", str(kubeconfig), "-o", "json")
     assert json.loads(out)["webhook"]["calledBy"] == ["object.sidecar.mesh.io"]
@@ -347,7 +277,7 @@ def test_an_opt_in_the_webhooks_selectors_cannot_see_is_not_injected(
 
 
 def test_a_running_injected_pod_is_explained_as_it_was_created_with_its_revision(
-    api: FakeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     install(api)
     namespace(api, labels={"sidecar-injection": "enabled", "sidecar.mesh.io/rev": "canary"})
@@ -356,8 +286,8 @@ def test_a_running_injected_pod_is_explained_as_it_was_created_with_its_revision
     running["metadata"]["annotations"]["sidecar.mesh.io/status"] = json.dumps(
         {**status, "revision": "canary"}
     )
-    api.put("/api/v1/namespaces/shop/pods/web-7d9f-aaaaa", running)
-    api.put("/apis/apps/v1/namespaces/shop/replicasets/web-7d9f", replicaset())
+    api.objects["/api/v1/namespaces/shop/pods/web-7d9f-aaaaa"] = running
+    api.objects["/apis/apps/v1/namespaces/shop/replicasets/web-7d9f"] = replicaset()
 
     code, out, _ = run(capsys, "po/web-7d9f-aaaaa", "--kubeconfig", str(kubeconfig))
 
@@ -378,10 +308,10 @@ def test_a_pod_label_chooses_the_revision_over_the_namespaces() -> None:
 
 
 def test_without_an_install_the_built_in_config_decides_and_a_note_says_so(
-    api: FakeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     namespace(api)
-    api.put("/apis/apps/v1/namespaces/shop/deployments/web", deployment())
+    api.objects["/apis/apps/v1/namespaces/shop/deployments/web"] = deployment()
     code, out, _ = run(capsys, "deploy/web", "--kubeconfig", str(kubeconfig))
     assert code == 0
     assert "webhook: unknown: the webhook configuration sidecar-injector could not be read" in out
@@ -390,11 +320,11 @@ def test_without_an_install_the_built_in_config_decides_and_a_note_says_so(
 
 
 def test_a_config_file_given_replaces_the_installs(
-    api: FakeAPI, kubeconfig: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    api: ObjectStore, kubeconfig: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     install(api)
     namespace(api)
-    api.put("/apis/apps/v1/namespaces/shop/deployments/web", deployment())
+    api.objects["/apis/apps/v1/namespaces/shop/deployments/web"] = deployment()
     config = tmp_path / "config.yaml"
     config.write_text("proxy:\n  version: v9.9.9\n")
     _, out, _ = run(
@@ -428,7 +358,7 @@ def test_a_bad_kind_or_name_is_one_line(
 
 
 def test_a_missing_object_is_one_line(
-    api: FakeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run(capsys, "sts/db", "--kubeconfig", str(kubeconfig), "-n", "shop")
     assert (code, out) == (1, "")
@@ -436,7 +366,7 @@ def test_a_missing_object_is_one_line(
 
 
 def test_no_access_is_one_line_with_the_api_servers_message_escaped(
-    api: FakeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     api.errors["/apis/apps/v1/namespaces/shop/deployments/web"] = (
         403,
@@ -451,9 +381,9 @@ def test_no_access_is_one_line_with_the_api_servers_message_escaped(
 
 
 def test_no_access_to_the_namespace_is_one_line_too(
-    api: FakeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    api.put("/apis/apps/v1/namespaces/shop/deployments/web", deployment())
+    api.objects["/apis/apps/v1/namespaces/shop/deployments/web"] = deployment()
     api.errors["/api/v1/namespaces/shop"] = (403, "forbidden")
     code, _, err = run(capsys, "deploy/web", "--kubeconfig", str(kubeconfig))
     assert code == 1
@@ -461,23 +391,23 @@ def test_no_access_to_the_namespace_is_one_line_too(
 
 
 def test_an_api_server_that_cannot_be_reached_is_one_line(
-    api: FakeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    fake_api: FakeKubeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert api.server is not None
-    api.server.shutdown()
-    api.server.server_close()
+    fake_api.stop()
     code, out, err = run(capsys, "deploy/web", "--kubeconfig", str(kubeconfig), "--timeout", "2")
     assert (code, out) == (1, "")
-    assert err.startswith(f"sidecar-injector: error: cannot reach the API server at {api.url}: ")
+    assert err.startswith(
+        f"sidecar-injector: error: cannot reach the API server at {fake_api.url}: "
+    )
     assert err.count("\n") == 1
 
 
 def test_an_object_over_the_read_bound_is_one_line(
-    api: FakeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     huge = deployment()
     huge["metadata"]["annotations"] = {"pad": "x" * (5 * 1024 * 1024)}
-    api.put("/apis/apps/v1/namespaces/shop/deployments/web", huge)
+    api.objects["/apis/apps/v1/namespaces/shop/deployments/web"] = huge
     code, _, err = run(capsys, "deploy/web", "--kubeconfig", str(kubeconfig))
     assert code == 1
     assert err.startswith("sidecar-injector: error: cannot read deployment web in namespace shop:")
@@ -486,7 +416,7 @@ def test_an_object_over_the_read_bound_is_one_line(
 
 
 def test_the_namespace_defaults_to_the_kubeconfig_contexts(
-    api: FakeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = run(capsys, "job/nightly", "--kubeconfig", str(kubeconfig))
     assert code == 1

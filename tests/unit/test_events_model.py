@@ -12,6 +12,7 @@ import re
 
 import pytest
 
+from tests.builders import replicaset_pod
 from webhook.service.events.bucket import TokenBucket
 from webhook.service.events.model import (
     ACTION,
@@ -35,7 +36,7 @@ MICRO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
 def _pod(*refs: dict[str, object]) -> dict[str, object]:
-    return {"metadata": {"generateName": "web-7d9f-", "ownerReferences": list(refs)}}
+    return replicaset_pod(ownerReferences=list(refs))
 
 
 def _ref(kind: str = "ReplicaSet", name: str = "web-7d9f", **more: object) -> dict[str, object]:

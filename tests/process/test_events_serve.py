@@ -13,16 +13,16 @@ import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.fake_events_api import FakeEventsAPI
-from tests.support.server import Server, WebhookClient, running_server
-from tests.support.threads import eventually
-from tests.support.tls_client import https_get
+from harness.fake_kube_api import EventStore, FakeKubeAPI
+from harness.fake_kube_api.events import PREFIX as EVENTS
+from harness.server import Server, WebhookClient, running_server
+from harness.threads import eventually
+from harness.tls_client import https_get
+from tests.builders import replicaset_pod, review_bytes
 
 # Long enough for a loaded machine; the sender writes a series count at most
 # every 10 s, so waits for a count allow for that.
@@ -38,23 +38,8 @@ def pod_review(owner: str, *, uid: str = "u-1", dry_run: bool = False) -> bytes:
         "uid": f"uid-{owner}",
         "controller": True,
     }
-    request: dict[str, Any] = {
-        "uid": uid,
-        "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "namespace": "shop",
-        "operation": "CREATE",
-        "dryRun": dry_run,
-        "object": {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"generateName": f"{owner}-", "ownerReferences": [reference]},
-            "spec": {"containers": [{"name": "app", "image": "nginx"}]},
-        },
-    }
-    return orjson.dumps(
-        {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
-    )
+    pod = replicaset_pod(generateName=f"{owner}-", ownerReferences=[reference])
+    return review_bytes(pod, namespace="shop", uid=uid, dryRun=dry_run)
 
 
 def injected(client: WebhookClient, body: bytes) -> bool:
@@ -77,40 +62,27 @@ def events_total(server: Server, outcome: str, reason: str = "Injected") -> floa
     return 0.0
 
 
-def kubeconfig_for(api: FakeEventsAPI, path: Path) -> Path:
-    """A kubeconfig naming the fake API server (a token, as a service account has)."""
-    path.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        f"clusters: [{{name: fake, cluster: {{server: '{api.url}'}}}}]\n"
-        "users: [{name: u, user: {token: t}}]\n"
-        "contexts: [{name: c, context: {cluster: fake, user: u}}]\n"
-    )
-    return path
+@pytest.fixture
+def api(fake_api: FakeKubeAPI) -> EventStore:
+    """The fake API server's Events API; ``shop`` opted in among its namespaces."""
+    store = EventStore()
+    fake_api.route(EVENTS, store)
+    fake_api.add("shop", {"sidecar-injection": "enabled"})
+    return store
 
 
 @pytest.fixture
-def api() -> Iterator[FakeEventsAPI]:
-    fake = FakeEventsAPI().start()
-    fake.add("shop", {"sidecar-injection": "enabled"})
-    try:
-        yield fake
-    finally:
-        fake.release_writes()
-        fake.stop()
-
-
-@pytest.fixture
-def server(tmp_path: Path, api: FakeEventsAPI) -> Iterator[Server]:
-    kubeconfig = kubeconfig_for(api, tmp_path / "kubeconfig")
+def server(tmp_path: Path, fake_api: FakeKubeAPI, api: EventStore) -> Iterator[Server]:
+    kubeconfig = fake_api.write_kubeconfig(tmp_path / "kubeconfig")
     with running_server(tmp_path, args=["--kubeconfig", str(kubeconfig)]) as running:
         yield running
 
 
 def test_admissions_are_answered_while_the_events_api_hangs(
-    api: FakeEventsAPI, server: Server
+    fake_api: FakeKubeAPI, api: EventStore, server: Server
 ) -> None:
     client = server.client()
-    api.hold_writes.set()
+    api.hold = True
     assert injected(client, pod_review("first"))
     eventually(lambda: api.held == 1, what="the first write to be held", timeout=PATIENCE)
 
@@ -123,7 +95,7 @@ def test_admissions_are_answered_while_the_events_api_hangs(
     assert api.held == 1
     assert api.events == {}
 
-    api.release_writes()
+    fake_api.release()
     # Each occurrence ends sent, or failed when a write timed out meanwhile.
     eventually(
         lambda: events_total(server, "sent") + events_total(server, "failed") == 601,
@@ -136,7 +108,7 @@ def test_admissions_are_answered_while_the_events_api_hangs(
     assert 1 <= len(api.events) <= 2 * 21
 
 
-def test_a_dry_run_makes_no_event(api: FakeEventsAPI, server: Server) -> None:
+def test_a_dry_run_makes_no_event(api: EventStore, server: Server) -> None:
     client = server.client()
     assert injected(client, pod_review("dry", dry_run=True))
     assert injected(client, pod_review("real"))
@@ -144,10 +116,8 @@ def test_a_dry_run_makes_no_event(api: FakeEventsAPI, server: Server) -> None:
     assert [e["regarding"]["name"] for e in api.events.values()] == ["real"]
 
 
-def test_events_the_api_server_refuses_are_counted_failed(
-    api: FakeEventsAPI, server: Server
-) -> None:
-    api.write_status = 403
+def test_events_the_api_server_refuses_are_counted_failed(api: EventStore, server: Server) -> None:
+    api.refuse(403, "events are refused here")
     client = server.client()
     for index in range(5):
         assert injected(client, pod_review(f"rs-{index}"))
@@ -157,13 +127,13 @@ def test_events_the_api_server_refuses_are_counted_failed(
 
 
 def test_a_full_queue_drops_and_counts_and_serve_stops_without_waiting_for_a_hung_api(
-    tmp_path: Path, api: FakeEventsAPI
+    tmp_path: Path, fake_api: FakeKubeAPI, api: EventStore
 ) -> None:
-    kubeconfig = kubeconfig_for(api, tmp_path / "kubeconfig")
+    kubeconfig = fake_api.write_kubeconfig(tmp_path / "kubeconfig")
     args = ["--kubeconfig", str(kubeconfig), "--drain-seconds", "0"]
     with running_server(tmp_path, args=args) as server:
         client = server.client()
-        api.hold_writes.set()
+        api.hold = True
         distinct = 2048 + 100
         for index in range(distinct):
             assert injected(client, pod_review(f"rs-{index}", uid=f"u-{index}"))
