@@ -98,9 +98,20 @@ CERTS_DIR ?= certs
 
 .PHONY: manifests deploy
 
-manifests: install $(CERTS_DIR)/tls.crt
+manifests: install $(CERTS_DIR)/tls.crt policy-manifests
 	$(BIN)/python scripts/render_install.py --manifests manifests --certs $(CERTS_DIR) \
 		--out manifests/install.yaml --kubectl $(KUBECTL) --image-repo $(IMAGE_REPO)
+
+# Policy mode (docs/policy.md): manifests/policy/policy.yaml is what
+# `sidecar-injector policy` prints for the install's config; committed (it holds
+# no secret), re-rendered here after a config change (tests/process/test_policy_manifests.py
+# fails while the two differ). Written to a temporary file first, so a failed
+# render leaves the committed one as it was.
+.PHONY: policy-manifests
+policy-manifests: install
+	$(BIN)/sidecar-injector policy --config manifests/base/injector-config.yaml \
+		> manifests/policy/policy.yaml.new
+	mv manifests/policy/policy.yaml.new manifests/policy/policy.yaml
 
 # Only when missing: the CA is the cluster's trust anchor for the webhook, and
 # reissuing it on every run would churn caBundle for no reason.

@@ -15,10 +15,15 @@ create ``Plan.pods`` pods per case and round, cases alternated round by round
 - ``direct``: the same pod as the webhook injects it, created directly in
   that namespace: no webhook call, but the apiserver and etcd store what a
   meshed pod is (the fair baseline for the next case);
-- ``meshed``: the plain pod in an opted-in namespace: one webhook call each.
+- ``meshed``: the plain pod in an opted-in namespace: one webhook call each;
+- ``policy``: the plain pod in an opted-in namespace where policy mode's
+  admission policies inject (``bench.cluster_policy``): no webhook call;
+- ``direct-all``, ``meshed-all``, ``policy-all``: the same three with a
+  namespace that sets every setting key (current tree only).
 
 For each case: pods/s, CPU per pod of kube-apiserver, etcd and the webhook
-(``utime + stime`` from ``/proc``, also the load client's own), and for
+(``utime + stime`` from ``/proc``, also the load client's own; their sum is
+the cluster's CPU per pod, compared across modes in ``cpu_ratios``), and for
 ``meshed`` the apiserver's own histogram of webhook calls
 (``apiserver_admission_webhook_admission_duration_seconds``: mean from the
 sum and count, p50 interpolated within its buckets). All pods are deleted
@@ -31,7 +36,6 @@ so BENCHMARKS.md shows both from the same run.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import http.client
@@ -44,17 +48,17 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import h11
 import jsonpatch
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import workload
+from bench import cluster_policy, workload
+from bench.cluster_load import ClusterBenchError, measure
 from bench.service import cpu_seconds
 from harness.kube.binaries import ControlPlaneError, build_binaries, cached_bin_dir
 from harness.kube.control_plane import ControlPlane
@@ -71,12 +75,9 @@ from harness.tls_client import https_get
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN_NS: Final = "bench-plain"
 MESHED_NS: Final = "bench-meshed"
+MESHED_ALL_NS: Final = "bench-meshed-all"  # every setting key set (cluster_policy.EVERY_KEY)
 HISTOGRAM: Final = "apiserver_admission_webhook_admission_duration_seconds"
 WEBHOOKS: Final = ("namespace.sidecar.mesh.io", "object.sidecar.mesh.io")
-
-
-class ClusterBenchError(RuntimeError):
-    """Something in the run went wrong (not a reason to skip: a failure)."""
 
 
 class ClusterUnavailable(Exception):
@@ -285,121 +286,6 @@ def histogram_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
     }
 
 
-# --- the load ---------------------------------------------------------------------------
-
-
-@dataclass
-class Burst:
-    """What one case's burst of creations did."""
-
-    pods: int = 0
-    seconds: float = 0.0
-    failures: list[str] = field(default_factory=list)
-    injected: int = 0
-    response_bytes: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-
-
-async def _client(
-    api: Api,
-    *,
-    path: str,
-    body: bytes,
-    tickets: Iterator[int],
-    burst: Burst,
-    ready: asyncio.Barrier,
-) -> None:
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", api.port, ssl=api.context, server_hostname="127.0.0.1"
-    )
-    conn = h11.Connection(h11.CLIENT)
-    headers = [
-        ("Host", f"127.0.0.1:{api.port}"),
-        ("Content-Type", "application/json"),
-        # What controllers ask for (client-go's protobuf for core types): the
-        # created pod comes back cheaper to encode, send and read than as JSON.
-        ("Accept", "application/vnd.kubernetes.protobuf"),
-        ("Content-Length", str(len(body))),
-    ]
-    await ready.wait()
-    try:
-        for _ in tickets:
-            started = time.perf_counter()
-            writer.write(
-                conn.send(h11.Request(method="POST", target=path, headers=headers))
-                + conn.send(h11.Data(data=body))
-                + conn.send(h11.EndOfMessage())
-            )
-            status, chunks = 0, []
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await reader.read(65536))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    chunks.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-            conn.start_next_cycle()
-            burst.latencies_ms.append((time.perf_counter() - started) * 1000)
-            answer = b"".join(chunks)
-            burst.response_bytes += len(answer)
-            if status != 201:
-                burst.failures.append(f"{status}: {answer[:300]!r}")
-            elif b"mesh-proxy" in answer:
-                burst.injected += 1
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await writer.wait_closed()
-
-
-async def _burst(api: Api, namespace: str, pod: dict[str, Any], plan: Plan, pods: int) -> Burst:
-    body = orjson.dumps(pod)
-    path = f"/api/v1/namespaces/{namespace}/pods"
-    burst = Burst(pods=pods)
-    tickets = iter(range(pods))  # shared: the loop is single-threaded
-    ready = asyncio.Barrier(plan.clients + 1)
-    tasks = [
-        asyncio.create_task(
-            _client(api, path=path, body=body, tickets=tickets, burst=burst, ready=ready)
-        )
-        for _ in range(plan.clients)
-    ]
-    await ready.wait()  # every connection open: handshakes are not timed
-    started = time.perf_counter()
-    await asyncio.gather(*tasks)
-    burst.seconds = time.perf_counter() - started
-    return burst
-
-
-def measure(
-    api: Api, *, namespace: str, pod: dict[str, Any], plan: Plan, pods: dict[str, int]
-) -> dict[str, Any]:
-    """One burst; CPU of each process around it (pids by name, ``client`` is us)."""
-    pids = {**pods, "client": os.getpid()}
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    burst = asyncio.run(_burst(api, namespace, pod, plan, plan.pods))
-    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    if burst.failures:
-        raise ClusterBenchError(
-            f"{len(burst.failures)} of {burst.pods} creations in {namespace} failed: "
-            f"{burst.failures[:3]}"
-        )
-    latencies = sorted(burst.latencies_ms)
-    return {
-        "pods": burst.pods,
-        "seconds": burst.seconds,
-        "pods_per_s": burst.pods / burst.seconds,
-        "injected": burst.injected,
-        "stored_bytes": burst.response_bytes / burst.pods,
-        "create_p50_ms": statistics.median(latencies),
-        "create_p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-        "cpu_ms_per_pod": {name: (after[name] - before[name]) * 1000 / burst.pods for name in pids},
-    }
-
-
 # --- the run ----------------------------------------------------------------------------
 
 # Before a burst: until kube-apiserver and etcd together use less than this
@@ -458,6 +344,7 @@ class _Session:
         self.webhooks: dict[str, Webhook] = {}
         self.plain = workload.one_container_pod()
         self.direct: dict[str, dict[str, Any]] = {}
+        self.direct_all: dict[str, dict[str, Any]] = {}
         self.routed: str | None = None
 
     def install(self, variants: Sequence[Variant], stack: contextlib.ExitStack) -> None:
@@ -469,6 +356,7 @@ class _Session:
         control_plane.kubectl("apply", "-f", str(work / "install.yaml"))
         control_plane.create_namespace(PLAIN_NS)
         control_plane.create_namespace(MESHED_NS, labels={"sidecar-injection": "enabled"})
+        cluster_policy.every_key_namespace(control_plane, MESHED_ALL_NS)
         for variant in variants:
             webhook = Webhook(
                 variant.name,
@@ -482,12 +370,18 @@ class _Session:
             webhook.start()
             self.webhooks[variant.name] = webhook
             self.direct[variant.name] = webhook.injected(self.plain, MESHED_NS)
+            self.direct_all[variant.name] = webhook.injected(self.plain, MESHED_ALL_NS)
+        cluster_policy.install(control_plane, self.api, variants[0].config)
 
     def cases(self) -> list[tuple[str, str | None]]:
-        """(case, variant) pairs: plain once, direct and meshed per variant."""
-        found: list[tuple[str, str | None]] = [("plain", None)]
-        for name in self.webhooks:
+        """(case, variant) pairs: plain and policy mode once, direct and meshed per variant,
+        and with every setting key set for the current tree (the first variant)."""
+        found: list[tuple[str, str | None]] = [("plain", None), ("policy", None)]
+        found.append(("policy-all", None))
+        for index, name in enumerate(self.webhooks):
             found += [("direct", name), ("meshed", name)]
+            if index == 0:
+                found += [("direct-all", name), ("meshed-all", name)]
         return found
 
     def case(self, case: str, variant: str | None) -> dict[str, Any]:
@@ -495,16 +389,21 @@ class _Session:
         pids = self.control_plane.pids()
         processes = {"kube-apiserver": pids["kube-apiserver"], "etcd": pids["etcd"]}
         namespace, pod = PLAIN_NS, self.plain
+        if case in ("policy", "policy-all"):
+            namespace = (
+                cluster_policy.POLICY_NS if case == "policy" else cluster_policy.POLICY_ALL_NS
+            )
         if variant is not None:
             processes["webhook"] = self.webhooks[variant].pid
-            if case == "direct":
-                pod = self.direct[variant]
+            if case in ("direct", "direct-all"):
+                pod = (self.direct if case == "direct" else self.direct_all)[variant]
             else:
-                namespace = MESHED_NS
+                namespace = MESHED_NS if case == "meshed" else MESHED_ALL_NS
                 if self.routed != variant:
                     _switch(self.control_plane, self.api, self.webhooks[variant], self.port_name)
                     self.routed = variant
                     self.api.empty(MESHED_NS)
+                    self.api.empty(MESHED_ALL_NS)
         _settle(processes)
         scraped = self.api.histogram()
         result = measure(self.api, namespace=namespace, pod=pod, plan=self.plan, pods=processes)
@@ -519,7 +418,7 @@ class _Session:
         # reinvocationPolicy Never; twice under IfNeeded, the ServiceAccount
         # plugin's token mount bringing it back); no other pod at all.
         calls = result["webhook_calls"]["calls"]
-        if (calls < pods) if case == "meshed" else calls:
+        if (calls < pods) if case in ("meshed", "meshed-all") else calls:
             raise ClusterBenchError(
                 f"{case} {variant}: the apiserver called the webhook {calls} times"
             )
@@ -594,6 +493,29 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 summary["ratios"][f"{key} / {base}"] = statistics.median(
                     r[key]["pods_per_s"] / r[base]["pods_per_s"] for r in rounds
                 )
+    first = next((k.partition(":")[2] for k in keys if k.startswith("direct:")), "")
+    pairs = [
+        ("policy", f"direct:{first}"),
+        (f"meshed:{first}", f"direct:{first}"),
+        ("policy", f"meshed:{first}"),
+        ("policy-all", f"direct-all:{first}"),
+        (f"meshed-all:{first}", f"direct-all:{first}"),
+        ("policy-all", f"meshed-all:{first}"),
+    ]
+    summary["cpu_ratios"] = {}
+    for key, base in pairs:
+        if key in keys and base in keys:
+            summary["ratios"][f"{key} / {base}"] = statistics.median(
+                r[key]["pods_per_s"] / r[base]["pods_per_s"] for r in rounds
+            )
+            summary["cpu_ratios"][f"{key} / {base}"] = statistics.median(
+                cluster_policy.cluster_cpu(r[key]) / cluster_policy.cluster_cpu(r[base])
+                for r in rounds
+            )
+    for key in keys:
+        summary["cases"][key]["cluster_cpu_ms_per_pod"] = statistics.median(
+            cluster_policy.cluster_cpu(r[key]) for r in rounds
+        )
     return summary
 
 

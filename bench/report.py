@@ -378,6 +378,10 @@ CLUSTER_CASES = {
     "plain": "plain pod, no webhook call",
     "direct": "injected pod created directly, no webhook call",
     "meshed": "plain pod through the webhook",
+    "policy": "plain pod, policy mode (no webhook)",
+    "direct-all": "every key set: injected pod created directly",
+    "meshed-all": "every key set: plain pod through the webhook",
+    "policy-all": "every key set: plain pod, policy mode",
 }
 
 
@@ -448,6 +452,16 @@ def _cluster(outcome: Outcome, before: str | None) -> list[str]:
     )
     lines += ["", "Throughput ratios (median of per-round ratios):", ""]
     lines += _table(("ratio", "value"), [[k, f"{v:.2f}"] for k, v in summary["ratios"].items()])
+    if summary.get("cpu_ratios"):
+        lines += [
+            "",
+            "The cluster's CPU per pod (kube-apiserver + etcd + webhook), ratios (median of",
+            "per-round ratios; docs/policy.md reads them):",
+            "",
+        ]
+        lines += _table(
+            ("ratio", "value"), [[k, f"{v:.2f}"] for k, v in summary["cpu_ratios"].items()]
+        )
     return [*lines, ""]
 
 

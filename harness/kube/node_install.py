@@ -49,6 +49,7 @@ from harness.kube.install import (
 from harness.kube.node import Node, NodeError
 from harness.tls_client import connect, peer_fingerprint
 from webhook.contract.constants import STATUS_ANNOTATION
+from webhook.engine.bootstrap import INBOUND_STATS, OUTBOUND_PASSTHROUGH, OUTBOUND_STATS
 
 Object = dict[str, Any]
 
@@ -531,3 +532,66 @@ def delete_namespace(node: Node, name: str) -> None:
 def yaml_dump(obj: Object) -> str:
     """YAML for assertion messages."""
     return yaml.safe_dump(obj, sort_keys=False)
+
+
+def serves_through_both_proxies(node: Node, namespace: str, *, native: bool) -> None:
+    """A meshed Deployment of two HTTP servers and a client pod in ``namespace`` (opted in):
+    every pod injected (the proxy an init container in native mode), mesh-init
+    Completed, mesh-proxy Ready; three requests from the client each pass the
+    client's outbound listener and passthrough cluster and the server's inbound
+    listener, counted by Envoy itself."""
+    apply(node, namespace, deployment_manifest("web", replicas=2, command=HTTP_SERVER))
+    apply(node, namespace, pod_manifest("client", command=SLEEPER))
+    servers = wait_ready(node, namespace, "app=web", 2)
+    (client,) = wait_ready(node, namespace, "app=client", 1)
+
+    for pod in [*servers, client]:
+        assert is_injected(pod), pod["metadata"]["name"]
+        init_names = [c["name"] for c in pod["spec"]["initContainers"]]
+        # Native: the proxy is an init container the kubelet keeps running.
+        assert (PROXY in init_names) is native, init_names
+        init = container_status(pod, INIT)
+        assert init is not None, describe_pods([pod])
+        terminated = init["state"].get("terminated") or {}
+        assert (terminated.get("exitCode"), terminated.get("reason")) == (0, "Completed"), init
+        proxy = container_status(pod, PROXY)
+        assert proxy is not None
+        assert (proxy["ready"], proxy["restartCount"]) == (True, 0), proxy
+
+    target = servers[0]
+    name, ip = target["metadata"]["name"], target["status"]["podIP"]
+    client_name = client["metadata"]["name"]
+    inbound = f"listener.{INBOUND_STATS}.downstream_cx_total"
+    outbound = f"listener.{OUTBOUND_STATS}.downstream_cx_total"
+    passthrough = f"cluster.{OUTBOUND_PASSTHROUGH}.upstream_cx_total"
+    client_before = envoy_stats(node, namespace, client_name)
+    server_before = envoy_stats(node, namespace, name)
+    requests = 3
+    for _ in range(requests):
+        body = exec_in(
+            node, namespace, client_name, "app", "wget", "-q", "-O-", f"http://{ip}:{APP_PORT}/"
+        )
+        assert body.strip() == name
+    # Counters move as connections are accepted; poll, then demand the
+    # exact count: one connection per request through each proxy, and
+    # nothing else (the app has no probes that could add any).
+    expected = {
+        "client outbound": (client_name, outbound, client_before.get(outbound, 0) + requests),
+        "client upstream": (
+            client_name,
+            passthrough,
+            client_before.get(passthrough, 0) + requests,
+        ),
+        "server inbound": (name, inbound, server_before.get(inbound, 0) + requests),
+    }
+    seen: dict[str, int] = {}
+
+    def counted() -> bool:
+        for label, (pod_name, stat, want) in expected.items():
+            seen[label] = envoy_stats(node, namespace, pod_name).get(stat, 0)
+            if seen[label] < want:
+                return False
+        return True
+
+    node.wait_for(counted, what="Envoy's counters to show the requests", timeout=60)
+    assert seen == {label: want for label, (_, _, want) in expected.items()}

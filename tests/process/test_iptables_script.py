@@ -143,7 +143,7 @@ SETTINGS_CASES: list[Any] = [
         {
             "exclude-inbound-ports": "22,9090",
             "exclude-outbound-ports": "5432",
-            "exclude-outbound-cidrs": "10.0.0.0/8,169.254.169.254/32,fd00::/8,::ffff:0:0/96",
+            "exclude-outbound-cidrs": "10.0.0.0/8,169.254.169.254/32,fd00::/8,64:ff9b::/96",
         },
         id="exclusions",
     ),

@@ -500,7 +500,7 @@ def test_with_the_api_server_gone_pods_no_label_could_mesh_are_admitted_and_othe
     tmp_path: Path, fake_api: FakeKubeAPI
 ) -> None:
     config = fake_api.write_kubeconfig(tmp_path / "kubeconfig")
-    status = '{"version":"0","initContainers":["mesh-init"]}'
+    status = '{"version":"0","initContainers":["mesh-init","mesh-proxy"]}'
     label_free = {
         "host-network": review_bytes(
             replicaset_pod(spec={"hostNetwork": True}), namespace="new-team", uid="h"
@@ -516,7 +516,7 @@ def test_with_the_api_server_gone_pods_no_label_could_mesh_are_admitted_and_othe
         "excluded-namespace": review_bytes(replicaset_pod(), namespace="kube-system", uid="k"),
         "already-injected": review_bytes(
             replicaset_pod(
-                spec={"initContainers": [{"name": "mesh-init", "image": "i"}]},
+                spec={"initContainers": [{"name": n} for n in ("mesh-init", "mesh-proxy")]},
                 annotations={"sidecar.mesh.io/status": status},
             ),
             namespace="new-team",

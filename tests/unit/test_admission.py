@@ -228,14 +228,16 @@ def test_a_recheck_that_cannot_reach_the_api_server_fails_closed_too(
     assert reviewed.code == "namespace-unavailable"
 
 
-INJECTED_STATUS = {"sidecar.mesh.io/status": '{"version":"0","initContainers":["mesh-init"]}'}
+INJECTED_STATUS = {
+    "sidecar.mesh.io/status": '{"version":"0","initContainers":["mesh-init","mesh-proxy"]}'
+}
 # Pods no namespace label could get injected, each with the code it gets.
 LABEL_FREE = [
     pytest.param("demo", replicaset_pod(spec={"hostNetwork": True}), "host-network", id="host network"),
     pytest.param("demo", replicaset_pod(spec={"os": {"name": "windows"}}), "windows-pod", id="windows"),
     pytest.param("demo", replicaset_pod(annotations={"kubernetes.io/config.mirror": "x"}), "mirror-pod", id="mirror"),
     pytest.param("kube-system", replicaset_pod(), "excluded-namespace", id="excluded namespace"),
-    pytest.param("demo", replicaset_pod(annotations=INJECTED_STATUS, spec={"initContainers": [{"name": "mesh-init"}]}), "already-injected", id="already injected"),
+    pytest.param("demo", replicaset_pod(annotations=INJECTED_STATUS, spec={"initContainers": [{"name": "mesh-init"}, {"name": "mesh-proxy"}]}), "already-injected", id="already injected"),
     pytest.param("demo", replicaset_pod(annotations={"sidecar.mesh.io/inject": "false"}), "pod-opted-out", id="opted out"),
 ]  # fmt: skip
 

@@ -101,7 +101,7 @@ PASSES: list[tuple[str, dict[str, str], dict[str, str], dict[str, str], str, str
     # the same value from the pod, however it is spelled, passes
     ("xds-address", {}, {P + "xds-address": "xds.mesh:15010"}, {P + "xds-address": "xds.mesh:15010"}, "xds-address", "xds.mesh:15010", Source.NAMESPACE_ANNOTATION),
     ("exclude-inbound-ports", {P + "exclude-inbound-ports": "9090_9091"}, {}, {P + "exclude-inbound-ports": "9091, 9090,9091"}, "exclude-inbound-ports", "9090,9091", Source.NAMESPACE_LABEL),
-    ("include-outbound-cidrs", {}, {P + "include-outbound-cidrs": CIDRS}, {P + "include-outbound-cidrs": "FD00::1/8, 10.1.2.3/8"}, "include-outbound-cidrs", CIDRS, Source.NAMESPACE_ANNOTATION),
+    ("include-outbound-cidrs", {}, {P + "include-outbound-cidrs": CIDRS}, {P + "include-outbound-cidrs": "FD00::/8, 10.0.0.0/08, 10.0.0.0/8"}, "include-outbound-cidrs", CIDRS, Source.NAMESPACE_ANNOTATION),
     ("include-outbound-cidrs", {}, {}, {P + "include-outbound-cidrs": " * "}, "include-outbound-cidrs", "*", Source.BUILT_IN),
     ("proxy-cpu-request", {}, {}, {P + "proxy-cpu-request": "0.1"}, "proxy-cpu-request", "100m", Source.BUILT_IN),
     ("proxy-cpu-limit", {}, {}, {P + "proxy-cpu-limit": ""}, "proxy-cpu-limit", "", Source.BUILT_IN),

@@ -18,9 +18,9 @@ from harness.kubelet import EXAMPLE_POD_FIELDS, container_env, expand_vars
 from tests.builders import proxy_settings
 from tests.profiles import examples
 from webhook.contract import constants
-from webhook.engine.bootstrap import _flow_document as flow_yaml
 from webhook.engine.bootstrap import bootstrap_config, render_bootstrap
 from webhook.engine.config import InjectorConfig, ProxyConfig
+from webhook.engine.flow_yaml import flow_document as flow_yaml
 from webhook.engine.iptables import mesh_init_container
 from webhook.engine.proxy import drain_command, mesh_proxy_container
 

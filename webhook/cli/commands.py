@@ -40,6 +40,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {escape_controls(message)}\n")
 
 
+def _add_policy_parser(commands: Any) -> None:
+    """``policy``: print the admission policies of policy mode."""
+    policy = commands.add_parser(
+        "policy",
+        help="print the admission policies that inject in the API server (policy mode)",
+        description="Print, generated from the injector config, a MutatingAdmissionPolicy "
+        "and a ValidatingAdmissionPolicy with their bindings (Kubernetes 1.36+): injection "
+        "without a webhook. Apply the output with kubectl.",
+    )
+    policy.add_argument("--config", type=Path, metavar="FILE", help="injector config file")
+    policy.add_argument(
+        "--revision", metavar="NAME", help="revision whose policies these are (name suffix)"
+    )
+    policy.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Envoy sidecar injector for Kubernetes.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -175,6 +191,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     certs.add_parser(commands, timeout=_timeout)
 
+    _add_policy_parser(commands)
+
     check = commands.add_parser(
         "check",
         help="check a live install (webhook, certificates, replicas, selectors, sidecars)",
@@ -229,8 +247,8 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--webhook-configuration",
         metavar="NAME",
-        help="the MutatingWebhookConfiguration to check (default: the revision's, "
-        "sidecar-injector for default)",
+        help="the MutatingWebhookConfiguration to check, or in policy mode the admission"
+        " policies of that name (default: the revision's, sidecar-injector for default)",
     )
 
     why = commands.add_parser(
@@ -483,6 +501,26 @@ def _run_serve(args: argparse.Namespace) -> int:
         return _fail(str(err))
 
 
+def _run_policy(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from webhook.policy.cel import Unsupported
+    from webhook.policy.render import render_policy
+
+    try:
+        objects = render_policy(load_config(args.config), revision=args.revision)
+    except (ConfigError, Unsupported) as err:
+        return _fail(str(err))
+    if args.output == "json":
+        listed = {"apiVersion": "v1", "kind": "List", "items": objects}
+        sys.stdout.write(json.dumps(listed, indent=2) + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False, width=1 << 20))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and ``python -m webhook``."""
     args = _build_parser().parse_args(argv)
@@ -492,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "certs": _run_certs,
         "serve": _run_serve,
         "check": _run_check,
+        "policy": _run_policy,
         "why": _run_why,
         "tag": _run_tag,
     }

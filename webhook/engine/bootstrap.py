@@ -54,16 +54,27 @@ What the proxy does without a control plane, and why each piece is there:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-import re
-from collections import Counter
-from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from webhook.contract import constants
 from webhook.engine.config import InjectorConfig
-from webhook.engine.json_text import compact
+from webhook.engine.expr import (
+    Expr,
+    Setting,
+    address_host,
+    address_port,
+    concat,
+    if_,
+    int_str,
+    is_ip,
+    is_none,
+    yaml_scalar,
+)
+from webhook.engine.flow_yaml import flow_document, scalar
 from webhook.engine.settings import ProxySettings
+from webhook.engine.values import split_address
 
 ADMIN_CLUSTER: Final = "admin"
 INBOUND_PASSTHROUGH: Final = "inbound_passthrough"
@@ -184,12 +195,6 @@ def _passthrough_cluster(name: str) -> dict[str, Any]:
     }
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` (host a name, IPv4 or ``[IPv6]``) -> (host without brackets, port)."""
-    host, _, port = address.rpartition(":")
-    return host.removeprefix("[").removesuffix("]"), int(port)
-
-
 def _xds_cluster(address: str) -> dict[str, Any]:
     """The cluster the ADS stream runs on: one long-lived gRPC call over HTTP/2.
 
@@ -278,6 +283,10 @@ def _dynamic_resources() -> dict[str, Any]:
 
 def bootstrap_config(settings: ProxySettings, config: InjectorConfig) -> dict[str, Any]:
     """The bootstrap as a plain dict (``render_bootstrap`` serialises it)."""
+    return _bootstrap_config(settings.xds_address, config)
+
+
+def _bootstrap_config(xds_address: str | None, config: InjectorConfig) -> dict[str, Any]:
     clusters = [
         _passthrough_cluster(OUTBOUND_PASSTHROUGH),
         _passthrough_cluster(INBOUND_PASSTHROUGH),
@@ -320,8 +329,8 @@ def bootstrap_config(settings: ProxySettings, config: InjectorConfig) -> dict[st
             "clusters": clusters,
         },
     }
-    if settings.xds_address is not None:
-        clusters.append(_xds_cluster(settings.xds_address))
+    if xds_address is not None:
+        clusters.append(_xds_cluster(xds_address))
         bootstrap["dynamic_resources"] = _dynamic_resources()
     return bootstrap
 
@@ -335,73 +344,51 @@ def render_bootstrap(settings: ProxySettings, config: InjectorConfig) -> str:
     spellings tried, both alone and inside the pod's JSON (docs/engine.md,
     "What an injected pod weighs"). Previews show the same text the pod gets.
     """
-    return _flow_document(bootstrap_config(settings, config))
+    return render_bootstrap_for(settings.xds_address, config)
 
 
-# A string is written plain (unquoted) only when it is a name, a dotted name
-# or a path, or an IPv4 address (four numbers cannot make one YAML number),
-# so that no YAML reader can take it for a number, a boolean, null, an alias,
-# a tag or a flow indicator, and it is not one of YAML 1.1's boolean/null
-# words (Envoy's YAML reader, yaml-cpp, turns plain "yes"/"on" into booleans)
-# or a float spelling ("inf", "nan"). Anything else ("10s", "*", "::", every
-# "$(VAR)", whose expansion could be an IPv6 address or a number) is a JSON
-# string, which is also a YAML double-quoted scalar.
-_PLAIN: Final = re.compile(r"[A-Za-z_/][A-Za-z0-9_./-]*|\d{1,3}(?:\.\d{1,3}){3}")
-_WORDS: Final = frozenset(
-    {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "inf", "infinity", "nan"}
-)
+def render_bootstrap_for(xds_address: str | None, config: InjectorConfig) -> str:
+    """``render_bootstrap`` for the one setting it reads."""
+    return flow_document(_bootstrap_config(xds_address, config))
 
 
-# A string value this long that occurs more than once (the TCP proxy's type
-# URL, in all four transparent filter chains) is written once with an anchor
-# (``&t0``) and then as an alias (``*t0``), which saves bytes in every pod. Envoy's
-# YAML reader resolves aliases like any YAML reader; keys are never aliased.
-_ALIASED_MIN_CHARS: Final = 32
+# Stand-ins for the xDS host and port in ``bootstrap_expr``: each must occur
+# once in the rendered text (checked), so the text around them is the template.
+_SAMPLE_NAME: Final = "xds.sample.invalid"
+_SAMPLE_IP: Final = "192.0.2.1"
+_SAMPLE_PORT: Final = 54321
 
 
-def _strings(value: Any) -> Iterator[str]:
-    """Every string value (not key) in JSON-like data, in document order."""
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-    elif isinstance(value, str):
-        yield value
+@functools.lru_cache(maxsize=16)
+def bootstrap_expr(config: InjectorConfig) -> Expr:
+    """The bootstrap text as an expression over ``xds_address`` (``expr``).
 
+    What a pod's settings change in the bootstrap is only the xDS cluster's
+    host and port, and whether the host is a name (``STRICT_DNS``) or an
+    address: so the text is rendered here, by the same builders, once without
+    an xDS server and once per kind of host with stand-ins, and the stand-ins
+    become the host's YAML scalar and the port. The engine evaluates this for
+    each distinct address (``render_bootstrap_for`` gives the same text: a
+    test holds them together), and the policy mode compiles it to CEL. The
+    host cannot alias: only strings of 32 characters and more that occur twice
+    are aliased (``flow_yaml``), and no other string of the bootstrap is a
+    host name or an address. Cached per config (equal configs render alike):
+    the three renderings cost more than one build of the containers.
+    """
+    address = Setting("xds_address")
+    host = address_host(address)
 
-def _flow_document(value: Any) -> str:
-    """:func:`_flow`, with long repeated string values anchored once and aliased after."""
-    counts = Counter(text for text in _strings(value) if len(text) >= _ALIASED_MIN_CHARS)
-    aliases = {
-        text: f"t{index}" for index, text in enumerate(t for t, n in counts.items() if n > 1)
-    }
-    return _flow(value, aliases, set())
+    def filled(sample_host: str) -> Expr:
+        text = render_bootstrap_for(f"{sample_host}:{_SAMPLE_PORT}", config)
+        marker, port = scalar(sample_host), str(_SAMPLE_PORT)
+        if text.count(marker) != 1 or text.count(port) != 1:
+            raise RuntimeError("the xDS stand-ins are not unique in the bootstrap")
+        before, _, rest = text.partition(marker)
+        middle, _, after = rest.partition(port)
+        return concat(before, yaml_scalar(host), middle, int_str(address_port(address)), after)
 
-
-def _flow(value: Any, aliases: Mapping[str, str], anchored: set[str]) -> str:
-    """Compact flow-style YAML for JSON-like data of printable ASCII (all a bootstrap holds)."""
-    if isinstance(value, dict):
-        return (
-            "{"
-            + ",".join(
-                f"{_scalar(key)}: {_flow(item, aliases, anchored)}" for key, item in value.items()
-            )
-            + "}"
-        )
-    if isinstance(value, list):
-        return "[" + ",".join(_flow(item, aliases, anchored) for item in value) + "]"
-    if isinstance(value, str) and value in aliases:
-        name = aliases[value]
-        if value in anchored:
-            return f"*{name}"
-        anchored.add(value)
-        return f"&{name} {_scalar(value)}"
-    return _scalar(value)
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, str) and _PLAIN.fullmatch(value) and value.lower() not in _WORDS:
-        return value
-    return compact(value)
+    return if_(
+        is_none(address),
+        render_bootstrap_for(None, config),
+        if_(is_ip(host), filled(_SAMPLE_IP), filled(_SAMPLE_NAME)),
+    )

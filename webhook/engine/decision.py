@@ -14,7 +14,6 @@ from typing import Any, Final, Protocol
 
 from webhook.contract import constants
 from webhook.engine.config import InjectorConfig
-from webhook.engine.status import InjectionStatus, StatusError
 from webhook.engine.values import shorten
 
 # Pod Security admission (built into the apiserver) reads these namespace labels.
@@ -93,9 +92,7 @@ def decide(
         return Decision(
             False, "excluded-namespace", f"namespace {namespace.name} is excluded from injection"
         )
-    if constants.STATUS_ANNOTATION in annotations and _status_holds(
-        annotations[constants.STATUS_ANNOTATION], spec
-    ):
+    if constants.STATUS_ANNOTATION in annotations and _injected_containers_present(spec):
         return Decision(
             False,
             "already-injected",
@@ -179,24 +176,19 @@ def _opted_in(labels: Mapping[str, str], namespace: NamespaceLike) -> Decision:
 _CHOICES: Final = ("true", "false")
 
 
-def _status_holds(value: str, spec: Mapping[str, Any]) -> bool:
-    """Whether a status annotation describes this pod: every container it lists is present.
+def _injected_containers_present(spec: Mapping[str, Any]) -> bool:
+    """Whether ``mesh-init`` and ``mesh-proxy`` are both among the pod's containers.
 
+    With the status annotation, that is "already injected" (the contract's
+    step 5). The annotation's content is not read: the policy mode decides
+    this in CEL, which cannot parse JSON, and both modes must decide alike.
     Copied metadata (a pod built from another pod's YAML, a template edited
     by hand) can carry the annotation without the containers; such a pod is
-    injected again. The annotation is read by ``InjectionStatus.parse``, as
-    ``uninject`` reads it, so what one takes for a status the other does too;
-    one that does not parse, or lists no container, does not count. The spec
-    is the client's: its lists may be anything, and only string names count.
+    injected again. In either list, by name: the spec is the client's, its
+    lists may be anything, and only string names count.
     """
-    try:
-        status = InjectionStatus.parse(value)
-    except StatusError:
-        return False
-    listed = (("initContainers", status.init_containers), ("containers", status.containers))
-    return any(names for _, names in listed) and all(
-        _names(spec.get(field)).issuperset(names) for field, names in listed if names
-    )
+    names = _names(spec.get("initContainers")) | _names(spec.get("containers"))
+    return names >= constants.INJECTED_NAMES
 
 
 def _names(items: Any) -> set[str]:

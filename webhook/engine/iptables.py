@@ -39,14 +39,38 @@ Decisions worth knowing (docs/settings.md repeats them for users):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
 from typing import Any, Final
 
 from webhook.contract import constants
 from webhook.engine.config import InjectorConfig
+from webhook.engine.expr import (
+    Expr,
+    Setting,
+    chunks,
+    concat,
+    eq,
+    evaluate,
+    filter_,
+    first,
+    flatten,
+    if_,
+    int_str,
+    is_all,
+    is_ipv6,
+    items,
+    join,
+    list_of,
+    map_,
+    minus,
+    not_,
+    or_,
+    render,
+    size,
+    sorted_unique,
+)
 from webhook.engine.resources import container_resources
 from webhook.engine.settings import ProxySettings
-from webhook.engine.values import ALL, cidr_family
 
 # Chain names are ours alone, so the rules never touch chains another tool owns.
 INBOUND_CHAIN: Final = "MESH_INBOUND"
@@ -77,56 +101,75 @@ _REDIRECT_IN: Final = f"-j REDIRECT --to-ports {constants.INBOUND_PORT}"
 _REDIRECT_OUT: Final = f"-j REDIRECT --to-ports {constants.OUTBOUND_PORT}"
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    return (items[start : start + size] for start in range(0, len(items), size))
+def _port_rules(chain: str, ports: Expr, target: str) -> Expr:
+    """One rule per 15 ports (``--dport`` when a rule has only one); ``ports`` are sorted."""
+    return map_(
+        chunks(ports, PORTS_PER_RULE),
+        lambda chunk: if_(
+            eq(size(chunk), 1),
+            concat(f"-A {chain} -p tcp --dport ", int_str(first(chunk)), f" {target}"),
+            concat(
+                f"-A {chain} -p tcp -m multiport --dports ",
+                join(map_(chunk, int_str), ","),
+                f" {target}",
+            ),
+        ),
+    )
 
 
-def _port_rules(chain: str, ports: Sequence[int], target: str) -> list[str]:
-    """One rule per 15 ports (``--dport`` when a rule has only one)."""
-    rules = []
-    for chunk in _chunks(sorted(ports), PORTS_PER_RULE):
-        if len(chunk) == 1:
-            rules.append(f"-A {chain} -p tcp --dport {chunk[0]} {target}")
-        else:
-            listed = ",".join(str(port) for port in chunk)
-            rules.append(f"-A {chain} -p tcp -m multiport --dports {listed} {target}")
-    return rules
+def _cidr_rules(chain: str, cidrs: Expr, match: str, target: str) -> Expr:
+    return map_(
+        chunks(cidrs, CIDRS_PER_RULE),
+        lambda chunk: concat(f"-A {chain}{match} -d ", join(chunk, ","), f" {target}"),
+    )
 
 
-def _cidr_rules(chain: str, cidrs: Sequence[str], match: str, target: str) -> list[str]:
-    return [
-        f"-A {chain}{match} -d {','.join(chunk)} {target}"
-        for chunk in _chunks(cidrs, CIDRS_PER_RULE)
-    ]
-
-
-def _inbound_rules(settings: ProxySettings) -> list[str]:
+def _inbound_rules() -> Expr:
     """MESH_INBOUND: decide per destination port whether the proxy sees the connection."""
-    never = set(constants.PROXY_PORTS) | set(settings.exclude_inbound_ports)
-    if settings.include_inbound_ports == ALL:
-        return [
-            *_port_rules(INBOUND_CHAIN, sorted(never), "-j RETURN"),
-            f"-A {INBOUND_CHAIN} -p tcp {_REDIRECT_IN}",
-        ]
-    ports = sorted(set(settings.include_inbound_ports) - never)
-    return _port_rules(INBOUND_CHAIN, ports, _REDIRECT_IN)
+    never = sorted_unique(flatten(list_of(constants.PROXY_PORTS, Setting("exclude_inbound_ports"))))
+    include = Setting("include_inbound_ports")
+    return if_(
+        is_all(include),
+        flatten(
+            list_of(
+                _port_rules(INBOUND_CHAIN, never, "-j RETURN"),
+                (f"-A {INBOUND_CHAIN} -p tcp {_REDIRECT_IN}",),
+            )
+        ),
+        _port_rules(INBOUND_CHAIN, minus(sorted_unique(items(include)), never), _REDIRECT_IN),
+    )
 
 
-def family_rules(settings: ProxySettings, family: int) -> list[str]:
+def _of_family(cidrs: Expr, family: int) -> Expr:
+    return filter_(cidrs, lambda cidr: is_ipv6(cidr) if family == 6 else not_(is_ipv6(cidr)))
+
+
+def family_rules_expr(family: int) -> Expr:
     """The outbound CIDR rules of one family: exemptions, then (with an include list) redirects."""
-    exclude = [c for c in settings.exclude_outbound_cidrs if cidr_family(c) == family]
-    rules = _cidr_rules(OUTPUT_CHAIN, exclude, "", "-j RETURN")
-    if settings.include_outbound_cidrs != ALL:
-        include = [c for c in settings.include_outbound_cidrs if cidr_family(c) == family]
-        rules += _cidr_rules(OUTPUT_CHAIN, include, " -p tcp", _REDIRECT_OUT)
-    return rules
+    include = Setting("include_outbound_cidrs")
+    exclude = _of_family(Setting("exclude_outbound_cidrs"), family)
+    return flatten(
+        list_of(
+            _cidr_rules(OUTPUT_CHAIN, exclude, "", "-j RETURN"),
+            if_(
+                is_all(include),
+                (),
+                _cidr_rules(
+                    OUTPUT_CHAIN, _of_family(items(include), family), " -p tcp", _REDIRECT_OUT
+                ),
+            ),
+        )
+    )
 
 
-def _has_family_rules(settings: ProxySettings) -> bool:
-    return bool(settings.exclude_outbound_cidrs) or settings.include_outbound_cidrs != ALL
+def _has_family_rules() -> Expr:
+    return or_(
+        not_(eq(size(Setting("exclude_outbound_cidrs")), 0)),
+        not_(is_all(Setting("include_outbound_cidrs"))),
+    )
 
 
-def _template(settings: ProxySettings, *, proxy_uid: int) -> list[str]:
+def _template(*, proxy_uid: int) -> Expr:
     """The nat table additions, with ``$1`` for the loopback range and ``$2`` for the
     family's CIDR rules (present only when the CIDR settings make any).
 
@@ -134,29 +177,47 @@ def _template(settings: ProxySettings, *, proxy_uid: int) -> list[str]:
     policy); the built-in PREROUTING and OUTPUT chains just get one jump each.
     First match wins in MESH_OUTPUT, so the exemptions come before any redirect.
     """
-    lines = [
-        "*nat",
-        f":{INBOUND_CHAIN} - [0:0]",
-        f":{OUTPUT_CHAIN} - [0:0]",
-        *_inbound_rules(settings),
-        f"-A {OUTPUT_CHAIN} -m owner --uid-owner {proxy_uid} -j RETURN",
-        f"-A {OUTPUT_CHAIN} -o lo -d $1 -j RETURN",
-        # The app calling its own pod IP: inbound port rules apply, and what
-        # they do not redirect goes straight to the app, never to 15001.
-        f"-A {OUTPUT_CHAIN} -o lo -j {INBOUND_CHAIN}",
-        f"-A {OUTPUT_CHAIN} -o lo -j RETURN",
-        *_port_rules(OUTPUT_CHAIN, settings.exclude_outbound_ports, "-j RETURN"),
-    ]
-    if _has_family_rules(settings):
-        lines.append("$2")
-    if settings.include_outbound_cidrs == ALL:
-        lines.append(f"-A {OUTPUT_CHAIN} -p tcp {_REDIRECT_OUT}")
-    lines += [
-        f"-A PREROUTING -p tcp -j {INBOUND_CHAIN}",
-        f"-A OUTPUT -p tcp -j {OUTPUT_CHAIN}",
-        "COMMIT",
-    ]
-    return lines
+    return flatten(
+        list_of(
+            ("*nat", f":{INBOUND_CHAIN} - [0:0]", f":{OUTPUT_CHAIN} - [0:0]"),
+            _inbound_rules(),
+            (
+                f"-A {OUTPUT_CHAIN} -m owner --uid-owner {proxy_uid} -j RETURN",
+                f"-A {OUTPUT_CHAIN} -o lo -d $1 -j RETURN",
+                # The app calling its own pod IP: inbound port rules apply, and what
+                # they do not redirect goes straight to the app, never to 15001.
+                f"-A {OUTPUT_CHAIN} -o lo -j {INBOUND_CHAIN}",
+                f"-A {OUTPUT_CHAIN} -o lo -j RETURN",
+            ),
+            _port_rules(OUTPUT_CHAIN, Setting("exclude_outbound_ports"), "-j RETURN"),
+            if_(_has_family_rules(), ("$2",), ()),
+            if_(
+                is_all(Setting("include_outbound_cidrs")),
+                (f"-A {OUTPUT_CHAIN} -p tcp {_REDIRECT_OUT}",),
+                (),
+            ),
+            (f"-A PREROUTING -p tcp -j {INBOUND_CHAIN}", f"-A OUTPUT -p tcp -j {OUTPUT_CHAIN}"),
+            ("COMMIT",),
+        )
+    )
+
+
+def _env(settings: ProxySettings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in _SCRIPT_SETTINGS}
+
+
+_SCRIPT_SETTINGS: Final = (
+    "include_inbound_ports",
+    "exclude_inbound_ports",
+    "exclude_outbound_ports",
+    "include_outbound_cidrs",
+    "exclude_outbound_cidrs",
+)
+
+
+def family_rules(settings: ProxySettings, family: int) -> list[str]:
+    """The outbound CIDR rules of one family (``family_rules_expr`` evaluated)."""
+    return list(evaluate(family_rules_expr(family), _env(settings)))
 
 
 def render_rules(settings: ProxySettings, *, proxy_uid: int, family: int = 4) -> str:
@@ -166,7 +227,7 @@ def render_rules(settings: ProxySettings, *, proxy_uid: int, family: int = 4) ->
     runs the script to check): the template with the family's parts filled in.
     """
     out = []
-    for line in _template(settings, proxy_uid=proxy_uid):
+    for line in evaluate(_template(proxy_uid=proxy_uid), _env(settings)):
         if line == "$2":
             out += family_rules(settings, family)
         else:
@@ -174,11 +235,42 @@ def render_rules(settings: ProxySettings, *, proxy_uid: int, family: int = 4) ->
     return "\n".join(out) + "\n"
 
 
-def _call(settings: ProxySettings, family: int) -> str:
+def _call(family: int) -> Expr:
     """``nat`` with this family's arguments, single-quoted (the rules hold no quote)."""
-    if not _has_family_rules(settings):
-        return f"nat {LOOPBACK[family]}"
-    return f"nat {LOOPBACK[family]} '{chr(10).join(family_rules(settings, family))}'"
+    return if_(
+        _has_family_rules(),
+        concat(f"nat {LOOPBACK[family]} '", join(family_rules_expr(family), "\n"), "'"),
+        f"nat {LOOPBACK[family]}",
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def script_expr(*, proxy_uid: int, ipv6: bool) -> Expr:
+    """The init container's shell script as an expression over the settings (see
+    ``render_script``); the MutatingAdmissionPolicy compiles this very expression."""
+    parts: list[Any] = [
+        "set -eu\nnat() {\ncat <<EOF\n",
+        join(_template(proxy_uid=proxy_uid), "\n"),
+        "\nEOF\n}\n",
+        _call(4),
+        " | iptables-restore --noflush\niptables-save -t nat\n",
+    ]
+    if ipv6:
+        # Skipped only for a kernel without IPv6 (no /proc/net/if_inet6) or
+        # without its nat table (what ip6tables says when the table module is
+        # absent); any other failure of the probe stops the container, since
+        # skipping would let the pod's IPv6 traffic bypass the proxy.
+        parts += [
+            "if [ ! -e /proc/net/if_inet6 ]; then v6=\n"
+            "elif p=$(ip6tables -t nat -S 2>&1); then v6=1\n"
+            "else case $p in *'does not exist'*) v6=;;"
+            ' *) echo "mesh-init: $p" >&2; exit 1;; esac; fi\n'
+            'if [ "$v6" ]; then\n',
+            _call(6),
+            " | ip6tables-restore --noflush\nip6tables-save -t nat\n"
+            f"else echo '{SKIPPED_IPV6}'; fi\n",
+        ]
+    return concat(*parts)
 
 
 def render_script(settings: ProxySettings, *, proxy_uid: int, ipv6: bool = True) -> str:
@@ -192,27 +284,10 @@ def render_script(settings: ProxySettings, *, proxy_uid: int, ipv6: bool = True)
     IPv6 half runs only where the kernel has IPv6 and an IPv6 nat table;
     otherwise it says so in the log and the pod starts with IPv4 intercepted.
     """
-    template = "\n".join(_template(settings, proxy_uid=proxy_uid))
-    script = (
-        f"set -eu\nnat() {{\ncat <<EOF\n{template}\nEOF\n}}\n"
-        f"{_call(settings, 4)} | iptables-restore --noflush\n"
-        "iptables-save -t nat\n"
-    )
-    if ipv6:
-        # Skipped only for a kernel without IPv6 (no /proc/net/if_inet6) or
-        # without its nat table (what ip6tables says when the table module is
-        # absent); any other failure of the probe stops the container, since
-        # skipping would let the pod's IPv6 traffic bypass the proxy.
-        script += (
-            "if [ ! -e /proc/net/if_inet6 ]; then v6=\n"
-            "elif p=$(ip6tables -t nat -S 2>&1); then v6=1\n"
-            "else case $p in *'does not exist'*) v6=;;"
-            ' *) echo "mesh-init: $p" >&2; exit 1;; esac; fi\n'
-            'if [ "$v6" ]; then\n'
-            f"{_call(settings, 6)} | ip6tables-restore --noflush\n"
-            "ip6tables-save -t nat\n"
-            f"else echo '{SKIPPED_IPV6}'; fi\n"
-        )
+    return _checked(evaluate(script_expr(proxy_uid=proxy_uid, ipv6=ipv6), _env(settings)))
+
+
+def _checked(script: str) -> str:
     if len(script.encode()) > MAX_SCRIPT_BYTES:
         # Unreachable within the settings limits (a test renders the worst case).
         raise RuntimeError(
@@ -221,8 +296,9 @@ def render_script(settings: ProxySettings, *, proxy_uid: int, ipv6: bool = True)
     return script
 
 
-def mesh_init_container(settings: ProxySettings, config: InjectorConfig) -> dict[str, Any]:
-    """The ``mesh-init`` container: root, but only NET_ADMIN and NET_RAW, under RuntimeDefault.
+def mesh_init_template(config: InjectorConfig) -> dict[str, Any]:
+    """The ``mesh-init`` container: root, but only NET_ADMIN and NET_RAW, under RuntimeDefault,
+    its script an expression (``expr.render`` fills it).
 
     Root is needed because netfilter changes require CAP_NET_ADMIN in the
     pod's network namespace; everything else is taken away.
@@ -233,7 +309,7 @@ def mesh_init_container(settings: ProxySettings, config: InjectorConfig) -> dict
         "command": [
             "sh",
             "-c",
-            render_script(settings, proxy_uid=config.proxy.uid, ipv6=config.ipv6),
+            script_expr(proxy_uid=config.proxy.uid, ipv6=config.ipv6),
         ],
         "env": [{"name": "XTABLES_LOCKFILE", "value": XTABLES_LOCKFILE}],
         "securityContext": {
@@ -252,4 +328,11 @@ def mesh_init_container(settings: ProxySettings, config: InjectorConfig) -> dict
     resources = container_resources(config.init.resources)
     if resources:
         container["resources"] = resources
+    return container
+
+
+def mesh_init_container(settings: ProxySettings, config: InjectorConfig) -> dict[str, Any]:
+    """The ``mesh-init`` container for these settings (``mesh_init_template`` rendered)."""
+    container: dict[str, Any] = render(mesh_init_template(config), _env(settings))
+    _checked(container["command"][2])
     return container

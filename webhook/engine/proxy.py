@@ -24,10 +24,21 @@ from __future__ import annotations
 from typing import Any, Final
 
 from webhook.contract import constants
-from webhook.engine.bootstrap import HEALTH_LISTENER, render_bootstrap
-from webhook.engine.config import InjectorConfig, Resources
-from webhook.engine.resources import container_resources
-from webhook.engine.settings import ProxySettings
+from webhook.engine.bootstrap import HEALTH_LISTENER, bootstrap_expr
+from webhook.engine.config import InjectorConfig
+from webhook.engine.expr import (
+    Expr,
+    Present,
+    Setting,
+    concat,
+    flatten,
+    if_,
+    is_none,
+    list_of,
+    render,
+)
+from webhook.engine.resources import resources_template
+from webhook.engine.settings import ProxySettings, settings_env
 
 # Envoy starts one worker per CPU of the *node*, not of the pod's limit; a
 # sidecar needs few, and each costs memory.
@@ -156,33 +167,47 @@ def _health_probe(**timings: int) -> dict[str, Any]:
     }
 
 
-def proxy_args(settings: ProxySettings, config: InjectorConfig) -> list[str]:
+def proxy_args_template(config: InjectorConfig) -> Expr:
     """Envoy's arguments; ``$(VAR)`` references in them are the kubelet's to expand."""
-    args = [
-        "--config-yaml",
-        render_bootstrap(settings, config),
-        "--log-level",
-        settings.log_level,
-        # One process and a read-only root: hot restart has nothing to hand over to.
-        "--disable-hot-restart",
-        "--concurrency",
-        str(CONCURRENCY),
-    ]
-    if settings.xds_address is not None:
-        # How long a listener replaced over xDS keeps its connections; nothing
-        # else uses it (Envoy exits on SIGTERM: the preStop hook drains).
-        args += ["--drain-time-s", str(config.proxy.drain_seconds)]
+    xds = Setting("xds_address")
+    return flatten(
+        list_of(
+            ("--config-yaml",),
+            list_of(bootstrap_expr(config)),
+            ("--log-level",),
+            list_of(Setting("log_level")),
+            # One process and a read-only root: hot restart has nothing to hand over to.
+            ("--disable-hot-restart", "--concurrency", str(CONCURRENCY)),
+            # How long a listener replaced over xDS keeps its connections; nothing
+            # else uses it (Envoy exits on SIGTERM: the preStop hook drains).
+            if_(is_none(xds), (), ("--drain-time-s", str(config.proxy.drain_seconds))),
+        )
+    )
+
+
+def proxy_args(settings: ProxySettings, config: InjectorConfig) -> list[str]:
+    """Envoy's arguments for these settings (``proxy_args_template`` evaluated)."""
+    args: list[str] = render(proxy_args_template(config), settings_env(settings))
     return args
 
 
-def mesh_proxy_container(settings: ProxySettings, config: InjectorConfig) -> dict[str, Any]:
-    """The ``mesh-proxy`` container for these settings (see the module docstring)."""
+def mesh_proxy_template(config: InjectorConfig) -> dict[str, Any]:
+    """The ``mesh-proxy`` container as a template over the settings (see the module docstring)."""
     uid = config.proxy.uid
-    container: dict[str, Any] = {
+    native = Setting("native_sidecar")
+    seconds = config.proxy.drain_seconds
+    has_resources, resources = resources_template(
+        cpu_request=Setting("proxy_cpu_request"),
+        cpu_limit=Setting("proxy_cpu_limit"),
+        memory_request=Setting("proxy_memory_request"),
+        memory_limit=Setting("proxy_memory_limit"),
+    )
+    classic_stop = {"exec": {"command": drain_command(native=False, seconds=seconds)}}
+    return {
         "name": constants.PROXY_CONTAINER,
-        "image": f"{config.proxy.image}:{settings.proxy_version}",
+        "image": concat(f"{config.proxy.image}:", Setting("proxy_version")),
         "command": ["envoy"],
-        "args": proxy_args(settings, config),
+        "args": proxy_args_template(config),
         "env": [
             _field_env("POD_NAME", "metadata.name"),
             _field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -205,28 +230,21 @@ def mesh_proxy_container(settings: ProxySettings, config: InjectorConfig) -> dic
             # What PodSecurity "restricted" asks for; Envoy needs no unusual syscalls.
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "resources": Present(has_resources, resources),
+        "restartPolicy": Present(native, "Always"),
+        "lifecycle": if_(
+            native,
+            {"preStop": {"exec": {"command": drain_command(native=True, seconds=seconds)}}},
+            if_(
+                Setting("hold_application"),
+                {"postStart": {"exec": {"command": wait_ready_command()}}, "preStop": classic_stop},
+                {"preStop": classic_stop},
+            ),
+        ),
     }
-    resources = container_resources(
-        Resources(
-            cpu_request=settings.proxy_cpu_request,
-            cpu_limit=settings.proxy_cpu_limit,
-            memory_request=settings.proxy_memory_request,
-            memory_limit=settings.proxy_memory_limit,
-        )
-    )
-    if resources:
-        container["resources"] = resources
-    lifecycle: dict[str, Any] = {}
-    if settings.native_sidecar:
-        container["restartPolicy"] = "Always"
-    elif settings.hold_application:
-        lifecycle["postStart"] = {"exec": {"command": wait_ready_command()}}
-    lifecycle["preStop"] = {
-        "exec": {
-            "command": drain_command(
-                native=settings.native_sidecar, seconds=config.proxy.drain_seconds
-            )
-        }
-    }
-    container["lifecycle"] = lifecycle
+
+
+def mesh_proxy_container(settings: ProxySettings, config: InjectorConfig) -> dict[str, Any]:
+    """The ``mesh-proxy`` container for these settings (``mesh_proxy_template`` rendered)."""
+    container: dict[str, Any] = render(mesh_proxy_template(config), settings_env(settings))
     return container

@@ -121,6 +121,16 @@ class ProxySettings:
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
+_FIELDS: Final = tuple(
+    f.name for f in dataclasses.fields(ProxySettings) if f.name not in ("provenance", "warnings")
+)
+
+
+def settings_env(settings: ProxySettings) -> dict[str, Any]:
+    """The settings as ``expr`` reads them: field name -> value."""
+    return {name: getattr(settings, name) for name in _FIELDS}
+
+
 _Parser = Callable[[str, str], Any]  # (raw value, list separator) -> parsed value
 
 
@@ -196,6 +206,49 @@ _KEYS: Final[dict[str, _Key]] = {
 # The settings' names as the config's ``lockedSettings`` spells them, and as keys.
 SETTING_NAMES: Final = tuple(_KEYS)
 SETTING_KEYS: Final = tuple(constants.PREFIX + name for name in _KEYS)
+
+# The value type of each setting, by name: what ``webhook.policy`` needs to
+# judge and parse the same values in CEL (it has a rendering per kind, and
+# refuses to render a policy for a kind it lacks). A ``?`` kind is optional:
+# an empty value unsets it; a ``*`` kind may be ``*`` for "all".
+KINDS: Final[dict[str, str]] = {
+    "proxy-version": "image-tag",
+    "proxy-cpu-request": "quantity?",
+    "proxy-cpu-limit": "quantity?",
+    "proxy-memory-request": "quantity?",
+    "proxy-memory-limit": "quantity?",
+    "log-level": "log-level",
+    "include-inbound-ports": "ports*",
+    "exclude-inbound-ports": "ports",
+    "exclude-outbound-ports": "ports",
+    "include-outbound-cidrs": "cidrs*",
+    "exclude-outbound-cidrs": "cidrs",
+    "native-sidecar": "bool",
+    "hold-application": "bool",
+    "xds-address": "address?",
+}
+if set(KINDS) != set(_KEYS):  # pragma: no cover - keeps the two tables in step
+    raise RuntimeError(f"settings.KINDS and _KEYS differ: {set(KINDS) ^ set(_KEYS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    """One setting as the outside sees it: key name, ``ProxySettings`` field, value kind,
+    whether a namespace label may set it, its length limit, and how a pod's value
+    is compared with a locked one (``_Key.same``)."""
+
+    name: str
+    field: str
+    kind: str
+    label_ok: bool
+    max_chars: int
+    same: str
+
+
+SETTING_SPECS: Final = tuple(
+    SettingSpec(name, spec.field, KINDS[name], spec.label_ok, spec.max_chars, spec.same)
+    for name, spec in _KEYS.items()
+)
 # Keys under the prefix that are not settings but are still ours.
 _OTHER_KEYS: Final = frozenset({constants.INJECT_KEY, constants.STATUS_ANNOTATION})
 

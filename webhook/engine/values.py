@@ -46,11 +46,23 @@ MAX_SCALAR_CHARS: Final = 260
 SHOWN_CHARS: Final = 48
 
 _PORT = re.compile(r"[0-9]{1,5}")
+_PREFIX_LENGTH = re.compile(r"[0-9]{1,3}")
 _NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _DOTTED_NUMBERS = re.compile(r"[0-9.]+")
 _IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+# The patterns above as the policy mode's CEL matches them too (RE2 reads these
+# alike: ASCII classes, no look-arounds or back-references), so that a value's
+# shape is written once for both modes.
+PATTERNS: Final = {
+    "port": _PORT.pattern,
+    "host name": _HOSTNAME.pattern,
+    "image tag": _IMAGE_TAG.pattern,
+    "prefix length": _PREFIX_LENGTH.pattern,
+}
 
 
 def shorten(text: str, limit: int = SHOWN_CHARS, *, quote: bool = True) -> str:
@@ -190,18 +202,19 @@ def parse_ports(raw: str, *, separator: str, allow_all: bool) -> PortList | AllO
     return tuple(sorted({parse_port(item) for item in items}))
 
 
-_PREFIX_LENGTH = re.compile(r"[0-9]{1,3}")
-
-
 def parse_cidr(text: str) -> str:
     """An IPv4 or IPv6 network in CIDR notation (a bare address means a /32 or /128).
 
-    Returned in canonical form, host bits cleared (``10.1.2.3/8`` -> ``10.0.0.0/8``,
-    ``FD00:0::/8`` -> ``fd00::/8``): that is the text the rules carry. Parsed
-    with the C library's ``inet_pton`` (strict: dotted-quad IPv4 without
-    leading zeros, no IPv6 zone index, which iptables could not take): far
-    cheaper than ``ipaddress.ip_network`` for IPv6, which matters for the
-    longest lists on a cold admission (docs/settings.md, "Limits").
+    Returned in canonical form (``FD00:0::/8`` -> ``fd00::/8``, ``10.0.0.0/08`` ->
+    ``10.0.0.0/8``): that is the text the rules carry. A network with host bits
+    set (``10.0.0.1/8``) is refused, naming the network it would be, rather
+    than widened silently; so is an IPv4-mapped IPv6 address (``::ffff:1.2.3.4``),
+    which ip6tables would never see (IPv4 traffic goes through iptables), and
+    which the API server's CEL (policy mode) refuses too. Parsed with the C
+    library's ``inet_pton`` (strict: dotted-quad IPv4 without leading zeros,
+    no IPv6 zone index, which iptables could not take): far cheaper than
+    ``ipaddress.ip_network`` for IPv6, which matters for the longest lists on
+    a cold admission (docs/settings.md, "Limits").
     """
     address, slash, length = text.partition("/")
     family, bits = (socket.AF_INET6, 128) if ":" in address else (socket.AF_INET, 32)
@@ -209,14 +222,40 @@ def parse_cidr(text: str) -> str:
         packed = socket.inet_pton(family, address)
     except OSError:
         packed = b""
-    if not packed or (slash and not _PREFIX_LENGTH.fullmatch(length)):
+    if (
+        not packed
+        or (slash and not _PREFIX_LENGTH.fullmatch(length))
+        or packed[:12] == _IPV4_MAPPED
+    ):
         raise ValueError(f"{shorten(text)} is not a CIDR (e.g. 10.0.0.0/8 or fd00::/8)")
     prefix = int(length) if slash else bits
     if prefix > bits:
         raise ValueError(f"{shorten(text)} has a prefix length over {bits}")
     host_bits = bits - prefix
-    network = (int.from_bytes(packed, "big") >> host_bits) << host_bits
-    return f"{socket.inet_ntop(family, network.to_bytes(bits // 8, 'big'))}/{prefix}"
+    number = int.from_bytes(packed, "big")
+    network = f"{_address_text(family, (number >> host_bits) << host_bits)}/{prefix}"
+    if number & ((1 << host_bits) - 1):
+        raise ValueError(f"{shorten(text)} has host bits set (its network is {network})")
+    return network
+
+
+# The first 96 bits of an IPv4-mapped IPv6 address (RFC 4291 2.5.5.2).
+_IPV4_MAPPED: Final = bytes(10) + b"\xff\xff"
+
+
+def _address_text(family: int, number: int) -> str:
+    """An address as the API server's CEL (Go's ``netip``) writes it.
+
+    ``inet_ntop`` and Go agree (RFC 5952) except where the first 96 bits are
+    zero: glibc writes the last 32 as a dotted quad (``::1.2.3.4``), Go in hex
+    (``::102:304``). That rare case goes through ``ipaddress``, which writes
+    what Go does; the common one stays on the fast path.
+    """
+    if family == socket.AF_INET:
+        return socket.inet_ntop(family, number.to_bytes(4, "big"))
+    if number >> 32 == 0:
+        return ipaddress.IPv6Address(number).compressed
+    return socket.inet_ntop(family, number.to_bytes(16, "big"))
 
 
 def parse_cidrs(raw: str, *, separator: str, allow_all: bool) -> CidrList | AllOr:
@@ -254,7 +293,7 @@ def check_address(raw: str) -> str:
     Strict, because the host goes into the bootstrap as an address Envoy must
     resolve: printable ASCII only, a DNS name of RFC 1123 labels (at most 253
     characters), an IPv4 address in dotted-quad form, or a bracketed IPv6
-    address without a zone index; the port in ASCII digits.
+    address without a zone index (nor an IPv4-mapped one); the port in ASCII digits.
     """
     check_text(raw)
     host, sep, port = raw.rpartition(":")
@@ -263,9 +302,10 @@ def check_address(raw: str) -> str:
     parse_port(port)
     if host.startswith("[") and host.endswith("]"):
         try:
-            if "%" in host:
+            # No zone index, and no IPv4-mapped form: the API server's CEL
+            # (policy mode) takes neither, and a mapped address is IPv4 anyway.
+            if "%" in host or ipaddress.IPv6Address(host[1:-1]).ipv4_mapped is not None:
                 raise ValueError
-            ipaddress.IPv6Address(host[1:-1])
         except ValueError:
             raise ValueError(f"{shorten(raw)} has an invalid IPv6 address") from None
         return raw
@@ -279,6 +319,13 @@ def check_address(raw: str) -> str:
     if len(host) > 253 or not _HOSTNAME.fullmatch(host):
         raise ValueError(f"{shorten(raw)} has an invalid host name")
     return raw
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (host a name, IPv4 or ``[IPv6]``, as ``check_address`` takes it)
+    -> (host without brackets, port)."""
+    host, _, port = address.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def parse_image_tag(raw: str) -> str:

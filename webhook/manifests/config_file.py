@@ -13,6 +13,8 @@ a valid dictionary or instance of ProxyConfig").
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,7 +36,7 @@ from webhook.engine.values import (
 )
 from webhook.manifests.files import CONFIG_LIMIT, FileError, read_file
 
-__all__ = ["ConfigError", "load_config", "parse_config"]
+__all__ = ["ConfigError", "dump_config", "load_config", "parse_config"]
 
 # The defaults are the engine's; the models below repeat them only so that a
 # model read from the file is complete.
@@ -214,6 +216,27 @@ def parse_config(text: str, *, origin: str = "config") -> engine.InjectorConfig:
         raise ConfigError(f"{origin}: {path}: {first['msg']}") from None
     config: engine.InjectorConfig = model.to_engine()
     return config
+
+
+def dump_config(config: engine.InjectorConfig) -> str:
+    """The config as file text (JSON, which is YAML) that ``parse_config`` reads back equal,
+    with the same provenance: only the fields the file set (``from_file``) are written.
+
+    The policy mode records its config on the policies this way, so that
+    ``check`` can render them again and compare.
+    """
+    return json.dumps(_dumped(config), separators=(",", ":"), sort_keys=True)
+
+
+def _dumped(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        written: frozenset[str] = getattr(value, "from_file", frozenset())
+        return {to_camel(name): _dumped(getattr(value, name)) for name in sorted(written)}
+    if isinstance(value, frozenset):
+        return sorted(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def load_config(path: Path | None) -> engine.InjectorConfig:

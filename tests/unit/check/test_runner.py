@@ -22,7 +22,8 @@ from webhook.ops.check.model import check, failed, passed
 
 def test_the_checks_print_in_their_documented_order() -> None:
     assert CHECK_NAMES == (
-        "kubernetes-api", "webhook-configuration", "injector-config", "service-endpoints",
+        "kubernetes-api", "webhook-configuration", "admission-policies", "injector-config",
+        "service-endpoints",
         "ca-bundle", "certificate-expiry", "replicas", "excluded-namespaces", "revisions",
         "revision-labels", "pod-security", "dry-run-injection", "locked-settings",
         "outdated-sidecars", "revision-sidecars",

@@ -8,9 +8,14 @@ rather than what the manifests say:
 
 - ``kubernetes-api``: the API server answers (fatal: the others are skipped);
 - ``webhook-configuration``: the MutatingWebhookConfiguration exists and its
-  webhooks call one Service;
-- ``injector-config``: the config the injector's Deployment mounts (its
-  excluded namespaces and proxy settings feed the checks below);
+  webhooks call one Service (skipped in policy mode);
+- ``admission-policies``: policy mode's MutatingAdmissionPolicy,
+  ValidatingAdmissionPolicy and bindings (named like the webhook
+  configuration) exist and are what this build renders for the config they
+  record (skipped in webhook mode; ``webhook.ops.check.policy_checks``);
+- ``injector-config``: the config the injector's Deployment mounts, or in
+  policy mode the one the policies record (its excluded namespaces and proxy
+  settings feed the checks below);
 - ``service-endpoints``: the Service exists and has ready endpoints on the
   webhook's port;
 - ``ca-bundle``: every webhook's ``caBundle`` verifies the certificate each
@@ -20,8 +25,8 @@ rather than what the manifests say:
   bundle's CAs) expire: a warning under 30, a failure once expired;
 - ``replicas``: ready endpoints for ``failurePolicy: Fail``: a warning at 1,
   a failure at 0;
-- ``excluded-namespaces``: the webhooks' namespace selectors, evaluated
-  against the real Namespace objects, leave out kube-system, kube-public,
+- ``excluded-namespaces``: the webhooks' (or the policy bindings') namespace
+  selectors, evaluated against the real Namespace objects, leave out kube-system, kube-public,
   kube-node-lease, the injector's own namespace and the config's exclusions;
 - ``pod-security``: no opted-in namespace enforces PodSecurity ``baseline``
   or ``restricted`` (``mesh-init`` needs NET_ADMIN and NET_RAW);
@@ -33,7 +38,8 @@ rather than what the manifests say:
   pod template than the one in force: its new pods would be refused;
 - ``outdated-sidecars``: pods whose status annotation records another
   injector version or other containers than would be injected now
-  (``webhook.ops.outdated``), grouped by workload with the command to restart it.
+  (``webhook.ops.outdated``), or in policy mode another policy digest than the
+  installed policy's, grouped by workload with the command to restart it.
 
 How the endpoints are reached: each ready endpoint address is dialled
 directly (what the API server does); that works in the cluster and from a

@@ -25,11 +25,13 @@ from webhook.ops.check.namespace_checks import (
     outdated_sidecars,
     pod_security,
 )
+from webhook.ops.check.policy_checks import admission_policies
 from webhook.ops.check.revision_checks import revision_labels, revision_sidecars, revisions
 
 CHECKS: Final[tuple[Check, ...]] = (
     kubernetes_api,
     webhook_configuration,
+    admission_policies,
     injector_config,
     service_endpoints,
     ca_bundle,

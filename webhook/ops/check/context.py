@@ -143,6 +143,22 @@ class Injector:
 
 
 @dataclass(frozen=True)
+class PolicyInstall:
+    """Policy mode's four objects (named like the webhook configuration), and how they
+    compare with what ``sidecar-injector policy`` renders for the config they record."""
+
+    exists: bool = False  # any of the four objects
+    error: str = ""
+    missing: tuple[str, ...] = ()  # "MutatingAdmissionPolicy sidecar-injector", ...
+    config_error: str = ""  # the recorded config is missing or does not parse
+    config: InjectorConfig | None = None
+    revision: str = ""
+    differences: tuple[str, ...] = ()  # objects that differ from the rendering, and where
+    digest: str = ""  # the installed MutatingAdmissionPolicy's policy digest
+    selectors: tuple[Mapping[str, Any], ...] = ()  # the bindings' namespaceSelectors
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """An address (and port) behind the webhook's Service, and the pod it belongs to."""
 
@@ -305,6 +321,7 @@ class Context:
     now: datetime.datetime = _EPOCH
     api: ApiAnswer = ApiAnswer()
     webhook: WebhookConfiguration = WebhookConfiguration()
+    policy: PolicyInstall = PolicyInstall()
     service: ServiceObject = ServiceObject()
     injector: Injector = field(default_factory=Injector)
     endpoints: Endpoints = Endpoints()

@@ -31,6 +31,7 @@ from webhook.ops.check.context import (
     ServiceRef,
     WebhookConfiguration,
 )
+from webhook.ops.check.discover_policy import POLICY
 from webhook.ops.check.model import Discovery
 from webhook.pki import served_cert
 
@@ -102,9 +103,12 @@ def find_service(cluster: Cluster, context: Context) -> ServiceObject:
 
 
 def find_injector(cluster: Cluster, context: Context) -> Injector:
-    """The Deployment behind the Service, and the config it passes as ``--config``."""
+    """The Deployment behind the Service, and the config it passes as ``--config``; in
+    policy mode (no webhook), the config the policies record."""
     service = context.webhook.service
     if service is None:
+        if context.policy.config is not None and not context.webhook.exists:
+            return Injector(config=context.policy.config)
         return Injector()
     if context.service.error:
         return Injector(error=context.service.error)
@@ -350,7 +354,10 @@ API: Final = Discovery("api", "the API server's version", find_api)
 WEBHOOK: Final = Discovery("webhook", "the webhook configuration", find_webhook)
 SERVICE: Final = Discovery("service", "the webhook's Service", find_service, (WEBHOOK,))
 INJECTOR: Final = Discovery(
-    "injector", "the injector's Deployment and config", find_injector, (WEBHOOK, SERVICE)
+    "injector",
+    "the injector's Deployment and config",
+    find_injector,
+    (WEBHOOK, SERVICE, POLICY),
 )
 ENDPOINTS: Final = Discovery(
     "endpoints", "the Service's endpoints", find_endpoints, (WEBHOOK, SERVICE)

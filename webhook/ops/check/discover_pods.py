@@ -29,6 +29,7 @@ from webhook.ops.check.context import (
     Reference,
 )
 from webhook.ops.check.discover_install import INJECTOR, WEBHOOK
+from webhook.ops.check.discover_policy import POLICY
 from webhook.ops.check.discover_revisions import REVISIONS
 from webhook.ops.check.model import Discovery
 from webhook.ops.outdated import (
@@ -44,6 +45,9 @@ from webhook.ops.outdated import (
 MAX_OWNER_LOOKUPS: Final = 200
 # Pods named per rev value that picks no installed revision (the rest are counted).
 SAMPLE_UNKNOWN: Final = 5
+POLICY_STALE: Final = (
+    "injected other than the installed policy injects now (another policy, config or settings)"
+)
 EXPECTED_CACHE: Final = 4096
 PROBE_POD_PREFIX: Final = "sidecar-injector-check-"
 FIELD_MANAGER: Final = "sidecar-injector-check"
@@ -118,7 +122,9 @@ def find_dry_runs(cluster: Cluster, context: Context) -> DryRuns:
         what, found = _dry_run(cluster, info, opt_in_label=opt_in_label)
         outcomes.append((info.name, what))
         if found is not None and reference.digests_confirmed is None:
-            reference = _reference(info, *found, config=context.injector.config)
+            reference = _reference(
+                info, *found, config=context.injector.config, policy=context.policy.digest
+            )
     return DryRuns(opt_in_label, tuple(outcomes), reference)
 
 
@@ -153,9 +159,21 @@ def _dry_run(
 
 
 def _reference(
-    info: NamespaceInfo, version: str, digest: str | None, *, config: InjectorConfig
+    info: NamespaceInfo,
+    version: str,
+    digest: str | None,
+    *,
+    config: InjectorConfig,
+    policy: str = "",
 ) -> Reference:
-    """Compare what the running injector wrote with what this check's engine computes."""
+    """Compare what the running injector wrote with what this check's engine computes.
+
+    In policy mode the status digest is the policy's (``policy``): the pod was
+    injected by the installed policy, which ``admission-policies`` compares
+    with this build's rendering of its config.
+    """
+    if policy and digest == policy and version == __version__:
+        return Reference(version, True)
     if version != __version__:
         return Reference(
             version,
@@ -217,6 +235,7 @@ def find_outdated(cluster: Cluster, context: Context) -> PodScan:
         version=reference.version or __version__,
         digests=reference.digests_confirmed is not False,
         lookups=_OwnerLookups(cluster),
+        policy=context.policy.digest,
     )
     wanted = context.options.namespace
     path = f"/api/v1/namespaces/{quote(wanted, safe='')}/pods" if wanted else "/api/v1/pods"
@@ -246,8 +265,17 @@ class _Judge:
     """
 
     def __init__(
-        self, context: Context, *, version: str, digests: bool, lookups: _OwnerLookups
+        self,
+        context: Context,
+        *,
+        version: str,
+        digests: bool,
+        lookups: _OwnerLookups,
+        policy: str = "",
     ) -> None:
+        self._policy = policy
+        # The revision the checked policy is: only its pods carry its digest.
+        self._policy_revision = context.policy.revision or constants.DEFAULT_REVISION
         self._namespaces = context.namespaces.by_name
         self._config = context.injector.config
         self._revisions = context.revisions
@@ -319,6 +347,15 @@ class _Judge:
             digests=self._digests,
             revision=serving if self._revisions.found else None,
         )
+        if (
+            why is not None
+            and self._policy
+            and found.version == self._version
+            and found.revision == self._policy_revision
+            and (serving is None or serving == found.revision)
+        ):
+            # Policy mode: a pod the installed policy injected carries its digest.
+            why = None if found.digest == self._policy else POLICY_STALE
         if why is not None:
             report.add(owning_workload(pod, self._lookups), str(metadata.get("name")), why, serving)
 
@@ -359,8 +396,11 @@ class _OwnerLookups:
 
 NAMESPACES: Final = Discovery("namespaces", "the namespaces", find_namespaces, (WEBHOOK, INJECTOR))
 DRY_RUNS: Final = Discovery(
-    "dry_runs", "the dry-run pods", find_dry_runs, (WEBHOOK, INJECTOR, REVISIONS, NAMESPACES)
+    "dry_runs",
+    "the dry-run pods",
+    find_dry_runs,
+    (WEBHOOK, POLICY, INJECTOR, REVISIONS, NAMESPACES),
 )
 PODS: Final = Discovery(
-    "pods", "the pods' sidecars", find_outdated, (INJECTOR, REVISIONS, NAMESPACES, DRY_RUNS)
+    "pods", "the pods' sidecars", find_outdated, (POLICY, INJECTOR, REVISIONS, NAMESPACES, DRY_RUNS)
 )

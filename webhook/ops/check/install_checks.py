@@ -23,6 +23,7 @@ from webhook.ops.check.discover_install import (
     WEBHOOK,
     targets,
 )
+from webhook.ops.check.discover_policy import POLICY
 from webhook.ops.check.model import (
     Outcome,
     check,
@@ -34,8 +35,13 @@ from webhook.ops.check.model import (
     warned,
 )
 from webhook.pki import served_cert
+from webhook.policy.render import CONFIG_ANNOTATION
 
 EXPIRY_WARN_DAYS: Final = 30
+POLICY_HINT: Final = (
+    "render and apply the policies again: sidecar-injector policy --config FILE"
+    " | kubectl apply --server-side -f - (docs/policy.md)"
+)
 NO_WEBHOOK: Final = "no webhook configuration to follow"
 REAPPLY: Final = "re-apply the install"
 
@@ -55,13 +61,15 @@ def kubernetes_api(context: Context) -> Outcome:
     return passed(f"{context.host} answers ({version})", version=version)
 
 
-@check("webhook-configuration", hint=REAPPLY, needs=[WEBHOOK])
+@check("webhook-configuration", hint=REAPPLY, needs=[WEBHOOK, POLICY])
 def webhook_configuration(context: Context) -> Outcome:
     """The MutatingWebhookConfiguration exists and its webhooks call one Service."""
     wanted = context.options.configuration
     found = context.webhook
     if found.error:
         return failed(f"cannot read MutatingWebhookConfiguration {wanted}: {found.error}", "")
+    if not found.exists and context.policy.exists:
+        return skipped(f"policy mode: MutatingAdmissionPolicy {wanted} injects, no webhook")
     if not found.exists:
         return failed(
             f"MutatingWebhookConfiguration {wanted} does not exist",
@@ -97,11 +105,21 @@ def webhook_configuration(context: Context) -> Outcome:
 @check(
     "injector-config",
     hint="re-apply the install: the injector cannot start without its config",
-    needs=[WEBHOOK, INJECTOR],
+    needs=[WEBHOOK, INJECTOR, POLICY],
 )
 def injector_config(context: Context) -> Outcome:
-    """The config the injector's Deployment mounts (the checks below use it)."""
+    """The config the injector's Deployment mounts, or in policy mode the one the
+    policies record (the checks below use it)."""
     service = context.webhook.service
+    if service is None and not context.webhook.exists and context.policy.exists:
+        name = context.options.configuration
+        if context.policy.config is None:
+            return failed(
+                f"MutatingAdmissionPolicy {name}: {context.policy.config_error or 'not found'};"
+                " the checks below assume the built-in defaults",
+                POLICY_HINT,
+            )
+        return passed(f"the config MutatingAdmissionPolicy {name} records ({CONFIG_ANNOTATION})")
     if service is None:
         return skipped(NO_WEBHOOK)
     namespace = service.namespace

@@ -17,6 +17,7 @@ from webhook.manifests.revisions import selector_matches
 from webhook.ops.check.context import Context
 from webhook.ops.check.discover_install import INJECTOR, WEBHOOK
 from webhook.ops.check.discover_pods import DRY_RUNS, NAMESPACES, PODS
+from webhook.ops.check.discover_policy import POLICY
 from webhook.ops.check.discover_revisions import REVISIONS
 from webhook.ops.check.discover_templates import TEMPLATES
 from webhook.ops.check.model import (
@@ -34,11 +35,21 @@ from webhook.ops.outdated import Report
 ENFORCE_LABEL: Final = "pod-security.kubernetes.io/enforce"
 
 
-@check("excluded-namespaces", needs=[WEBHOOK, INJECTOR, NAMESPACES])
+@check("excluded-namespaces", needs=[WEBHOOK, POLICY, INJECTOR, NAMESPACES])
 def excluded_namespaces(context: Context) -> Outcome:
-    """No webhook selects kube-system, kube-public, kube-node-lease, the injector's own
-    namespace or the config's exclusions (selectors evaluated against the real objects)."""
-    webhooks = context.webhook.webhooks
+    """No webhook (or policy binding) selects kube-system, kube-public, kube-node-lease, the
+    injector's own namespace or the config's exclusions (selectors evaluated against the
+    real objects)."""
+    webhooks = list(context.webhook.webhooks)
+    if not webhooks and context.policy.exists:
+        # Policy mode: the bindings' selectors decide which namespaces the policies see.
+        webhooks = [
+            {
+                "name": f"binding {index + 1} of {context.options.configuration}",
+                "namespaceSelector": s,
+            }
+            for index, s in enumerate(context.policy.selectors)
+        ]
     if not webhooks:
         return skipped("no webhook configuration to evaluate")
     if context.namespaces.error:
