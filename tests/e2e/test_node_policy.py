@@ -60,7 +60,7 @@ def policy_mode(node: Node) -> Iterator[None]:
 
 def test_nothing_of_the_webhook_install_is_there(node: Node, policy_mode: None) -> None:
     rendered = yaml.safe_load_all(node.kubectl("kustomize", str(POLICY)).stdout)
-    kinds = sorted(obj["kind"] for obj in rendered if obj)
+    kinds = sorted({obj["kind"] for obj in rendered if obj})
     assert kinds == [
         "MutatingAdmissionPolicy",
         "MutatingAdmissionPolicyBinding",

@@ -126,7 +126,7 @@ TABLE: list[
     ("demo", REV, {}, {}, {"hostNetwork": True}, "host-network", False),
     ("kube-system", REV, REV, {}, {}, "excluded-namespace", False),
     ("demo", REV, {}, STATUS, INJECTED, "already-injected", False),
-    ("demo", {}, REV, {"sidecar.mesh.io/status": "{}"}, INJECTED, "pod-revision", True),
+    ("demo", {}, REV, {"sidecar.mesh.io/status": "{}"}, INJECTED, "already-injected", False),
 ]  # fmt: skip
 
 

@@ -144,12 +144,13 @@ class Injector:
 
 @dataclass(frozen=True)
 class PolicyInstall:
-    """Policy mode's four objects (named like the webhook configuration), and how they
-    compare with what ``sidecar-injector policy`` renders for the config they record."""
+    """Policy mode's objects (the policies named like the webhook configuration, a binding
+    of each per entry of the revision), and how they compare with what ``sidecar-injector
+    policy`` renders for the config they record."""
 
-    exists: bool = False  # any of the four objects
+    exists: bool = False  # any of the objects
     error: str = ""
-    missing: tuple[str, ...] = ()  # "MutatingAdmissionPolicy sidecar-injector", ...
+    missing: tuple[str, ...] = ()  # "MutatingAdmissionPolicyBinding sidecar-injector-rev-pod"
     config_error: str = ""  # the recorded config is missing or does not parse
     config: InjectorConfig | None = None
     revision: str = ""
