@@ -13,10 +13,10 @@ from webhook.engine import expr
 from webhook.engine.bootstrap import bootstrap_expr, render_bootstrap_for
 from webhook.engine.config import InjectorConfig
 from webhook.engine.settings import KINDS, SETTING_NAMES
+from webhook.manifests import revisions
 from webhook.policy import cel, kinds
 from webhook.policy import render as render_module
 from webhook.policy.cel import Unsupported
-from webhook.manifests import revisions
 from webhook.policy.render import render_policy
 
 
