@@ -4,8 +4,9 @@ In policy mode (``docs/policy.md``) a MutatingAdmissionPolicy injects and a
 ValidatingAdmissionPolicy refuses, each bound by a binding per entry of its
 revision (the webhook's disjoint entries); there is no webhook, Service or
 certificate. This check says whether those objects are there and are what
-``sidecar-injector policy`` renders, with this build, for the config they record: a policy rendered by another version, or edited by
-hand, stores other pods than the webhook would, which the contract rules out.
+``sidecar-injector policy`` renders, with this build, for the config they
+record: a policy rendered by another version, or edited by hand, stores other
+pods than the webhook would, which the contract rules out.
 """
 
 from __future__ import annotations
