@@ -106,12 +106,14 @@ manifests: install $(CERTS_DIR)/tls.crt policy-manifests
 # `sidecar-injector policy` prints for the install's config; committed (it holds
 # no secret), re-rendered here after a config change (tests/process/test_policy_manifests.py
 # fails while the two differ). Written to a temporary file first, so a failed
-# render leaves the committed one as it was.
+# render leaves the committed one as it was. The Helm chart ships the same file
+# for its policy mode (Helm cannot run the generator; docs/upgrade.md).
 .PHONY: policy-manifests
 policy-manifests: install
 	$(BIN)/sidecar-injector policy --config manifests/base/injector-config.yaml \
 		> manifests/policy/policy.yaml.new
 	mv manifests/policy/policy.yaml.new manifests/policy/policy.yaml
+	cp manifests/policy/policy.yaml charts/sidecar-injector/files/policy.yaml
 
 # Only when missing: the CA is the cluster's trust anchor for the webhook, and
 # reissuing it on every run would churn caBundle for no reason.
