@@ -32,7 +32,11 @@ def revisions(control_plane: ControlPlane) -> Iterator[Revisions]:
             for name, config in configs.items():
                 started[name] = ChartRevision(control_plane, name, config=config)
                 started[name].start()
-            yield Revisions(control_plane, started)
+            installed = Revisions(control_plane, started)
+            yield installed
+            # Nothing of them left to inject the session's other pods: the
+            # policy revisions' objects go too (close removes the webhooks).
+            installed.install({})
         finally:
             for revision in started.values():
                 revision.close()

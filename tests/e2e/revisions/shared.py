@@ -20,6 +20,8 @@ from harness.kube.install import PROXY, Object, container_names, init_container_
 from harness.kube.revision_install import ChartRevision
 from webhook.cluster import kube
 from webhook.cluster.reader import Cluster
+from webhook.manifests.config_file import parse_config
+from webhook.policy.render import render_policy
 
 # Long enough for informers on a loaded CI machine, short enough to fail fast.
 EFFECT_TIMEOUT = 60.0
@@ -101,17 +103,40 @@ class Revisions:
     control_plane: ControlPlane
     by_name: dict[str, ChartRevision]
 
-    def install(self, mix: Mapping[str, Sequence[str]]) -> None:
-        """Exactly the revisions of ``mix`` (name -> its tags) installed."""
+    def install(
+        self, mix: Mapping[str, Sequence[str]], modes: Mapping[str, str] | None = None
+    ) -> None:
+        """Exactly the revisions of ``mix`` (name -> its tags) installed, each in its mode
+        (``modes``: name -> ``webhook`` or ``policy``; webhook unless named)."""
+        modes = modes or {}
         for name, revision in self.by_name.items():
-            if name not in mix:
+            mode = modes.get(name, "webhook") if name in mix else None
+            if mode != "webhook":
                 self.control_plane.kubectl(
                     "delete", "mutatingwebhookconfiguration", revision.name, "--ignore-not-found"
                 )
+            if mode != "policy":
+                self._delete_policies(name)
         for name, tags in mix.items():
-            self.control_plane.kubectl(
-                "apply", "-f", "-", input=yaml.safe_dump(self._configuration(name, tags))
-            )
+            if modes.get(name, "webhook") == "policy":
+                self.control_plane.kubectl(
+                    "apply", "--server-side", "--force-conflicts", "--field-manager", "e2e",
+                    "-f", "-", input=yaml.safe_dump_all(self._policies(name, tags)), timeout=120,
+                )  # fmt: skip
+            else:
+                self.control_plane.kubectl(
+                    "apply", "-f", "-", input=yaml.safe_dump(self._configuration(name, tags))
+                )
+
+    def _policies(self, name: str, tags: Sequence[str]) -> list[Object]:
+        """The revision's policy mode, rendered from its config (its proxy version too)."""
+        config = parse_config(self.by_name[name].config_file.read_text(encoding="utf-8"))
+        return render_policy(config, revision=name, tags=tags)
+
+    def _delete_policies(self, name: str) -> None:
+        objects = self._policies(name, ())
+        names = [f"{o['kind'].lower()}/{o['metadata']['name']}" for o in objects]
+        self.control_plane.kubectl("delete", "--ignore-not-found", *names, timeout=120)
 
     def _configuration(self, name: str, tags: Sequence[str]) -> Object:
         (configuration,) = [

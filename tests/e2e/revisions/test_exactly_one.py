@@ -3,12 +3,13 @@
 Every combination of the labels and annotations that decide (the namespace's
 ``sidecar-injection`` and ``sidecar.mesh.io/rev``, the pod's ``rev`` label and
 its ``inject`` label or annotation, and a few skips the pod itself states) is
-created as a server-side dry-run pod under four mixes of the three revisions
-and their tags. The API server evaluates the installs' selectors and
-matchConditions; each pod must come back injected by exactly the revision the
-contract names (or by none), and each revision's process must have answered
-exactly the pods it injected: none was called for a pod it skips, or for one
-another revision injected.
+created as a server-side dry-run pod under mixes of the three revisions and
+their tags, in webhook mode and with some of them in policy mode. The API
+server evaluates the installs' selectors and matchConditions (and the policy
+bindings' selectors and the policies' CEL); each pod must come back injected
+by exactly the revision the contract names (or by none), and each webhook
+revision's process must have answered exactly the pods it injected: none was
+called for a pod it skips, or for one another revision injected.
 """
 
 from __future__ import annotations
@@ -110,7 +111,9 @@ def _wait_until_installed(
     """Until the API server routes a probe pod per revision (and tag) as ``mix`` says."""
     import time
 
-    probes = {value: owner for owner, tags in mix.items() for value in (owner, *tags)}
+    probes: dict[str, str | None] = {
+        value: owner for owner, tags in mix.items() for value in (owner, *tags)
+    }
     probes.update({name: None for name in ("default", "canary", "stable") if name not in mix})
     deadline = time.monotonic() + EFFECT_TIMEOUT
     while True:
@@ -129,14 +132,32 @@ def _wait_until_installed(
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("mix", MIXES, ids=["+".join(m) for m in MIXES])
+# Webhook and policy revisions side by side (name -> mode; the others webhook).
+MODE_MIXES: list[tuple[dict[str, list[str]], dict[str, str]]] = [
+    ({"default": []}, {"default": "policy"}),
+    ({"default": [], "canary": ["prod"]}, {"canary": "policy"}),
+    ({"canary": [], "stable": ["prod"]}, {"canary": "policy"}),
+    ({"default": ["prod"], "canary": [], "stable": []}, {"default": "policy", "stable": "policy"}),
+]
+
+
+def _mode_ids(mix: dict[str, list[str]], modes: dict[str, str]) -> str:
+    return "+".join(f"{name}-{modes.get(name, 'webhook')}" for name in mix)
+
+
+@pytest.mark.parametrize(
+    ("mix", "modes"),
+    [*((m, {}) for m in MIXES), *MODE_MIXES],
+    ids=[*("+".join(m) for m in MIXES), *(_mode_ids(m, modes) for m, modes in MODE_MIXES)],
+)
 def test_exactly_the_revision_the_contract_names_injects_each_pod_and_no_other_is_called(
     control_plane: ControlPlane,
     revisions: Revisions,
     made: dict[str, str],
     mix: dict[str, list[str]],
+    modes: dict[str, str],
 ) -> None:
-    revisions.install(mix)
+    revisions.install(mix, modes)
     cluster = api(control_plane)
     _wait_until_installed(cluster, made, mix)
     wrong: list[str] = []
@@ -152,11 +173,12 @@ def test_exactly_the_revision_the_contract_names_injects_each_pod_and_no_other_i
             got = injected_by(stored)
             if got != want:
                 wrong.append(f"{key}/{name}: injected by {got}, want {want}")
-            if want is not None:
+            if want is not None and modes.get(want, "webhook") == "webhook":
                 wanted[want] += 1
     after = revisions.mutate_calls()
-    # Each revision's process answered exactly the pods it injected: no injector
-    # was called for a pod it skips, nor for a pod another one injected.
+    # Each webhook revision's process answered exactly the pods it injected: no
+    # injector was called for a pod it skips, nor for a pod another one (webhook
+    # or policy) injected; a policy revision's process is never called.
     called = {r: after[r] - before[r] for r in after if after[r] != before[r]}
     assert not wrong, "\n".join(wrong)
     assert called == dict(wanted)
