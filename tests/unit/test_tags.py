@@ -10,9 +10,11 @@ from harness.fake_kube_api import FakeKubeAPI, ObjectStore
 from tests.builders import WEBHOOK_CONFIGURATIONS, webhook_configuration
 from tests.unit.check.support import cluster_of
 from webhook.cluster.reader import Cluster
+from webhook.engine.config import InjectorConfig
 from webhook.manifests.revisions import revision_values
 from webhook.ops.installed import find_installed
 from webhook.ops.tags import TagError, list_tags, remove_tag, set_tag
+from webhook.policy.render import render_policy
 
 
 @pytest.fixture
@@ -172,3 +174,59 @@ def test_an_unreadable_cluster_is_one_line(fake_api: FakeKubeAPI, cluster: Clust
     fake_api.stop()
     with pytest.raises(TagError, match="cannot read the installed revisions"):
         list_tags(cluster)
+
+
+# --- policy mode: the bindings -------------------------------------------------------------
+
+_API = "/apis/admissionregistration.k8s.io/v1"
+
+
+def install_policy(store: ObjectStore, revision: str, *tags: str) -> list[str]:
+    """A revision in policy mode, as ``sidecar-injector policy`` renders it; its bindings' paths."""
+    plurals = {
+        "MutatingAdmissionPolicy": "mutatingadmissionpolicies",
+        "MutatingAdmissionPolicyBinding": "mutatingadmissionpolicybindings",
+        "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+        "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
+    }
+    bindings = []
+    for obj in render_policy(InjectorConfig(), revision=revision, tags=tags):
+        path = f"{_API}/{plurals[obj['kind']]}/{obj['metadata']['name']}"
+        obj["metadata"]["resourceVersion"] = "1"
+        store.objects[path] = obj
+        if obj["kind"].endswith("Binding"):
+            bindings.append(path)
+    return bindings
+
+
+def binding_values(store: ObjectStore, paths: list[str]) -> list[list[str]]:
+    """Each rev In expression's values in the bindings at ``paths``."""
+    found = []
+    for path in paths:
+        resources = store.objects[path]["spec"]["matchResources"]
+        for key in ("namespaceSelector", "objectSelector"):
+            values = revision_values(resources[key])
+            if values is not None:
+                found.append(values)
+    return found
+
+
+def test_a_tag_moves_between_a_webhook_revision_and_a_policy_revision_s_bindings(
+    store: ObjectStore, cluster: Cluster
+) -> None:
+    default = install(store, "default", "prod")
+    canary = install_policy(store, "canary")
+    assert list_tags(cluster).revisions["canary"].mode == "policy"
+    change = set_tag(cluster, "prod", "canary")
+    assert change.previous == ("default",)
+    assert values_of(store, default) == [["default"], ["default"]]
+    # Both kinds' rev-pod and rev-namespace bindings answer to it now, as rendered with it.
+    assert binding_values(store, canary) == 4 * [["canary", "prod"]]
+    tagged = render_policy(InjectorConfig(), revision="canary", tags=["prod"])
+    for path, want in zip(canary, [o for o in tagged if "Binding" in o["kind"]], strict=True):
+        assert store.objects[path]["spec"] == want["spec"]
+    assert list_tags(cluster).tags() == {"prod": ["canary"]}
+    # And back to the webhook revision.
+    set_tag(cluster, "prod", "default")
+    assert binding_values(store, canary) == 4 * [["canary"]]
+    assert values_of(store, default) == [["default", "prod"], ["default", "prod"]]
