@@ -14,6 +14,7 @@ from tests.unit.check.contexts import namespaces
 from webhook.cluster.reader import Cluster
 from webhook.engine import inject
 from webhook.engine.config import InjectorConfig
+from webhook.manifests.config_file import parse_config
 from webhook.manifests.patched import patched
 from webhook.ops.check import Options
 from webhook.ops.check import context as c
@@ -21,6 +22,7 @@ from webhook.ops.check import discover_pods as dp
 from webhook.ops.check import revision_checks as rc
 from webhook.ops.check.discover_revisions import find_revisions
 from webhook.ops.outdated import Report, Workload
+from webhook.policy.render import render_policy
 
 CANARY_CONFIG = "revision: canary\nproxy:\n  version: v1.41.0\n"
 
@@ -95,6 +97,29 @@ def test_the_revisions_step_finds_each_revision_its_tags_and_its_config(
     assert found.serving("prod") == "default"
     assert found.serving(None) == "default"
     assert found.serving("gone") is None
+
+
+def test_a_policy_revision_s_config_is_the_one_its_policy_records_as_that_revision(
+    store: ObjectStore, cluster: Cluster
+) -> None:
+    plurals = {
+        "MutatingAdmissionPolicy": "mutatingadmissionpolicies",
+        "MutatingAdmissionPolicyBinding": "mutatingadmissionpolicybindings",
+        "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+        "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
+    }
+    install(store, "default", "")
+    config = parse_config("proxy:\n  version: v1.41.0\n")
+    for obj in render_policy(config, revision="canary", tags=["prod"]):
+        path = f"/apis/admissionregistration.k8s.io/v1/{plurals[obj['kind']]}"
+        store.objects[f"{path}/{obj['metadata']['name']}"] = obj
+    found = find_revisions(cluster, c.Context())
+    assert found.installed.revisions["canary"].mode == "policy"
+    assert found.installed.revisions["canary"].tags == ["prod"]
+    assert found.configs["canary"].proxy.version == "v1.41.0"
+    assert found.configs["canary"].revision == "canary"
+    assert found.notes == ()
+    assert found.serving("prod") == "canary"
 
 
 def test_a_revision_whose_config_cannot_be_read_or_names_another_revision_is_noted(
