@@ -106,12 +106,14 @@ manifests: install $(CERTS_DIR)/tls.crt policy-manifests
 # `sidecar-injector policy` prints for the install's config; committed (it holds
 # no secret), re-rendered here after a config change (tests/process/test_policy_manifests.py
 # fails while the two differ). Written to a temporary file first, so a failed
-# render leaves the committed one as it was.
+# render leaves the committed one as it was. The Helm chart ships the same file
+# for its policy mode (Helm cannot run the generator; docs/upgrade.md).
 .PHONY: policy-manifests
 policy-manifests: install
 	$(BIN)/sidecar-injector policy --config manifests/base/injector-config.yaml \
 		> manifests/policy/policy.yaml.new
 	mv manifests/policy/policy.yaml.new manifests/policy/policy.yaml
+	cp manifests/policy/policy.yaml charts/sidecar-injector/files/policy.yaml
 
 # Only when missing: the CA is the cluster's trust anchor for the webhook, and
 # reissuing it on every run would churn caBundle for no reason.
@@ -156,6 +158,16 @@ xds-server:
 
 celcost:
 	bash tests/e2e/build_go_tool.sh celcost celcost
+
+# --- Helm (charts/sidecar-injector) ---
+# helm v4, built from its Go module like the binaries above (go install, about
+# three minutes cold) and cached in $SIDECAR_INJECTOR_CACHE/helm-<version>;
+# returns at once when cached. The chart tests and the real node's
+# `helm install` use it; .ci/run calls it before `make test`.
+.PHONY: helm
+
+helm:
+	bash harness/kube/build_helm.sh
 
 # --- A real one-node cluster (harness/kube/node.py, docs/e2e.md) ---
 # kubelet, kube-scheduler and kube-proxy from the same pinned module, cached in

@@ -57,6 +57,8 @@ class Server:
     proc: subprocess.Popen[bytes]
     log_file: Path
     clients: list[httpx.Client] = field(default_factory=list)
+    # The name its certificate is verified for: the Service it stands behind.
+    server_name: str = SERVICE_HOSTNAME
 
     @property
     def url(self) -> str:
@@ -85,7 +87,9 @@ class Server:
 
     def metrics(self) -> dict[str, float]:
         """``/metrics`` samples by ``name{labels}`` over a fresh verified connection."""
-        status, body, _ = https_get(self.port, self.ca_file, "/metrics", timeout=30)
+        status, body, _ = https_get(
+            self.port, self.ca_file, "/metrics", timeout=30, server_hostname=self.server_name
+        )
         assert status == 200, body
         return parse_metrics(body.decode())
 
@@ -184,14 +188,23 @@ class WebhookClient:
         return self.request("GET", path)
 
 
-def wait_ready(port: int, ca_file: Path, proc: subprocess.Popen[bytes], deadline: float) -> None:
+def wait_ready(
+    port: int,
+    ca_file: Path,
+    proc: subprocess.Popen[bytes],
+    deadline: float,
+    *,
+    server_name: str = SERVICE_HOSTNAME,
+) -> None:
     """Poll /readyz until 200; fail early if the process dies, late at the deadline."""
     last = "no answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"serve exited with {proc.returncode} before becoming ready")
         try:
-            status, body, _ = https_get(port, ca_file, "/readyz", timeout=2.0)
+            status, body, _ = https_get(
+                port, ca_file, "/readyz", timeout=2.0, server_hostname=server_name
+            )
         except (OSError, ssl.SSLError) as err:
             last = repr(err)
         else:
@@ -211,11 +224,13 @@ def running_server(
     cert_dir: Path | None = None,
     ready: bool = True,
     env: Mapping[str, str] | None = None,
+    server_name: str = SERVICE_HOSTNAME,
 ) -> Iterator[Server]:
     """Start ``serve`` in ``workdir`` and stop it afterwards (SIGKILL if it will not stop).
 
     ``cert_dir`` defaults to fresh certificates in ``workdir/certs``; with
-    ``ready`` the context waits for ``/readyz`` to answer 200 first.
+    ``ready`` the context waits for ``/readyz`` to answer 200 first, verifying
+    the certificate for ``server_name`` (the Service its certificates name).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     if cert_dir is None:
@@ -232,10 +247,16 @@ def running_server(
     child_env.update(env or {})
     with log_file.open("wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env)
-    server = Server(port, cert_dir / "ca.crt", cert_dir, proc, log_file)
+    server = Server(port, cert_dir / "ca.crt", cert_dir, proc, log_file, server_name=server_name)
     try:
         if ready:
-            wait_ready(port, server.ca_file, proc, time.monotonic() + START_DEADLINE)
+            wait_ready(
+                port,
+                server.ca_file,
+                proc,
+                time.monotonic() + START_DEADLINE,
+                server_name=server_name,
+            )
         yield server
     except BaseException:
         sys.stderr.write(f"--- serve log ---\n{server.log()}\n")

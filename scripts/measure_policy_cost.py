@@ -57,7 +57,8 @@ def costs(
 ) -> dict[str, list[dict[str, Any]]]:
     """Per policy, each expression's cost as one admission pays it (variables lazily)."""
     objects = render_policy(config)
-    mutating, validating = objects[0]["spec"], objects[2]["spec"]
+    (mutating,) = [o["spec"] for o in objects if o["kind"] == "MutatingAdmissionPolicy"]
+    (validating,) = [o["spec"] for o in objects if o["kind"] == "ValidatingAdmissionPolicy"]
     finals = {
         "mutating": [
             {"name": "mutation", "expression": mutating["mutations"][0]["jsonPatch"]["expression"]}

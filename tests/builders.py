@@ -26,6 +26,7 @@ from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine.config import InjectorConfig
 from webhook.engine.settings import ProxySettings, resolve_settings
 from webhook.engine.values import MAX_CIDRS, MAX_PORTS
+from webhook.manifests import revisions
 
 REPO = Path(__file__).resolve().parent.parent
 # The golden inputs and outputs (tests/golden/README.md), shared by the tiers.
@@ -166,6 +167,61 @@ def worst_proxy_settings() -> ProxySettings:
         "exclude-outbound-cidrs": cidrs(1),
         "include-outbound-cidrs": cidrs(2),
     })  # fmt: skip
+
+
+def webhook_configuration(
+    revision: str = constants.DEFAULT_REVISION,
+    tags: Iterable[str] = (),
+    *,
+    excluded: Iterable[str] = constants.DEFAULT_EXCLUDED_NAMESPACES,
+) -> dict[str, Any]:
+    """A revision's MutatingWebhookConfiguration as its install renders it (without caBundle)."""
+    name = revisions.object_name(revision)
+    webhooks = [
+        {
+            "name": revisions.webhook_name(entry.entry, revision),
+            "admissionReviewVersions": ["v1", "v1beta1"],
+            "clientConfig": {
+                "service": {
+                    "name": name,
+                    "namespace": constants.SERVICE_NAMESPACE,
+                    "path": "/mutate",
+                    "port": 443,
+                }
+            },
+            "rules": [
+                {
+                    "operations": ["CREATE"],
+                    "apiGroups": [""],
+                    "apiVersions": ["v1"],
+                    "resources": ["pods"],
+                    "scope": "Namespaced",
+                }
+            ],
+            "namespaceSelector": dict(entry.namespace_selector),
+            "objectSelector": dict(entry.object_selector),
+            "matchConditions": entry.conditions,
+            "failurePolicy": "Fail",
+            "matchPolicy": "Equivalent",
+            "sideEffects": "NoneOnDryRun",
+            "timeoutSeconds": 5,
+            "reinvocationPolicy": "Never",
+        }
+        for entry in revisions.entries(revision, list(tags), list(excluded))
+    ]
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {
+            "name": name,
+            "labels": {constants.REVISION_LABEL: revision},
+            "resourceVersion": "1",
+        },
+        "webhooks": webhooks,
+    }
+
+
+WEBHOOK_CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 # The namespaces file most service tests serve: ``demo``, opted in.

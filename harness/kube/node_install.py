@@ -48,6 +48,7 @@ from harness.kube.install import (
 )
 from harness.kube.node import Node, NodeError
 from harness.tls_client import connect, peer_fingerprint
+from webhook.contract.constants import STATUS_ANNOTATION
 from webhook.engine.bootstrap import INBOUND_STATS, OUTBOUND_PASSTHROUGH, OUTBOUND_STATS
 
 Object = dict[str, Any]
@@ -392,6 +393,7 @@ class Outcome:
     ok: bool
     injected: bool = False
     error: str = ""
+    revision: str | None = None  # the revision its status annotation records
 
 
 @dataclass
@@ -458,7 +460,12 @@ class PodStream:
                 outcome = Outcome(name, started, time.monotonic(), ok=False, error=repr(error))
             else:
                 outcome = Outcome(
-                    name, started, time.monotonic(), ok=True, injected=is_injected(pod)
+                    name,
+                    started,
+                    time.monotonic(),
+                    ok=True,
+                    injected=is_injected(pod),
+                    revision=recorded_revision(pod),
                 )
             with self._lock:
                 self.outcomes.append(outcome)
@@ -475,6 +482,15 @@ class PodStream:
             worker.join(timeout=60)
         with self._lock:
             return list(self.outcomes)
+
+
+def recorded_revision(pod: Object) -> str | None:
+    """The revision the pod's status annotation records (``default`` when it names none)."""
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(STATUS_ANNOTATION)
+    if raw is None:
+        return None
+    found = json.loads(raw).get("revision", "default")
+    return str(found)
 
 
 def _api_error(error: Any) -> str:

@@ -40,6 +40,7 @@ from webhook.engine import InjectionRefused, inject
 from webhook.engine.config import InjectorConfig
 from webhook.manifests.config_file import load_config
 from webhook.manifests.patched import patched
+from webhook.manifests.revisions import DEFAULT_REVISION, NAME, entries, sees
 from webhook.policy.render import render_policy
 
 Object = dict[str, Any]
@@ -117,17 +118,24 @@ def by_simulated_webhook(
     config: InjectorConfig,
     *,
     stored_in: str,
+    revision: str = DEFAULT_REVISION,
 ) -> Outcome:
     """What the webhook makes of ``pod`` in ``namespace``, stored by the API server.
 
     The pod is shown to the engine as the API server would show it to a
     webhook (``presented``); the patched pod is then dry-run created in
     ``stored_in``, a namespace with the same labels and annotations (so
-    PodSecurity judges it there) that no policy or webhook mutates.
+    PodSecurity judges it there) that no policy or webhook mutates. A pod
+    that ``revision``'s webhooks do not select (their selectors and
+    matchConditions, ``webhook.manifests.revisions``) never reaches it: a
+    ``rev`` label that picks another revision, say.
     """
     seen = presented(api, plain_namespace, pod)
     if isinstance(seen, Outcome):
         return seen
+    hooks = entries(revision, (), config.excluded_namespaces)
+    if not any(sees(hook, pod, dict(namespace.labels)) for hook in hooks):
+        return _stored(*api.dry_run_pod(stored_in, pod))
     try:
         result = inject(seen, namespace=namespace, config=config)
     except InjectionRefused as err:
@@ -263,6 +271,20 @@ def with_images(pod: Object) -> Object:
     return pod
 
 
+def _renamed(objects: list[Object], suffix: str | None) -> list[Object]:
+    """The policies and bindings under names with ``suffix`` (the policy's name first)."""
+    if suffix is None:
+        return objects
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        obj["metadata"]["name"] = (
+            f"{name}-{suffix}" if name == NAME else name.replace(NAME, f"{NAME}-{suffix}", 1)
+        )
+        if "policyName" in obj["spec"]:
+            obj["spec"]["policyName"] = f"{NAME}-{suffix}"
+    return objects
+
+
 class Modes:
     """The policy for one config, bound where ``MODE_LABEL`` is ``self.mode``; the engine's
     answers for the same config beside it. ``for_config`` gives (and installs, once)
@@ -283,7 +305,11 @@ class Modes:
         self.namespaces = shared.namespaces if shared else Namespaces(self.api, control_plane)
         self._others: dict[InjectorConfig, Modes] = {}
         self._root = shared
-        self.objects = render_policy(config, revision=revision)
+        # Every config is installed as the default revision (so its bindings
+        # select what the default revision's do, and its pods record no
+        # revision, as the simulated webhook's), each under names of its own.
+        self.revision = DEFAULT_REVISION
+        self.objects = _renamed(render_policy(config), revision)
         for obj in self.objects:
             if obj["kind"].endswith("Binding"):
                 selector = obj["spec"]["matchResources"]["namespaceSelector"]
@@ -360,8 +386,9 @@ class Modes:
         info = self.namespace_info(self.namespace(case, mode=self.mode))
         stored_in = case.namespace or self.namespace(case, mode="sim")
         return by_simulated_webhook(
-            self.api, self.plain, info, case.pod, self.config, stored_in=stored_in
-        )
+            self.api, self.plain, info, case.pod, self.config, stored_in=stored_in,
+            revision=self.revision,
+        )  # fmt: skip
 
     def by_webhook(self, case: Case) -> Outcome:
         """Through the installed webhook (``webhook_namespaces`` must have made it see them)."""

@@ -51,6 +51,7 @@ from harness.kube.node_install import (
     summarize,
 )
 from harness.server import CLI
+from tests.e2e.node_canary import canary_walk
 from webhook.contract.constants import STATUS_ANNOTATION
 from webhook.pki import certs
 
@@ -93,6 +94,19 @@ def install(node: Node) -> Iterator[NodeInstall]:
 def _namespace(node: Node, name: str, **labels: str) -> str:
     node.control_plane.create_namespace(name, labels=labels)
     return name
+
+
+# --- the Helm chart (first: manifests/ is installed by the tests after these) ----------
+
+
+# Two helm installs and an uninstall with --wait, three rollouts and two checks
+# on one node: well past the suite's per-test timeout, and the node's start is
+# counted against the module's first test.
+@pytest.mark.timeout(1800)
+def test_helm_canary_upgrade_under_continuous_pod_creation(node: Node) -> None:
+    """docs/upgrade.md's walk: default and canary as Helm releases, moved by label and by
+    tag, restarted, checked, default uninstalled; every pod created meanwhile injected."""
+    canary_walk(node)
 
 
 # --- the install itself ---------------------------------------------------------------

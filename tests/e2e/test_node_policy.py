@@ -12,15 +12,28 @@ asserts it, on Envoy's own counters).
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from harness.kube.helm_release import CHART, HelmRelease, remove_everything
+from harness.kube.images import product_tags
 from harness.kube.install import NAMESPACE
 from harness.kube.node import Node
-from harness.kube.node_install import delete_namespace, serves_through_both_proxies
+from harness.kube.node_install import (
+    SLEEPER,
+    apply,
+    delete_namespace,
+    deployment_manifest,
+    pod_manifest,
+    recorded_revision,
+    serves_through_both_proxies,
+    wait_ready,
+)
+from harness.server import CLI
 from tests.e2e.test_node import node
 
 pytestmark = [pytest.mark.node]
@@ -28,6 +41,86 @@ __all__ = ["node"]  # the fixture
 
 POLICY = Path(__file__).resolve().parents[2] / "manifests" / "policy"
 NATIVE = "sidecar.mesh.io/native-sidecar"
+REV = "sidecar.mesh.io/rev"
+ENABLED = {"sidecar-injection": "enabled"}
+CANARY_PROXY = "v1.41.0"
+
+
+# --- the Helm chart in policy mode (first: before manifests/policy is applied) ----------
+
+
+def _served_by(node: Node, namespace: str) -> str | None:
+    """The revision whose sidecar a dry-run pod in ``namespace`` comes back with."""
+    done = node.kubectl(
+        "-n", namespace, "create", "--dry-run=server", "-o", "json", "-f", "-",
+        input=json.dumps(pod_manifest("probe", command=["true"])), check=False,
+    )  # fmt: skip
+    return recorded_revision(json.loads(done.stdout)) if done.returncode == 0 else None
+
+
+@pytest.mark.timeout(1500)  # the node starts within it; two releases, two rollouts
+def test_helm_installs_policy_mode_revisions_that_mesh_running_pods(
+    node: Node, tmp_path: Path
+) -> None:
+    """``helm install`` with mode=policy: the default revision from the chart's shipped
+    policies, a canary with a newer proxy version from policies rendered for it
+    (``--set-file policy=``); a Deployment meshed by each, running; no webhook at all."""
+    canary_values = {"config": {"proxy": {"version": CANARY_PROXY}}}
+    config = tmp_path / "config.yaml"
+    canary_image = f"{product_tags()['envoy'].rsplit(':', 1)[0]}:{CANARY_PROXY}"
+    node.ctr("images", "tag", "--force", product_tags()["envoy"], canary_image)
+    default = HelmRelease(node, "default", {"mode": "policy"})
+    canary = HelmRelease(node, "canary", {"mode": "policy", **canary_values})
+    # The release's config, as the chart would give the injector, rendered to policies.
+    (config_map,) = [
+        o
+        for o in yaml.safe_load_all(canary.helm_run("template", canary.name, str(CHART),
+            "--namespace", NAMESPACE, "--set", "revision=canary",
+            "--set", f"config.proxy.version={CANARY_PROXY}"))
+        if o and o["kind"] == "ConfigMap"
+    ]  # fmt: skip
+    config.write_text(config_map["data"]["config.yaml"], encoding="utf-8")
+    policy = subprocess.run(
+        [CLI, "policy", "--config", str(config), "--revision", "canary"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    canary.values["policy"] = policy
+    namespaces = {"helm-policy-default": ENABLED, "helm-policy-canary": {REV: "canary"}}
+    try:
+        default.install()
+        canary.install()
+        for namespace, labels in namespaces.items():
+            node.control_plane.create_namespace(namespace, labels=labels)
+        for namespace, revision in zip(namespaces, ("default", "canary"), strict=True):
+            node.wait_for(
+                lambda n=namespace, r=revision: _served_by(node, n) == r,  # type: ignore[misc]
+                what=f"revision {revision}'s policies injecting in {namespace}",
+                timeout=120,
+            )
+        kinds = {o["kind"] for o in default.objects("mutatingadmissionpolicybindings")}
+        assert kinds == {"MutatingAdmissionPolicyBinding"}
+        webhooks = node.kubectl("get", "mutatingwebhookconfigurations", "-o", "name").stdout
+        assert "sidecar-injector" not in webhooks
+        for namespace, image in zip(
+            namespaces, (product_tags()["envoy"], canary_image), strict=True
+        ):
+            apply(node, namespace, deployment_manifest("web", replicas=1, command=SLEEPER))
+            (pod,) = wait_ready(node, namespace, "app=web", 1, timeout=240)
+            proxies = [
+                c["image"]
+                for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
+                if c["name"] == "mesh-proxy"
+            ]
+            assert proxies == [image], pod["spec"]
+    finally:
+        for namespace in namespaces:
+            delete_namespace(node, namespace)
+        remove_everything(node, [canary, default])
+        node.ctr("images", "rm", canary_image, check=False)
+    assert node.kubectl("get", "mutatingadmissionpolicy", "-o", "name").stdout.strip() == ""
+
+
+# --- manifests/policy --------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +153,7 @@ def policy_mode(node: Node) -> Iterator[None]:
 
 def test_nothing_of_the_webhook_install_is_there(node: Node, policy_mode: None) -> None:
     rendered = yaml.safe_load_all(node.kubectl("kustomize", str(POLICY)).stdout)
-    kinds = sorted(obj["kind"] for obj in rendered if obj)
+    kinds = sorted({obj["kind"] for obj in rendered if obj})
     assert kinds == [
         "MutatingAdmissionPolicy",
         "MutatingAdmissionPolicyBinding",

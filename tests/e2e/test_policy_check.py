@@ -138,7 +138,7 @@ def test_check_fails_on_a_policy_edited_by_hand(
     control_plane: ControlPlane, policy_install: str
 ) -> None:
     control_plane.kubectl(
-        "patch", "validatingadmissionpolicybinding", "sidecar-injector", "--type=json",
+        "patch", "validatingadmissionpolicybinding", "sidecar-injector-namespace", "--type=json",
         "-p", json.dumps([{"op": "replace", "path": "/spec/validationActions", "value": ["Warn"]}]),
     )  # fmt: skip
     try:
@@ -149,7 +149,9 @@ def test_check_fails_on_a_policy_edited_by_hand(
         assert found.returncode != 0
     finally:
         # Applying again would merge the lists (the patch's manager owns "Warn").
-        control_plane.kubectl("delete", "validatingadmissionpolicybinding", "sidecar-injector")
+        control_plane.kubectl(
+            "delete", "validatingadmissionpolicybinding", "sidecar-injector-namespace"
+        )
         apply(control_plane, list(yaml.safe_load_all(POLICY_YAML.read_text(encoding="utf-8"))))
 
 

@@ -33,6 +33,7 @@ from tests.process.manifest_objects import kustomize as _kustomize
 from tests.process.manifest_objects import one as _one
 from tests.process.manifest_objects import selects as _selects
 from webhook import __version__
+from webhook.manifests import revisions
 from webhook.manifests.config_file import load_config, parse_config
 
 OVERLAY = MANIFESTS / "cert-manager"
@@ -45,6 +46,7 @@ VENV_BIN = Path(sys.executable).parent
 # 1.27/1.31) and the newest schema kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.33", kubernetes_validate.utils.latest_version())
 EXCLUDED = {"kube-system", "kube-public", "kube-node-lease", "mesh-system"}
+_EXCLUDED_ORDER = ["kube-system", "kube-public", "kube-node-lease", "mesh-system"]
 BUILT_IN_GROUPS = (
     "v1",
     "apps/",
@@ -387,10 +389,31 @@ def test_the_disruption_budget_keeps_one_replica_of_the_injector(base: list[Obje
 # --- the webhooks --------------------------------------------------------------------
 
 
-def test_there_are_two_webhooks_with_fully_qualified_names(base: list[Object]) -> None:
+def test_there_are_four_webhooks_with_fully_qualified_names(base: list[Object]) -> None:
     names = set(_webhooks(base))
-    assert names == {"namespace.sidecar.mesh.io", "object.sidecar.mesh.io"}
+    assert names == {
+        "namespace.sidecar.mesh.io",
+        "object.sidecar.mesh.io",
+        "rev-pod.sidecar.mesh.io",
+        "rev-namespace.sidecar.mesh.io",
+    }
     assert all(len(name.split(".")) >= 3 for name in names)
+
+
+def test_the_webhooks_are_the_default_revisions_disjoint_entries(base: list[Object]) -> None:
+    """The selectors and matchConditions are what webhook.manifests.revisions makes of them,
+    which the Helm chart renders too and whose disjointness tests/unit proves."""
+    config = _one(base, "MutatingWebhookConfiguration")
+    assert config["metadata"]["labels"]["sidecar.mesh.io/rev"] == "default"
+    wanted = revisions.entries("default", [], sorted(EXCLUDED, key=_EXCLUDED_ORDER.index))
+    hooks = config["webhooks"]
+    assert [hook["name"] for hook in hooks] == [
+        revisions.webhook_name(entry.entry, "default") for entry in wanted
+    ]
+    for hook, entry in zip(hooks, wanted, strict=True):
+        assert hook["namespaceSelector"] == entry.namespace_selector, hook["name"]
+        assert hook["objectSelector"] == entry.object_selector, hook["name"]
+        assert hook["matchConditions"] == entry.conditions, hook["name"]
 
 
 def test_both_webhooks_only_match_pod_creation(base: list[Object]) -> None:
@@ -434,30 +457,51 @@ def test_the_namespace_webhook_lets_pods_that_opt_out_skip_the_call(base: list[O
     assert _selects(hook["objectSelector"], {"sidecar.mesh.io/inject": "true"})
 
 
-def _namespace_cases() -> Iterator[tuple[str | None, str | None, str | None]]:
-    """(namespace sidecar-injection label, pod inject label, webhook expected to be called)."""
+def _namespace_cases() -> Iterator[tuple[str | None, str | None, str | None, str | None]]:
+    """(namespace sidecar-injection label, pod inject label, pod inject annotation,
+    webhook expected to be called)."""
     for pod in (None, "true", "false"):
-        yield None, pod, ("object.sidecar.mesh.io" if pod == "true" else None)
-        yield "enabled", pod, (None if pod == "false" else "namespace.sidecar.mesh.io")
-        yield "disabled", pod, None
-        # Any other value is no opinion: only the pod's own opt-in counts (contract step 7).
-        yield "maybe", pod, ("object.sidecar.mesh.io" if pod == "true" else None)
+        for annotation in (None, "true", "false"):
+            # The label wins when it says true or false (contract step 7).
+            choice = pod if pod is not None else annotation
+            yield None, pod, annotation, ("object.sidecar.mesh.io" if choice == "true" else None)
+            yield (
+                "enabled",
+                pod,
+                annotation,
+                None if choice == "false" else "namespace.sidecar.mesh.io",
+            )
+            yield "disabled", pod, annotation, None
+            # Any other value is no opinion: only the pod's own opt-in counts.
+            yield "maybe", pod, annotation, ("object.sidecar.mesh.io" if choice == "true" else None)
 
 
-@pytest.mark.parametrize(("namespace_label", "pod_label", "expected"), list(_namespace_cases()))
+@pytest.mark.parametrize(
+    ("namespace_label", "pod_label", "pod_annotation", "expected"), list(_namespace_cases())
+)
 def test_exactly_the_webhook_the_contract_needs_is_called_for_each_opt_in_combination(
-    base: list[Object], namespace_label: str | None, pod_label: str | None, expected: str | None
+    base: list[Object],
+    namespace_label: str | None,
+    pod_label: str | None,
+    pod_annotation: str | None,
+    expected: str | None,
 ) -> None:
     namespace = {"kubernetes.io/metadata.name": "demo"}
     if namespace_label is not None:
         namespace["sidecar-injection"] = namespace_label
-    pod = {"app": "web"}
+    labels = {"app": "web"}
     if pod_label is not None:
-        pod["sidecar.mesh.io/inject"] = pod_label
+        labels["sidecar.mesh.io/inject"] = pod_label
+    annotations = {} if pod_annotation is None else {"sidecar.mesh.io/inject": pod_annotation}
+    pod = {"metadata": {"labels": labels, "annotations": annotations}, "spec": {}}
+    # The selectors as the API server evaluates them; the matchConditions by
+    # their Python twins (the test above holds the webhooks' CEL to them).
     called = [
         name
         for name, hook in _webhooks(base).items()
-        if _selects(hook["namespaceSelector"], namespace) and _selects(hook["objectSelector"], pod)
+        if _selects(hook["namespaceSelector"], namespace)
+        and _selects(hook["objectSelector"], labels)
+        and revisions.pod_conditions_hold(pod, name.split(".")[0])
     ]
     assert called == ([expected] if expected else [])
 

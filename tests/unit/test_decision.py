@@ -31,6 +31,7 @@ OPT_OUT = {"sidecar.mesh.io/inject": "false"}
 INVALID = {"sidecar.mesh.io/inject": "no"}
 MIRROR = {"kubernetes.io/config.mirror": "x"}
 WINDOWS = {"os": {"name": "windows"}}
+REV = {"sidecar.mesh.io/rev": "canary"}
 
 
 def status(containers: list[str], init: list[str], **extra: Any) -> dict[str, str]:
@@ -107,6 +108,25 @@ TABLE: list[
     ("demo", ENABLED, OPT_IN, MIRROR, {"hostNetwork": True}, "host-network", False),  # 2 first
     ("demo", ENABLED, {}, {}, {"hostNetwork": True, **WINDOWS}, "host-network", False),
     ("demo", ENABLED, {}, {}, {"hostNetwork": False}, "namespace-enabled", True),
+    # Step 8: a rev label opts in and picks the revision, the pod's over the
+    # namespace's, both over sidecar-injection=enabled; everything before
+    # step 8 (disabled, the opt-outs, exclusions) still wins.
+    ("demo", {}, REV, {}, {}, "pod-revision", True),
+    ("demo", REV, {}, {}, {}, "namespace-revision", True),
+    ("demo", {**ENABLED, **REV}, {}, {}, {}, "namespace-revision", True),
+    ("demo", ENABLED, REV, {}, {}, "pod-revision", True),
+    ("demo", REV, {"sidecar.mesh.io/rev": "default"}, {}, {}, "pod-revision", True),
+    ("demo", {}, {"sidecar.mesh.io/rev": ""}, {}, {}, "pod-revision", True),  # present, if empty
+    ("demo", {**DISABLED, **REV}, {}, {}, {}, "namespace-disabled", False),
+    ("demo", DISABLED, REV, {}, {}, "namespace-disabled", False),
+    ("demo", REV, OPT_OUT, {}, {}, "pod-opted-out", False),
+    ("demo", REV, {}, OPT_OUT, {}, "pod-opted-out", False),
+    ("demo", {}, {**REV, **OPT_OUT}, {}, {}, "pod-opted-out", False),
+    ("demo", REV, OPT_IN, {}, {}, "pod-opted-in", True),
+    ("demo", REV, {}, {}, {"hostNetwork": True}, "host-network", False),
+    ("kube-system", REV, REV, {}, {}, "excluded-namespace", False),
+    ("demo", REV, {}, STATUS, INJECTED, "already-injected", False),
+    ("demo", {}, REV, {"sidecar.mesh.io/status": "{}"}, INJECTED, "already-injected", False),
 ]  # fmt: skip
 
 
@@ -132,7 +152,12 @@ def test_decision_matrix(
     assert decision.reason
     # Admission gives a label-free skip without reading a namespace it has not
     # cached: no labels may turn it into an injection, nor one into it.
-    assert code in LABEL_FREE_SKIPS | LABEL_SKIPS | {"namespace-enabled", "pod-opted-in"}
+    assert code in LABEL_FREE_SKIPS | LABEL_SKIPS | {
+        "namespace-enabled",
+        "pod-opted-in",
+        "pod-revision",
+        "namespace-revision",
+    }
     for other in ({}, ENABLED, DISABLED, {"sidecar-injection": "yes"}):
         relabelled = decide(
             {"labels": labels, "annotations": annotations},
@@ -236,6 +261,8 @@ def test_reasons_say_why() -> None:
     long_value = reason({"sidecar.mesh.io/inject": "n" * 5000}, OPT_OUT, {})
     assert len(long_value) < 200
     assert "containers it lists" in reason({}, STATUS, INJECTED)
+    assert reason(REV, {}, {}) == "pod label sidecar.mesh.io/rev=canary picks an injector revision"
+    assert len(reason({"sidecar.mesh.io/rev": "r" * 5000}, {}, {})) <= 120
 
 
 def test_the_excluded_namespaces_come_from_the_config() -> None:

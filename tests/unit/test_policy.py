@@ -13,6 +13,7 @@ from webhook.engine import expr
 from webhook.engine.bootstrap import bootstrap_expr, render_bootstrap_for
 from webhook.engine.config import InjectorConfig
 from webhook.engine.settings import KINDS, SETTING_NAMES
+from webhook.manifests import revisions
 from webhook.policy import cel, kinds
 from webhook.policy import render as render_module
 from webhook.policy.cel import Unsupported
@@ -61,20 +62,52 @@ def test_a_value_computed_in_python_only_makes_policy_refuse_naming_the_key(
         render_policy(InjectorConfig())
 
 
-def test_the_policy_renders_four_objects_whose_expressions_fit_the_cel_parser() -> None:
-    objects = render_policy(InjectorConfig(), revision="canary")
-    assert [o["kind"] for o in objects] == [
-        "MutatingAdmissionPolicy",
-        "MutatingAdmissionPolicyBinding",
-        "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding",
+def test_the_policy_renders_its_policies_each_with_a_binding_per_entry_of_the_revision() -> None:
+    objects = render_policy(InjectorConfig(), revision="canary", tags=["prod"])
+    entries = ["rev-pod", "rev-namespace"]
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("MutatingAdmissionPolicy", "sidecar-injector-canary"),
+        *(("MutatingAdmissionPolicyBinding", f"sidecar-injector-canary-{e}") for e in entries),
+        ("ValidatingAdmissionPolicy", "sidecar-injector-canary"),
+        *(("ValidatingAdmissionPolicyBinding", f"sidecar-injector-canary-{e}") for e in entries),
     ]
-    assert {o["metadata"]["name"] for o in objects} == {"sidecar-injector-canary"}
     assert {o["metadata"]["labels"]["sidecar.mesh.io/rev"] for o in objects} == {"canary"}
-    assert {o["spec"]["policyName"] for o in objects[1::2]} == {"sidecar-injector-canary"}
+    bindings = [o for o in objects if o["kind"].endswith("Binding")]
+    assert {o["spec"]["policyName"] for o in bindings} == {"sidecar-injector-canary"}
+    # The same disjoint selection as the revision's webhooks, tags included.
+    webhook_entries = revisions.entries("canary", ["prod"], InjectorConfig().excluded_namespaces)
+    for binding, entry in zip(bindings, webhook_entries * 2, strict=True):
+        assert binding["spec"]["matchResources"] == {
+            "namespaceSelector": entry.namespace_selector,
+            "objectSelector": entry.object_selector,
+        }
     default = render_policy(InjectorConfig())
-    assert {o["metadata"]["name"] for o in default} == {"sidecar-injector"}
+    assert [o["metadata"]["name"] for o in default if o["kind"].startswith("Mutating")] == [
+        "sidecar-injector",
+        "sidecar-injector-namespace",
+        "sidecar-injector-object",
+        "sidecar-injector-rev-pod",
+        "sidecar-injector-rev-namespace",
+    ]
     assert {o["metadata"]["labels"]["sidecar.mesh.io/rev"] for o in default} == {"default"}
+
+
+def test_the_revision_is_the_config_s_unless_named_and_the_status_records_it() -> None:
+    def status(objects: list[dict[str, Any]]) -> str:
+        variables = objects[0]["spec"]["variables"]
+        return str(next(v["expression"] for v in variables if v["name"] == "status"))
+
+    named = render_policy(InjectorConfig(), revision="canary")
+    assert named == render_policy(InjectorConfig(revision="canary"))
+    assert '\\"revision\\":\\"canary\\"' in status(named)
+    # The default revision's pods carry the annotation they carried before revisions.
+    assert "revision" not in status(render_policy(InjectorConfig()))
+
+
+@pytest.mark.parametrize("tag", ["default", "Not_A_Tag"])
+def test_a_tag_that_is_no_tag_name_is_refused(tag: str) -> None:
+    with pytest.raises(Unsupported, match="is not a tag name"):
+        render_policy(InjectorConfig(), revision="canary", tags=[tag])
 
 
 def test_cel_string_literals_escape_what_cel_would_read_otherwise() -> None:
@@ -153,7 +186,9 @@ def test_every_expression_is_within_the_cel_parsers_size_and_nesting_limits(
 ) -> None:
     # cel-go's parser (the API server's) refuses an expression over 100,000 code
     # points, or nested deeper than 250 levels; the policy keeps well inside both.
-    for policy in render_policy(config)[0::2]:
+    for policy in render_policy(config):
+        if policy["kind"].endswith("Binding"):
+            continue
         spec = policy["spec"]
         expressions = [v["expression"] for v in spec["variables"]]
         expressions += [c["expression"] for c in spec.get("matchConditions", [])]

@@ -188,7 +188,11 @@ def test_a_request_above_its_limit_blames_the_value_set_closest_to_the_pod() -> 
 
 
 def test_unknown_keys_under_the_prefix_are_warnings_not_refusals() -> None:
-    settings = resolve({P + "proxy-cpu": "1"}, pod={P + "inject": "true", P + "status": "{}"})
+    # inject, status and rev are ours without being settings: no warning for them.
+    settings = resolve(
+        {P + "proxy-cpu": "1", P + "rev": "canary"},
+        pod={P + "inject": "true", P + "status": "{}", P + "rev": "canary"},
+    )
     assert settings.warnings == (
         "namespace label sidecar.mesh.io/proxy-cpu is not a known setting and is ignored",
     )

@@ -250,7 +250,7 @@ def test_a_refusal_names_the_key_where_it_was_set_and_the_value(
     assert "sidecar.mesh.io/proxy-cpu-request" in answer["settingsNote"]
 
 
-def test_an_opt_in_the_webhooks_selectors_cannot_see_is_not_injected(
+def test_an_opt_in_by_annotation_alone_reaches_the_object_webhook_by_its_match_conditions(
     api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     install(api)
@@ -260,27 +260,41 @@ def test_an_opt_in_the_webhooks_selectors_cannot_see_is_not_injected(
     )
     _code, out, _ = run(capsys, "deploy/web", "--kubeconfig", str(kubeconfig), "-o", "json")
     answer = json.loads(out)
+    assert answer["injected"] is True
+    assert answer["webhook"]["calledBy"] == ["object.sidecar.mesh.io"]
+    assert answer["webhook"]["matchConditions"] == 0  # the install's own: evaluated
+    # Without the opt-in, the object webhook's selectors still match, but its
+    # matchConditions keep the API server from calling it.
+    api.objects["/apis/apps/v1/namespaces/shop/deployments/web"] = deployment()
+    _, out, _ = run(capsys, "deploy/web", "--kubeconfig", str(kubeconfig), "-o", "json")
+    answer = json.loads(out)
+    assert answer["injected"] is False
+    assert answer["code"] == "not-enabled"
+    assert answer["webhook"]["calledBy"] == []
+    assert (
+        "object.sidecar.mesh.io's matchConditions leave the pod out (what it says itself)"
+        in answer["webhook"]["leftOut"]
+    )
+
+
+def test_a_rev_label_no_installed_revision_answers_to_reaches_no_webhook(
+    api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install(api)
+    namespace(api, labels={"sidecar-injection": "enabled", "sidecar.mesh.io/rev": "gone"})
+    api.objects["/apis/apps/v1/namespaces/shop/deployments/web"] = deployment()
+    _code, out, _ = run(capsys, "deploy/web", "--kubeconfig", str(kubeconfig), "-o", "json")
+    answer = json.loads(out)
     assert answer["injected"] is False
     assert answer["code"] == "not-selected"
     assert answer["webhook"]["calledBy"] == []
-    assert answer["webhook"]["leftOut"] == [
-        "namespace.sidecar.mesh.io's namespaceSelector does not match the namespace's labels",
-        "object.sidecar.mesh.io's objectSelector does not match the pod's labels",
-    ]
-    # With the label the object webhook is called.
-    api.objects["/apis/apps/v1/namespaces/shop/deployments/web"] = deployment(
-        labels={"sidecar.mesh.io/inject": "true"}
-    )
-    _, out, _ = run(capsys, "deploy/web", "--kubeconfig", str(kubeconfig), "-o", "json")
-    assert json.loads(out)["webhook"]["calledBy"] == ["object.sidecar.mesh.io"]
-    assert json.loads(out)["injected"] is True
 
 
 def test_a_running_injected_pod_is_explained_as_it_was_created_with_its_revision(
     api: ObjectStore, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     install(api)
-    namespace(api, labels={"sidecar-injection": "enabled", "sidecar.mesh.io/rev": "canary"})
+    namespace(api, labels={"sidecar-injection": "enabled", "sidecar.mesh.io/rev": "default"})
     running = pod("web-7d9f-aaaaa", injected_with=ENABLED)
     status = json.loads(running["metadata"]["annotations"]["sidecar.mesh.io/status"])
     running["metadata"]["annotations"]["sidecar.mesh.io/status"] = json.dumps(
@@ -292,9 +306,10 @@ def test_a_running_injected_pod_is_explained_as_it_was_created_with_its_revision
     code, out, _ = run(capsys, "po/web-7d9f-aaaaa", "--kubeconfig", str(kubeconfig))
 
     assert code == 0
-    assert "injected now: yes: namespace shop is labelled sidecar-injection=enabled" in out
+    # The namespace's rev label picks the revision (and wins over sidecar-injection=enabled).
+    assert "injected now: yes: namespace shop is labelled sidecar.mesh.io/rev=default" in out
     assert (
-        "revision: canary (namespace label sidecar.mesh.io/rev); its running pods record canary"
+        "revision: default (namespace label sidecar.mesh.io/rev); its running pods record canary"
         in out
     )
     assert "pods: 1 examined: 1 with the sidecar" in out

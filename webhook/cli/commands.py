@@ -1,4 +1,4 @@
-"""The ``sidecar-injector`` command: inject, uninject, serve, certs, check and why.
+"""The ``sidecar-injector`` command: inject, uninject, serve, certs, check, why and tag.
 
 Errors are one line on stderr and a non-zero exit, never a traceback; output
 is produced in full before anything is written, so a failure leaves stdout
@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from webhook import __version__
+from webhook.cli import certs, tag
 from webhook.contract import constants
 from webhook.engine import InjectionRefused, NamespaceLike
 from webhook.engine.values import (
     NAMESPACE_NAME_RULE,
+    REVISION_NAME_RULE,
     escape_controls,
     is_namespace_name,
+    is_revision_name,
     shorten,
 )
 from webhook.manifests.config_file import ConfigError, load_config
@@ -139,6 +142,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, metavar="FILE", help="injector config (YAML)")
     serve.add_argument(
+        "--revision",
+        type=_revision,
+        metavar="NAME",
+        help="the injector revision served, recorded on every pod it injects (default: the "
+        "config's revision, else default)",
+    )
+    serve.add_argument(
         "--namespaces-file",
         type=Path,
         metavar="FILE",
@@ -179,24 +189,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
-    certs = commands.add_parser("certs", help="make a CA and a serving certificate")
-    certs.add_argument("--out", type=Path, default=Path("certs"), metavar="DIR")
-    certs.add_argument(
-        "--service",
-        help=f"Service name (default {constants.SERVICE_NAME}; with --renew, the current one)",
-    )
-    certs.add_argument(
-        "--namespace",
-        help=f"its namespace (default {constants.SERVICE_NAMESPACE}; with --renew, the"
-        " current one)",
-    )
-    certs.add_argument("--days", type=_days, default=365, help="validity (1 to 36500, default 365)")
-    certs.add_argument(
-        "--renew",
-        action="store_true",
-        help="reissue only the serving certificate under the existing CA in --out (caBundle "
-        "stays valid); refuse when there is no CA to reuse",
-    )
+    certs.add_parser(commands, timeout=_timeout)
 
     _add_policy_parser(commands)
 
@@ -244,11 +237,18 @@ def _build_parser() -> argparse.ArgumentParser:
         " after four times this",
     )
     check.add_argument(
+        "--revision",
+        type=_revision,
+        default=constants.DEFAULT_REVISION,
+        metavar="NAME",
+        help="the revision whose install to check (default: default); the revision checks "
+        "look at every revision",
+    )
+    check.add_argument(
         "--webhook-configuration",
-        default="sidecar-injector",
         metavar="NAME",
         help="the MutatingWebhookConfiguration to check, or in policy mode the admission"
-        " policies and bindings of that name (default sidecar-injector)",
+        " policies of that name (default: the revision's, sidecar-injector for default)",
     )
 
     why = commands.add_parser(
@@ -298,6 +298,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="per request, and per paged list as a whole (default 15)",
     )
+    tag.add_parser(commands, revision=_revision, timeout=_timeout)
     return parser
 
 
@@ -321,25 +322,18 @@ def _port(text: str) -> int:
     return value
 
 
-# A century: far past any sane certificate, and far inside what X.509 dates
-# (and Python's datetime) can hold.
-MAX_CERT_DAYS = 36_500
-
-
-def _days(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
-    if not 1 <= value <= MAX_CERT_DAYS:
-        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_CERT_DAYS} days")
-    return value
-
-
 def _namespace(text: str) -> str:
     if not is_namespace_name(text):
         raise argparse.ArgumentTypeError(
             f"{shorten(text, 80)} is not a valid namespace name ({NAMESPACE_NAME_RULE})"
+        )
+    return text
+
+
+def _revision(text: str) -> str:
+    if not is_revision_name(text):
+        raise argparse.ArgumentTypeError(
+            f"{shorten(text, 80)} is not a revision name ({REVISION_NAME_RULE})"
         )
     return text
 
@@ -444,35 +438,21 @@ def _run_uninject(args: argparse.Namespace) -> int:
 
 
 def _run_certs(args: argparse.Namespace) -> int:
-    from webhook.pki.certs import CertError, renew_certs, write_certs
-
-    try:
-        if args.renew:
-            renewed = renew_certs(
-                args.out, service=args.service, namespace=args.namespace, days=args.days
-            )
-            _say(
-                f"renewed {renewed.cert} for {renewed.service}.{renewed.namespace}"
-                f" under the existing CA (caBundle unchanged), valid until"
-                f" {renewed.not_after:%Y-%m-%d %H:%M} UTC"
-            )
-            return 0
-        service = args.service or constants.SERVICE_NAME
-        namespace = args.namespace or constants.SERVICE_NAMESPACE
-        files = write_certs(args.out, service=service, namespace=namespace, days=args.days)
-    except CertError as err:
-        return _fail(str(err))
-    reused = "reused the existing CA" if files.ca_reused else "made a new CA"
-    _say(f"wrote {args.out}/ ({reused}) for {service}.{namespace}")
+    message, error = certs.run(args)
+    if error is not None:
+        return _fail(error)
+    _say(message)
     return 0
 
 
 def _run_check(args: argparse.Namespace) -> int:
+    from webhook.manifests.revisions import object_name
     from webhook.ops.check import Options, check_cluster, render_json, render_text, summary
 
     options = Options(
         namespace=args.namespace,
-        configuration=args.webhook_configuration,
+        configuration=args.webhook_configuration or object_name(args.revision),
+        revision=args.revision,
         connect=args.connect,
         max_namespaces=args.max_namespaces,
         timeout=args.timeout,
@@ -499,6 +479,15 @@ def _run_why(args: argparse.Namespace) -> int:
         return _fail(str(err))
     render = render_json if args.output == "json" else render_text
     sys.stdout.write(render(answer, host=host))
+    sys.stdout.flush()
+    return 0
+
+
+def _run_tag(args: argparse.Namespace) -> int:
+    text, error = tag.run(args)
+    if error is not None:
+        return _fail(error)
+    sys.stdout.write(text)
     sys.stdout.flush()
     return 0
 
@@ -543,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": _run_check,
         "policy": _run_policy,
         "why": _run_why,
+        "tag": _run_tag,
     }
     try:
         return runners[args.command](args)

@@ -1,4 +1,4 @@
-"""Bounded reads of a live cluster for the commands that look at one (``check``).
+"""Bounded reads (and the few writes) of a live cluster, for the commands that look at one.
 
 Every request has a timeout and a body limit, so a hostile or huge API server
 costs a one-line error, never a hang or the machine's memory: 4 MiB for an
@@ -17,7 +17,7 @@ the client's model classes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -65,7 +65,7 @@ class TimeUp(Exception):
 
 
 class Cluster:
-    """Reads (and dry-run writes) of one API server, each bounded in size and time."""
+    """Reads and writes of one API server, each bounded in size and time."""
 
     def __init__(self, connection: kube.Connection, *, timeout: float) -> None:
         self.connection = connection
@@ -198,6 +198,33 @@ class Cluster:
         if not isinstance(created, dict):
             raise ClusterError("the dry-run answer is not an object")
         return created
+
+    def write(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | Sequence[Any],
+        *,
+        field_manager: str,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """Create (POST), replace (PUT) or patch (PATCH) an object; what the server stored.
+
+        The answer is bounded like a read; a PUT carries the ``resourceVersion``
+        it read, so a change made meanwhile is a 409 rather than lost.
+        """
+        stored = self._call(
+            method,
+            path,
+            {"fieldManager": field_manager},
+            body=body,
+            content_type=content_type,
+            limit=OBJECT_LIMIT,
+            what="the stored object",
+        )
+        if not isinstance(stored, dict):
+            raise ClusterError(f"{path}: the answer is not an object")
+        return stored
 
     def port_forward(self, namespace: str, pod: str, port: int) -> Any:
         """A connection to ``pod``'s ``port`` through the API server."""

@@ -18,6 +18,11 @@ ENABLED: Final = "enabled"
 DISABLED: Final = "disabled"
 
 INJECT_KEY: Final = PREFIX + "inject"
+# Revisions (docs/upgrade.md): the label, on a namespace or a pod, that picks
+# the injector revision (the pod's wins), and the name of the revision-less
+# install, which also serves NAMESPACE_INJECTION_LABEL=ENABLED.
+REVISION_LABEL: Final = PREFIX + "rev"
+DEFAULT_REVISION: Final = "default"
 STATUS_ANNOTATION: Final = PREFIX + "status"
 DEFAULT_CONTAINER_ANNOTATION: Final = "kubectl.kubernetes.io/default-container"
 MIRROR_POD_ANNOTATION: Final = "kubernetes.io/config.mirror"

@@ -87,4 +87,8 @@ class InjectorConfig:
     # "Locked settings"). The file loader checks the names; the engine
     # ignores one it does not know.
     locked_settings: frozenset[str] = frozenset()
+    # The injector revision this config is installed as (docs/upgrade.md): the
+    # status annotation of every pod it injects records it. Which pods reach
+    # it is the install's selectors' business, not the engine's.
+    revision: str = constants.DEFAULT_REVISION
     from_file: frozenset[str] = field(default=frozenset(), compare=False, repr=False)

@@ -131,7 +131,33 @@ def decide(
             )
         return Decision(True, "pod-opted-in", f"pod {where} {constants.INJECT_KEY}=true{ignored}")
 
-    if namespace_label == constants.ENABLED:
+    return _opted_in(labels, namespace)
+
+
+def _opted_in(labels: Mapping[str, str], namespace: NamespaceLike) -> Decision:
+    """Step 8: a ``rev`` label (the pod's, else the namespace's), then ``enabled``.
+
+    A rev label opts in as well as choosing the revision, and wins over
+    sidecar-injection=enabled: the install's selectors send the pod to that
+    revision's injector (docs/upgrade.md), whose config is the one deciding.
+    """
+    pod_revision = labels.get(constants.REVISION_LABEL)
+    if pod_revision is not None:
+        return Decision(
+            True,
+            "pod-revision",
+            f"pod label {constants.REVISION_LABEL}={shorten(pod_revision, 63, quote=False)} "
+            f"picks an injector revision",
+        )
+    namespace_revision = namespace.labels.get(constants.REVISION_LABEL)
+    if namespace_revision is not None:
+        return Decision(
+            True,
+            "namespace-revision",
+            f"namespace {namespace.name} is labelled "
+            f"{constants.REVISION_LABEL}={shorten(namespace_revision, 63, quote=False)}",
+        )
+    if namespace.labels.get(constants.NAMESPACE_INJECTION_LABEL) == constants.ENABLED:
         return Decision(
             True,
             "namespace-enabled",

@@ -266,6 +266,7 @@ def _additions(
     was_null, was_empty = prior_shapes(pod, touched)
     status = InjectionStatus(
         version=__version__,
+        revision=config.revision,
         init_containers=built.init_names,
         containers=built.container_names,
         annotations=tuple(added),

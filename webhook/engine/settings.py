@@ -249,8 +249,11 @@ SETTING_SPECS: Final = tuple(
     SettingSpec(name, spec.field, KINDS[name], spec.label_ok, spec.max_chars, spec.same)
     for name, spec in _KEYS.items()
 )
-# Keys under the prefix that are not settings but are still ours.
-_OTHER_KEYS: Final = frozenset({constants.INJECT_KEY, constants.STATUS_ANNOTATION})
+# Keys under the prefix that are not settings but are still ours (the revision
+# label picks the injector revision: never an unknown key to warn about).
+_OTHER_KEYS: Final = frozenset(
+    {constants.INJECT_KEY, constants.STATUS_ANNOTATION, constants.REVISION_LABEL}
+)
 
 
 def _defaults(config: InjectorConfig) -> dict[str, tuple[Any, Source]]:

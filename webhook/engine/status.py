@@ -7,6 +7,9 @@ Written by ``inject``, read by ``decide`` (already injected?), ``uninject``
      "volumes":[],"annotations":["kubectl.kubernetes.io/default-container"],
      "digest":"sha256:..."}
 
+* ``revision`` (only when not ``default``): the injector revision that
+  injected the pod (docs/upgrade.md). Absent means ``default``: the
+  revision-less install, and every injector before revisions existed;
 * ``initContainers``, ``containers``, ``volumes``: the names added to each list.
   ``volumes`` is always empty today (the proxy's bootstrap is inline, nothing
   is mounted); it is part of the format so that a volume a later version adds
@@ -39,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from webhook.contract.constants import DEFAULT_REVISION
 from webhook.engine.json_text import canonical, compact, strict_loads
 
 MEMBERS: Final = frozenset({"initContainers", "containers", "volumes", "metadata", "annotations"})
@@ -69,6 +73,7 @@ class InjectionStatus:
     """The decoded annotation; ``to_json`` writes it back in the injector's layout."""
 
     version: str
+    revision: str = DEFAULT_REVISION
     init_containers: tuple[str, ...] = ()
     containers: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
@@ -80,8 +85,10 @@ class InjectionStatus:
 
     def to_json(self) -> str:
         """Compact JSON, keys in the documented order, the shape lists only when needed."""
-        value: dict[str, Any] = {
-            "version": self.version,
+        value: dict[str, Any] = {"version": self.version}
+        if self.revision != DEFAULT_REVISION:
+            value["revision"] = self.revision
+        value |= {
             "initContainers": self.init_containers,
             "containers": self.containers,
             "volumes": self.volumes,
@@ -121,6 +128,9 @@ class InjectionStatus:
         replaced = value.get("replaced")
         if replaced is not None and not isinstance(replaced, str):
             raise StatusError("has a replaced value that is not a string")
+        revision = value.get("revision", DEFAULT_REVISION)
+        if not isinstance(revision, str) or not revision:
+            raise StatusError("has a revision that is not a name")
         lists = {
             key: _names(value, key)
             for key in (
@@ -138,6 +148,7 @@ class InjectionStatus:
                 raise StatusError(f"names unknown members in {key}: {sorted(unknown)}")
         return cls(
             version=version,
+            revision=revision,
             init_containers=lists["initContainers"],
             containers=lists["containers"],
             volumes=lists["volumes"],

@@ -146,6 +146,20 @@ def is_namespace_name(name: str) -> bool:
 # What is_namespace_name accepts, for messages.
 NAMESPACE_NAME_RULE = "lower-case letters, digits and '-', at most 63 characters"
 
+# A revision names its objects with itself as a suffix (sidecar-injector-canary),
+# and a Service's name is a DNS label of at most 63 characters: 17 of them are
+# "sidecar-injector-".
+REVISION_NAME_MAX: Final = 46
+REVISION_NAME_RULE = (
+    f"lower-case letters, digits and '-', starting and ending with a letter or digit,"
+    f" at most {REVISION_NAME_MAX} characters"
+)
+
+
+def is_revision_name(name: str) -> bool:
+    """Whether ``name`` can name a revision or a tag (a label value and an object name suffix)."""
+    return len(name) <= REVISION_NAME_MAX and _NAMESPACE_NAME.fullmatch(name) is not None
+
 
 def check_text(raw: str) -> None:
     """Printable ASCII only: no control characters (newline, tab, NUL, DEL), no Unicode."""

@@ -27,7 +27,13 @@ from webhook.engine import config as engine
 from webhook.engine.config import LogLevel
 from webhook.engine.quantity import QuantityError, check_quantity
 from webhook.engine.settings import SETTING_NAMES
-from webhook.engine.values import check_address, parse_image_tag, shorten
+from webhook.engine.values import (
+    REVISION_NAME_RULE,
+    check_address,
+    is_revision_name,
+    parse_image_tag,
+    shorten,
+)
 from webhook.manifests.files import CONFIG_LIMIT, FileError, read_file
 
 __all__ = ["ConfigError", "dump_config", "load_config", "parse_config"]
@@ -145,6 +151,14 @@ class InjectorConfig(_Model):
     excluded_namespaces: tuple[str, ...] = _CONFIG.excluded_namespaces
     ipv6: bool = _CONFIG.ipv6
     locked_settings: frozenset[str] = _CONFIG.locked_settings
+    revision: str = _CONFIG.revision
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str) -> str:
+        if not is_revision_name(value):
+            raise ValueError(f"{shorten(value)} is not a revision name ({REVISION_NAME_RULE})")
+        return value
 
     @field_validator("locked_settings", mode="before")
     @classmethod

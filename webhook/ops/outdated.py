@@ -54,6 +54,7 @@ class Recorded:
 
     version: str
     digest: str | None
+    revision: str = constants.DEFAULT_REVISION
 
 
 def recorded(annotations: Mapping[str, Any]) -> Recorded | None:
@@ -71,7 +72,7 @@ def recorded(annotations: Mapping[str, Any]) -> Recorded | None:
         status = InjectionStatus.parse(raw)
     except StatusError as err:
         raise StatusUnreadable(str(err)) from None
-    return Recorded(status.version, status.digest)
+    return Recorded(status.version, status.digest, status.revision)
 
 
 @dataclass(frozen=True)
@@ -126,13 +127,19 @@ def expected(
     return Expected(version=status.version, digest=status.digest)
 
 
-def staleness(found: Recorded, now: Expected, *, version: str, digests: bool) -> str | None:
+def staleness(
+    found: Recorded, now: Expected, *, version: str, digests: bool, revision: str | None = None
+) -> str | None:
     """Why a pod's sidecar is outdated, or ``None`` when it is current (or cannot be told).
 
     ``version`` is the running injector's; ``digests`` says whether ``now``'s
     digest can be trusted for it (the engine computing it is the injector's
-    version, with the injector's config).
+    version, with the injector's config). ``revision``, when known, is the
+    revision the pod's labels pick now: a pod another revision injected gets
+    that one's sidecar when it is restarted.
     """
+    if revision is not None and found.revision != revision:
+        return f"injected by revision {found.revision}, its labels now pick {revision}"
     if found.version != version:
         return f"injected by {found.version}, the injector is {version}"
     if not digests or now.skip or now.digest is None:
@@ -199,7 +206,15 @@ class Entry:
 
 @dataclass
 class Report:
-    """What a scan of the pods found."""
+    """What a scan of the pods found.
+
+    Per revision: ``by_revision`` counts the pods with a sidecar each
+    revision injected (their status says), ``outdated_by_revision`` the
+    outdated pods by the revision a restart would give them, and
+    ``unknown_revisions`` the pods whose ``rev`` label names no installed
+    revision or tag (created now, they get no sidecar), a few named in
+    ``unknown_sample``.
+    """
 
     scanned: int = 0
     injected: int = 0
@@ -208,9 +223,15 @@ class Report:
     outdated: dict[Workload, Entry] = field(default_factory=dict)
     complete: bool = True
     stopped_because: str = ""
+    by_revision: Counter[str] = field(default_factory=Counter)
+    outdated_by_revision: Counter[str] = field(default_factory=Counter)
+    unknown_revisions: Counter[str] = field(default_factory=Counter)
+    unknown_sample: list[str] = field(default_factory=list)
 
-    def add(self, workload: Workload, pod: str, reason: str) -> None:
-        """Count one outdated pod of ``workload``."""
+    def add(self, workload: Workload, pod: str, reason: str, revision: str | None = None) -> None:
+        """Count one outdated pod of ``workload`` (that ``revision`` would inject anew)."""
+        if revision is not None:
+            self.outdated_by_revision[revision] += 1
         entry = self.outdated.setdefault(workload, Entry())
         entry.pods += 1
         entry.reasons[reason] += 1

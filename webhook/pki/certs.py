@@ -241,8 +241,13 @@ def _authority_key_id(ca: KeyPair) -> x509.AuthorityKeyIdentifier:
 
 def load_ca(cert_path: Path, key_path: Path) -> KeyPair:
     """Read an existing CA, refusing anything that could not sign a valid leaf."""
-    cert_data = _read(cert_path)
-    key_data = _read(key_path)
+    return ca_from_pem(
+        _read(cert_path), _read(key_path), cert_path=str(cert_path), key_path=str(key_path)
+    )
+
+
+def ca_from_pem(cert_data: bytes, key_data: bytes, *, cert_path: str, key_path: str) -> KeyPair:
+    """A CA from its PEM certificate and key (``cert_path``/``key_path`` name them in errors)."""
     try:
         cert = x509.load_pem_x509_certificate(cert_data)
     except ValueError:

@@ -21,8 +21,10 @@ first refused by PodSecurity for capabilities it only asked for through us.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import Any, Final
 
 from webhook import __version__
@@ -37,8 +39,9 @@ from webhook.engine.proxy import mesh_proxy_template
 from webhook.engine.refusals import LISTS
 from webhook.engine.settings import SETTING_KEYS, SETTING_SPECS, resolve_settings, settings_env
 from webhook.engine.status import MAX_STATUS_CHARS, InjectionStatus
-from webhook.engine.values import NAMESPACE_NAME_RULE, is_namespace_name
+from webhook.engine.values import REVISION_NAME_RULE, is_revision_name
 from webhook.manifests.config_file import dump_config
+from webhook.policy.bindings import render_bindings
 from webhook.policy.cel import Compiler, Unsupported, literal, plain, string
 from webhook.policy.settings import resolution
 from webhook.policy.text import shorten
@@ -77,6 +80,7 @@ def _base_variables(config: InjectorConfig) -> list[tuple[str, str]]:
     inject = constants.INJECT_KEY
     names = literal(sorted(constants.INJECTED_NAMES))
     label = _get("nsLabels", constants.NAMESPACE_INJECTION_LABEL)
+    rev = string(constants.REVISION_LABEL)
     return [
         ("podAnnotations", "object.metadata.?annotations.orValue({})"),
         ("podLabels", "object.metadata.?labels.orValue({})"),
@@ -104,9 +108,17 @@ def _base_variables(config: InjectorConfig) -> list[tuple[str, str]]:
             f"{label} == {string(constants.DISABLED)} ? 'namespace-disabled' : "
             f"{V}podChoice == 'false' ? 'pod-opted-out' : "
             f"{V}podChoice == 'true' ? 'pod-opted-in' : "
+            # Step 8: a rev label (the pod's, else the namespace's) opts in; the
+            # bindings' selectors already sent the pod to the revision it picks.
+            f"{rev} in {V}podLabels ? 'pod-revision' : "
+            f"{rev} in {V}nsLabels ? 'namespace-revision' : "
             f"{label} == {string(constants.ENABLED)} ? 'namespace-enabled' : 'not-enabled'",
         ),
-        ("injecting", f"{V}decision in ['pod-opted-in', 'namespace-enabled']"),
+        (
+            "injecting",
+            f"{V}decision in "
+            "['pod-opted-in', 'pod-revision', 'namespace-revision', 'namespace-enabled']",
+        ),
     ]
 
 
@@ -217,12 +229,13 @@ def _json_string(text: str) -> str:
     return f"'\"' + {out} + '\"'"
 
 
-def _status(config_digest: str) -> str:
+def _status(config_digest: str, revision: str) -> str:
     """CEL for the status annotation: ``InjectionStatus.to_json`` per layout."""
 
     def prefix(native: bool, default_added: bool) -> str:
         status = InjectionStatus(
             version=__version__,
+            revision=revision,
             init_containers=(constants.INIT_CONTAINER, constants.PROXY_CONTAINER)
             if native
             else (constants.INIT_CONTAINER,),
@@ -316,7 +329,7 @@ def _variables(config: InjectorConfig) -> tuple[list[tuple[str, str]], str]:
         *compiler.hoisted,
         ("initContainer", init),
         ("proxyContainer", proxy),
-        ("status", _status(_DIGEST_PLACEHOLDER)),
+        ("status", _status(_DIGEST_PLACEHOLDER, config.revision)),
         (
             "refusal",
             f"!{V}injecting ? '' : [{_pod_security()}, {_malformed()}, string({V}settingsError), "
@@ -370,32 +383,25 @@ def _keys(text: str) -> str:
     return text
 
 
-def _namespace_selector(config: InjectorConfig) -> dict[str, Any]:
-    return {
-        "matchExpressions": [
-            {
-                "key": "kubernetes.io/metadata.name",
-                "operator": "NotIn",
-                "values": list(config.excluded_namespaces),
-            },
-            {
-                "key": constants.NAMESPACE_INJECTION_LABEL,
-                "operator": "NotIn",
-                "values": [constants.DISABLED],
-            },
-        ]
-    }
+def render_policy(
+    config: InjectorConfig, *, revision: str | None = None, tags: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The objects of policy mode for this config (and revision): the two policies, each
+    followed by its bindings, one per disjoint entry of the revision (``bindings``).
 
-
-def render_policy(config: InjectorConfig, *, revision: str | None = None) -> list[dict[str, Any]]:
-    """The four objects of policy mode for this config (and revision).
-
+    ``revision`` (else the config's) names the objects and is recorded in the
+    status annotation of every pod they inject; ``tags`` are the other ``rev``
+    values its bindings answer to (``sidecar-injector tag`` keeps them live).
     ``Unsupported`` (naming the setting) when CEL cannot reproduce what the
     webhook would do with this config: never a policy that stores another pod.
     """
-    revision = revision or DEFAULT_REVISION
-    if not is_namespace_name(revision):
-        raise Unsupported(f"revision {revision!r} is not a valid name ({NAMESPACE_NAME_RULE})")
+    revision = revision or config.revision
+    if not is_revision_name(revision):
+        raise Unsupported(f"revision {revision!r} is not a valid name ({REVISION_NAME_RULE})")
+    for tag in tags:
+        if not is_revision_name(tag) or tag == DEFAULT_REVISION:
+            raise Unsupported(f"tag {tag!r} is not a tag name ({REVISION_NAME_RULE}, not default)")
+    config = dataclasses.replace(config, revision=revision)
     name = NAME if revision == DEFAULT_REVISION else f"{NAME}-{revision}"
     try:
         variables, digest = _variables(config)
@@ -451,27 +457,14 @@ def render_policy(config: InjectorConfig, *, revision: str | None = None) -> lis
             ],
         },
     }
-    selector = _namespace_selector(config)
+    mutating_bindings, validating_bindings = render_bindings(
+        name,
+        revision=revision,
+        tags=tags,
+        excluded=config.excluded_namespaces,
+        labels=labels,
+    )
     # Independent copies (one deepcopy each: a deepcopy of the list would keep
     # the sharing): the two policies share their variables and metadata here.
-    objects = [
-        mutating,
-        {
-            "apiVersion": API_VERSION,
-            "kind": "MutatingAdmissionPolicyBinding",
-            "metadata": {"name": name, "labels": labels},
-            "spec": {"policyName": name, "matchResources": {"namespaceSelector": selector}},
-        },
-        validating,
-        {
-            "apiVersion": API_VERSION,
-            "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": {"name": name, "labels": labels},
-            "spec": {
-                "policyName": name,
-                "validationActions": ["Deny"],
-                "matchResources": {"namespaceSelector": selector},
-            },
-        },
-    ]
+    objects = [mutating, *mutating_bindings, validating, *validating_bindings]
     return [copy.deepcopy(obj) for obj in objects]

@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import asyncio.constants
 import asyncio.sslproto
+import dataclasses
 import errno
 import gc
 import logging
@@ -163,6 +164,8 @@ class ServeSettings:
     drain_seconds: float = DRAIN_SECONDS
     graceful_shutdown_seconds: float = GRACEFUL_SHUTDOWN_SECONDS
     max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT
+    # The injector revision served (docs/upgrade.md); None: the config's.
+    revision: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeSettings:
@@ -200,6 +203,7 @@ class ServeSettings:
             drain_seconds=drain_seconds,
             graceful_shutdown_seconds=graceful_seconds,
             max_connections_per_client=per_client,
+            revision=getattr(args, "revision", None),
         )
 
 
@@ -384,6 +388,9 @@ def _build_app(settings: ServeSettings, tls: ReloadingTLS, metrics: Metrics) -> 
         config = load_config(settings.config)
     except ConfigError as err:
         raise ServeError(str(err)) from None
+    if settings.revision is not None:
+        config = dataclasses.replace(config, revision=settings.revision)
+    log.info("injector revision: %s", config.revision)
     source = _namespace_source(settings)
     return create_app(
         config=config,

@@ -75,10 +75,10 @@ def test_the_text_output_has_one_line_per_check_and_a_summary(
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     verdicts = [line for line in lines if line[:4] in ("PASS", "WARN", "FAIL", "SKIP")]
-    assert len(verdicts) == 13, done.stdout
+    assert len(verdicts) == 16, done.stdout
     assert any(line.startswith("WARN  replicas") for line in verdicts)
     assert any("hint: " in line for line in lines)  # the warning's hint
-    assert lines[-1] == "12 passed, 1 warning, 0 failed, 0 skipped"
+    assert lines[-1] == "15 passed, 1 warning, 0 failed, 0 skipped"
 
 
 def test_two_ready_replicas_pass_and_both_endpoints_are_dialled(

@@ -116,7 +116,7 @@ def test_an_object_shaped_unlike_the_api_servers_fails_its_check_and_the_run_goe
     broken = by_name["webhook-configuration"]
     assert broken.status == "fail"
     assert broken.message.startswith("could not be checked: AttributeError")
-    assert len(results) == 13  # every check still reported
+    assert len(results) == 16  # every check still reported
 
 
 def test_an_unreadable_kubeconfig_fails_the_api_check_with_a_hint_about_that_file(

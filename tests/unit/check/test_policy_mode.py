@@ -85,18 +85,33 @@ def test_the_policies_as_rendered_are_found_without_differences() -> None:
     assert found.differences == ()
     assert found.config == CONFIG
     assert found.digest == objects[0]["metadata"]["annotations"][DIGEST_ANNOTATION]
-    assert len(found.selectors) == 2
+    assert len(found.selectors) == 8  # a binding of each policy per entry
+
+
+def test_a_tagged_revision_s_policies_are_found_with_their_tags_and_no_differences() -> None:
+    objects = render_policy(CONFIG, revision="canary", tags=["prod"])
+    options = Options(configuration="sidecar-injector-canary", revision="canary")
+    canary = c.Context(options=options, host="https://api:6443", webhook=c.WebhookConfiguration())
+    found = find_policy(StubCluster(objects), canary)  # type: ignore[arg-type]
+    assert (found.revision, found.missing, found.differences) == ("canary", (), ())
+    assert len(found.selectors) == 4
+    # Without its bindings (say, a binding named like the policy instead), each is missing.
+    policies = [o for o in objects if "Binding" not in o["kind"]]
+    found = find_policy(StubCluster(policies), canary)  # type: ignore[arg-type]
+    assert "MutatingAdmissionPolicyBinding sidecar-injector-canary-rev-pod" in found.missing
+    assert len(found.missing) == 4
 
 
 def test_an_edited_policy_differs_where_it_was_edited() -> None:
     objects = render_policy(CONFIG)
     objects[0]["spec"]["variables"][3]["expression"] = "{}"
-    objects[3]["spec"]["validationActions"] = ["Warn"]
+    objects[6]["spec"]["validationActions"] = ["Warn"]  # sidecar-injector-namespace
     found = find_policy(StubCluster(objects), context())  # type: ignore[arg-type]
     name = objects[0]["spec"]["variables"][3]["name"]
     assert found.differences == (
         f"MutatingAdmissionPolicy sidecar-injector: spec.variables[{name}].expression differs",
-        "ValidatingAdmissionPolicyBinding sidecar-injector: spec.validationActions[0] differs",
+        "ValidatingAdmissionPolicyBinding sidecar-injector-namespace:"
+        " spec.validationActions[0] differs",
     )
     outcome = admission_policies.run(context(policy=found))
     assert outcome.status == "fail"
@@ -105,8 +120,8 @@ def test_an_edited_policy_differs_where_it_was_edited() -> None:
 
 def test_a_missing_binding_and_a_missing_config_are_failures() -> None:
     objects = render_policy(CONFIG)
-    found = find_policy(StubCluster(objects[:3]), context())  # type: ignore[arg-type]
-    assert found.missing == ("ValidatingAdmissionPolicyBinding sidecar-injector",)
+    found = find_policy(StubCluster(objects[:-1]), context())  # type: ignore[arg-type]
+    assert found.missing == ("ValidatingAdmissionPolicyBinding sidecar-injector-rev-namespace",)
     assert admission_policies.run(context(policy=found)).status == "fail"
     del objects[0]["metadata"]["annotations"][CONFIG_ANNOTATION]
     found = find_policy(StubCluster(objects), context())  # type: ignore[arg-type]
@@ -157,7 +172,11 @@ def test_a_binding_that_selects_an_excluded_namespace_fails_excluded_namespaces(
     assert "binding 1 of sidecar-injector selects kube-system" in outcome.message
     rendered = render_policy(InjectorConfig())
     good = installed(
-        selectors=tuple(o["spec"]["matchResources"]["namespaceSelector"] for o in rendered[1::2])
+        selectors=tuple(
+            o["spec"]["matchResources"]["namespaceSelector"]
+            for o in rendered
+            if "Binding" in o["kind"]
+        )
     )
     assert (
         nc.excluded_namespaces.run(

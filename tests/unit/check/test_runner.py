@@ -24,8 +24,9 @@ def test_the_checks_print_in_their_documented_order() -> None:
     assert CHECK_NAMES == (
         "kubernetes-api", "webhook-configuration", "admission-policies", "injector-config",
         "service-endpoints",
-        "ca-bundle", "certificate-expiry", "replicas", "excluded-namespaces", "pod-security",
-        "dry-run-injection", "locked-settings", "outdated-sidecars",
+        "ca-bundle", "certificate-expiry", "replicas", "excluded-namespaces", "revisions",
+        "revision-labels", "pod-security", "dry-run-injection", "locked-settings",
+        "outdated-sidecars", "revision-sidecars",
     )  # fmt: skip
 
 

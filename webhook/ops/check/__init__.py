@@ -106,6 +106,7 @@ from webhook.cluster.reader import (
     ClusterError,
     TimeUp,
 )
+from webhook.manifests.revisions import selector_matches
 from webhook.ops.check.checks import CHECK_NAMES, CHECKS
 from webhook.ops.check.command import check_cluster
 from webhook.ops.check.context import (
@@ -119,7 +120,6 @@ from webhook.ops.check.context import (
 )
 from webhook.ops.check.discover_pods import probe_pod
 from webhook.ops.check.model import Check, Discovery, Outcome, Result, Status
-from webhook.ops.check.namespace_checks import selector_matches
 from webhook.ops.check.render import render_json, render_text, summary
 from webhook.ops.check.runner import run
 

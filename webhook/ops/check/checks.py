@@ -26,6 +26,7 @@ from webhook.ops.check.namespace_checks import (
     pod_security,
 )
 from webhook.ops.check.policy_checks import admission_policies
+from webhook.ops.check.revision_checks import revision_labels, revision_sidecars, revisions
 
 CHECKS: Final[tuple[Check, ...]] = (
     kubernetes_api,
@@ -37,9 +38,12 @@ CHECKS: Final[tuple[Check, ...]] = (
     certificate_expiry,
     replicas,
     excluded_namespaces,
+    revisions,
+    revision_labels,
     pod_security,
     dry_run_injection,
     locked_settings,
     outdated_sidecars,
+    revision_sidecars,
 )
 CHECK_NAMES: Final = tuple(c.name for c in CHECKS)

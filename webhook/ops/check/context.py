@@ -21,6 +21,7 @@ from cryptography import x509
 from webhook.contract import constants
 from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine.config import InjectorConfig
+from webhook.ops.installed import Installed
 from webhook.ops.outdated import Report
 from webhook.pki import served_cert
 
@@ -44,6 +45,9 @@ class Options:
 
     namespace: str | None = None
     configuration: str = "sidecar-injector"
+    # The revision whose install the install checks look at (its
+    # configuration is ``configuration``); the revision checks look at all.
+    revision: str = constants.DEFAULT_REVISION
     connect: Connect = "auto"
     max_namespaces: int = DEFAULT_MAX_NAMESPACES
     timeout: float = DEFAULT_TIMEOUT
@@ -140,12 +144,13 @@ class Injector:
 
 @dataclass(frozen=True)
 class PolicyInstall:
-    """Policy mode's four objects (named like the webhook configuration), and how they
-    compare with what ``sidecar-injector policy`` renders for the config they record."""
+    """Policy mode's objects (the policies named like the webhook configuration, a binding
+    of each per entry of the revision), and how they compare with what ``sidecar-injector
+    policy`` renders for the config they record."""
 
-    exists: bool = False  # any of the four objects
+    exists: bool = False  # any of the objects
     error: str = ""
-    missing: tuple[str, ...] = ()  # "MutatingAdmissionPolicy sidecar-injector", ...
+    missing: tuple[str, ...] = ()  # "MutatingAdmissionPolicyBinding sidecar-injector-rev-pod"
     config_error: str = ""  # the recorded config is missing or does not parse
     config: InjectorConfig | None = None
     revision: str = ""
@@ -235,6 +240,36 @@ class DryRuns:
 
 
 @dataclass(frozen=True)
+class Revisions:
+    """The installed revisions (what their selectors answer to) and each one's injector config.
+
+    ``found``: the discovery ran and read them; ``notes``: revisions whose
+    config could not be read (the built-in defaults stand in) or disagrees
+    with their label.
+    """
+
+    installed: Installed = field(default_factory=Installed)
+    configs: Mapping[str, InjectorConfig] = field(default_factory=lambda: MappingProxyType({}))
+    notes: tuple[str, ...] = ()
+    error: str = ""
+    found: bool = False
+
+    def values_of(self, revision: str) -> list[str]:
+        """What ``revision`` answers to (its name and tags; only its name when not read)."""
+        installed = self.installed.revisions.get(revision)
+        return installed.values if installed is not None else [revision]
+
+    def serving(self, value: str | None) -> str | None:
+        """The installed revision a picked ``rev`` value (``picked``) goes to, if any."""
+        if value is None:
+            value = constants.DEFAULT_REVISION
+        if not self.found:
+            return value
+        owner = self.installed.owner_of(value)
+        return owner.name if owner is not None else None
+
+
+@dataclass(frozen=True)
 class PodScan:
     """The scan of the pods for outdated sidecars (``error``: not one page was read)."""
 
@@ -297,6 +332,7 @@ class Context:
     dry_runs: DryRuns = DryRuns()
     pods: PodScan = field(default_factory=PodScan)
     templates: Templates = Templates()
+    revisions: Revisions = field(default_factory=Revisions)
 
     @property
     def excluded(self) -> list[str]:
@@ -309,19 +345,40 @@ class Context:
 
     @property
     def opted_in(self) -> list[NamespaceInfo]:
-        """The opted-in namespaces (within ``--namespace``), by name."""
+        """The namespaces the checked revision serves (within ``--namespace``), by name:
+        ``sidecar.mesh.io/rev`` one of its values, or (the default revision) no such
+        label and ``sidecar-injection=enabled``."""
+        values = self.revisions.values_of(self.options.revision)
+        return [info for info in self.meshed if self._serving(info) in values]
+
+    @property
+    def meshed(self) -> list[NamespaceInfo]:
+        """The namespaces some revision would serve (within ``--namespace``), by name."""
         excluded = set(self.excluded)
         wanted = self.options.namespace
         return sorted(
             (
                 info
                 for info in self.namespaces.by_name.values()
-                if info.labels.get(constants.NAMESPACE_INJECTION_LABEL) == constants.ENABLED
+                if self._serving(info) is not None
                 and info.name not in excluded
                 and (wanted is None or info.name == wanted)
             ),
             key=lambda info: info.name,
         )
+
+    @staticmethod
+    def _serving(info: NamespaceInfo) -> str | None:
+        """The rev value that picks this namespace's revision, if it is meshed at all."""
+        labels = info.labels
+        if labels.get(constants.NAMESPACE_INJECTION_LABEL) == constants.DISABLED:
+            return None
+        value = labels.get(constants.REVISION_LABEL)
+        if value is not None:
+            return value
+        if labels.get(constants.NAMESPACE_INJECTION_LABEL) == constants.ENABLED:
+            return constants.DEFAULT_REVISION
+        return None
 
     @property
     def partial_note(self) -> list[str]:

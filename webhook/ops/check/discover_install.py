@@ -112,8 +112,15 @@ def find_injector(cluster: Cluster, context: Context) -> Injector:
         return Injector()
     if context.service.error:
         return Injector(error=context.service.error)
+    return injector_behind(cluster, service, context.service.obj)
+
+
+def injector_behind(
+    cluster: Cluster, service: ServiceRef, service_obj: Mapping[str, Any] | None
+) -> Injector:
+    """The Deployment behind ``service`` (as read: ``service_obj``), and its config."""
     try:
-        deployment = _find_deployment(cluster, service, context.service.obj)
+        deployment = _find_deployment(cluster, service, service_obj)
     except ClusterError as err:
         return Injector(error=str(err))
     if deployment is None:

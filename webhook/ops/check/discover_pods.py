@@ -19,6 +19,7 @@ from webhook.cluster.reader import Cluster, ClusterError, TimeUp
 from webhook.contract import constants
 from webhook.contract.namespaces import NamespaceInfo
 from webhook.engine.config import InjectorConfig
+from webhook.manifests.revisions import picked
 from webhook.ops.check.context import (
     MAX_NAMESPACES,
     Context,
@@ -29,6 +30,7 @@ from webhook.ops.check.context import (
 )
 from webhook.ops.check.discover_install import INJECTOR, WEBHOOK
 from webhook.ops.check.discover_policy import POLICY
+from webhook.ops.check.discover_revisions import REVISIONS
 from webhook.ops.check.model import Discovery
 from webhook.ops.outdated import (
     Expected,
@@ -41,6 +43,8 @@ from webhook.ops.outdated import (
 )
 
 MAX_OWNER_LOOKUPS: Final = 200
+# Pods named per rev value that picks no installed revision (the rest are counted).
+SAMPLE_UNKNOWN: Final = 5
 POLICY_STALE: Final = (
     "injected other than the installed policy injects now (another policy, config or settings)"
 )
@@ -253,7 +257,12 @@ def find_outdated(cluster: Cluster, context: Context) -> PodScan:
 
 
 class _Judge:
-    """Counts one pod into the report: injected? outdated, and by whose workload?"""
+    """Counts one pod into the report: injected? outdated, and by whose workload?
+
+    Each pod is judged by the revision its labels pick now (the pod's
+    ``sidecar.mesh.io/rev``, else its namespace's), with that revision's
+    config; a label that picks no installed revision is counted apart.
+    """
 
     def __init__(
         self,
@@ -265,18 +274,44 @@ class _Judge:
         policy: str = "",
     ) -> None:
         self._policy = policy
+        # The revision the checked policy is: only its pods carry its digest.
+        self._policy_revision = context.policy.revision or constants.DEFAULT_REVISION
         self._namespaces = context.namespaces.by_name
         self._config = context.injector.config
+        self._revisions = context.revisions
+        self._excluded = set(context.excluded)
         self._version = version
         self._digests = digests
         self._lookups = lookups
-        self._cache: dict[tuple[str, tuple[tuple[str, str], ...]], Expected] = {}
+        self._cache: dict[tuple[str, tuple[tuple[str, str], ...], str | None], Expected] = {}
+
+    def _serving(self, metadata: dict[str, Any], namespace: str, report: Report) -> str | None:
+        """The revision that would inject the pod now (``None``: none installed answers)."""
+        labels = metadata.get("labels") or {}
+        info = self._namespaces.get(namespace) or NamespaceInfo(namespace)
+        if not isinstance(labels, dict):
+            labels = {}
+        value = picked(labels, info.labels)
+        serving = self._revisions.serving(value)
+        disabled = info.labels.get(constants.NAMESPACE_INJECTION_LABEL) == constants.DISABLED
+        if (
+            serving is None
+            and value is not None
+            and not disabled
+            and namespace not in self._excluded
+        ):
+            report.unknown_revisions[value] += 1
+            if len(report.unknown_sample) < SAMPLE_UNKNOWN:
+                report.unknown_sample.append(f"{namespace}/{metadata.get('name')} ({value})")
+        return serving
 
     def __call__(self, pod: dict[str, Any], report: Report) -> None:
         metadata = pod.get("metadata") or {}
         annotations = metadata.get("annotations") or {}
         if not isinstance(annotations, dict):
             return
+        namespace = str(metadata.get("namespace") or "")
+        serving = self._serving(metadata, namespace, report)
         try:
             found = recorded(annotations)
         except StatusUnreadable:
@@ -285,7 +320,7 @@ class _Judge:
         if found is None:
             return
         report.injected += 1
-        namespace = str(metadata.get("namespace") or "")
+        report.by_revision[found.revision] += 1
         settings = tuple(
             sorted(
                 (k, v)
@@ -295,21 +330,34 @@ class _Judge:
                 and k != constants.STATUS_ANNOTATION
             )
         )
-        key = (namespace, settings)
+        key = (namespace, settings, serving)
         now = self._cache.get(key)
         if now is None:
             info = self._namespaces.get(namespace) or NamespaceInfo(namespace)
-            now = expected(info, dict(settings), self._config)
+            config = self._revisions.configs.get(serving or "") or self._config
+            now = expected(info, dict(settings), config)
             if len(self._cache) < EXPECTED_CACHE:
                 self._cache[key] = now
         if now.skip:
             report.not_injected_now += 1
-        why = staleness(found, now, version=self._version, digests=self._digests)
-        if why is not None and self._policy and found.version == self._version:
+        why = staleness(
+            found,
+            now,
+            version=self._version,
+            digests=self._digests,
+            revision=serving if self._revisions.found else None,
+        )
+        if (
+            why is not None
+            and self._policy
+            and found.version == self._version
+            and found.revision == self._policy_revision
+            and (serving is None or serving == found.revision)
+        ):
             # Policy mode: a pod the installed policy injected carries its digest.
             why = None if found.digest == self._policy else POLICY_STALE
         if why is not None:
-            report.add(owning_workload(pod, self._lookups), str(metadata.get("name")), why)
+            report.add(owning_workload(pod, self._lookups), str(metadata.get("name")), why, serving)
 
 
 class _OwnerLookups:
@@ -348,8 +396,11 @@ class _OwnerLookups:
 
 NAMESPACES: Final = Discovery("namespaces", "the namespaces", find_namespaces, (WEBHOOK, INJECTOR))
 DRY_RUNS: Final = Discovery(
-    "dry_runs", "the dry-run pods", find_dry_runs, (WEBHOOK, POLICY, INJECTOR, NAMESPACES)
+    "dry_runs",
+    "the dry-run pods",
+    find_dry_runs,
+    (WEBHOOK, POLICY, INJECTOR, REVISIONS, NAMESPACES),
 )
 PODS: Final = Discovery(
-    "pods", "the pods' sidecars", find_outdated, (POLICY, INJECTOR, NAMESPACES, DRY_RUNS)
+    "pods", "the pods' sidecars", find_outdated, (POLICY, INJECTOR, REVISIONS, NAMESPACES, DRY_RUNS)
 )

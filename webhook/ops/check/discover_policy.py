@@ -1,23 +1,27 @@
 """Discovery for policy mode: the admission policies and bindings, rendered again to compare.
 
 The policies record the config they were rendered from (``render.CONFIG_ANNOTATION``)
-and their revision (``render.REVISION_LABEL``); rendering that config with this
-build must give the same four objects. What the cluster adds (status,
+and their revision (``render.REVISION_LABEL``), and the bindings' selectors
+hold the revision's tags; rendering that config for that revision and those
+tags with this build must give the same objects. What the cluster adds (status,
 resourceVersion, managedFields, ``kubectl apply``'s annotation) is not
 compared; what the rendering says is, field by field.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Final
 from urllib.parse import quote
 
 from webhook.cluster.reader import Cluster, ClusterError
+from webhook.engine.values import is_revision_name
 from webhook.manifests.config_file import ConfigError, parse_config
+from webhook.manifests.revisions import entries, revision_values
 from webhook.ops.check.context import Context, PolicyInstall
 from webhook.ops.check.model import Discovery
+from webhook.policy.bindings import binding_name
 from webhook.policy.cel import Unsupported
 from webhook.policy.render import (
     CONFIG_ANNOTATION,
@@ -27,6 +31,8 @@ from webhook.policy.render import (
 )
 
 API: Final = "/apis/admissionregistration.k8s.io/v1"
+POLICIES: Final = ("MutatingAdmissionPolicy", "ValidatingAdmissionPolicy")
+BINDINGS: Final = ("MutatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding")
 PLURALS: Final = {
     "MutatingAdmissionPolicy": "mutatingadmissionpolicies",
     "MutatingAdmissionPolicyBinding": "mutatingadmissionpolicybindings",
@@ -36,31 +42,37 @@ PLURALS: Final = {
 
 
 def find_policy(cluster: Cluster, context: Context) -> PolicyInstall:
-    """The four objects named like the install, and how they differ from the rendering."""
+    """The policies named like the install and their revision's bindings (one per entry,
+    ``webhook.policy.bindings``), and how they differ from the rendering."""
     name = context.options.configuration
-    found: dict[str, Mapping[str, Any]] = {}
+    found: dict[tuple[str, str], Mapping[str, Any]] = {}
     try:
-        for kind, plural in PLURALS.items():
-            obj = cluster.get(f"{API}/{plural}/{quote(name, safe='')}")
+        for kind in POLICIES:
+            obj = cluster.get(_path(kind, name))
             if obj is not None:
-                found[kind] = obj
+                found[(kind, name)] = obj
+        revision = _revision(found.values()) or context.options.revision
+        for entry in entries(revision, (), ()):
+            for kind in BINDINGS:
+                binding = binding_name(name, entry.entry)
+                obj = cluster.get(_path(kind, binding))
+                if obj is not None:
+                    found[(kind, binding)] = obj
     except ClusterError as err:
         return PolicyInstall(error=str(err))
     if not found:
         return PolicyInstall()
-    missing = tuple(f"{kind} {name}" for kind in PLURALS if kind not in found)
+    bindings = [obj for (kind, _), obj in found.items() if kind in BINDINGS]
     selectors = tuple(
         ((obj.get("spec") or {}).get("matchResources") or {}).get("namespaceSelector") or {}
-        for kind, obj in found.items()
-        if kind.endswith("Binding")
+        for obj in bindings
     )
-    mutating = found.get("MutatingAdmissionPolicy") or {}
-    metadata = mutating.get("metadata") or {}
-    annotations = metadata.get("annotations") or {}
-    revision = str((metadata.get("labels") or {}).get(REVISION_LABEL, ""))
+    tags = _tags(bindings, revision)
+    mutating = found.get(("MutatingAdmissionPolicy", name)) or {}
+    annotations = (mutating.get("metadata") or {}).get("annotations") or {}
     install = PolicyInstall(
         exists=True,
-        missing=missing,
+        missing=_missing(found, name, revision),
         revision=revision,
         digest=str(annotations.get(DIGEST_ANNOTATION, "")),
         selectors=selectors,
@@ -70,15 +82,53 @@ def find_policy(cluster: Cluster, context: Context) -> PolicyInstall:
         return replace(install, config_error=f"it has no {CONFIG_ANNOTATION} annotation")
     try:
         config = parse_config(text, origin=f"the {CONFIG_ANNOTATION} annotation")
-        expected = render_policy(config, revision=revision or None)
+        expected = render_policy(config, revision=revision, tags=tags)
     except (ConfigError, Unsupported) as err:
         return replace(install, config_error=str(err))
     differences = []
     for want in expected:
-        have = found.get(want["kind"])
+        key = (want["kind"], want["metadata"]["name"])
+        have = found.get(key)
         if have is not None:
-            differences += [f"{want['kind']} {name}: {d}" for d in _differences(want, have)]
+            differences += [f"{key[0]} {key[1]}: {d}" for d in _differences(want, have)]
     return replace(install, config=config, differences=tuple(differences))
+
+
+def _path(kind: str, name: str) -> str:
+    return f"{API}/{PLURALS[kind]}/{quote(name, safe='')}"
+
+
+def _revision(objects: Iterable[Mapping[str, Any]]) -> str:
+    """The revision the policies' label names ('' when neither has one)."""
+    for obj in objects:
+        label = ((obj.get("metadata") or {}).get("labels") or {}).get(REVISION_LABEL)
+        if isinstance(label, str) and is_revision_name(label):
+            return label
+    return ""
+
+
+def _tags(bindings: Iterable[Mapping[str, Any]], revision: str) -> list[str]:
+    """The ``rev`` values the bindings answer to besides the revision's name."""
+    tags: list[str] = []
+    for obj in bindings:
+        resources = (obj.get("spec") or {}).get("matchResources") or {}
+        for key in ("namespaceSelector", "objectSelector"):
+            for value in revision_values(resources.get(key)) or []:
+                if value != revision and value not in tags:
+                    tags.append(value)
+    return tags
+
+
+def _missing(
+    found: Mapping[tuple[str, str], Mapping[str, Any]], name: str, revision: str
+) -> tuple[str, ...]:
+    """The objects of the revision's policy mode that are not there, as "KIND NAME"."""
+    wanted = [(kind, name) for kind in POLICIES] + [
+        (kind, binding_name(name, entry.entry))
+        for kind in BINDINGS
+        for entry in entries(revision, (), ())
+    ]
+    return tuple(f"{kind} {item}" for kind, item in wanted if (kind, item) not in found)
 
 
 def _differences(want: Mapping[str, Any], have: Mapping[str, Any]) -> list[str]:

@@ -8,15 +8,17 @@ Each is a function from the ``Context`` to an ``Outcome``, declared with
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 from webhook import __version__
 from webhook.contract import constants
 from webhook.engine.values import shorten
+from webhook.manifests.revisions import selector_matches
 from webhook.ops.check.context import Context
 from webhook.ops.check.discover_install import INJECTOR, WEBHOOK
 from webhook.ops.check.discover_pods import DRY_RUNS, NAMESPACES, PODS
 from webhook.ops.check.discover_policy import POLICY
+from webhook.ops.check.discover_revisions import REVISIONS
 from webhook.ops.check.discover_templates import TEMPLATES
 from webhook.ops.check.model import (
     Outcome,
@@ -31,38 +33,6 @@ from webhook.ops.check.model import (
 from webhook.ops.outdated import Report
 
 ENFORCE_LABEL: Final = "pod-security.kubernetes.io/enforce"
-
-
-def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
-    """Whether a Kubernetes LabelSelector selects an object with ``labels``.
-
-    As the API server evaluates it: a missing or empty selector selects
-    everything; ``NotIn`` and ``DoesNotExist`` hold for a missing key; an
-    unknown operator selects nothing (the API server would have refused it).
-    """
-    if not selector:
-        return True
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expression in selector.get("matchExpressions") or []:
-        key = expression.get("key", "")
-        values = expression.get("values") or []
-        operator = expression.get("operator")
-        present = key in labels
-        if operator == "In":
-            ok = present and labels[key] in values
-        elif operator == "NotIn":
-            ok = not present or labels[key] not in values
-        elif operator == "Exists":
-            ok = present
-        elif operator == "DoesNotExist":
-            ok = not present
-        else:
-            ok = False
-        if not ok:
-            return False
-    return True
 
 
 @check("excluded-namespaces", needs=[WEBHOOK, POLICY, INJECTOR, NAMESPACES])
@@ -118,13 +88,13 @@ def excluded_namespaces(context: Context) -> Outcome:
     "pod-security",
     hint=f"label it {ENFORCE_LABEL}=privileged, or opt it out"
     f" ({constants.NAMESPACE_INJECTION_LABEL}=disabled)",
-    needs=[NAMESPACES],
+    needs=[REVISIONS, NAMESPACES],
 )
 def pod_security(context: Context) -> Outcome:
-    """No opted-in namespace enforces PodSecurity baseline or restricted."""
+    """No opted-in namespace (of any revision) enforces PodSecurity baseline or restricted."""
     if context.namespaces.error:
         return warned(context.namespaces.error, "")
-    opted = context.opted_in
+    opted = context.meshed
     conflicts = [
         f"{info.name} enforces {info.labels[ENFORCE_LABEL]}"
         for info in opted
@@ -150,7 +120,7 @@ def pod_security(context: Context) -> Outcome:
     "dry-run-injection",
     hint="see the other checks; kubectl create --dry-run=server -o yaml shows what the"
     " API server makes of a pod",
-    needs=[NAMESPACES, DRY_RUNS],
+    needs=[REVISIONS, NAMESPACES, DRY_RUNS],
 )
 def dry_run_injection(context: Context) -> Outcome:
     """A server-side dry-run pod in each opted-in namespace comes back injected."""

@@ -1,11 +1,12 @@
 """The check of policy mode's install: the admission policies and their bindings.
 
 In policy mode (``docs/policy.md``) a MutatingAdmissionPolicy injects and a
-ValidatingAdmissionPolicy refuses, both bound by a binding; there is no
-webhook, Service or certificate. This check says whether the four objects are
-there and are what ``sidecar-injector policy`` renders, with this build, for
-the config they record: a policy rendered by another version, or edited by
-hand, stores other pods than the webhook would, which the contract rules out.
+ValidatingAdmissionPolicy refuses, each bound by a binding per entry of its
+revision (the webhook's disjoint entries); there is no webhook, Service or
+certificate. This check says whether those objects are there and are what
+``sidecar-injector policy`` renders, with this build, for the config they
+record: a policy rendered by another version, or edited by hand, stores other
+pods than the webhook would, which the contract rules out.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def admission_policies(context: Context) -> Outcome:
         else ""
     )
     return passed(
-        f"MutatingAdmissionPolicy, ValidatingAdmissionPolicy and their bindings {name}"
+        f"MutatingAdmissionPolicy, ValidatingAdmissionPolicy {name} and their bindings"
         f" ({revision}) are what this build renders for their config{also}",
         digest=found.digest,
         revision=found.revision,

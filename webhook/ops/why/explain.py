@@ -33,7 +33,12 @@ from webhook.engine.settings import SettingsError, resolve_settings
 from webhook.engine.status import MAX_STATUS_CHARS
 from webhook.engine.workloads import ObjectError, locate_pod, pod_parts
 from webhook.manifests.patched import patched
-from webhook.ops.check.namespace_checks import selector_matches
+from webhook.manifests.revisions import (
+    POD_OPTED_IN,
+    match_conditions,
+    pod_conditions_hold,
+    selector_matches,
+)
 from webhook.ops.outdated import (
     Expected,
     StatusUnreadable,
@@ -81,7 +86,7 @@ class WebhookCall:
     known: bool  # the webhook configuration was read
     called_by: tuple[str, ...] = ()  # the webhooks whose selectors match
     left_out: tuple[str, ...] = ()  # why each other webhook does not match
-    match_conditions: int = 0  # CEL conditions, not evaluated here
+    match_conditions: int = 0  # CEL conditions of the called webhooks not evaluated here
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ def explain(
     containers).
     """
     submitted = _as_submitted(obj)
-    meta, _ = _pod_parts(submitted)
+    meta, spec = _pod_parts(submitted)
     labels = _strings(meta.get("labels"))
     annotations = _strings(meta.get("annotations"))
     config = install.config
@@ -154,7 +159,7 @@ def explain(
         result = inject(submitted, namespace=namespace, config=config)
     except InjectionRefused as err:
         refusal = str(err)
-    call = webhook_call(install, namespace.labels, labels)
+    call = webhook_call(install, namespace.labels, labels, {"metadata": meta, "spec": spec})
     verdict = _verdict(result, refusal, call)
     settings, settings_note = _settings(result, namespace, annotations, install)
     workload = _workload(target, obj, owner_of)
@@ -222,9 +227,18 @@ def _verdict(result: InjectionResult | None, refusal: str | None, call: WebhookC
 
 
 def webhook_call(
-    install: Install, namespace_labels: Mapping[str, str], pod_labels: Mapping[str, str]
+    install: Install,
+    namespace_labels: Mapping[str, str],
+    pod_labels: Mapping[str, str],
+    pod: Mapping[str, Any] | None = None,
 ) -> WebhookCall:
-    """Which webhooks of the install the API server would call for a pod with these labels."""
+    """Which webhooks of the install the API server would call for a pod with these labels.
+
+    A webhook's ``matchConditions`` are evaluated when they are the install's
+    own (``webhook.manifests.revisions``: what the pod itself says, and the
+    object webhook's opt-in), by their Python twins on ``pod``; any others
+    are only counted.
+    """
     if not install.found:
         return WebhookCall(install.configuration, known=False)
     called: list[str] = []
@@ -232,11 +246,17 @@ def webhook_call(
     conditions = 0
     for hook in install.webhooks:
         name = str(hook.get("name"))
-        conditions += len(hook.get("matchConditions") or [])
+        own = hook.get("matchConditions") or []
+        entry = next((e for e in (POD_OPTED_IN, "") if own == match_conditions(e)), None)
         if not selector_matches(hook.get("namespaceSelector"), namespace_labels):
             left_out.append(f"{name}'s namespaceSelector does not match the namespace's labels")
         elif not selector_matches(hook.get("objectSelector"), pod_labels):
             left_out.append(f"{name}'s objectSelector does not match the pod's labels")
+        elif own and entry is None:
+            conditions += len(own)
+            called.append(name)
+        elif own and pod is not None and not pod_conditions_hold(pod, entry or ""):
+            left_out.append(f"{name}'s matchConditions leave the pod out (what it says itself)")
         else:
             called.append(name)
     if not install.webhooks:

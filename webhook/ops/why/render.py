@@ -46,7 +46,7 @@ def _webhook_line(answer: Explanation) -> str:
     else:
         text = f"none of {call.configuration} is called for it: {'; '.join(call.left_out)}"
     if call.match_conditions:
-        text += f" (its {call.match_conditions} matchConditions are not evaluated here)"
+        text += f" (its {call.match_conditions} other matchConditions are not evaluated here)"
     return text
 
 
