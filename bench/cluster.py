@@ -73,6 +73,8 @@ from harness.server import free_port, parse_metrics, wait_ready
 from harness.tls_client import https_get
 
 ROOT = Path(__file__).resolve().parent.parent
+# The variant served from this tree (the other, with --before, is "before").
+CURRENT_VARIANT = "after"
 PLAIN_NS: Final = "bench-plain"
 MESHED_NS: Final = "bench-meshed"
 MESHED_ALL_NS: Final = "bench-meshed-all"  # every setting key set (cluster_policy.EVERY_KEY)
@@ -493,14 +495,16 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 summary["ratios"][f"{key} / {base}"] = statistics.median(
                     r[key]["pods_per_s"] / r[base]["pods_per_s"] for r in rounds
                 )
-    first = next((k.partition(":")[2] for k in keys if k.startswith("direct:")), "")
+    # Policy mode against this tree's webhook and direct creation, whichever
+    # variant the rounds list first.
+    now = CURRENT_VARIANT
     pairs = [
-        ("policy", f"direct:{first}"),
-        (f"meshed:{first}", f"direct:{first}"),
-        ("policy", f"meshed:{first}"),
-        ("policy-all", f"direct-all:{first}"),
-        (f"meshed-all:{first}", f"direct-all:{first}"),
-        ("policy-all", f"meshed-all:{first}"),
+        ("policy", f"direct:{now}"),
+        (f"meshed:{now}", f"direct:{now}"),
+        ("policy", f"meshed:{now}"),
+        ("policy-all", f"direct-all:{now}"),
+        (f"meshed-all:{now}", f"direct-all:{now}"),
+        ("policy-all", f"meshed-all:{now}"),
     ]
     summary["cpu_ratios"] = {}
     for key, base in pairs:
@@ -522,7 +526,7 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def variants_for(before_cli: Path | None, before_config: Path | None) -> list[Variant]:
     """The current tree, and the "before" one when given."""
     config = ROOT / "manifests" / "base" / "injector-config.yaml"
-    found = [Variant("after", Path(sys.executable).parent / "sidecar-injector", config)]
+    found = [Variant(CURRENT_VARIANT, Path(sys.executable).parent / "sidecar-injector", config)]
     if before_cli is not None and before_config is not None:
         found.append(Variant("before", before_cli, before_config))
     return found
