@@ -118,14 +118,18 @@ class NamespaceState:
         annotations: dict[str, str] | None = None,
         *,
         emit: bool = True,
+        phase: str | None = None,
     ) -> None:
-        """Create namespace ``name`` (an ADDED event unless ``emit`` is false)."""
+        """Create namespace ``name`` (an ADDED event unless ``emit`` is false), in ``phase`` if given."""
         metadata: dict[str, Any] = {"name": name, "uid": f"uid-{name}"}
         if labels is not None:
             metadata["labels"] = dict(labels)
         if annotations is not None:
             metadata["annotations"] = dict(annotations)
-        self._change("ADDED", {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}, emit)
+        obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
+        if phase is not None:
+            obj["status"] = {"phase": phase}
+        self._change("ADDED", obj, emit)
 
     def modify(
         self,

@@ -126,6 +126,29 @@ def test_the_dry_run_step_says_what_happened_to_a_pod_that_came_back_otherwise(
     )
 
 
+def test_the_namespaces_step_notes_the_namespaces_being_deleted(
+    fake_api: FakeKubeAPI, cluster: Cluster
+) -> None:
+    fake_api.add("shop", ENABLED)
+    fake_api.add("gone", ENABLED, phase="Terminating")
+    found = dp.find_namespaces(cluster, ctx())
+    assert sorted(found.by_name) == ["gone", "shop"]
+    assert found.terminating == {"gone"}
+
+
+def test_no_dry_run_pod_goes_to_a_namespace_being_deleted(
+    store: ObjectStore, cluster: Cluster
+) -> None:
+    # A terminating namespace refuses new pods whatever the injector does.
+    namespaces = c.Namespaces(
+        MappingProxyType({n: opted_in(n) for n in ("shop", "gone")}),
+        terminating=frozenset({"gone"}),
+    )
+    store.dry_run = injecting
+    found = dp.find_dry_runs(cluster, ctx(namespaces=namespaces))
+    assert found.outcomes == (("shop", ""),)
+
+
 def test_the_dry_run_step_opts_a_pod_in_by_label_in_default_when_no_namespace_is(
     store: ObjectStore, cluster: Cluster, fake_api: FakeKubeAPI
 ) -> None:

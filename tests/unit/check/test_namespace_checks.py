@@ -7,6 +7,8 @@ locked settings; the install checks are in ``test_install_checks.py``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tests.builders import enabled_namespace, namespace
 from tests.unit.check.contexts import ctx, hook, namespaces, webhook
 from webhook import __version__
@@ -112,6 +114,10 @@ def test_dry_run_injection_passes_or_fails_with_what_each_namespace_answered() -
         "a dry-run pod is not injected in 1 of 2 namespaces: shop: refused: HTTP 400: no",
     )
     assert bad.hint.startswith("see the other checks; kubectl create --dry-run=server")
+    being_deleted = replace(namespaces(shop, cart), terminating=frozenset({"shop"}))
+    deleted = nc.dry_run_injection(ctx(namespaces=being_deleted, dry_runs=injected))
+    assert deleted.status == "pass"
+    assert deleted.details == ("cart: injected", "1 namespace being deleted, not tried")
     label = nc.dry_run_injection(
         ctx(
             namespaces=namespaces(namespace("default")),

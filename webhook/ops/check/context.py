@@ -219,6 +219,8 @@ class Namespaces:
     by_name: Mapping[str, NamespaceInfo] = field(default_factory=lambda: MappingProxyType({}))
     error: str = ""
     partial: bool = False  # only the first MAX_NAMESPACES were read
+    # Being deleted: they take no new pods, so no dry-run pod is tried there.
+    terminating: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

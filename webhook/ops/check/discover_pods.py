@@ -59,27 +59,34 @@ FIELD_MANAGER: Final = "sidecar-injector-check"
 def find_namespaces(cluster: Cluster, context: Context) -> Namespaces:
     """Every Namespace (at most 20,000), or with ``--namespace`` that one and the excluded."""
     found: dict[str, NamespaceInfo] = {}
+    terminating: set[str] = set()
     partial = False
     wanted = context.options.namespace
+
+    def keep(obj: Mapping[str, Any]) -> None:
+        info = namespace_info(obj)
+        if info is None:
+            return
+        found[info.name] = info
+        status = obj.get("status")
+        if isinstance(status, Mapping) and status.get("phase") == "Terminating":
+            terminating.add(info.name)
+
     try:
         if wanted is not None:
             for name in {wanted, *context.excluded}:
                 obj = cluster.get(f"/api/v1/namespaces/{quote(name, safe='')}")
                 if obj is not None:
-                    info = namespace_info(obj)
-                    if info is not None:
-                        found[info.name] = info
+                    keep(obj)
         else:
             for obj in cluster.list("/api/v1/namespaces", page_size=500):
-                info = namespace_info(obj)
-                if info is not None:
-                    found[info.name] = info
+                keep(obj)
                 if len(found) >= MAX_NAMESPACES:
                     partial = True
                     break
     except ClusterError as err:
         return Namespaces(error=f"cannot read the namespaces: {err}")
-    return Namespaces(MappingProxyType(found), partial=partial)
+    return Namespaces(MappingProxyType(found), partial=partial, terminating=frozenset(terminating))
 
 
 def namespace_info(obj: Mapping[str, Any]) -> NamespaceInfo | None:
@@ -104,7 +111,7 @@ def dry_run_targets(context: Context) -> tuple[list[NamespaceInfo], bool]:
     """
     if context.namespaces.error:
         return [], False
-    opted = context.opted_in
+    opted = [i for i in context.opted_in if i.name not in context.namespaces.terminating]
     if opted:
         return opted[: max(1, context.options.max_namespaces)], False
     if context.options.namespace is not None:

@@ -146,8 +146,13 @@ def dry_run_injection(context: Context) -> Outcome:
         if runs.opt_in_label
         else f"{probed} of {plural(opted, 'opted-in namespace')}"
     )
-    if opted > probed:
-        details.append(f"{opted - probed} more not tried (--max-namespaces, or --namespace NS)")
+    deleted = sum(1 for i in context.opted_in if i.name in context.namespaces.terminating)
+    if deleted:
+        details.append(f"{plural(deleted, 'namespace')} being deleted, not tried")
+    if opted - deleted > probed:
+        details.append(
+            f"{opted - deleted - probed} more not tried (--max-namespaces, or --namespace NS)"
+        )
     details += context.partial_note
     if failures:
         return failed(
