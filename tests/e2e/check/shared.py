@@ -8,6 +8,7 @@ serving certificate rewritten, a pod creation tried until it fails.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import io
@@ -126,6 +127,32 @@ def patch_configuration(control_plane: ControlPlane, *operations: Object) -> Non
         "-p",
         json.dumps(list(operations)),
     )
+
+
+def live_webhooks(control_plane: ControlPlane) -> list[Object]:
+    """The webhooks of the install's MutatingWebhookConfiguration, as the API server has them."""
+    done = control_plane.kubectl("get", "mutatingwebhookconfiguration", CONFIGURATION, "-o", "json")
+    webhooks: list[Object] = json.loads(done.stdout)["webhooks"]
+    return webhooks
+
+
+def ca_bundle_operations(control_plane: ControlPlane, pem: bytes) -> list[Object]:
+    """JSON Patch operations setting ``pem`` as every webhook's caBundle."""
+    value = base64.b64encode(pem).decode()
+    return [
+        {"op": "replace", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": value}
+        for index in range(len(live_webhooks(control_plane)))
+    ]
+
+
+def selector_expression_path(control_plane: ControlPlane, webhook: str, key: str) -> str:
+    """The JSON Pointer of ``webhook``'s namespaceSelector expression on ``key``."""
+    for index, found in enumerate(live_webhooks(control_plane)):
+        if found["name"] == webhook:
+            expressions = found["namespaceSelector"]["matchExpressions"]
+            position = next(i for i, e in enumerate(expressions) if e["key"] == key)
+            return f"/webhooks/{index}/namespaceSelector/matchExpressions/{position}"
+    raise AssertionError(f"no webhook {webhook} in {CONFIGURATION}")
 
 
 def creation_error(control_plane: ControlPlane) -> str:

@@ -11,7 +11,6 @@ the API server would be worse than none.
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 from pathlib import Path
@@ -31,11 +30,13 @@ from harness.server import CLI, running_server
 from tests.e2e.check.shared import (
     EFFECT_TIMEOUT,
     MESHED,
+    ca_bundle_operations,
     configuration_restored,
     creation_error,
     patch_configuration,
     run_check,
     run_cli,
+    selector_expression_path,
     write_leaf,
 )
 from webhook.contract.constants import STATUS_ANNOTATION
@@ -120,13 +121,9 @@ def test_two_ready_replicas_pass_and_both_endpoints_are_dialled(
 def test_a_wrong_ca_bundle_fails_as_the_api_server_fails(
     control_plane: ControlPlane, install: InstalledWebhook
 ) -> None:
-    other = base64.b64encode(certs.make_ca(common_name="some other CA").cert_pem()).decode()
+    other = certs.make_ca(common_name="some other CA").cert_pem()
     with configuration_restored(install):
-        patch_configuration(
-            control_plane,
-            {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": other},
-            {"op": "replace", "path": "/webhooks/1/clientConfig/caBundle", "value": other},
-        )
+        patch_configuration(control_plane, *ca_bundle_operations(control_plane, other))
         run = run_check(control_plane)
         assert run.returncode == 1, run
         assert run.document["ok"] is False
@@ -251,10 +248,10 @@ def test_a_selector_that_lets_kube_system_in_fails(
     with configuration_restored(install):
         # The object webhook selects namespaces without the opt-in label; without
         # its name exclusion, that is kube-system and the injector's own namespace.
-        patch_configuration(
-            control_plane,
-            {"op": "remove", "path": "/webhooks/1/namespaceSelector/matchExpressions/1"},
+        name_exclusion = selector_expression_path(
+            control_plane, "object.sidecar.mesh.io", "kubernetes.io/metadata.name"
         )
+        patch_configuration(control_plane, {"op": "remove", "path": name_exclusion})
         run = run_check(control_plane)
         assert run.returncode == 1, run
         result = run.check("excluded-namespaces")

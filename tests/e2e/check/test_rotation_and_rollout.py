@@ -9,7 +9,6 @@ sidecars outdated until the ``rollout restart`` that ``check`` prints.
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import threading
@@ -35,6 +34,7 @@ from tests.e2e.check.shared import (
     EFFECT_TIMEOUT,
     MESHED,
     CheckRun,
+    ca_bundle_operations,
     configuration_restored,
     creation_error,
     patch_configuration,
@@ -83,12 +83,7 @@ class PodCreator:
 
 
 def _set_ca_bundle(control_plane: ControlPlane, pem: bytes) -> None:
-    value = base64.b64encode(pem).decode()
-    patch_configuration(
-        control_plane,
-        {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": value},
-        {"op": "replace", "path": "/webhooks/1/clientConfig/caBundle", "value": value},
-    )
+    patch_configuration(control_plane, *ca_bundle_operations(control_plane, pem))
 
 
 def _issuers(run: CheckRun) -> set[str]:

@@ -165,6 +165,11 @@ def test_the_pod_scan_judges_each_pod_by_the_revision_its_labels_pick_now(
     assert list(report.outdated) == [Workload("shop", "ReplicaSet", "web-7d")]
     assert dict(report.unknown_revisions) == {"gone": 1}
     assert report.unknown_sample == ["legacy/stray (gone)"]
+    # legacy being deleted: its pods are going with it, judged not at all.
+    deleting = replace(context.namespaces, terminating=frozenset({"legacy"}))
+    report = dp.find_outdated(cluster, replace(context, namespaces=deleting)).report
+    assert dict(report.by_revision) == {"default": 1, "canary": 1}
+    assert dict(report.unknown_revisions) == {}
 
 
 # --- the checks --------------------------------------------------------------------------
@@ -241,6 +246,11 @@ def test_revision_labels_fails_on_namespaces_and_pods_whose_value_names_nothing(
     assert result.data["namespaces"] == ["old"]
     passing = rc.revision_labels(ctx(revisions(default=["prod"]), SHOP, LEGACY))
     assert passing.status == "pass"
+    being_deleted = ctx(revisions(default=["prod"]), SHOP, stale)
+    being_deleted = replace(
+        being_deleted, namespaces=replace(being_deleted.namespaces, terminating=frozenset({"old"}))
+    )
+    assert rc.revision_labels(being_deleted).status == "pass"
 
 
 def test_revision_sidecars_counts_per_revision_and_warns_for_pods_to_restart() -> None:

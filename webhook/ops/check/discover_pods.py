@@ -284,6 +284,8 @@ class _Judge:
         # The revision the checked policy is: only its pods carry its digest.
         self._policy_revision = context.policy.revision or constants.DEFAULT_REVISION
         self._namespaces = context.namespaces.by_name
+        # Pods of a namespace being deleted are going with it: neither outdated nor mislabelled.
+        self._terminating = context.namespaces.terminating
         self._config = context.injector.config
         self._revisions = context.revisions
         self._excluded = set(context.excluded)
@@ -318,6 +320,8 @@ class _Judge:
         if not isinstance(annotations, dict):
             return
         namespace = str(metadata.get("namespace") or "")
+        if namespace in self._terminating:
+            return
         serving = self._serving(metadata, namespace, report)
         try:
             found = recorded(annotations)

@@ -126,6 +126,7 @@ def revision_labels(context: Context) -> Outcome:
             f"{info.name} ({info.labels[constants.REVISION_LABEL]})": 1
             for info in context.meshed
             if constants.REVISION_LABEL in info.labels
+            and info.name not in context.namespaces.terminating
             and found.serving(info.labels[constants.REVISION_LABEL]) is None
         }
     )
