@@ -51,6 +51,10 @@ EFFECT_TIMEOUT = 60.0
 # 1,000 pods through the webhook, and the last series count (written at most
 # every 10 s) after them.
 BULK_TIMEOUT = 300.0
+# Excluded by the serving process's config but not by the webhook configuration's
+# selectors (the two drifted apart): one skip the webhook itself still decides,
+# since matchConditions keep every skip the pod shows from reaching it.
+EXCLUDED_BY_CONFIG = "events-config-excluded"
 
 
 class ServiceAccountWebhook(InstalledWebhook):
@@ -60,6 +64,9 @@ class ServiceAccountWebhook(InstalledWebhook):
         if self._server is not None:
             return self._server
         self._starts += 1
+        config = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+        config["excludedNamespaces"] = [*config.get("excludedNamespaces", []), EXCLUDED_BY_CONFIG]
+        self.config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
         kubeconfig = self.control_plane.write_user_kubeconfig(
             self.workdir / "service-account.kubeconfig",
             SERVICE_ACCOUNT,
@@ -250,22 +257,51 @@ def test_a_deployment_in_an_opted_in_namespace_gets_injected_on_its_replicaset(
 def test_a_skip_that_reaches_the_webhook_gets_injection_skipped(
     control_plane: ControlPlane, webhook: ServiceAccountWebhook, meshed: str
 ) -> None:
-    # An opt-out by annotation: the object selector cannot see it, so the
-    # webhook decides (an opt-out label never reaches it).
-    opted_out = deployment("legacy", annotations={"sidecar.mesh.io/inject": "false"})
-    create(control_plane, meshed, opted_out)
-    replicaset = replicaset_of(control_plane, meshed, "legacy")
+    control_plane.create_namespace(EXCLUDED_BY_CONFIG, labels=ENABLED)
+    try:
+        create(control_plane, EXCLUDED_BY_CONFIG, deployment("legacy"))
+        replicaset = replicaset_of(control_plane, EXCLUDED_BY_CONFIG, "legacy")
 
-    event = wait_for_event(control_plane, meshed, "ReplicaSet", replicaset, "InjectionSkipped")
+        event = wait_for_event(
+            control_plane, EXCLUDED_BY_CONFIG, "ReplicaSet", replicaset, "InjectionSkipped"
+        )
+    finally:
+        control_plane.kubectl("delete", "namespace", EXCLUDED_BY_CONFIG, "--wait=false")
 
     assert event["type"] == "Normal"
-    assert event["note"] == "not injected: pod annotation sidecar.mesh.io/inject=false"
-    answer = why(control_plane, meshed, "deploy/legacy")
+    assert (
+        event["note"] == f"not injected: namespace {EXCLUDED_BY_CONFIG} is excluded from injection"
+    )
+
+
+def test_a_skip_the_pod_shows_never_reaches_the_webhook_and_why_explains_it(
+    control_plane: ControlPlane, webhook: ServiceAccountWebhook, meshed: str
+) -> None:
+    # An opt-out by annotation: the webhook configuration's matchConditions keep
+    # the pod from the webhook, so no Event; why says what happened.
+    opted_out = deployment("optout", annotations={"sidecar.mesh.io/inject": "false"})
+    create(control_plane, meshed, opted_out)
+    replicaset = replicaset_of(control_plane, meshed, "optout")
+
+    def both_made() -> bool:
+        listed = control_plane.kubectl(
+            "-n", meshed, "get", "pods", "-l", "app=optout", "-o", "name"
+        )
+        return len(listed.stdout.split()) == 2
+
+    control_plane.wait_for(
+        both_made, what="the opted-out Deployment's pods", timeout=EFFECT_TIMEOUT
+    )
+
+    answer = why(control_plane, meshed, "deploy/optout")
     assert answer["injected"] is False
     assert answer["code"] == "pod-opted-out"
     assert answer["reason"] == "pod annotation sidecar.mesh.io/inject=false"
+    assert answer["webhook"]["calledBy"] == []
     assert answer["pods"]["withoutSidecar"] == 2
     assert answer["fix"] is None  # nothing to restart: not injecting is what it asks for
+    for reason in ("Injected", "InjectionSkipped", "InjectionRefused"):
+        assert not events_about(control_plane, meshed, "ReplicaSet", replicaset, reason)
 
 
 def test_a_bad_setting_gets_injection_refused_naming_the_key_next_to_the_controllers_own(

@@ -33,12 +33,6 @@ pytestmark = pytest.mark.cluster
 
 # --- the engine's golden inputs, through the apiserver -------------------------------------
 
-# Inputs the offline CLI injects but the cluster, by design, does not.
-CLUSTER_DIFFERS = {
-    # Webhook selectors see labels only; an opt-in annotation in a namespace
-    # that is not enabled never reaches the webhook (see mutatingwebhook.yaml).
-    "pod-opt-in-annotation": "opt-in by annotation is invisible to objectSelector",
-}
 # Inputs that exercise the engine with something the apiserver itself
 # refuses, webhook or not; the test proves that (same error without us).
 INVALID_AS_OBJECTS = {
@@ -289,7 +283,7 @@ class _GoldenRun:
             self.refused(case, where, pod, error.stderr)
             return
         self.checked += 1
-        want_injected = is_injected(expected_template) and case.stem not in CLUSTER_DIFFERS
+        want_injected = is_injected(expected_template)
         if is_injected(stored) != want_injected:
             self.failures.append(f"{where}: injected={is_injected(stored)}, want {want_injected}")
             return
