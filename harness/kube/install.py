@@ -60,8 +60,10 @@ def pod_manifest(
     *,
     labels: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
+    spec: Mapping[str, Any] | None = None,
 ) -> Object:
-    """A minimal one-container Pod; the image never runs (there is no kubelet)."""
+    """A minimal one-container Pod, ``spec`` merged into its spec; the image never runs
+    (there is no kubelet)."""
     metadata: Object = {"name": name, "labels": {"app": name, **(labels or {})}}
     if annotations:
         metadata["annotations"] = dict(annotations)
@@ -69,7 +71,10 @@ def pod_manifest(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": metadata,
-        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+        "spec": {
+            "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+            **(spec or {}),
+        },
     }
 
 

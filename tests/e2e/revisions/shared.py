@@ -11,7 +11,6 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import yaml
 
@@ -39,27 +38,6 @@ def api(control_plane: ControlPlane) -> Cluster:
     """A bounded client of the control plane (for dry-run pods, many and quickly)."""
     configuration = kube.load_configuration(control_plane.kubeconfig)
     return Cluster(kube.Connection(configuration), timeout=30)
-
-
-def pod(
-    name: str,
-    *,
-    labels: Mapping[str, str] | None = None,
-    annotations: Mapping[str, str] | None = None,
-    spec: Mapping[str, Any] | None = None,
-) -> Object:
-    metadata: Object = {"name": name, "labels": {"app": name, **(labels or {})}}
-    if annotations:
-        metadata["annotations"] = dict(annotations)
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": {
-            "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
-            **(spec or {}),
-        },
-    }
 
 
 def injected_by(stored: Object) -> str | None:

@@ -12,6 +12,7 @@ import pytest
 
 from harness.kube.control_plane import ControlPlane
 from harness.kube.install import create
+from harness.kube.install import pod_manifest as pod
 from harness.server import CLI
 from tests.e2e.revisions.shared import (
     EFFECT_TIMEOUT,
@@ -21,7 +22,6 @@ from tests.e2e.revisions.shared import (
     Revisions,
     api,
     injected_by,
-    pod,
 )
 
 pytestmark = pytest.mark.cluster

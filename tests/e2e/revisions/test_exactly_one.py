@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from harness.kube.control_plane import ControlPlane
+from harness.kube.install import pod_manifest as pod
 from tests.e2e.revisions.shared import (
     DISABLED,
     EFFECT_TIMEOUT,
@@ -31,7 +32,6 @@ from tests.e2e.revisions.shared import (
     Revisions,
     api,
     injected_by,
-    pod,
 )
 from webhook.cluster.reader import Cluster
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from harness.kube.control_plane import ControlPlane
+from harness.kube.install import pod_manifest as pod
 from harness.kube.revision_install import apiserver_admission
 from tests.e2e.revisions.shared import (
     EFFECT_TIMEOUT,
@@ -27,7 +28,6 @@ from tests.e2e.revisions.shared import (
     Revisions,
     api,
     injected_by,
-    pod,
 )
 
 pytestmark = pytest.mark.cluster

@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from harness.kube.control_plane import ControlPlane
+from harness.kube.install import pod_manifest as pod
 from harness.server import CLI
 from tests.e2e.revisions.shared import (
     EFFECT_TIMEOUT,
@@ -22,7 +23,6 @@ from tests.e2e.revisions.shared import (
     Revisions,
     api,
     injected_by,
-    pod,
 )
 
 pytestmark = pytest.mark.cluster
