@@ -158,6 +158,35 @@ def _rank(item: pytest.Item, tier: str | None, *, parallel: bool) -> int:
     return {"e2e": 2, "process": 3, "unit": 5}.get(tier or "", 4)
 
 
+# Each folder under tests/e2e/ is one unit of work under pytest-xdist, not a
+# file each: its files share package fixtures (an install, three revisions'
+# processes, the real node) that would otherwise start once per worker that
+# takes one of them, and a second node would only wait on the host lock.
+E2E_FOLDERS = "tests/e2e/"
+
+
+def unit_of_work(nodeid: str) -> str:
+    """The unit of work ``nodeid`` belongs to: its folder under ``tests/e2e/``, else its file."""
+    path = nodeid.split("::", 1)[0]
+    if path.startswith(E2E_FOLDERS) and "/" in path[len(E2E_FOLDERS) :]:
+        return E2E_FOLDERS + path[len(E2E_FOLDERS) :].split("/", 1)[0] + "/"
+    return path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, with each folder under ``tests/e2e/`` one unit of work."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileOrFolderScheduling(LoadFileScheduling):  # type: ignore[misc]  # untyped
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of_work(nodeid)
+
+    return FileOrFolderScheduling(config, log)
+
+
 def _guarded(item: pytest.Item) -> Generator[None, object, object]:
     if item.get_closest_marker("unit") is None:
         return (yield)

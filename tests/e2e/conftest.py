@@ -28,16 +28,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     Only when the binaries are not cached yet, and only for tests that use
     the fixtures below; everything else keeps its usual timeout. The real
-    node's tests (marker ``node``) build their own binaries and images; the
-    first of them gets the long timeout when any of those is not cached.
+    node's tests (fixture ``node``) build their own binaries and images; they
+    get the long timeout when any of those is not cached.
     """
     users = [i for i in items if _FIXTURES & set(getattr(i, "fixturenames", ()))]
     if users and cached_bin_dir() is None:
         for item in users:
             item.add_marker(pytest.mark.timeout(_COLD_BUILD_TIMEOUT), append=False)
-    node_tests = [i for i in items if i.get_closest_marker("node") is not None]
-    if node_tests and not _node_parts_cached():
-        node_tests[0].add_marker(pytest.mark.timeout(_COLD_BUILD_TIMEOUT), append=False)
+    node_users = [i for i in items if "node" in getattr(i, "fixturenames", ())]
+    if node_users and not _node_parts_cached():
+        for item in node_users:
+            item.add_marker(pytest.mark.timeout(_COLD_BUILD_TIMEOUT), append=False)
 
 
 def _node_parts_cached() -> bool:

@@ -125,3 +125,36 @@ def test_each_test_is_marked_with_its_folders_tier_and_the_unit_tier_runs_first(
     unit.stdout.fnmatch_lines(["*tests/unit/test_b.py::test_unit PASSED*"])
     both = run(session, "-v")
     both.stdout.fnmatch_lines(["*test_b.py::test_unit PASSED*", "*test_a.py::test_process PASSED*"])
+
+
+PACKAGE_FIXTURE = """
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="package")
+def install():
+    with (Path(__file__).parent / "setups.log").open("a") as log:
+        log.write(os.environ.get("PYTEST_XDIST_WORKER", "none") + "\\n")
+"""
+
+
+def test_a_folder_under_e2e_is_one_unit_of_work_so_its_package_fixtures_start_once(
+    session: pytest.Pytester,
+) -> None:
+    folder = session.path / "tests" / "e2e" / "cluster"
+    folder.mkdir(parents=True)
+    write(session, "tests/e2e/__init__.py", "")
+    write(session, "tests/e2e/cluster/__init__.py", "")
+    write(session, "tests/e2e/cluster/conftest.py", PACKAGE_FIXTURE)
+    for index in range(4):
+        write(
+            session,
+            f"tests/e2e/cluster/test_part{index}.py",
+            "def test_uses(install):\n    pass\n",
+        )
+    run(session, "-n", "2", "--dist", "loadfile").assert_outcomes(passed=4)
+    setups = (folder / "setups.log").read_text().split()
+    assert len(setups) == 1, setups  # a unit per file: both workers would set it up

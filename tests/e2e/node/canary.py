@@ -1,6 +1,6 @@
 """The canary upgrade of docs/upgrade.md on the real node, with the Helm chart, step by step.
 
-Run by ``test_node.py`` before anything there installs ``manifests/``: the
+Run by ``test_webhook_mode.py`` before anything there installs ``manifests/``: the
 default revision and a canary with a newer proxy version as Helm releases,
 a Deployment moved by a namespace label and another by a tag, rollout
 restarts, ``check``, the default revision uninstalled; all of it while pods

@@ -19,7 +19,6 @@ import base64
 import datetime
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,15 +26,9 @@ from typing import Any
 
 import pytest
 
-from harness.kube.binaries import build_binaries, cached_bin_dir
-from harness.kube.images import BUSYBOX_TAG, ImageBuildError, build_images, product_tags
+from harness.kube.images import product_tags
 from harness.kube.install import NAMESPACE, PROXY, is_injected
-from harness.kube.node import (
-    Node,
-    build_node_binaries,
-    missing_packages,
-    unsupported_reason,
-)
+from harness.kube.node import Node
 from harness.kube.node_install import (
     NodeInstall,
     PodStream,
@@ -51,37 +44,13 @@ from harness.kube.node_install import (
     summarize,
 )
 from harness.server import CLI
-from tests.e2e.node_canary import canary_walk
+from tests.e2e.node.canary import canary_walk
 from webhook.contract.constants import STATUS_ANNOTATION
 from webhook.pki import certs
 
 pytestmark = [pytest.mark.node]
 
 NATIVE = "sidecar.mesh.io/native-sidecar"
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[Node]:
-    """A running node for this module; its teardown fails if host state is left behind."""
-    reason = unsupported_reason()
-    if reason is not None:
-        pytest.skip(f"this machine cannot run a Kubernetes node: {reason}")
-    if cached_bin_dir() is None and shutil.which("go") is None:
-        pytest.skip("the node's Kubernetes binaries are built from source and 'go' is not on PATH")
-    missing = missing_packages()
-    if missing:
-        pytest.fail(f"the real-node tests need: apt-get install {' '.join(missing)} (.ci/run does)")
-    try:
-        images = build_images()
-    except ImageBuildError as error:
-        pytest.fail(f"image build failed: {error}")
-    with Node(
-        images=images,
-        control_plane_bin_dir=build_binaries(),
-        node_bin_dir=build_node_binaries(),
-        sandbox_image=BUSYBOX_TAG,
-    ) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

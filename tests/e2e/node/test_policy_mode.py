@@ -1,6 +1,7 @@
 """Policy mode on a real one-node cluster: meshed pods with no injector running at all.
 
-The node is the one of tests/e2e/test_node.py; the install is manifests/policy
+The node is the folder's (``conftest.node``), the webhook-mode tests' install
+removed before these start; the install is manifests/policy
 applied as a user would (``kubectl apply --server-side -k manifests/policy``):
 a MutatingAdmissionPolicy, a ValidatingAdmissionPolicy and their bindings,
 and nothing else: no Deployment, Service, certificate or webhook
@@ -34,12 +35,11 @@ from harness.kube.node_install import (
     wait_ready,
 )
 from harness.server import CLI
-from tests.e2e.test_node import node
+from tests.builders import REPO
 
 pytestmark = [pytest.mark.node]
-__all__ = ["node"]  # the fixture
 
-POLICY = Path(__file__).resolve().parents[2] / "manifests" / "policy"
+POLICY = REPO / "manifests" / "policy"
 NATIVE = "sidecar.mesh.io/native-sidecar"
 REV = "sidecar.mesh.io/rev"
 ENABLED = {"sidecar-injection": "enabled"}
