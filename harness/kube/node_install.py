@@ -173,7 +173,11 @@ class NodeInstall:
             return peer_fingerprint(sock)
 
     def close(self) -> None:
-        """Remove the webhook configuration first (failurePolicy Fail), then the rest."""
+        """Remove the webhook configuration first (failurePolicy Fail), then the rest.
+
+        Waits until the rest is gone, its namespace included: the node goes on
+        serving the tests after these, which may install into that namespace.
+        """
         try:
             self.node.kubectl(
                 "delete", "mutatingwebhookconfiguration", CONFIGURATION, "--ignore-not-found",
@@ -181,8 +185,8 @@ class NodeInstall:
             )  # fmt: skip
             if self.install_file.exists():
                 self.node.kubectl(
-                    "delete", "-f", str(self.install_file), "--ignore-not-found", "--wait=false",
-                    check=False,
+                    "delete", "-f", str(self.install_file), "--ignore-not-found",
+                    "--timeout=300s", check=False, timeout=330,
                 )  # fmt: skip
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -398,18 +402,23 @@ class Outcome:
 
 @dataclass
 class PodStream:
-    """Creates pods back to back from ``threads`` threads until :meth:`stop`.
+    """Creates pods from ``threads`` threads until :meth:`stop`, each ``interval`` after the last.
 
     Through the Python Kubernetes client (one kubectl process per pod would
     cost more CPU than the whole admission path). The pods are real, stored
     objects in ``namespace``, admitted by the webhook like any other, but
     nothing runs them (their ``schedulerName`` has no scheduler), so
-    hundreds cost no more than their admission.
+    hundreds cost no more than their admission. Paced rather than back to
+    back: a creation is sent every few tens of milliseconds, so an outage
+    of the injector of any length that matters is met by several, while the
+    node keeps the CPU it needs for the rollouts under test (back to back,
+    the stream took both cores and stored thousands of pods a minute).
     """
 
     kubeconfig: Path
     namespace: str
-    threads: int = 3
+    threads: int = 2
+    interval: float = 0.05
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -469,6 +478,7 @@ class PodStream:
                 )
             with self._lock:
                 self.outcomes.append(outcome)
+            self._stop.wait(self.interval)
 
     def count(self) -> int:
         """Creations finished so far (successful or not)."""
