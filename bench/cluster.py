@@ -88,11 +88,14 @@ class ClusterUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Pods per case and round, concurrent clients, rounds (after one unmeasured warm-up)."""
+    """Pods per case and round, concurrent clients, rounds (after one unmeasured warm-up);
+    ``settle``: wait for the control plane to go quiet before each case (off only
+    where the figures mean nothing, as in ``--quick``)."""
 
     pods: int = 300
     clients: int = 8
     rounds: int = 5
+    settle: bool = True
 
 
 def unavailable_reason() -> str | None:
@@ -406,7 +409,8 @@ class _Session:
                     self.routed = variant
                     self.api.empty(MESHED_NS)
                     self.api.empty(MESHED_ALL_NS)
-        _settle(processes)
+        if self.plan.settle:
+            _settle(processes)
         scraped = self.api.histogram()
         result = measure(self.api, namespace=namespace, pod=pod, plan=self.plan, pods=processes)
         result["webhook_calls"] = histogram_delta(scraped, self.api.histogram())

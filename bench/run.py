@@ -43,7 +43,7 @@ FULL: dict[str, Any] = {
 QUICK: dict[str, Any] = {
     "engine": {"rounds": 2, "per_round": 5, "warmup": 2},
     "service": service.Plan(seconds=1, warmup_seconds=0, rounds=1, soak_requests=300, churn_runs=2),
-    "cluster": cluster.Plan(pods=10, clients=4, rounds=1),
+    "cluster": cluster.Plan(pods=10, clients=4, rounds=1, settle=False),
     "node": node.Plan(replicas=10),
 }
 
