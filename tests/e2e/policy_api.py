@@ -156,6 +156,8 @@ class Namespaces:
                 == 200
             ),
             what=f"the default ServiceAccount in {chosen}",
+            # It comes within a few tens of milliseconds; every case waits on it.
+            interval=0.02,
         )
         self.made[key] = chosen
         return chosen
