@@ -33,11 +33,12 @@ constraints:
 # namespaces and the real node. test-fast is the unit tier, the loop to run
 # after every change; test is everything. Both spread the tests over
 # $(TEST_WORKERS) processes (pytest-xdist; TEST_WORKERS=0 runs them in this
-# one). In test a file is a unit of work, so its module fixtures start once
-# (--dist loadgroup would not group: xdist 3.8 cannot rename pytest 9's node
+# one). In test a file is a unit of work, or a folder under tests/e2e/, so its
+# module and package fixtures start once (tests/tiers.py, unit_of_work;
+# --dist loadgroup would not group: xdist 3.8 cannot rename pytest 9's node
 # ids), taken in the order tests/tiers.py gives, the longest e2e work first.
 # HYPOTHESIS_PROFILE=ci (what .ci/run sets) runs the properties in full.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 PYTEST := $(BIN)/python -m pytest
 
 test-fast: install
