@@ -75,9 +75,8 @@ def test_errors_are_one_line_and_print_nothing_on_stdout(
     kubeconfig: Path, args: list[str], code: int, message: str
 ) -> None:
     done = _tag(*args, "--kubeconfig", str(kubeconfig))
-    assert done.returncode == code
-    assert done.stdout == ""
-    assert message in done.stderr.splitlines()[-1]
+    assert (done.returncode, done.stdout) == (code, ""), done.stderr
+    assert message in done.stderr.splitlines()[-1], done.stderr
     assert "Traceback" not in done.stderr
 
 
