@@ -105,21 +105,30 @@ def test_install_runs_two_replicas_from_its_own_image(node: Node, install: NodeI
         assert volumes["tls"]["secret"]["secretName"] == "sidecar-injector-tls"
     # The apiserver reached it through the Service: injection works (the
     # install waits for a dry-run pod to come back injected), and the
-    # Service's endpoints are exactly the two ready pods.
+    # Service's endpoints become exactly the two ready pods (the EndpointSlice
+    # controller follows a pod's readiness a moment later).
+    pod_ips = {p["status"]["podIP"] for p in running}
+    node.wait_for(
+        lambda: _ready_addresses(node) == pod_ips,
+        what=f"the Service's ready endpoints to be {sorted(pod_ips)}",
+        timeout=60,
+    )
+
+
+def _ready_addresses(node: Node) -> set[str]:
     slices = json.loads(
         node.kubectl(
             "-n", NAMESPACE, "get", "endpointslices",
             "-l", "kubernetes.io/service-name=sidecar-injector", "-o", "json",
         ).stdout
     )  # fmt: skip
-    addresses = {
+    return {
         address
         for item in slices["items"]
         for endpoint in item.get("endpoints") or []
         if endpoint.get("conditions", {}).get("ready")
         for address in endpoint["addresses"]
     }
-    assert addresses == {p["status"]["podIP"] for p in running}
 
 
 def test_injector_pods_are_not_injected(install: NodeInstall) -> None:
@@ -196,21 +205,6 @@ def _serve_expired_certificate(node: Node, install: NodeInstall) -> None:
     node.kubectl("apply", "-f", "-", input=json.dumps(secret))
 
 
-def _ready_endpoints(node: Node) -> int:
-    slices = json.loads(
-        node.kubectl(
-            "-n", NAMESPACE, "get", "endpointslices",
-            "-l", "kubernetes.io/service-name=sidecar-injector", "-o", "json",
-        ).stdout
-    )  # fmt: skip
-    return sum(
-        1
-        for item in slices["items"]
-        for endpoint in item.get("endpoints") or []
-        if (endpoint.get("conditions") or {}).get("ready")
-    )
-
-
 def test_an_expired_certificate_makes_the_replicas_unready_and_check_says_why(
     node: Node, install: NodeInstall
 ) -> None:
@@ -219,7 +213,7 @@ def test_an_expired_certificate_makes_the_replicas_unready_and_check_says_why(
         # The kubelet updates the volume, each replica loads the pair on its
         # next handshake (the readiness probe is one) and /readyz fails.
         node.wait_for(
-            lambda: _ready_endpoints(node) == 0, what="both replicas to be unready", timeout=180
+            lambda: not _ready_addresses(node), what="both replicas to be unready", timeout=180
         )
         code, checks = _check(node)
         assert code == 1
@@ -235,7 +229,7 @@ def test_an_expired_certificate_makes_the_replicas_unready_and_check_says_why(
     finally:
         install.rotate_certificate()  # what certs --renew + the Secret do
         node.wait_for(
-            lambda: _ready_endpoints(node) == 2, what="both replicas to be ready", timeout=180
+            lambda: len(_ready_addresses(node)) == 2, what="both replicas to be ready", timeout=180
         )
         install.wait_until_injecting()
     code, checks = _check(node)
