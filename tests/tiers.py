@@ -132,11 +132,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     First of all hooks, so that ``-m unit`` sees the marks. A serial run goes
     unit, process, e2e: a broken build fails in seconds. Under pytest-xdist
-    (``--dist loadfile --no-loadscope-reorder``, a file per unit of work in
-    this order) the longest work goes first: the node, then the files that
-    use the control plane, then the rest of e2e, so no worker is left with
-    them at the end, and the worker that is busy with the node leaves the
-    control plane's files to the other, which then starts one control plane.
+    (``--dist loadfile --no-loadscope-reorder``; a unit of work is a file, or
+    a folder under ``tests/e2e/``: ``unit_of_work``) the longest work goes
+    first: the node, then the units that use the control plane, then the
+    rest of e2e, so no worker is left with them at the end, and the worker
+    busy with the node leaves the control plane's units to the others.
     """
     parallel = hasattr(config, "workerinput")
     ranks = {}
@@ -162,14 +162,14 @@ def _rank(item: pytest.Item, tier: str | None, *, parallel: bool) -> int:
 # file each: its files share package fixtures (an install, three revisions'
 # processes, the real node) that would otherwise start once per worker that
 # takes one of them, and a second node would only wait on the host lock.
-E2E_FOLDERS = "tests/e2e/"
+E2E_ROOT = "tests/e2e/"
 
 
 def unit_of_work(nodeid: str) -> str:
     """The unit of work ``nodeid`` belongs to: its folder under ``tests/e2e/``, else its file."""
     path = nodeid.split("::", 1)[0]
-    if path.startswith(E2E_FOLDERS) and "/" in path[len(E2E_FOLDERS) :]:
-        return E2E_FOLDERS + path[len(E2E_FOLDERS) :].split("/", 1)[0] + "/"
+    if path.startswith(E2E_ROOT) and "/" in path[len(E2E_ROOT) :]:
+        return E2E_ROOT + path[len(E2E_ROOT) :].split("/", 1)[0] + "/"
     return path
 
 
