@@ -62,8 +62,8 @@ class NamespaceState:
     list's ``limit``, ``watch_versions`` the resourceVersion each watch
     resumed from and ``watch_timeouts`` the timeoutSeconds it asked for,
     ``list_bytes_sent`` what the last oversized list managed to send,
-    ``get_names`` the namespace each GET asked for (``get_times`` when, by
-    ``time.monotonic``), ``gets_at_once`` the GETs
+    ``reads()`` the namespace each GET asked for and when (``get_names``
+    the names alone), ``gets_at_once`` the GETs
     being answered now and ``max_gets_at_once`` the most at any one time.
     """
 
@@ -97,8 +97,7 @@ class NamespaceState:
         self.list_padding = 0
         self.list_delay = 0.0
         self.get_delay = 0.0
-        self.get_names: list[str] = []
-        self.get_times: list[float] = []
+        self._reads: list[tuple[str, float]] = []
         self.gets_at_once = 0
         self.max_gets_at_once = 0
         self.list_bytes_sent = 0
@@ -111,7 +110,12 @@ class NamespaceState:
     def reads(self) -> list[tuple[str, float]]:
         """Each namespace GET so far: the name it asked for and when (``time.monotonic``)."""
         with self._cond:
-            return list(zip(self.get_names, self.get_times, strict=True))
+            return list(self._reads)
+
+    @property
+    def get_names(self) -> list[str]:
+        """The name each namespace GET so far asked for."""
+        return [name for name, _ in self.reads()]
 
     @property
     def resource_version(self) -> str:
@@ -276,8 +280,7 @@ def serve(request: Request, path: str, query: dict[str, str]) -> None:
         api.requests["get"] += 1
         name = path[len(PREFIX) + 1 :]
         with api._cond:
-            api.get_names.append(name)
-            api.get_times.append(time.monotonic())
+            api._reads.append((name, time.monotonic()))
             api.gets_at_once += 1
             api.max_gets_at_once = max(api.max_gets_at_once, api.gets_at_once)
         try:
