@@ -55,7 +55,6 @@ from typing import Any, Final
 
 import jsonpatch
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench import cluster_policy, workload
 from bench.cluster_load import ClusterBenchError, measure
@@ -69,6 +68,7 @@ from harness.kube.install import (
     render_install,
     service_port_name,
 )
+from harness.metrics import families
 from harness.server import free_port, parse_metrics, wait_ready
 from harness.tls_client import https_get
 
@@ -232,9 +232,7 @@ class Api:
             raise ClusterBenchError(f"apiserver /metrics answered {status}")
         buckets: dict[float, float] = {}
         total = count = 0.0
-        for family in text_string_to_metric_families(body.decode()):
-            if family.name != HISTOGRAM:
-                continue
+        for family in families(body.decode(), [HISTOGRAM]):
             for sample in family.samples:
                 labels = sample.labels
                 if labels.get("name") not in WEBHOOKS or labels.get("type") != "admit":

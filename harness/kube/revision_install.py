@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from harness.kube.binaries import helm_binary
 from harness.kube.control_plane import ControlPlane
 from harness.kube.install import NAMESPACE, MetricsSnapshot, Object
+from harness.metrics import families
 from harness.server import CLI, Server, running_server
 from harness.tls_client import https_get
 
@@ -236,10 +236,8 @@ def apiserver_admission(control_plane: ControlPlane) -> dict[tuple[str, str], fl
         "apiserver_admission_match_condition_exclusions": "exclusions",
     }
     found: dict[tuple[str, str], float] = {}
-    for family in text_string_to_metric_families(text):
-        short = wanted.get(family.name)
-        if short is None:
-            continue
+    for family in families(text, wanted):
+        short = wanted[family.name]
         for sample in family.samples:
             if not sample.name.endswith("_total"):
                 continue
