@@ -396,6 +396,12 @@ class ControlPlane:
                 # port and delegated authn/authz.
                 "--secure-port=0",
                 f"--cert-dir={work}",
+                # Every default controller but the one that type-checks each
+                # ValidatingAdmissionPolicy and writes the warnings into its
+                # status: nothing here reads them, and each such write makes the
+                # API server compile the policy again, a cost every policy a test
+                # installs would pay twice over (docs/testing.md).
+                "--controllers=*,-validatingadmissionpolicy-status-controller",
             ],
         )
         self.wait_for(
