@@ -99,7 +99,7 @@ _SERVER_SET: Final = ("uid", "resourceVersion", "creationTimestamp", "managedFie
 def presented(api: Api, plain_namespace: str, pod: Object) -> Object | Outcome:
     """The pod as the API server hands it to a webhook: defaulted, with its service account
     admitted (a dry run where nothing mutates it), or the refusal it got."""
-    status, seen = api.dry_run_pod(plain_namespace, pod)
+    status, seen = api.plain_dry_run_pod(plain_namespace, pod)
     if status >= 300:
         return _refusal(status, seen)
     for key in _SERVER_SET:
@@ -124,7 +124,7 @@ def by_simulated_webhook(
 
     The pod is shown to the engine as the API server would show it to a
     webhook (``presented``); the patched pod is then dry-run created in
-    ``stored_in``, a namespace with the same labels and annotations (so
+    ``stored_in``, a namespace with the same PodSecurity labels (so
     PodSecurity judges it there) that no policy or webhook mutates. A pod
     that ``revision``'s webhooks do not select (their selectors and
     matchConditions, ``webhook.manifests.revisions``) never reaches it: a
@@ -243,6 +243,7 @@ def wait_until(predicate: Any, *, what: str, timeout: float = 60.0) -> None:
 # The config both modes run with: the install's own (the real webhook mounts it).
 INSTALL_CONFIG: Final = Path(__file__).resolve().parents[2] / "manifests/base/injector-config.yaml"
 _IMAGE: Final = "registry.invalid/app:1"
+_POD_SECURITY: Final = "pod-security.kubernetes.io/"
 
 
 @dataclass(frozen=True)
@@ -378,13 +379,22 @@ class Modes:
     def namespace(self, case: Case, *, mode: str) -> str:
         return self.namespaces.get(case.labels, case.annotations, mode=mode, name=case.namespace)
 
+    def judged_like(self, case: Case) -> str:
+        """A namespace where nothing mutates pods and PodSecurity judges them as in the case's:
+        the same ``pod-security.kubernetes.io/`` labels (the only ones an admission plugin
+        reads here), so cases that differ in anything else share it."""
+        if case.namespace is not None:
+            return case.namespace
+        judged = {k: v for k, v in case.labels.items() if k.startswith(_POD_SECURITY)}
+        return self.namespaces.get(judged, {}, mode="sim")
+
     def by_policy(self, case: Case) -> Outcome:
         return by_policy(self.api, self.namespace(case, mode=self.mode), case.pod)
 
     def by_simulated_webhook(self, case: Case) -> Outcome:
         # The policy's namespace names the webhook's too: messages carry the name.
         info = self.namespace_info(self.namespace(case, mode=self.mode))
-        stored_in = case.namespace or self.namespace(case, mode="sim")
+        stored_in = self.judged_like(case)
         return by_simulated_webhook(
             self.api, self.plain, info, case.pod, self.config, stored_in=stored_in,
             revision=self.revision,
@@ -414,14 +424,14 @@ class Modes:
             # in policy mode, where the webhook refuses first naming the mesh. The
             # policy must have left it uninjected: PodSecurity says of it exactly
             # what it says of the pod as written, where nothing injects.
-            as_written = by_policy(self.api, self.namespace(case, mode="sim"), case.pod)
+            as_written = by_policy(self.api, self.judged_like(case), case.pod)
             assert refusal_text(as_written.message) == refusal_text(policy.message), (
                 case.what,
                 as_written,
                 policy,
             )
             return
-        alone = by_policy(self.api, self.plain, case.pod)
+        alone = _stored(*self.api.plain_dry_run_pod(self.plain, case.pod))
         if alone.refused:
             assert policy.refused, (case.what, policy)
             assert webhook.refused, (case.what, webhook)
