@@ -49,6 +49,7 @@ from typing import Any
 import yaml
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from harness.kube.admin_api import AdminApi
 from harness.kube.binaries import ControlPlaneError, etcd_binary
 from harness.kube.pki import (
     ADMIN_USER,
@@ -154,6 +155,7 @@ class ControlPlane:
         self._components: list[_Component] = []
         self._port = 0
         self._ca: Pair | None = None
+        self._admin: AdminApi | None = None
 
     # -- public surface --
 
@@ -223,6 +225,12 @@ class ControlPlane:
             raise KubectlError(result.returncode, command, result.stdout, result.stderr)
         return result
 
+    def admin_api(self) -> AdminApi:
+        """The API as the admin without a kubectl process (:mod:`harness.kube.admin_api`)."""
+        if self._admin is None:
+            self._admin = AdminApi(self)
+        return self._admin
+
     def create_namespace(self, name: str, *, labels: dict[str, str] | None = None) -> None:
         """Create a namespace and wait until pods can be created in it.
 
@@ -230,18 +238,17 @@ class ControlPlane:
         controller-manager has created the namespace's ``default``
         ServiceAccount, which takes a moment after the namespace appears.
         """
+        api = self.admin_api()
         manifest = {
             "apiVersion": "v1",
             "kind": "Namespace",
             "metadata": {"name": name, "labels": dict(labels or {})},
         }
-        self.kubectl("create", "-f", "-", input=yaml.safe_dump(manifest))
+        api.create(None, manifest)
         self.wait_for(
-            lambda: (
-                self.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode
-                == 0
-            ),
+            lambda: api.get(f"/api/v1/namespaces/{name}/serviceaccounts/default") is not None,
             what=f"the default ServiceAccount in namespace {name}",
+            interval=0.05,
         )
 
     def route_service_to_loopback(
@@ -332,6 +339,7 @@ class ControlPlane:
         self._components.clear()
         self._port = 0
         self._ca = None
+        self._admin = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

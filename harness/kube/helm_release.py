@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import yaml
 
+from harness.kube.admin_api import ApiRefused
 from harness.kube.binaries import helm_binary
 from harness.kube.install import NAMESPACE
 from harness.kube.node import Node, NodeError
@@ -105,19 +106,18 @@ class HelmRelease:
         """Dry-run pods in a namespace labelled ``labels`` until one comes back injected by
         this revision (the Service's endpoints reach kube-proxy a moment after the rollout)."""
         namespace = f"{PROBE_NAMESPACE}-{self.revision}"
-        if self.node.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+        api = self.node.control_plane.admin_api()
+        if api.get(f"/api/v1/namespaces/{namespace}") is None:
             self.node.control_plane.create_namespace(namespace, labels=dict(labels))
         errors: list[str] = []
 
         def injected() -> bool:
-            done = self.node.kubectl(
-                "-n", namespace, "create", "--dry-run=server", "-o", "json", "-f", "-",
-                input=json.dumps(pod_manifest("probe", command=["true"])), check=False,
-            )  # fmt: skip
-            if done.returncode != 0:
-                errors.append(done.stderr.strip())
+            try:
+                pod = api.create(namespace, pod_manifest("probe", command=["true"]), dry_run=True)
+            except ApiRefused as error:
+                errors.append(error.message)
                 return False
-            return recorded_revision(json.loads(done.stdout)) == self.revision
+            return recorded_revision(pod) == self.revision
 
         try:
             self.node.wait_for(

@@ -21,7 +21,6 @@ control plane without kubelet forces on us:
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,8 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.kube.control_plane import ControlPlane, KubectlError
+from harness.kube.admin_api import ApiRefused
+from harness.kube.control_plane import ControlPlane
 from harness.server import CLI, Server, running_server
 from harness.tls_client import https_get
 
@@ -94,23 +94,21 @@ def is_injected(pod: Object) -> bool:
 
 
 def create(control_plane: ControlPlane, namespace: str, manifest: Object) -> Object:
-    """``kubectl create`` one object and return what the apiserver stored.
+    """Create one object, as ``kubectl create`` does, and return what the apiserver stored.
 
     The create response *is* the persisted object, after every mutating
     webhook and validation ran; tests that want to see it come back from
-    storage read it again with :func:`get_pod`.
+    storage read it again with :func:`get_pod`. A refusal raises
+    :class:`~harness.kube.admin_api.ApiRefused` with the API server's message.
     """
-    done = control_plane.kubectl(
-        "-n", namespace, "create", "-o", "json", "-f", "-", input=json.dumps(manifest)
-    )
-    created: Object = json.loads(done.stdout)
-    return created
+    return control_plane.admin_api().create(namespace, manifest)
 
 
 def get_pod(control_plane: ControlPlane, namespace: str, name: str) -> Object:
-    """The pod as stored, read back with ``kubectl get -o json``."""
-    done = control_plane.kubectl("-n", namespace, "get", "pod", name, "-o", "json")
-    pod: Object = json.loads(done.stdout)
+    """The pod as stored, read back from the API server."""
+    pod = control_plane.admin_api().get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+    if pod is None:
+        raise AssertionError(f"no pod {namespace}/{name}")
     return pod
 
 
@@ -131,8 +129,8 @@ def wait_until_injecting(control_plane: ControlPlane, namespace: str, *, timeout
         name = f"canary-{len(attempts)}"
         try:
             pod = create(control_plane, namespace, pod_manifest(name))
-        except KubectlError as error:
-            attempts.append(f"{name}: {error.stderr.strip()}")
+        except ApiRefused as error:
+            attempts.append(f"{name}: {error.message}")
             return False
         attempts.append(f"{name}: containers {container_names(pod)}")
         return is_injected(pod)

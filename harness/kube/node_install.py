@@ -36,6 +36,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from harness.kube.admin_api import ApiRefused
 from harness.kube.images import BUSYBOX_TAG
 from harness.kube.install import (
     CONFIGURATION,
@@ -116,21 +117,20 @@ class NodeInstall:
         stores nothing, so nothing is left to clean up.
         """
         namespace = "sidecar-injector-e2e-canary"
-        if self.node.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+        api = self.node.control_plane.admin_api()
+        if api.get(f"/api/v1/namespaces/{namespace}") is None:
             self.node.control_plane.create_namespace(
                 namespace, labels={"sidecar-injection": "enabled"}
             )
         errors: list[str] = []
 
         def injected() -> bool:
-            done = self.node.kubectl(
-                "-n", namespace, "create", "--dry-run=server", "-o", "json", "-f", "-",
-                input=json.dumps(pod_manifest("canary", command=["true"])), check=False,
-            )  # fmt: skip
-            if done.returncode != 0:
-                errors.append(done.stderr.strip())
+            try:
+                pod = api.create(namespace, pod_manifest("canary", command=["true"]), dry_run=True)
+            except ApiRefused as error:
+                errors.append(error.message)
                 return False
-            return is_injected(json.loads(done.stdout))
+            return is_injected(pod)
 
         try:
             self.node.wait_for(injected, what="injection through the Service", timeout=timeout)
@@ -139,11 +139,7 @@ class NodeInstall:
 
     def injector_pods(self) -> list[Object]:
         """The injector's pods, as stored."""
-        done = self.node.kubectl(
-            "-n", NAMESPACE, "get", "pods", "-l", INJECTOR_SELECTOR, "-o", "json"
-        )
-        pods: list[Object] = json.loads(done.stdout)["items"]
-        return pods
+        return pods(self.node, NAMESPACE, INJECTOR_SELECTOR)
 
     def rotate_certificate(self) -> str:
         """A new serving certificate from the same CA, written into the Secret.
@@ -277,9 +273,8 @@ def apply(node: Node, namespace: str, manifest: Object) -> None:
 
 def pods(node: Node, namespace: str, selector: str) -> list[Object]:
     """Pods matching a label selector."""
-    done = node.kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "json")
-    found: list[Object] = json.loads(done.stdout)["items"]
-    return found
+    api = node.control_plane.admin_api()
+    return api.items(f"/api/v1/namespaces/{namespace}/pods", selector=selector)
 
 
 def container_status(pod: Object, name: str) -> Object | None:

@@ -169,10 +169,12 @@ def events_about(
     control_plane: ControlPlane, namespace: str, kind: str, name: str, reason: str
 ) -> list[Object]:
     """Events (events.k8s.io/v1, the controllers' core events included) about one object."""
-    listed = control_plane.kubectl("-n", namespace, "get", "events.v1.events.k8s.io", "-o", "json")
+    listed = control_plane.admin_api().items(
+        f"/apis/events.k8s.io/v1/namespaces/{namespace}/events"
+    )
     return [
         event
-        for event in json.loads(listed.stdout)["items"]
+        for event in listed
         if event.get("reason") == reason
         and (event.get("regarding") or {}).get("kind") == kind
         and (event.get("regarding") or {}).get("name") == name
@@ -347,10 +349,10 @@ def test_a_thousand_pods_of_one_replicaset_make_a_bounded_number_of_events(
     create(control_plane, meshed, replicaset)
 
     def all_created() -> bool:
-        listed = control_plane.kubectl(
-            "-n", meshed, "get", "pods", "-l", "app=bulk", "-o", "name", timeout=120
+        listed = control_plane.admin_api().items(
+            f"/api/v1/namespaces/{meshed}/pods", selector="app=bulk"
         )
-        return len(listed.stdout.split()) == 1000
+        return len(listed) == 1000
 
     control_plane.wait_for(
         all_created, what="1,000 pods of the ReplicaSet", timeout=BULK_TIMEOUT, interval=2.0

@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from harness.kube.control_plane import ControlPlane, KubectlError
+from harness.kube.admin_api import ApiRefused
+from harness.kube.control_plane import ControlPlane
 from harness.kube.install import (
     CONFIGURATION,
     NAMESPACE,
@@ -162,8 +163,8 @@ def creation_error(control_plane: ControlPlane) -> str:
     def fails() -> bool:
         try:
             create(control_plane, MESHED, pod_manifest(f"probe-{uuid.uuid4().hex[:6]}"))
-        except KubectlError as error:
-            errors.append(error.stderr)
+        except ApiRefused as error:
+            errors.append(error.message)
             return True
         return False
 

@@ -9,7 +9,6 @@ sidecars outdated until the ``rollout restart`` that ``check`` prints.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 import uuid
@@ -18,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.kube.control_plane import ControlPlane, KubectlError
+from harness.kube.admin_api import ApiRefused
+from harness.kube.control_plane import ControlPlane
 from harness.kube.install import (
     NAMESPACE,
     SERVICE,
@@ -44,9 +44,12 @@ from webhook.pki import certs
 
 pytestmark = pytest.mark.cluster
 
+PACE_SECONDS = 0.1  # between one pod creation and the next
+
 
 class PodCreator:
-    """Creates pods in the meshed namespace back to back until stopped; records each outcome."""
+    """Creates pods in the meshed namespace, one every PACE_SECONDS or so, until stopped;
+    records each outcome."""
 
     def __init__(self, control_plane: ControlPlane) -> None:
         self.control_plane = control_plane
@@ -67,12 +70,15 @@ class PodCreator:
             name = f"rotation-{uuid.uuid4().hex[:6]}"
             try:
                 pod = create(self.control_plane, MESHED, pod_manifest(name))
-            except KubectlError as error:
-                self.outcomes.append(f"{name}: refused: {error.stderr.strip()}")
+            except ApiRefused as error:
+                self.outcomes.append(f"{name}: refused: {error.message}")
             else:
                 self.outcomes.append(
                     f"{name}: {'injected' if is_injected(pod) else 'NOT injected'}"
                 )
+            # A creation every so often is enough to meet every step of the
+            # rotation; back to back they would take a core from the rest.
+            self._stop.wait(PACE_SECONDS)
 
     def wait_for_more(self, count: int) -> None:
         """Until ``count`` more pods were created (so each step is really exercised)."""
@@ -171,8 +177,9 @@ def _web_deployment(name: str, replicas: int) -> Object:
 
 
 def _pod_names(control_plane: ControlPlane, namespace: str, selector: str) -> set[str]:
-    done = control_plane.kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "json")
-    items = json.loads(done.stdout)["items"]
+    items = control_plane.admin_api().items(
+        f"/api/v1/namespaces/{namespace}/pods", selector=selector
+    )
     return {p["metadata"]["name"] for p in items if not p["metadata"].get("deletionTimestamp")}
 
 

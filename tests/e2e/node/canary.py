@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from harness.kube.admin_api import ApiRefused
 from harness.kube.helm_release import HelmRelease, remove_everything
 from harness.kube.images import product_tags
 from harness.kube.install import PROXY
@@ -84,16 +85,15 @@ class Walk:
     def served_by(self, namespace: str, revision: str) -> Callable[[], bool]:
         """Whether a dry-run pod in ``namespace`` comes back injected by ``revision`` now."""
 
+        probe = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"},
+                 "spec": {"containers": [{"name": "app", "image": "x"}]}}  # fmt: skip
+
         def check() -> bool:
-            done = self.node.kubectl(
-                "-n", namespace, "create", "--dry-run=server", "-o", "json", "-f", "-",
-                input=json.dumps(
-                    {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"},
-                     "spec": {"containers": [{"name": "app", "image": "x"}]}}
-                ),
-                check=False,
-            )  # fmt: skip
-            return done.returncode == 0 and recorded_revision(json.loads(done.stdout)) == revision
+            try:
+                pod = self.node.control_plane.admin_api().create(namespace, probe, dry_run=True)
+            except ApiRefused:
+                return False
+            return recorded_revision(pod) == revision
 
         return check
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.kube.admin_api import ApiRefused
 from harness.kube.helm_release import CHART, HelmRelease, remove_everything
 from harness.kube.images import product_tags
 from harness.kube.install import NAMESPACE
@@ -51,11 +52,12 @@ CANARY_PROXY = "v1.41.0"
 
 def _served_by(node: Node, namespace: str) -> str | None:
     """The revision whose sidecar a dry-run pod in ``namespace`` comes back with."""
-    done = node.kubectl(
-        "-n", namespace, "create", "--dry-run=server", "-o", "json", "-f", "-",
-        input=json.dumps(pod_manifest("probe", command=["true"])), check=False,
-    )  # fmt: skip
-    return recorded_revision(json.loads(done.stdout)) if done.returncode == 0 else None
+    probe = pod_manifest("probe", command=["true"])
+    try:
+        pod = node.control_plane.admin_api().create(namespace, probe, dry_run=True)
+    except ApiRefused:
+        return None
+    return recorded_revision(pod)
 
 
 @pytest.mark.timeout(1500)  # the node starts within it; two releases, two rollouts

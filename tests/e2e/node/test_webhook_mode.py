@@ -116,15 +116,13 @@ def test_install_runs_two_replicas_from_its_own_image(node: Node, install: NodeI
 
 
 def _ready_addresses(node: Node) -> set[str]:
-    slices = json.loads(
-        node.kubectl(
-            "-n", NAMESPACE, "get", "endpointslices",
-            "-l", "kubernetes.io/service-name=sidecar-injector", "-o", "json",
-        ).stdout
-    )  # fmt: skip
+    slices = node.control_plane.admin_api().items(
+        f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices",
+        selector="kubernetes.io/service-name=sidecar-injector",
+    )
     return {
         address
-        for item in slices["items"]
+        for item in slices
         for endpoint in item.get("endpoints") or []
         if endpoint.get("conditions", {}).get("ready")
         for address in endpoint["addresses"]

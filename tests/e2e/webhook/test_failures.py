@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.kube.control_plane import ControlPlane, KubectlError
+from harness.kube.admin_api import ApiRefused
+from harness.kube.control_plane import ControlPlane
 from harness.kube.install import (
     INIT,
     NAMESPACE,
@@ -116,9 +117,7 @@ def _deployment(name: str, namespace: str) -> Object:
 
 
 def _pods(control_plane: ControlPlane, namespace: str) -> list[Object]:
-    listed = control_plane.kubectl("-n", namespace, "get", "pods", "-o", "json")
-    items: list[Object] = json.loads(listed.stdout)["items"]
-    return items
+    return control_plane.admin_api().items(f"/api/v1/namespaces/{namespace}/pods")
 
 
 def test_a_label_set_in_the_same_second_as_a_deployment_is_honoured_20_times_out_of_20(
@@ -257,9 +256,9 @@ def test_with_the_namespace_source_cut_off_a_pod_is_refused_with_our_message_the
 
                 proxy.cut()
                 cut_off = namespaces.create("cut-off", labels=ENABLED)
-                with pytest.raises(KubectlError) as refused:
+                with pytest.raises(ApiRefused) as refused:
                     create(control_plane, cut_off, pod_manifest("while-cut"))
-                message = refused.value.stderr
+                message = refused.value.message
                 assert f'admission webhook "{NAMESPACE_WEBHOOK}" denied the request' in message
                 assert f"namespace {cut_off} could not be read" in message
                 assert "refusing the pod rather than admitting it without its proxy" in message
@@ -272,7 +271,7 @@ def test_with_the_namespace_source_cut_off_a_pod_is_refused_with_our_message_the
                 def admitted_after_recovery() -> bool:
                     try:
                         admitted.append(create(control_plane, cut_off, pod_manifest("while-cut")))
-                    except KubectlError:
+                    except ApiRefused:
                         return False
                     return True
 
@@ -322,9 +321,9 @@ def test_with_the_webhook_process_stopped_enabled_namespaces_refuse_pods_and_oth
 
 def _refused_while_down(control_plane: ControlPlane, meshed: str, plain: str) -> None:
     """With no process behind the Service: meshed pods refused, the others created."""
-    with pytest.raises(KubectlError) as refused:
+    with pytest.raises(ApiRefused) as refused:
         create(control_plane, meshed, pod_manifest("while-down"))
-    message = refused.value.stderr
+    message = refused.value.message
     # What a user sees: the webhook's name, the Service URL the install
     # configures (with its timeoutSeconds), and why the call failed.
     assert "Internal error occurred" in message

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.kube.control_plane import ControlPlane, KubectlError
+from harness.kube.admin_api import ApiRefused
+from harness.kube.control_plane import ControlPlane
 from harness.kube.install import (
     INIT,
     PROXY,
@@ -279,8 +280,8 @@ class _GoldenRun:
         pod = _as_pod(given, template, fallback_name=case.stem)
         try:
             stored = create(self.control_plane, case.cluster_namespace, pod)
-        except KubectlError as error:
-            self.refused(case, where, pod, error.stderr)
+        except ApiRefused as error:
+            self.refused(case, where, pod, error.message)
             return
         self.checked += 1
         want_injected = is_injected(expected_template)
