@@ -332,3 +332,18 @@ def test_json_numbers_come_back_as_written_up_to_64_bits() -> None:
     out = json.loads(result.stdout)
     assert out["spec"]["priority"] == 18446744073709551615
     assert out["metadata"]["annotations"]["x"] == "123456789012345678901234"
+
+
+def test_commands_without_a_config_do_not_load_its_model() -> None:
+    """``certs`` and ``tag`` (run by the hundred in scripts and tests) start without the
+    config file's pydantic model, the dearest import (``inject`` loads it to read one)."""
+    probe = (
+        "import sys; from webhook.cli.commands import _build_parser; "
+        "_build_parser().parse_args({argv}); print('pydantic' in sys.modules)"
+    )
+    for argv in (["certs", "--out", "x"], ["tag", "list"]):
+        done = subprocess.run(
+            [sys.executable, "-c", probe.format(argv=argv)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr

@@ -3,6 +3,10 @@
 Errors are one line on stderr and a non-zero exit, never a traceback; output
 is produced in full before anything is written, so a failure leaves stdout
 empty and a pipeline (``inject ... | kubectl apply -f -``) applies nothing.
+
+What only some commands need (the config file's model, the server, the
+cluster client) is imported by the command that runs: every invocation pays
+for the imports at the top, and ``certs`` or ``tag`` need none of those.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from webhook.engine.values import (
     is_revision_name,
     shorten,
 )
-from webhook.manifests.config_file import ConfigError, load_config
 from webhook.manifests.documents import ManifestError, load_objects
 from webhook.manifests.files import DOCUMENTS_LIMIT, FileError, read_file, read_stream
 from webhook.manifests.preview import Assumptions, Output, inject_all, parse_pairs, render
@@ -378,6 +381,7 @@ def _read_inputs(names: Sequence[str]) -> list[dict[str, Any]]:
 
 def _run_inject(args: argparse.Namespace) -> int:
     from webhook.cluster.namespaces_file import NamespacesFileError, load_namespaces_file
+    from webhook.manifests.config_file import ConfigError, load_config
 
     try:
         config = load_config(args.config)
@@ -506,6 +510,7 @@ def _run_policy(args: argparse.Namespace) -> int:
 
     import yaml
 
+    from webhook.manifests.config_file import ConfigError, load_config
     from webhook.policy.cel import Unsupported
     from webhook.policy.render import render_policy
 
