@@ -12,8 +12,7 @@ import json
 import pytest
 import yaml
 
-from harness.kube.admin_api import ApiRefused
-from harness.kube.control_plane import ControlPlane
+from harness.kube.control_plane import ControlPlane, KubectlError
 from harness.kube.install import (
     INIT,
     NAMESPACE,
@@ -241,10 +240,10 @@ def test_an_invalid_setting_annotation_fails_kubectl_create_with_our_message(
     control_plane: ControlPlane, meshed: str
 ) -> None:
     pod = pod_manifest("lots", annotations={"sidecar.mesh.io/proxy-cpu-request": "lots"})
-    with pytest.raises(ApiRefused) as refused:
-        create(control_plane, meshed, pod)
+    with pytest.raises(KubectlError) as refused:
+        control_plane.kubectl("-n", meshed, "create", "-f", "-", input=json.dumps(pod))
 
-    stderr = refused.value.message
+    stderr = refused.value.stderr
     assert f'admission webhook "{NAMESPACE_WEBHOOK}" denied the request' in stderr
     assert (
         "pod annotation sidecar.mesh.io/proxy-cpu-request='lots' is invalid: "
