@@ -38,7 +38,7 @@ constraints:
 # --dist loadgroup would not group: xdist 3.8 cannot rename pytest 9's node
 # ids), taken in the order tests/tiers.py gives, the longest e2e work first.
 # HYPOTHESIS_PROFILE=ci (what .ci/run sets) runs the properties in full.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 PYTEST := $(BIN)/python -m pytest
 
 test-fast: install
