@@ -1,9 +1,9 @@
 """Reading a few families out of a large Prometheus text exposition.
 
 kube-apiserver's ``/metrics`` runs to megabytes (every resource, verb and
-bucket); the parser in ``prometheus_client`` reads it character by character,
-which costs seconds of CPU per read. The callers want one or two families, so
-only their lines are handed to the parser.
+bucket), and the parser in ``prometheus_client`` reads it character by
+character in Python. The callers want one or two families, so only their
+lines are handed to the parser.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """kube-apiserver over HTTPS as the cluster admin, without a kubectl process.
 
 A kubectl call costs a process start and a read of its discovery cache, and
-a ``create`` or ``apply`` an OpenAPI read on top: about a tenth of a second
-of CPU each, most of it spent before the request is sent. The e2e tests
-create namespaces and pods and poll for state hundreds of times a run, so
-those calls go straight to the API here. What a user would type (``apply``,
-``rollout``, ``logs``, the messages kubectl prints) stays with kubectl.
+a ``create`` or ``apply`` an OpenAPI read on top, all before the request is
+sent (docs/testing.md, "Where the time goes", has the figures). The e2e
+tests create namespaces and pods and poll for state hundreds of times a run,
+so those calls go straight to the API here. What a user would type
+(``apply``, ``rollout``, ``logs``, the messages kubectl prints) stays with
+kubectl.
 """
 
 from __future__ import annotations
