@@ -534,11 +534,6 @@ def delete_namespace(node: Node, name: str) -> None:
     node.kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=false", check=False)
 
 
-def yaml_dump(obj: Object) -> str:
-    """YAML for assertion messages."""
-    return yaml.safe_dump(obj, sort_keys=False)
-
-
 def serves_through_both_proxies(node: Node, namespace: str, *, native: bool) -> None:
     """A meshed Deployment of two HTTP servers and a client pod in ``namespace`` (opted in):
     every pod injected (the proxy an init container in native mode), mesh-init
