@@ -90,9 +90,11 @@ def test_admissions_are_answered_while_the_events_api_hangs(
         assert injected(client, pod_review(f"rs-{index % 20}", uid=f"u-{index}"))
         assert injected(client, pod_review("first", uid=f"v-{index}"))
 
-    # Every write is held until released (or given up after the sender's
-    # write timeout): none has been answered, all 601 admissions were.
-    assert api.held == 1
+    # Every write is held until released: none has been answered, all 601
+    # admissions were. The one sender thread gives a held write up after its
+    # write timeout and goes on to the next, held in its turn, so how many
+    # are waiting depends on how long the admissions took, not on them.
+    assert api.held >= 1
     assert api.events == {}
 
     fake_api.release()
