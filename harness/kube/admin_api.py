@@ -50,13 +50,17 @@ class AdminApi:
         self._context.load_cert_chain(work / "admin.crt", work / "admin.key")
         self._port = int(control_plane.server.rsplit(":", 1)[1])
 
+    def connect(self, *, timeout: float = 60.0) -> http.client.HTTPSConnection:
+        """A new connection as the admin, for a caller that keeps one alive for many calls."""
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self._port, context=self._context, timeout=timeout
+        )
+
     def call(
         self, method: str, path: str, body: Any = None, *, timeout: float = 60.0
     ) -> tuple[int, Any]:
         """One request: (status, the decoded JSON answer, or None when empty)."""
-        connection = http.client.HTTPSConnection(
-            "127.0.0.1", self._port, context=self._context, timeout=timeout
-        )
+        connection = self.connect(timeout=timeout)
         try:
             data = None if body is None else json.dumps(body).encode()
             headers = {"Content-Type": "application/json", "Accept": "application/json"}

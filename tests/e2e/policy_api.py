@@ -7,7 +7,6 @@ import contextlib
 import copy
 import http.client
 import json
-import ssl
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,13 +27,11 @@ class ApiError(RuntimeError):
 
 
 class Api:
-    """Plain HTTPS calls to kube-apiserver as the admin (client certificate), kept alive."""
+    """Plain HTTPS calls to kube-apiserver as the admin (client certificate), on one
+    connection kept alive (``AdminApi`` opens one per call)."""
 
     def __init__(self, control_plane: ControlPlane) -> None:
-        work = control_plane.workdir
-        self.context = ssl.create_default_context(cafile=str(control_plane.ca_file))
-        self.context.load_cert_chain(work / "admin.crt", work / "admin.key")
-        self.port = int(control_plane.server.rsplit(":", 1)[1])
+        self._admin = control_plane.admin_api()
         self._conn: http.client.HTTPSConnection | None = None
         self._plain_runs: dict[tuple[str, str], tuple[int, Object]] = {}
 
@@ -45,9 +42,7 @@ class Api:
         data = None if body is None else json.dumps(body).encode()
         for attempt in (1, 2):
             if self._conn is None:
-                self._conn = http.client.HTTPSConnection(
-                    "127.0.0.1", self.port, context=self.context, timeout=120
-                )
+                self._conn = self._admin.connect(timeout=120)
             try:
                 headers = {"Content-Type": content_type, "Accept": "application/json"}
                 self._conn.request(method, path, data, headers)
